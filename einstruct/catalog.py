@@ -1,0 +1,275 @@
+"""Shorthand forms: the catalog of named structures and the paper's theta space.
+
+``structure m = monarch(d = 4096)`` and
+``structure s = theta(alpha=1/2, gamma=1/2, epsilon=1/2, phi=1/2, d=4096)`` are
+expanded, once their argument values are known, into ordinary structure source,
+which is parsed like anything the user writes. So every catalog entry is just
+``.ein`` text you could have typed (``einstruct analyze`` can print it).
+
+Widths: every form takes ``d`` or both ``d_in`` and ``d_out``. Catalog forms
+split a width into ``ceil`` factors, so any width works (the layer pads when
+the split overshoots); ``theta`` rounds each class to the nearest integer as
+the paper does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import sympy
+
+from .errors import ParameterError, Span, UnknownNameError
+from .expressions import sympy_to_text
+from .ir import CLASS_NAMES
+from .spec import ShorthandDecl, StructureDecl
+
+__all__ = ["Form", "CATALOG", "THETA_ALIASES", "expand", "form_parameters"]
+
+
+@dataclass(frozen=True)
+class Form:
+    """A catalog entry: the einsum line and sizes, over ``{din}``/``{dout}``."""
+
+    name: str
+    summary: str
+    equation: str
+    sizes: str
+    parameters: tuple[str, ...] = ()
+    defaults: Mapping[str, int] = field(default_factory=dict)
+
+
+def _split(width: str, outer: str) -> str:
+    """Sizes of a two-way split of ``width``: outer = ceil(sqrt), inner = the rest."""
+    return f"ceil({width}^(1/2))" if outer else f"ceil({width} / ceil({width}^(1/2)))"
+
+
+CATALOG: dict[str, Form] = {
+    form.name: form
+    for form in (
+        Form(
+            "dense",
+            "a dense layer: one factor W",
+            "y[o] = x[i] * W[i, o]",
+            "i = {din}, o = {dout}",
+        ),
+        Form(
+            "low_rank",
+            "low rank: W = U V with inner size `rank`",
+            "y[o] = x[i] * U[i, r] * V[r, o]",
+            "i = {din}, o = {dout}, r = rank",
+            ("rank",),
+        ),
+        Form(
+            "kronecker",
+            "Kronecker product A (x) B of two sqrt-sized factors",
+            "y[o1, o2] = x[i1, i2] * A[i1, o1] * B[i2, o2]",
+            "i1 = {in_outer}, i2 = {in_inner}, o1 = {out_outer}, o2 = {out_inner}",
+        ),
+        Form(
+            "tensor_train",
+            "Tensor-Train of two cores joined by a rank axis",
+            "y[o1, o2] = x[i1, i2] * A[i1, o1, r] * B[i2, r, o2]",
+            "i1 = {in_outer}, i2 = {in_inner}, o1 = {out_outer}, o2 = {out_inner}, r = rank",
+            ("rank",),
+        ),
+        Form(
+            "monarch",
+            "Monarch: two block-diagonal factors with a permutation between",
+            "y[f, e] = x[g, a] * A[g, a, f] * B[f, g, e]",
+            "g = {in_outer}, a = {in_inner}, f = {out_outer}, e = {out_inner}",
+        ),
+        Form(
+            "btt",
+            "Block Tensor-Train: Monarch with a rank axis (rank 1 is Monarch)",
+            "y[f, e] = x[g, a] * A[g, a, f, r] * B[f, g, r, e]",
+            "g = {in_outer}, a = {in_inner}, f = {out_outer}, e = {out_inner}, r = rank",
+            ("rank",),
+            {"rank": 1},
+        ),
+        Form(
+            "block_diagonal",
+            "block-diagonal: `blocks` independent dense blocks",
+            "y[k, o] = x[k, i] * W[k, i, o]",
+            "k = blocks, i = {din} / blocks, o = {dout} / blocks",
+            ("blocks",),
+        ),
+    )
+}
+
+#: Names accepted for the theta classes (Greek letters too), to the class name.
+THETA_ALIASES: dict[str, str] = {
+    **{c: c for c in CLASS_NAMES},
+    "α": "alpha", "β": "beta", "γ": "gamma", "δ": "delta",
+    "ε": "epsilon", "ϵ": "epsilon", "φ": "phi", "ϕ": "phi", "ρ": "rho",
+}  # fmt: skip
+
+# Theta layout: which classes each tensor holds, in storage order.
+_THETA_TENSORS = (
+    ("x", ("gamma", "alpha", "beta")),
+    ("A", ("gamma", "alpha", "phi", "delta", "rho")),
+    ("B", ("phi", "gamma", "beta", "rho", "epsilon")),
+)
+_THETA_OUTPUT = ("phi", "delta", "epsilon")
+_INPUT_CLASSES = ("alpha", "beta", "gamma")
+_OUTPUT_CLASSES = ("delta", "epsilon", "phi")
+
+_FORMS_TEXT = ", ".join(["theta", *CATALOG])
+
+
+def form_parameters(call: ShorthandDecl) -> list[str]:
+    """The parameter names of a shorthand, in the order written (rank defaults added)."""
+    names = [arg.name for arg, _ in call.args]
+    if call.form.name in CATALOG:
+        names += [p for p in CATALOG[call.form.name].defaults if p not in names]
+    return names
+
+
+def expand(call: ShorthandDecl, values: Mapping[str, sympy.Expr]) -> StructureDecl:
+    """Expand a shorthand into a structure declaration, given its argument values.
+
+    ``values`` maps every argument (and defaulted parameter) to its value, a sympy
+    Symbol where it was left symbolic.
+    """
+    from .parser import parse_text
+
+    form = call.form.name
+    names = {arg.name: arg for arg, _ in call.args}
+    if form == "theta":
+        header, body = _theta_text(call, names, values)
+    elif form in CATALOG:
+        header, body = _catalog_text(call, CATALOG[form], names, values)
+    else:
+        raise UnknownNameError(
+            f"unknown structure form '{form}'",
+            call.form.span,
+            f"the forms are {_FORMS_TEXT}; or write the einsum out in a `structure name(...):` block",
+        )
+    text = f"structure {call.name.name}({header}):\n{body}"
+    decl = parse_text(text, f"<{form} expansion>").declarations[0]
+    assert isinstance(decl, StructureDecl)
+    return StructureDecl(
+        name=call.name,
+        params=decl.params,
+        equation=decl.equation,
+        sizes=decl.sizes,
+        route=None,
+        span=call.span,
+        origin=form,
+    )
+
+
+def _widths(call: ShorthandDecl, names: Mapping) -> tuple[str, str]:
+    if "d" in names and ("d_in" in names or "d_out" in names):
+        raise ParameterError(
+            f"{call.form.name}() takes either d or d_in and d_out, not both",
+            names["d"].span,
+            "drop d, or drop d_in and d_out",
+        )
+    if "d" in names:
+        return "d", "d"
+    if "d_in" in names and "d_out" in names:
+        return "d_in", "d_out"
+    missing = "d_out" if "d_in" in names else "d_in" if "d_out" in names else "d"
+    raise ParameterError(
+        f"{call.form.name}() needs the layer width: {missing} is missing",
+        call.span,
+        f"add it, e.g. `{call.form.name}(..., d = 1024)` or `d_in = 768, d_out = 3072`",
+    )
+
+
+def _header(names: list[str], values: Mapping[str, sympy.Expr]) -> str:
+    parts = []
+    for n in names:
+        v = values[n]
+        parts.append(n if isinstance(v, sympy.Symbol) else f"{n} = {sympy_to_text(v)}")
+    return ", ".join(parts)
+
+
+def _catalog_text(call, form: Form, names, values) -> tuple[str, str]:
+    allowed = {"d", "d_in", "d_out", *form.parameters}
+    for arg, _ in call.args:
+        if arg.name not in allowed:
+            raise UnknownNameError(
+                f"{form.name}() has no parameter '{arg.name}'",
+                arg.span,
+                f"its parameters are {', '.join(sorted(allowed))}",
+            )
+    for p in form.parameters:
+        if p not in names and p not in form.defaults:
+            raise ParameterError(
+                f"{form.name}() needs '{p}'", call.span, f"add it, e.g. `{form.name}({p} = 4, d = 1024)`"
+            )
+    din, dout = _widths(call, names)
+    fields = {
+        "din": din,
+        "dout": dout,
+        "in_outer": _split(din, "outer"),
+        "in_inner": _split(din, ""),
+        "out_outer": _split(dout, "outer"),
+        "out_inner": _split(dout, ""),
+    }
+    order = [arg.name for arg, _ in call.args] + [p for p in form.defaults if p not in names]
+    body = f"    {form.equation}\n    where {form.sizes.format(**fields)}\n"
+    return _header(order, values), body
+
+
+def _theta_text(call, names, values) -> tuple[str, str]:
+    theta: dict[str, sympy.Rational] = {c: sympy.Integer(0) for c in CLASS_NAMES}
+    spans: dict[str, Span | None] = {}
+    for arg, _ in call.args:
+        if arg.name in ("d", "d_in", "d_out"):
+            continue
+        if arg.name not in THETA_ALIASES:
+            raise UnknownNameError(
+                f"theta() has no class '{arg.name}'",
+                arg.span,
+                "the classes are alpha, beta, gamma, delta, epsilon, phi, rho "
+                "(or α β γ δ ε φ ρ), plus d or d_in and d_out",
+            )
+        value = values[arg.name]
+        if not (value.is_Rational and 0 <= value <= 1):
+            raise ParameterError(
+                f"theta class {arg.name} must be a rational number in [0, 1], got {value}",
+                arg.span,
+                "use a fraction such as 1/2 or 1/3",
+            )
+        theta[THETA_ALIASES[arg.name]] = value
+        spans[THETA_ALIASES[arg.name]] = arg.span
+    for side, classes in (("input", _INPUT_CLASSES), ("output", _OUTPUT_CLASSES)):
+        total = sum(theta[c] for c in classes)
+        if total != 1:
+            raise ParameterError(
+                f"the {side} classes {' + '.join(classes)} must sum to 1, got {total}",
+                call.span,
+                "each side of the layer is split among its classes: their exponents add to 1",
+            )
+    din, dout = _widths(call, names)
+    base = {c: din for c in _INPUT_CLASSES} | {c: dout for c in _OUTPUT_CLASSES}
+    base["rho"] = "d" if din == dout else "min(d_in, d_out)"
+    width_value = {c: values[base[c]] if base[c] in values else None for c in CLASS_NAMES}
+    if base["rho"] != "d":
+        width_value["rho"] = sympy.Min(values["d_in"], values["d_out"])
+    kept = []
+    for c in CLASS_NAMES:
+        if theta[c] == 0:
+            continue
+        w = width_value[c]
+        if w is not None and w.is_number and _round_half_up(w ** theta[c]) == 1:
+            continue  # a class of size 1 vanishes
+        kept.append(c)
+    tensors = [(n, [c for c in cls if c in kept]) for n, cls in _THETA_TENSORS]
+    x = tensors[0]
+    factors = [t for t in tensors[1:] if t[1]]
+    if not factors:
+        raise ParameterError("this theta leaves no factor", call.span, "give some class a size")
+    out = [c for c in _THETA_OUTPUT if c in kept]
+    ref = lambda name, idx: f"{name}[{', '.join(idx)}]"  # noqa: E731
+    equation = f"{ref('y', out)} = {' * '.join(ref(n, i) for n, i in [x, *factors])}"
+    sizes = ", ".join(f"{c} = round({base[c]}^({sympy_to_text(theta[c])}))" for c in kept)
+    widths = ["d"] if din == "d" else ["d_in", "d_out"]
+    return _header(widths, values), f"    {equation}\n    where {sizes}\n"
+
+
+def _round_half_up(value: sympy.Expr) -> int:
+    return int(sympy.floor(value + sympy.Rational(1, 2)))

@@ -1,0 +1,164 @@
+"""The ``einstruct`` command line: ``analyze``, ``theta`` and friends.
+
+User mistakes (any :class:`~einstruct.errors.EinstructError`) print as
+``file:line:column: error: ...`` with the line and a caret, and exit with
+status 2; there is no traceback. ``analyze`` never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import __version__
+from .errors import EinstructError, ParameterError
+
+__all__ = ["main", "build_parser"]
+
+CLASS_ORDER = ("alpha", "beta", "gamma", "delta", "epsilon", "phi", "rho")
+
+
+def _parse_sets(pairs: Sequence[str] | None) -> dict[str, str]:
+    overrides: dict[str, str] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ParameterError(
+                f"--set expects NAME=VALUE, got '{pair}'", hint="e.g. --set d=4096 or --set rank=2"
+            )
+        overrides[name.strip()] = value.strip()
+    return overrides
+
+
+def _read_spec(path: str):
+    from .load import read_spec
+    from .parser import parse_text
+
+    if path == "-":
+        return parse_text(sys.stdin.read(), "<stdin>")
+    from pathlib import Path
+
+    return read_spec(Path(path))
+
+
+def _load(args: argparse.Namespace):
+    from .load import load_all
+
+    spec = _read_spec(args.file)
+    names = [args.structure] if args.structure else None
+    return load_all(spec, _parse_sets(args.set), symbolic=args.symbolic, names=names)
+
+
+def _emit(args: argparse.Namespace, analyses: list, render: Callable[[Any, Any], None]) -> None:
+    if args.json:
+        data = [a.to_dict() for a in analyses]
+        print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
+        return
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    for k, a in enumerate(analyses):
+        if k:
+            console.print()
+        render(a, console)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis import analyze_structure
+    from .report import render_terminal
+
+    analyses = [analyze_structure(s) for s in _load(args)]
+    _emit(args, analyses, render_terminal)
+    return 0
+
+
+def cmd_theta(args: argparse.Namespace) -> int:
+    from .analysis import analyze_structure
+    from .load import load
+    from .parser import parse_value
+
+    parts = [p.strip() for p in args.vector.split(",")]
+    if len(parts) != 7 or not all(parts):
+        raise ParameterError(
+            f"theta needs 7 comma-separated exponents (alpha,beta,gamma,delta,epsilon,phi,rho), "
+            f"got {len(parts)}: '{args.vector}'",
+            hint='e.g. einstruct theta "1/2,0,1/2,0,1/2,1/2,0" --d 4096',
+        )
+    for name, part in zip(CLASS_ORDER, parts):
+        parse_value(part, f"theta {name}")
+    if args.d is not None and (args.d_in is not None or args.d_out is not None):
+        raise ParameterError("give --d, or --d-in and --d-out, not both")
+    if args.d is not None:
+        width = f"d = {args.d}"
+    elif args.d_in is not None and args.d_out is not None:
+        width = f"d_in = {args.d_in}, d_out = {args.d_out}"
+    else:
+        raise ParameterError("theta needs the width: --d N, or --d-in N --d-out M")
+    classes = ", ".join(f"{n} = {p}" for n, p in zip(CLASS_ORDER, parts))
+    source = f"structure theta = theta({classes}, {width})\n"
+    from .parser import parse_text
+
+    structure = load(parse_text(source, "<theta>"))
+    from .report import render_terminal
+
+    _emit(args, [analyze_structure(structure)], render_terminal)
+    return 0
+
+
+def _add_spec_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("file", metavar="FILE", help="a .ein spec file, or - to read standard input")
+    p.add_argument("--structure", "-s", metavar="NAME", help="the structure to use (default: all)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="NAME=VALUE",
+        help="override a parameter, e.g. --set d=4096 (repeatable)",
+    )
+    p.add_argument(
+        "--symbolic", action="store_true", help="leave every parameter not --set symbolic"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser; commands register themselves in ``COMMANDS``."""
+    parser = argparse.ArgumentParser(
+        prog="einstruct",
+        description="Static analyzer and compiler for structured linear layers written as einsums.",
+    )
+    parser.add_argument("--version", action="version", version=f"einstruct {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    p = sub.add_parser("analyze", help="report sizes, costs and the taxonomy of structures")
+    _add_spec_arguments(p)
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(handler=cmd_analyze)
+
+    p = sub.add_parser("theta", help="analyze a point of the paper's 7-class theta space")
+    p.add_argument("vector", metavar="ALPHA,BETA,GAMMA,DELTA,EPSILON,PHI,RHO", help='e.g. "1/2,0,1/2,0,1/2,1/2,0"')
+    p.add_argument("--d", type=int, help="the width (d_in = d_out = d)")
+    p.add_argument("--d-in", type=int, help="the input width")
+    p.add_argument("--d-out", type=int, help="the output width")
+    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    p.set_defaults(handler=cmd_theta)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except EinstructError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

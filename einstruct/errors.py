@@ -1,0 +1,130 @@
+"""The one error root of einstruct, and the source spans errors point at.
+
+Every problem with a spec raises a subclass of :class:`EinstructError`. An error
+carries the :class:`Span` of the offending text, so its message can show
+``file:line:column``, the source line and a caret under the spot, followed by
+what is wrong and what to do::
+
+    btt.ein:3:34: error: index 'q' has no size
+        y[f, e] = x[g, a] * A[g, a, f, q] * B[f, g, q, e]
+                                       ^
+    hint: give it one in a where clause, e.g. `where q = 4`
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "Span",
+    "EinstructError",
+    "SpecSyntaxError",
+    "UnknownNameError",
+    "InvalidNameError",
+    "SizeError",
+    "IndexUsageError",
+    "WidthError",
+    "RouteError",
+    "StructureNotFoundError",
+    "ParameterError",
+    "CompileError",
+]
+
+
+@dataclass(frozen=True)
+class Span:
+    """A place in a spec: 1-based line and column, and the text of that line.
+
+    ``length`` is how many characters the caret underlines (at least one).
+    """
+
+    file: str
+    line: int
+    column: int
+    length: int = 1
+    source_line: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+    def caret(self) -> str:
+        """The source line and a caret line under the spot, indented by four."""
+        if not self.source_line:
+            return ""
+        text = self.source_line.rstrip("\n").expandtabs(1)
+        pad = " " * (self.column - 1)
+        width = max(1, min(self.length, len(text) - self.column + 1))
+        return f"    {text}\n    {pad}{'^' * width}"
+
+
+class EinstructError(Exception):
+    """Root of every error einstruct raises for a bad spec or bad arguments.
+
+    Args:
+        message: what is wrong, one sentence.
+        span: where it is; ``None`` for errors without a place in a file.
+        hint: what to do about it.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, span: Span | None = None, hint: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.span = span
+        self.hint = hint
+
+    def __str__(self) -> str:
+        head = f"{self.span}: error: {self.message}" if self.span else f"error: {self.message}"
+        parts = [head]
+        if self.span is not None and self.span.source_line:
+            parts.append(self.span.caret())
+        if self.hint:
+            parts.append(f"hint: {self.hint}")
+        return "\n".join(parts)
+
+    def __reduce__(self):  # keep the error picklable with its fields
+        return (self.__class__, (self.message, self.span, self.hint))
+
+
+class SpecSyntaxError(EinstructError, SyntaxError):
+    """The text is not in the structure language."""
+
+    def __str__(self) -> str:  # SyntaxError has its own __str__; use ours
+        return EinstructError.__str__(self)
+
+
+class UnknownNameError(EinstructError, NameError):
+    """A parameter, index, class, catalog entry or option that does not exist."""
+
+
+class InvalidNameError(EinstructError, ValueError):
+    """A name that cannot be used (keyword, dunder, clash with another name)."""
+
+
+class SizeError(EinstructError, ValueError):
+    """An index size that is missing, not a positive integer, or contradictory."""
+
+
+class IndexUsageError(EinstructError, ValueError):
+    """An index used in a way that has no meaning (repeated, dangling, a silent sum)."""
+
+
+class WidthError(EinstructError, ValueError):
+    """Input or output axes that do not multiply to the declared width."""
+
+
+class RouteError(EinstructError, ValueError):
+    """A ``route`` line that does not name a valid rank index or top-k."""
+
+
+class StructureNotFoundError(EinstructError, LookupError):
+    """A structure name asked for that the file does not have."""
+
+
+class ParameterError(EinstructError, ValueError):
+    """A bad parameter value or override (``--set``, keyword arguments)."""
+
+
+class CompileError(EinstructError, ValueError):
+    """A structure that the compiler cannot turn into a layer, or a bad option."""

@@ -1,0 +1,278 @@
+"""The IR: one small immutable model of a resolved structure.
+
+Every later stage (analysis, planning, code generation) consumes only
+:class:`Structure`. Sizes are concrete ``int`` when every parameter has a value,
+sympy expressions in the free parameters otherwise.
+
+    >>> s = einstruct.load("examples/btt.ein")
+    >>> s.einsum()
+    'ga,gafr,fgre->fe'
+    >>> s.d_in, s.d_out
+    (1024, 1024)
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING, Union
+
+import sympy
+
+from .errors import Span
+from .expressions import Expr, to_text
+
+if TYPE_CHECKING:
+    import networkx
+
+__all__ = [
+    "Size",
+    "Role",
+    "Index",
+    "Tensor",
+    "Route",
+    "Parameter",
+    "Structure",
+    "CLASS_NAMES",
+]
+
+#: A size or count: an ``int`` at concrete parameters, a sympy expression otherwise.
+Size = Union[int, sympy.Expr]
+
+#: The paper's seven index classes of the two-factor space, in order.
+CLASS_NAMES = ("alpha", "beta", "gamma", "delta", "epsilon", "phi", "rho")
+
+# membership (in x, in A, in B, in y) -> class
+_CLASS_OF_MEMBERSHIP = {
+    (True, True, False, False): "alpha",
+    (True, False, True, False): "beta",
+    (True, True, True, False): "gamma",
+    (False, True, False, True): "delta",
+    (False, False, True, True): "epsilon",
+    (False, True, True, True): "phi",
+    (False, True, True, False): "rho",
+}
+
+
+class Role(enum.Enum):
+    """What a tensor is in the layer."""
+
+    INPUT = "input"
+    OUTPUT = "output"
+    FACTOR = "factor"
+
+
+@dataclass(frozen=True)
+class Index:
+    """An einsum index: its name, its size, and the size expression it came from."""
+
+    name: str
+    size: Size
+    expr: Expr | None = None
+    span: Span | None = field(default=None, compare=False)
+
+    @property
+    def expr_text(self) -> str:
+        """The size as written (``d^(1/2)``), or the value when there is no expression."""
+        return to_text(self.expr) if self.expr is not None else str(self.size)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A tensor of the einsum: the input, the output or a learned factor."""
+
+    name: str
+    role: Role
+    indices: tuple[str, ...]
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Route:
+    """BTT-MoE routing: index ``index`` is chosen per token, ``top_k`` kept."""
+
+    index: str
+    top_k: Size
+    expr: Expr | None = None
+    span: Span | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """A structure parameter and its value (a sympy Symbol when left symbolic)."""
+
+    name: str
+    value: sympy.Expr
+    span: Span | None = field(default=None, compare=False)
+
+    @property
+    def is_symbolic(self) -> bool:
+        return isinstance(self.value, sympy.Symbol)
+
+
+@dataclass(frozen=True)
+class Structure:
+    """A resolved structured linear layer ``y = einsum(x, factors...)``.
+
+    Attributes:
+        name: the structure's name in its file.
+        parameters: parameter values, in header order.
+        indices: every index with its size, in order of first appearance.
+        input, output: the input and output tensors.
+        factors: the learned factors, in the order written.
+        route: the BTT-MoE route, if any.
+        in_features, out_features: the layer's requested widths. They equal
+            :attr:`d_in`/:attr:`d_out` unless rounding made the axes larger, in
+            which case the layer pads its input and truncates its output.
+        origin: ``explicit``, ``theta`` or the catalog form it was expanded from.
+        source: the text of the declaration it was resolved from.
+    """
+
+    name: str
+    parameters: tuple[Parameter, ...]
+    indices: tuple[Index, ...]
+    input: Tensor
+    output: Tensor
+    factors: tuple[Tensor, ...]
+    route: Route | None
+    in_features: Size
+    out_features: Size
+    origin: str = field(default="explicit", compare=False)
+    source: str = field(default="", compare=False)
+    span: Span | None = field(default=None, compare=False)
+
+    # -- lookups -----------------------------------------------------------------
+    @cached_property
+    def _sizes(self) -> dict[str, Size]:
+        return {i.name: i.size for i in self.indices}
+
+    def size(self, index: str) -> Size:
+        """The size of ``index``."""
+        return self._sizes[index]
+
+    def index(self, name: str) -> Index:
+        """The :class:`Index` called ``name``."""
+        for idx in self.indices:
+            if idx.name == name:
+                return idx
+        raise KeyError(name)
+
+    @property
+    def tensors(self) -> tuple[Tensor, ...]:
+        """Input, factors, output."""
+        return (self.input, *self.factors, self.output)
+
+    def tensor(self, name: str) -> Tensor:
+        """The tensor called ``name``."""
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def shape(self, tensor: Tensor | str) -> tuple[Size, ...]:
+        """The shape of a tensor, axis by axis."""
+        t = self.tensor(tensor) if isinstance(tensor, str) else tensor
+        return tuple(self.size(i) for i in t.indices)
+
+    def holders(self, index: str) -> tuple[str, ...]:
+        """Names of the tensors that hold ``index``, in input-factors-output order."""
+        return tuple(t.name for t in self.tensors if index in t.indices)
+
+    # -- widths and counts -----------------------------------------------------------
+    @property
+    def is_symbolic(self) -> bool:
+        """Whether any size depends on a parameter left without a value."""
+        return any(not isinstance(i.size, int) for i in self.indices)
+
+    @property
+    def d_in(self) -> Size:
+        """Product of the input axes (the padded input width)."""
+        return _product(self.size(i) for i in self.input.indices)
+
+    @property
+    def d_out(self) -> Size:
+        """Product of the output axes (the padded output width)."""
+        return _product(self.size(i) for i in self.output.indices)
+
+    @property
+    def is_padded(self) -> bool:
+        """Whether the axes are wider than the requested features."""
+        return bool(sympy.simplify(self.d_in - self.in_features) != 0) or bool(
+            sympy.simplify(self.d_out - self.out_features) != 0
+        )
+
+    def factor_params(self, factor: Tensor | str) -> Size:
+        """Number of learned entries of one factor."""
+        return _product(self.shape(factor))
+
+    @property
+    def params(self) -> Size:
+        """Learned entries over all factors (no bias)."""
+        total = sum((self.factor_params(f) for f in self.factors), 0)
+        return int(total) if isinstance(total, int) else sympy.simplify(total)
+
+    # -- classes -----------------------------------------------------------------------
+    def index_class(self, index: str) -> str:
+        """The paper's class of ``index`` for two-factor structures (alpha..rho),
+        otherwise the comma-separated names of the tensors holding it."""
+        if len(self.factors) == 2:
+            a, b = self.factors
+            key = (
+                index in self.input.indices,
+                index in a.indices,
+                index in b.indices,
+                index in self.output.indices,
+            )
+            if key in _CLASS_OF_MEMBERSHIP:
+                return _CLASS_OF_MEMBERSHIP[key]
+        return ",".join(self.holders(index))
+
+    # -- printing ----------------------------------------------------------------------
+    def einsum_symbols(self) -> dict[str, str]:
+        """A one-letter symbol per index: the index name itself where every name is
+        one ASCII letter, else a, b, c... in order of first appearance."""
+        names = [i.name for i in self.indices]
+        if all(len(n) == 1 and n.isascii() and n.isalpha() for n in names):
+            return {n: n for n in names}
+        letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+        return {n: letters[k] for k, n in enumerate(names)}
+
+    def einsum(self) -> str:
+        """The einsum string, operands in order input, factors: ``'ga,gafr,fgre->fe'``."""
+        sym = self.einsum_symbols()
+        ins = ",".join("".join(sym[i] for i in t.indices) for t in (self.input, *self.factors))
+        return f"{ins}->{''.join(sym[i] for i in self.output.indices)}"
+
+    def to_source(self) -> str:
+        """The structure as explicit ``.ein`` source that parses back to an equal IR."""
+        from .printer import structure_to_source
+
+        return structure_to_source(self)
+
+    def hypergraph(self) -> networkx.Graph:
+        """The einsum hypergraph as a bipartite networkx graph.
+
+        One node per tensor (``("tensor", name)``, with attribute ``role``) and
+        one per index (``("index", name)``, with attribute ``size``); an edge
+        joins each index to each tensor holding it.
+        """
+        import networkx as nx
+
+        graph = nx.Graph(name=self.name)
+        for t in self.tensors:
+            graph.add_node(("tensor", t.name), role=t.role.value)
+        for i in self.indices:
+            graph.add_node(("index", i.name), size=i.size)
+        for t in self.tensors:
+            for i in t.indices:
+                graph.add_edge(("index", i), ("tensor", t.name))
+        return graph
+
+
+def _product(values) -> Size:
+    values = list(values)
+    if all(isinstance(v, int) for v in values):
+        return math.prod(values)
+    return sympy.simplify(sympy.Mul(*values))

@@ -1,0 +1,123 @@
+"""Load structures from a spec: a path, or source text. The front of the pipeline.
+
+    >>> s = load("structure m = monarch(d = 64)")
+    >>> s.name, s.d_in
+    ('m', 64)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import EinstructError, ParameterError, StructureNotFoundError
+from .ir import Structure
+from .parser import parse_file, parse_text
+from .resolve import Override, resolve
+from .spec import SpecFile
+
+__all__ = ["read_spec", "load", "load_all", "declaration_sources"]
+
+
+def read_spec(spec: str | Path | SpecFile) -> SpecFile:
+    """Parse ``spec``: a :class:`SpecFile`, a path, or structure-language text.
+
+    A string is taken as a path when it has no line break and names an existing
+    file or ends in ``.ein``; otherwise it is source text.
+    """
+    if isinstance(spec, SpecFile):
+        return spec
+    if isinstance(spec, Path):
+        return parse_file(spec)
+    if "\n" not in spec and (spec.endswith(".ein") or Path(spec).is_file()):
+        if not Path(spec).is_file():
+            raise EinstructError(f"no such spec file: '{spec}'", hint="check the path")
+        return parse_file(spec)
+    return parse_text(spec, "<string>")
+
+
+def declaration_sources(spec: SpecFile) -> dict[str, str]:
+    """The text of each declaration (from its line to the next declaration)."""
+    lines = spec.text.splitlines()
+    starts = [d.span.line if d.span else 1 for d in spec.declarations] + [len(lines) + 1]
+    out = {}
+    for decl, start, end in zip(spec.declarations, starts, starts[1:]):
+        block = lines[start - 1 : end - 1]
+        while block and (not block[-1].strip() or block[-1].lstrip().startswith("#")):
+            block.pop()
+        out[decl.name.name] = "\n".join(block) + "\n"
+    return out
+
+
+def load_all(
+    spec: str | Path | SpecFile,
+    overrides: Mapping[str, Override] | None = None,
+    *,
+    symbolic: bool = False,
+    names: list[str] | None = None,
+) -> list[Structure]:
+    """Resolve the structures of a spec (all, or those in ``names``).
+
+    An override applies to every structure having that parameter; one that no
+    selected structure has is an error.
+    """
+    parsed = read_spec(spec)
+    overrides = dict(overrides or {})
+    available = parsed.names()
+    if not available:
+        raise StructureNotFoundError(
+            f"{parsed.file} declares no structure",
+            hint="add one, e.g. `structure m = monarch(d = 1024)`",
+        )
+    for name in names or []:
+        if name not in available:
+            raise StructureNotFoundError(
+                f"{parsed.file} has no structure '{name}'",
+                hint=f"its structures are {', '.join(available)}",
+            )
+    sources = declaration_sources(parsed)
+    chosen = [d for d in parsed.declarations if names is None or d.name.name in names]
+    used: set[str] = set()
+    structures = []
+    for decl in chosen:
+        from .catalog import form_parameters
+        from .spec import ShorthandDecl
+
+        params = (
+            form_parameters(decl) if isinstance(decl, ShorthandDecl) else [p.name.name for p in decl.params]
+        )
+        mine = {k: v for k, v in overrides.items() if k in params}
+        used.update(mine)
+        structures.append(resolve(decl, mine, symbolic=symbolic, source=sources[decl.name.name]))
+    unused = sorted(set(overrides) - used)
+    if unused:
+        listed = sorted({p.name for s in structures for p in s.parameters})
+        raise ParameterError(
+            f"no structure has parameter '{unused[0]}'",
+            hint=f"the parameters are {', '.join(listed) or 'none'}",
+        )
+    return structures
+
+
+def load(
+    spec: str | Path | SpecFile,
+    structure: str | None = None,
+    *,
+    symbolic: bool = False,
+    **params: Override,
+) -> Structure:
+    """Resolve one structure of a spec; ``structure`` picks it when there are several.
+
+    Keyword arguments override parameters: ``load("btt.ein", d=4096)``.
+    """
+    parsed = read_spec(spec)
+    if structure is None:
+        if len(parsed.declarations) > 1:
+            raise StructureNotFoundError(
+                f"{parsed.file} declares {len(parsed.declarations)} structures; say which one",
+                hint=f"pass structure= one of {', '.join(parsed.names())}",
+            )
+        names = None
+    else:
+        names = [structure]
+    return load_all(parsed, params, symbolic=symbolic, names=names)[0]

@@ -1,0 +1,328 @@
+"""Parse structure-language text into a :class:`~einstruct.spec.SpecFile`.
+
+    >>> spec = parse_text("structure m = monarch(d = 16)\\n", "m.ein")
+    >>> spec.names()
+    ['m']
+
+Syntax errors become :class:`~einstruct.errors.SpecSyntaxError` with the place,
+the line, a caret and what was expected there.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+
+from lark import Lark, Token, Transformer, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from .errors import EinstructError, ParameterError, Span, SpecSyntaxError
+from .expressions import FUNCTIONS, BinOp, Call, Expr, Name, Neg, Num
+from .resources import grammar_file
+from .spec import (
+    Equation,
+    Ident,
+    ParamDecl,
+    RouteDecl,
+    ShorthandDecl,
+    SizeDecl,
+    SpecFile,
+    StructureDecl,
+    TensorRef,
+)
+
+__all__ = ["parse_text", "parse_file", "parse_value"]
+
+# How terminals are named in "expected ..." messages.
+_TERMINAL_WORDS = {
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "_NL": "a line break",
+    "$END": "the end of the file",
+}
+
+
+@lru_cache(maxsize=None)
+def _parser(start: str) -> Lark:
+    return Lark(
+        grammar_file().read_text(encoding="utf-8"),
+        parser="lalr",
+        start=start,
+        propagate_positions=True,
+        maybe_placeholders=True,
+    )
+
+
+def parse_file(path: str | Path) -> SpecFile:
+    """Read and parse a ``.ein`` file (``-`` is not handled here: read it yourself)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise EinstructError(f"cannot read '{path}': {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise EinstructError(f"'{path}' is not UTF-8 text") from None
+    return parse_text(text, str(path))
+
+
+def parse_text(text: str, file: str = "<string>") -> SpecFile:
+    """Parse spec text; ``file`` is the name used in error messages."""
+    lines = text.splitlines()
+    source = text if text.endswith("\n") else text + "\n"
+    try:
+        tree = _parser("start").parse(source)
+    except UnexpectedInput as exc:
+        raise _syntax_error(exc, lines, file, source) from None
+    try:
+        declarations = _ToSpec(file, lines).transform(tree)
+    except Exception as exc:  # lark wraps errors raised inside the transformer
+        inner = getattr(exc, "orig_exc", exc)
+        if isinstance(inner, EinstructError):
+            raise inner from None
+        raise
+    _check_unique_names(declarations)
+    return SpecFile(file=file, text=text, declarations=tuple(declarations))
+
+
+def parse_value(text: str, where: str = "--set") -> Expr:
+    """Parse a value given outside a file (``--set d=4096``): an expression."""
+    try:
+        tree = _parser("value").parse(text)
+    except UnexpectedInput as exc:
+        raise ParameterError(
+            f"{where}: '{text}' is not a value",
+            hint="give a number or an expression such as 4096, 1/2 or 2^10",
+        ) from None
+    expr = _ToSpec("<value>", [text]).transform(tree).children[0]
+    return expr
+
+
+def _check_unique_names(declarations: list) -> None:
+    seen: dict[str, Ident] = {}
+    for decl in declarations:
+        if decl.name.name in seen:
+            raise SpecSyntaxError(
+                f"structure '{decl.name.name}' is declared twice "
+                f"(first at line {seen[decl.name.name].span.line})",
+                decl.name.span,
+                "give each structure in a file its own name",
+            )
+        seen[decl.name.name] = decl.name
+
+
+def _describe_expected(expected: set[str]) -> str:
+    words = []
+    for name in sorted(expected):
+        if name in _TERMINAL_WORDS:
+            words.append(_TERMINAL_WORDS[name])
+            continue
+        try:
+            pattern = _parser("start").get_terminal(name).pattern
+        except KeyError:
+            words.append(name)
+            continue
+        words.append(f"'{pattern.value}'" if pattern.type == "str" else name.lower())
+    words = sorted(set(words))
+    if len(words) > 6:
+        words = words[:6] + ["..."]
+    return ", ".join(words)
+
+
+def _syntax_error(exc: UnexpectedInput, lines: list[str], file: str, source: str) -> SpecSyntaxError:
+    line = getattr(exc, "line", None) or len(lines) or 1
+    column = getattr(exc, "column", None) or 1
+    if isinstance(exc, UnexpectedEOF) or line > len(lines):
+        line = max(1, len(lines))
+        column = len(lines[line - 1]) + 1 if lines else 1
+        return SpecSyntaxError(
+            "the file ends in the middle of a declaration",
+            _span(file, lines, line, column),
+            f"expected {_describe_expected(set(exc.expected))}",
+        )
+    span = _span(file, lines, line, column)
+    if isinstance(exc, UnexpectedCharacters):
+        char = source[exc.pos_in_stream] if exc.pos_in_stream < len(source) else "?"
+        return SpecSyntaxError(
+            f"unexpected character {char!r}",
+            span,
+            f"expected {_describe_expected(set(exc.allowed or ()))}"
+            if exc.allowed
+            else "names are letters, digits and _; sizes use + - * / ^ ( )",
+        )
+    assert isinstance(exc, UnexpectedToken)
+    token = exc.token
+    shown = "end of line" if token.type == "_NL" else f"'{token.value}'"
+    if token.type == "$END":
+        shown = "end of file"
+    span = _span(file, lines, line, column, max(1, len(str(token.value).strip()) or 1))
+    return SpecSyntaxError(
+        f"unexpected {shown}",
+        span,
+        f"expected {_describe_expected(set(exc.expected))}",
+    )
+
+
+def _span(file: str, lines: list[str], line: int, column: int, length: int = 1) -> Span:
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
+    return Span(file=file, line=line, column=column, length=length, source_line=text)
+
+
+class _ToSpec(Transformer):
+    """Turn the Lark tree into spec nodes, attaching a span to each."""
+
+    def __init__(self, file: str, lines: list[str]):
+        super().__init__()
+        self._file = file
+        self._lines = lines
+
+    # -- spans -------------------------------------------------------------
+    def _tok(self, token: Token) -> Span:
+        return _span(self._file, self._lines, token.line, token.column, len(token))
+
+    def _meta(self, meta) -> Span:
+        if getattr(meta, "empty", False):
+            return _span(self._file, self._lines, 1, 1)
+        length = meta.end_column - meta.column if meta.end_line == meta.line else 1
+        return _span(self._file, self._lines, meta.line, meta.column, max(1, length))
+
+    def _ident(self, token: Token) -> Ident:
+        return Ident(str(token), self._tok(token))
+
+    # -- declarations --------------------------------------------------------
+    def start(self, children):
+        return [c for c in children if c is not None]
+
+    @v_args(meta=True)
+    def explicit(self, meta, children):
+        name, params, *statements = children
+        span = self._meta(meta)
+        equations = [s for s in statements if isinstance(s, Equation)]
+        sizes = tuple(s for s in statements if isinstance(s, SizeDecl | tuple))
+        sizes = tuple(d for s in statements if isinstance(s, tuple) for d in s)
+        routes = [s for s in statements if isinstance(s, RouteDecl)]
+        if not equations:
+            raise SpecSyntaxError(
+                f"structure '{name}' has no einsum line",
+                self._ident(name).span,
+                "add one, e.g. `y[o] = x[i] * W[i, o]`",
+            )
+        if len(equations) > 1:
+            raise SpecSyntaxError(
+                "a structure has exactly one einsum line; this is a second one",
+                equations[1].span,
+                "put each structure in its own `structure` block",
+            )
+        if len(routes) > 1:
+            raise SpecSyntaxError(
+                "a structure routes at most one index; this is a second `route` line",
+                routes[1].span,
+                "keep one `route r top k` line",
+            )
+        return StructureDecl(
+            name=self._ident(name),
+            params=params or (),
+            equation=equations[0],
+            sizes=sizes,
+            route=routes[0] if routes else None,
+            span=span,
+        )
+
+    @v_args(meta=True)
+    def shorthand(self, meta, children):
+        name, form, *args = children
+        args = tuple(a for a in args if a is not None)
+        return ShorthandDecl(self._ident(name), self._ident(form), args, self._meta(meta))
+
+    def parameters(self, children):
+        return tuple(c for c in children if c is not None)
+
+    def parameter(self, children):
+        name, default = children
+        return ParamDecl(self._ident(name), default)
+
+    def argument(self, children):
+        name, value = children
+        return (self._ident(name), value)
+
+    @v_args(meta=True)
+    def equation(self, meta, children):
+        output, *operands = children
+        return Equation(output, tuple(operands), self._meta(meta))
+
+    @v_args(meta=True)
+    def tensor(self, meta, children):
+        name, *indices = children
+        idents = tuple(self._ident(i) for i in indices if i is not None)
+        return TensorRef(self._ident(name), idents, self._meta(meta))
+
+    def where(self, children):
+        return tuple(children)
+
+    @v_args(meta=True)
+    def size_assignment(self, meta, children):
+        *targets, expr = children
+        names = []
+        for target in targets:
+            if not isinstance(target, Name):
+                raise SpecSyntaxError(
+                    "only index names can stand left of '=' in a where clause",
+                    _expr_span(target),
+                    "write `where a = b = 4`, with the size expression last",
+                )
+            names.append(Ident(target.id, target.span))
+        return SizeDecl(tuple(names), expr, self._meta(meta))
+
+    @v_args(meta=True)
+    def route(self, meta, children):
+        index, top_k = children
+        return RouteDecl(self._ident(index), top_k, self._meta(meta))
+
+    # -- expressions -----------------------------------------------------------
+    def number(self, children):
+        (token,) = children
+        return Num(Fraction(str(token)), self._tok(token))
+
+    def name(self, children):
+        (token,) = children
+        return Name(str(token), self._tok(token))
+
+    @v_args(meta=True)
+    def call(self, meta, children):
+        func, *args = children
+        span = self._meta(meta)
+        if func not in FUNCTIONS:
+            raise SpecSyntaxError(
+                f"unknown function '{func}'",
+                self._tok(func),
+                f"sizes may use {', '.join(sorted(FUNCTIONS))}",
+            )
+        arity = FUNCTIONS[str(func)][0]
+        if len(args) != arity:
+            raise SpecSyntaxError(
+                f"{func}() takes {arity} argument{'s' if arity > 1 else ''}, got {len(args)}",
+                span,
+            )
+        return Call(str(func), tuple(args), span)
+
+    def _binop(op):  # noqa: N805 - a small factory used in the class body
+        @v_args(meta=True)
+        def build(self, meta, children):
+            left, right = children
+            return BinOp(op, left, right, self._meta(meta))
+
+        return build
+
+    add = _binop("+")
+    sub = _binop("-")
+    mul = _binop("*")
+    div = _binop("/")
+    pow = _binop("^")
+
+    @v_args(meta=True)
+    def neg(self, meta, children):
+        return Neg(children[0], self._meta(meta))
+
+
+def _expr_span(expr: Expr) -> Span | None:
+    return expr.span

@@ -1,0 +1,392 @@
+"""Resolve a parsed declaration into the IR, checking everything a spec can get wrong.
+
+    >>> spec = parse_text(BTT_SOURCE, "btt.ein")
+    >>> s = resolve(spec.declarations[0], {"d": 4096})
+    >>> s.size("g"), s.d_in
+    (64, 4096)
+
+Parameters take their defaults, then the overrides (``--set`` or keyword
+arguments); with ``symbolic=True`` every parameter not overridden becomes a
+sympy Symbol, and so does a parameter declared without a default.
+"""
+
+from __future__ import annotations
+
+import keyword
+from collections.abc import Mapping
+from fractions import Fraction
+from typing import Union
+
+import sympy
+
+from .catalog import THETA_ALIASES, expand, form_parameters
+from .errors import (
+    EinstructError,
+    IndexUsageError,
+    InvalidNameError,
+    ParameterError,
+    RouteError,
+    SizeError,
+    Span,
+    UnknownNameError,
+    WidthError,
+)
+from .expressions import Expr, evaluate, has_rounding, names_in, to_text
+from .ir import Index, Parameter, Role, Route, Structure, Tensor
+from .spec import Declaration, Ident, ParamDecl, ShorthandDecl, StructureDecl
+
+__all__ = ["resolve", "Override", "check_name"]
+
+#: What an override may be: a number, a fraction, text like "1/2", or a parsed expression.
+Override = Union[int, Fraction, str, Expr, sympy.Expr]
+
+
+def resolve(
+    decl: Declaration,
+    overrides: Mapping[str, Override] | None = None,
+    *,
+    symbolic: bool = False,
+    source: str = "",
+) -> Structure:
+    """Turn one declaration into a checked :class:`~einstruct.ir.Structure`.
+
+    Raises:
+        EinstructError: any problem, located at its span.
+    """
+    overrides = dict(overrides or {})
+    if isinstance(decl, ShorthandDecl):
+        params = tuple(ParamDecl(arg, value) for arg, value in decl.args)
+        names = form_parameters(decl)
+        params += tuple(ParamDecl(Ident(n, decl.span), None) for n in names[len(params) :])
+        values = _parameter_values(
+            decl, params, overrides, symbolic, defaulted=_defaults(decl), fixed=set(THETA_ALIASES)
+        )
+        try:
+            expanded = expand(decl, values)
+            own = {p.name.name: values[p.name.name] for p in expanded.params}
+            return _resolve_explicit(expanded, own, source)
+        except EinstructError as exc:
+            if exc.span is not None and exc.span.file.startswith("<"):
+                raise type(exc)(
+                    f"{exc.message} (in {decl.form.name}() as expanded at these values)",
+                    decl.span,
+                    exc.hint,
+                ) from None
+            raise
+    values = _parameter_values(decl, decl.params, overrides, symbolic)
+    return _resolve_explicit(decl, values, source)
+
+
+def _defaults(decl: ShorthandDecl) -> dict[str, sympy.Expr]:
+    from .catalog import CATALOG
+
+    form = CATALOG.get(decl.form.name)
+    return {k: sympy.Integer(v) for k, v in (form.defaults if form else {}).items()}
+
+
+def check_name(ident: Ident, what: str) -> None:
+    """Names end up in generated Python: identifiers, no keywords, no dunders."""
+    name = ident.name
+    if not name.isidentifier():
+        raise InvalidNameError(
+            f"{what} name '{name}' is not a valid identifier", ident.span, "use letters, digits and _"
+        )
+    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
+        raise InvalidNameError(
+            f"{what} name '{name}' is a Python keyword",
+            ident.span,
+            f"names become Python names in generated code; rename it, e.g. '{name}_'",
+        )
+    if name.startswith("__"):
+        raise InvalidNameError(
+            f"{what} name '{name}' starts with '__'",
+            ident.span,
+            "names starting with __ are reserved in generated code; rename it",
+        )
+
+
+def _parameter_values(
+    decl: Declaration,
+    params: tuple[ParamDecl, ...],
+    overrides: dict[str, Override],
+    symbolic: bool,
+    defaulted: Mapping[str, sympy.Expr] | None = None,
+    fixed: set[str] = frozenset(),
+) -> dict[str, sympy.Expr]:
+    from .parser import parse_value
+
+    known = [p.name.name for p in params]
+    for name in overrides:
+        if name not in known:
+            raise ParameterError(
+                f"structure '{decl.name.name}' has no parameter '{name}'",
+                decl.name.span,
+                f"its parameters are {', '.join(known) or 'none'}",
+            )
+    values: dict[str, sympy.Expr] = {}
+    for p in params:
+        name = p.name.name
+        check_name(p.name, "parameter")
+        if name in values:
+            raise InvalidNameError(f"parameter '{name}' is declared twice", p.name.span)
+        if name in overrides:
+            value = overrides[name]
+            if isinstance(value, str):
+                value = parse_value(value, f"--set {name}")
+            if isinstance(value, int | Fraction):
+                value = sympy.Rational(value)
+            elif not isinstance(value, sympy.Basic):
+                value = evaluate(value, values)
+            if not (value.is_real and value.is_finite):
+                raise ParameterError(f"parameter {name} = {value} is not a finite number", p.name.span)
+            values[name] = sympy.nsimplify(value) if value.is_Float else value
+        elif (symbolic and name not in fixed) or (p.default is None and name not in (defaulted or {})):
+            values[name] = sympy.Symbol(name, positive=True)
+        elif p.default is None:
+            values[name] = (defaulted or {})[name]
+        else:
+            value = evaluate(p.default, values)
+            if value.has(sympy.zoo, sympy.nan) or value.is_finite is False:
+                raise ParameterError(f"parameter {name} has no finite value", _span_of(p.default))
+            values[name] = value
+    return values
+
+
+def _resolve_explicit(decl: StructureDecl, values: dict[str, sympy.Expr], source: str) -> Structure:
+    check_name(decl.name, "structure")
+    eq = decl.equation
+    refs = (eq.output, *eq.operands)
+    if len(eq.operands) < 2:
+        raise IndexUsageError(
+            "a layer needs an input and at least one learned factor",
+            eq.span,
+            "write `y[o] = x[i] * W[i, o]`: the first operand is the input, the others are factors",
+        )
+    seen_tensors: dict[str, Ident] = {}
+    for ref in refs:
+        check_name(ref.name, "tensor")
+        if ref.name.name in seen_tensors:
+            raise InvalidNameError(
+                f"tensor name '{ref.name.name}' is used twice",
+                ref.name.span,
+                "give every tensor its own name (the input, each factor and the output)",
+            )
+        if ref.name.name in values:
+            raise InvalidNameError(
+                f"tensor name '{ref.name.name}' is also a parameter", ref.name.span, "rename one of them"
+            )
+        seen_tensors[ref.name.name] = ref.name
+        where: dict[str, Ident] = {}
+        for ident in ref.indices:
+            check_name(ident, "index")
+            if ident.name in where:
+                raise IndexUsageError(
+                    f"index '{ident.name}' appears twice in {ref.name.name}",
+                    ident.span,
+                    "an index names one axis of a tensor; for a diagonal, use a new index",
+                )
+            where[ident.name] = ident
+
+    # indices in order of first appearance: input, factors, output
+    first_use: dict[str, Ident] = {}
+    for ref in (*eq.operands, eq.output):
+        for ident in ref.indices:
+            first_use.setdefault(ident.name, ident)
+            if ident.name in values:
+                raise InvalidNameError(
+                    f"index name '{ident.name}' is also a parameter",
+                    ident.span,
+                    "rename the index; sizes are written in terms of parameters",
+                )
+
+    size_exprs: dict[str, tuple[Expr, Ident]] = {}
+    for sd in decl.sizes:
+        for ident in sd.names:
+            if ident.name not in first_use:
+                what = "a parameter, not an index" if ident.name in values else "not an index of the einsum"
+                raise UnknownNameError(
+                    f"'{ident.name}' is {what}",
+                    ident.span,
+                    f"the indices are {', '.join(first_use)}",
+                )
+            if ident.name in size_exprs:
+                raise SizeError(
+                    f"index '{ident.name}' is given a size twice "
+                    f"(first at line {size_exprs[ident.name][1].span.line})",
+                    ident.span,
+                    "give each index one size",
+                )
+            size_exprs[ident.name] = (sd.expr, ident)
+
+    indices = []
+    for name, ident in first_use.items():
+        if name not in size_exprs:
+            raise SizeError(
+                f"index '{name}' has no size",
+                ident.span,
+                f"give it one in a where clause, e.g. `where {name} = 4`",
+            )
+        expr, _ = size_exprs[name]
+        indices.append(Index(name, _size_value(name, expr, values), expr, ident.span))
+
+    out_ref, in_ref, factor_refs = eq.output, eq.operands[0], eq.operands[1:]
+    members: dict[str, list[str]] = {n: [] for n in first_use}
+    for ref in refs:
+        for ident in ref.indices:
+            members[ident.name].append(ref.name.name)
+    factor_names = {f.name.name for f in factor_refs}
+    for ident in out_ref.indices:
+        if members[ident.name] == [out_ref.name.name]:
+            raise IndexUsageError(
+                f"output index '{ident.name}' appears in no input or factor",
+                ident.span,
+                "every output axis must come from the input or a factor; add it to a factor",
+            )
+    for ident in in_ref.indices:
+        if not factor_names.intersection(members[ident.name]) and ident.name not in out_ref.indices:
+            raise IndexUsageError(
+                f"input index '{ident.name}' is in no factor and not in the output: "
+                "it would be summed silently",
+                ident.span,
+                "add it to a factor that consumes it, or to the output",
+            )
+    for name, holders in members.items():
+        if len(holders) == 1 and holders[0] in factor_names:
+            raise IndexUsageError(
+                f"index '{name}' appears only in factor {holders[0]}: "
+                "it would be summed away inside the factor",
+                first_use[name].span,
+                "remove it, or share it with the input, the output or another factor",
+            )
+
+    tensors = {
+        ref.name.name: Tensor(ref.name.name, role, tuple(i.name for i in ref.indices), ref.span)
+        for ref, role in [(in_ref, Role.INPUT), (out_ref, Role.OUTPUT)]
+        + [(f, Role.FACTOR) for f in factor_refs]
+    }
+    structure = Structure(
+        name=decl.name.name,
+        parameters=tuple(
+            Parameter(p.name.name, values[p.name.name], p.name.span) for p in decl.params
+        ),
+        indices=tuple(indices),
+        input=tensors[in_ref.name.name],
+        output=tensors[out_ref.name.name],
+        factors=tuple(tensors[f.name.name] for f in factor_refs),
+        route=None,
+        in_features=0,
+        out_features=0,
+        origin=decl.origin,
+        source=source,
+        span=decl.span,
+    )
+    in_features = _check_width(structure, "in", in_ref.span, values, size_exprs)
+    out_features = _check_width(structure, "out", out_ref.span, values, size_exprs)
+    route = _resolve_route(decl, structure, values, members, factor_names)
+    return Structure(
+        **{
+            **{f: getattr(structure, f) for f in structure.__dataclass_fields__},
+            "in_features": in_features,
+            "out_features": out_features,
+            "route": route,
+        }
+    )
+
+
+def _size_value(name: str, expr: Expr, values: dict[str, sympy.Expr]):
+    value = evaluate(expr, values)
+    span = _span_of(expr)
+    text = to_text(expr)
+    if value.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
+        raise SizeError(f"size of '{name}' = {text} is not a number (division by zero?)", span)
+    if value.free_symbols:
+        if value.is_positive is False:
+            raise SizeError(f"size of '{name}' = {text} = {value} can never be positive", span)
+        return value
+    if value.is_integer and value >= 1:
+        return int(value)
+    shown = f"{value}" if value.is_Rational else f"{value} ≈ {float(value.evalf()):.6g}"
+    hint = (
+        "wrap it in round(), floor() or ceil() to accept a rounded size (the layer then pads)"
+        if not value.is_integer
+        else "sizes must be at least 1"
+    )
+    raise SizeError(f"size of '{name}' = {text} = {shown} is not a positive integer", span, hint)
+
+
+def _check_width(structure, side, span, values, size_exprs):
+    """The requested width of one side: the declared d_in/d_out (or d) if any."""
+    product = structure.d_in if side == "in" else structure.d_out
+    declared_name = next((n for n in (f"d_{side}", "d") if n in values), None)
+    if declared_name is None:
+        return product
+    declared = values[declared_name]
+    tensor = structure.input if side == "in" else structure.output
+    rounded = any(has_rounding(size_exprs[i][0]) for i in tensor.indices)
+    axes = " x ".join(f"{i}={structure.size(i)}" for i in tensor.indices) or "no axes"
+    where = f"{declared_name} = {declared}"
+    if declared.free_symbols or product.__class__ is not int:
+        if rounded or sympy.simplify(product - declared) == 0:
+            return declared
+        raise WidthError(
+            f"{side}put axes ({axes}) do not multiply to {where}",
+            span,
+            f"make the {side}put sizes multiply to {declared_name}",
+        )
+    if not (declared.is_integer and declared >= 1):
+        raise WidthError(f"the layer width {where} is not a positive integer", span)
+    declared = int(declared)
+    if product == declared:
+        return declared
+    if product > declared and rounded:
+        return declared  # padded: the layer pads its input / truncates its output
+    if product > declared:
+        hint = f"make the sizes multiply to {declared}, or wrap them in ceil()/round() to pad"
+    else:
+        hint = "the layer would miss features; round the sizes up (ceil) so they cover the width"
+    raise WidthError(
+        f"{side}put axes ({axes}) multiply to {product}, but {where}", span, hint
+    )
+
+
+def _resolve_route(decl, structure, values, members, factor_names):
+    rd = decl.route
+    if rd is None:
+        return None
+    name = rd.index.name
+    if name not in members:
+        raise UnknownNameError(
+            f"route names '{name}', which is not an index of the einsum",
+            rd.index.span,
+            f"the indices are {', '.join(members)}",
+        )
+    holders = members[name]
+    if len(holders) != 2 or not set(holders) <= factor_names:
+        raise RouteError(
+            f"route index '{name}' must be a rank index held by exactly two factors "
+            f"and not by the input or output; it is held by {', '.join(holders)}",
+            rd.index.span,
+            "route the axis that joins two factors (the rank axis r of a BTT)",
+        )
+    k = evaluate(rd.top_k, values)
+    size = structure.size(name)
+    if not k.free_symbols:
+        if not (k.is_integer and k >= 1):
+            raise RouteError(f"top k = {k} is not a positive integer", _span_of(rd.top_k))
+        if not isinstance(size, sympy.Basic) and k > size:
+            raise RouteError(
+                f"top k = {k} is larger than the {size} experts of '{name}'",
+                _span_of(rd.top_k),
+                f"choose k between 1 and {size}",
+            )
+        k = int(k)
+    return Route(name, k, rd.top_k, rd.span)
+
+
+def _span_of(expr: Expr) -> Span | None:
+    if expr.span is not None:
+        return expr.span
+    names = names_in(expr)
+    return names[0].span if names else None
+
+
