@@ -1,0 +1,34 @@
+"""Shared test setup: Hypothesis profiles and small helpers.
+
+CI runs the ``ci`` profile: derandomized, no example database, and a fixed
+example budget from ``HYPOTHESIS_MAX_EXAMPLES`` (default 25). Locally the
+``dev`` profile runs more examples; ``HYPOTHESIS_PROFILE=long`` runs many.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hypothesis import HealthCheck, settings
+
+_budget = int(os.environ.get("HYPOTHESIS_MAX_EXAMPLES", "25"))
+settings.register_profile(
+    "ci",
+    max_examples=_budget,
+    derandomize=True,
+    database=None,
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "dev", max_examples=max(_budget, 100), deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "long", max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
