@@ -66,7 +66,7 @@ def resolve(
             own = {p.name.name: values[p.name.name] for p in expanded.params}
             return _resolve_explicit(expanded, own, source)
         except EinstructError as exc:
-            if exc.span is not None and exc.span.file.startswith("<"):
+            if exc.span is not None and exc.span.file.endswith(" expansion>"):
                 raise type(exc)(
                     f"{exc.message} (in {decl.form.name}() as expanded at these values)",
                     decl.span,
