@@ -1,0 +1,92 @@
+"""The runtime API: compile a spec into a layer class inside this process.
+
+    >>> Layer = einstruct.compile("examples/btt.ein", d=256)
+    >>> layer = Layer()
+    >>> layer(torch.randn(8, 256)).shape
+    torch.Size([8, 256])
+
+The module text is rendered once per (structure, options) and cached; the class
+is built by executing that text, exactly what ``einstruct compile`` writes.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from .codegen import render_torch, spec_hash
+from .ir import Structure
+from .load import load
+from .plan import make_plan
+from .resolve import Override
+from .spec import SpecFile
+
+__all__ = ["compile", "compile_structure", "module_source", "analyze"]
+
+#: The token count plans are made for unless told otherwise.
+DEFAULT_BATCH = 2048
+
+
+def module_source(structure: Structure, class_name: str | None = None, batch: int = DEFAULT_BATCH,
+                  command: str | None = None) -> str:
+    """The generated module text for a resolved structure."""
+    return render_torch(make_plan(structure, batch), class_name, command)
+
+
+@lru_cache(maxsize=256)
+def _build(structure: Structure, class_name: str | None, batch: int) -> type:
+    text = module_source(structure, class_name, batch)
+    plan_hash = spec_hash(make_plan(structure, batch))
+    module = types.ModuleType(f"einstruct_generated_{structure.name}_{plan_hash}")
+    module.__file__ = f"<einstruct {structure.name} {plan_hash}>"
+    module.__dict__["__source__"] = text
+    sys.modules[module.__name__] = module  # so pickling and inspect can find the class
+    exec(compile_text(text, module.__file__), module.__dict__)  # noqa: S102 - our own generated code
+    cls = next(v for k, v in module.__dict__.items() if isinstance(v, type) and k in module.__all__)
+    cls.__module__ = module.__name__
+    return cls
+
+
+def compile_text(text: str, filename: str):
+    """Python's builtin compile (shadowed in this module by :func:`compile`)."""
+    import builtins
+
+    return builtins.compile(text, filename, "exec")
+
+
+def compile_structure(structure: Structure, class_name: str | None = None, batch: int = DEFAULT_BATCH) -> type:
+    """The layer class for a resolved structure (cached)."""
+    return _build(structure, class_name, batch)
+
+
+def compile(  # noqa: A001 - the public name the API promises
+    spec: str | Path | SpecFile,
+    structure: str | None = None,
+    *,
+    class_name: str | None = None,
+    batch: int = DEFAULT_BATCH,
+    **params: Override,
+) -> type:
+    """Render, load and cache the layer class of a spec.
+
+    Args:
+        spec: structure-language text, or a path to a ``.ein`` file.
+        structure: which structure, when the spec has several.
+        class_name: the generated class's name (default: from the structure name).
+        batch: the token count the contraction order is chosen for.
+        **params: parameter overrides, e.g. ``d=4096``.
+    """
+    return compile_structure(load(spec, structure, **params), class_name, batch)
+
+
+def analyze(spec: str | Path | SpecFile, structure: str | None = None, **options: Any):
+    """The analysis of one structure; ``.to_dict()`` equals ``einstruct analyze --json``."""
+    from .analysis import analyze_structure
+
+    symbolic = options.pop("symbolic", False)
+    analysis_options = {k: options.pop(k) for k in ("batch", "optimizer") if k in options}
+    s = load(spec, structure, symbolic=symbolic, **options)
+    return analyze_structure(s, **analysis_options)
