@@ -108,6 +108,54 @@ def cmd_theta(args: argparse.Namespace) -> int:
     return 0
 
 
+def _one(args: argparse.Namespace):
+    structures = _load(args)
+    if len(structures) > 1:
+        from .errors import StructureNotFoundError
+
+        raise StructureNotFoundError(
+            f"{args.file} declares {len(structures)} structures; say which one",
+            hint=f"pass --structure with one of {', '.join(s.name for s in structures)}",
+        )
+    return structures[0]
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from .plan import format_plan, make_plan
+
+    if args.batch < 1:
+        raise ParameterError(f"--batch must be at least 1, got {args.batch}")
+    print(format_plan(make_plan(_one(args), args.batch)))
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .runtime import module_source
+
+    if args.batch < 1:
+        raise ParameterError(f"--batch must be at least 1, got {args.batch}")
+    command = "einstruct " + " ".join(shlex.quote(a) for a in (args.argv or []))
+    text = module_source(_one(args), args.class_name, args.batch, command)
+    if args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    from pathlib import Path
+
+    out = Path(args.output)
+    if out.is_dir():
+        raise ParameterError(f"-o {args.output} is a directory", hint="give a file name, e.g. -o layer.py")
+    try:
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out)  # never leave a half-written module behind
+    except OSError as exc:
+        raise EinstructError(f"cannot write '{args.output}': {exc.strerror or exc}") from None
+    print(f"wrote {out} ({len(text.splitlines())} lines)", file=sys.stderr)
+    return 0
+
+
 def _add_spec_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file", metavar="FILE", help="a .ein spec file, or - to read standard input")
     p.add_argument("--structure", "-s", metavar="NAME", help="the structure to use (default: all)")
@@ -144,13 +192,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--d-out", type=int, help="the output width")
     p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     p.set_defaults(handler=cmd_theta)
+
+    p = sub.add_parser("plan", help="show how the compiled forward runs, step by step")
+    _add_spec_arguments(p)
+    p.add_argument("--batch", type=int, default=2048, help="tokens per call to plan for (default 2048)")
+    p.set_defaults(handler=cmd_plan)
+
+    p = sub.add_parser("compile", help="generate a standalone PyTorch module")
+    _add_spec_arguments(p)
+    p.add_argument("--backend", choices=["torch"], default="torch", help="code generator (default torch)")
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="output file, or - for stdout")
+    p.add_argument("--class-name", metavar="NAME", help="name of the generated class")
+    p.add_argument("--batch", type=int, default=2048, help="tokens per call to plan for (default 2048)")
+    p.set_defaults(handler=cmd_compile)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
     try:
         return args.handler(args)
     except EinstructError as exc:
