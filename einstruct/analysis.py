@@ -1,8 +1,8 @@
-"""Analysis of a resolved structure: what it is and what it costs.
+"""Analysis of a resolved structure: what it is, what it costs, where it sits.
 
     >>> a = analyze_structure(load("examples/btt.ein"))
-    >>> a.params, a.to_dict()["einsum"]
-    (65536, 'ga,gafr,fgre->fe')
+    >>> a.params, a.counts.flops, a.rank_bound, (a.taxonomy.omega, a.taxonomy.psi, a.taxonomy.nu)
+    (65536, 131072, 1024, (0, 1, Fraction(1, 2)))
 
 The :class:`Analysis` object is what ``einstruct analyze`` prints;
 ``Analysis.to_dict()`` is exactly its ``--json`` output.
@@ -10,28 +10,64 @@ The :class:`Analysis` object is what ``einstruct analyze`` prints;
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from fractions import Fraction
+from functools import cached_property
 from typing import Any
 
-import sympy
-
+from .counts import Counts, concrete_stand_in, count
 from .ir import Size, Structure
+from .mup import FactorFans, factor_fans
+from .order import contraction_order
+from .rank import min_cut_indices
+from .taxonomy import Taxonomy, taxonomy
 
-__all__ = ["IndexReport", "FactorReport", "Analysis", "analyze_structure", "json_number"]
+__all__ = [
+    "PLAN_BATCH",
+    "IndexReport",
+    "FactorReport",
+    "Analysis",
+    "analyze_structure",
+    "json_number",
+    "exponent_text",
+]
+
+#: The token count compiled modules plan for; muP fans follow its order.
+PLAN_BATCH = 2048
+
+
+def _is_symbolic(value: Any) -> bool:
+    return hasattr(value, "free_symbols") and bool(value.free_symbols)
 
 
 def json_number(value: Any) -> Any:
     """A JSON-ready number: ints stay ints, exact rationals become floats,
     symbolic expressions become strings."""
-    if isinstance(value, bool | int | float) or value is None:
+    if value is None or isinstance(value, bool | int | float | str):
         return value
-    if isinstance(value, sympy.Basic):
-        if value.free_symbols:
-            return str(value)
-        if value.is_Integer:
-            return int(value)
-        return float(value)
-    return value
+    if isinstance(value, Fraction):
+        return int(value) if value.denominator == 1 else float(value)
+    if _is_symbolic(value):
+        return str(value)
+    if getattr(value, "is_Integer", False):
+        return int(value)
+    return float(value)
+
+
+def exponent_text(value: Any) -> str:
+    """An exponent as people read it: ``1/2``, ``0``, ``0.5017`` or an expression."""
+    if value is None:
+        return "-"
+    if isinstance(value, Fraction | int):
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if _is_symbolic(value):
+        return str(value)
+    if getattr(value, "is_Rational", False):
+        return str(value)
+    return f"{float(value):.4g}"
 
 
 @dataclass(frozen=True)
@@ -42,6 +78,7 @@ class IndexReport:
     size: Size
     expr: str
     index_class: str
+    exponent: Any
 
 
 @dataclass(frozen=True)
@@ -52,6 +89,7 @@ class FactorReport:
     indices: tuple[str, ...]
     shape: tuple[Size, ...]
     params: Size
+    fans: FactorFans
 
 
 @dataclass(frozen=True)
@@ -61,29 +99,64 @@ class Analysis:
     structure: Structure
     indices: tuple[IndexReport, ...]
     factors: tuple[FactorReport, ...]
+    counts: Counts
+    taxonomy: Taxonomy
+    rank_bound: Size
+    optimizer: str = "adam"
+    diagnostics: tuple = field(default=())
+
+    name = property(lambda self: self.structure.name)
+    d_in = property(lambda self: self.structure.in_features)
+    d_out = property(lambda self: self.structure.out_features)
+    params = property(lambda self: self.structure.params)
+    einsum = property(lambda self: self.structure.einsum())
 
     @property
-    def name(self) -> str:
-        return self.structure.name
+    def flops_dense(self) -> Size:
+        """2 x d_in x d_out: a dense layer's FLOPs per vector."""
+        return 2 * self.d_in * self.d_out
 
     @property
-    def d_in(self) -> Size:
-        return self.structure.in_features
+    def min_width(self) -> Size:
+        return min(self.d_in, self.d_out) if not _is_symbolic(self.d_in * self.d_out) else None
 
     @property
-    def d_out(self) -> Size:
-        return self.structure.out_features
+    def full_rank(self) -> bool | None:
+        if _is_symbolic(self.rank_bound) or self.min_width is None:
+            return None
+        return self.rank_bound >= self.min_width
 
-    @property
-    def params(self) -> Size:
-        return self.structure.params
+    def ratio(self, num: Any, den: Any) -> Any:
+        if isinstance(num, int | float) and isinstance(den, int):
+            return num / den
+        import sympy
 
-    @property
-    def einsum(self) -> str:
-        return self.structure.einsum()
+        return sympy.simplify(sympy.sympify(num) / den)
+
+    def useful_rank(self) -> Any:
+        """The widest useful rank axis for two-factor structures: min(size alpha, size epsilon)."""
+        s = self.structure
+        by_class: dict[str, Any] = {}
+        for i in s.indices:
+            cls = s.index_class(i.name)
+            by_class[cls] = by_class.get(cls, 1) * i.size
+        return min(by_class.get("alpha", 1), by_class.get("epsilon", 1))
+
+    @cached_property
+    def path_text(self) -> list[str]:
+        out = []
+        for k, p in enumerate(self.counts.path, start=1):
+            ops = " * ".join(p.operands)
+            summed = f", sums {','.join(p.summed)}" if p.summed else ""
+            out.append(f"{k}: {p.result} = {ops}{summed}  ({p.flops} FLOPs/vector)")
+        return out
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON report."""
+        """The JSON report (every number a JSON number; symbolic values as strings)."""
+        t = self.taxonomy
+        theta = None
+        if t.theta is not None:
+            theta = {k: json_number(v) for k, v in t.theta.items()}
         return {
             "name": self.name,
             "origin": self.structure.origin,
@@ -92,9 +165,40 @@ class Analysis:
             "padded_d_in": json_number(self.structure.d_in),
             "padded_d_out": json_number(self.structure.d_out),
             "params": json_number(self.params),
+            "params_ratio": json_number(self.ratio(self.params, self.d_in * self.d_out)),
+            "batch": self.counts.batch,
+            "flops": json_number(self.counts.flops),
+            "train_flops": json_number(self.counts.train_flops),
+            "flops_dense": json_number(self.flops_dense),
+            "flops_ratio": json_number(self.ratio(self.counts.flops, self.flops_dense)),
+            "peak_intermediate": json_number(self.counts.peak_intermediate),
+            "rank_bound": json_number(self.rank_bound),
+            "full_rank": self.full_rank,
             "einsum": self.einsum,
+            "theta": theta,
+            "omega": json_number(t.omega),
+            "psi": json_number(t.psi),
+            "nu": json_number(t.nu),
+            "diagnostics": [{"code": d.code, "message": d.message} for d in self.diagnostics],
+            "path": [
+                {
+                    "operands": list(p.operands),
+                    "result": p.result,
+                    "indices": ["n" if i == "__batch" else i for i in p.indices],
+                    "summed": list(p.summed),
+                    "flops": json_number(p.flops),
+                }
+                for p in self.counts.path
+            ],
+            "optimizer": self.optimizer,
             "indices": [
-                {"name": i.name, "size": json_number(i.size), "expr": i.expr, "class": i.index_class}
+                {
+                    "name": i.name,
+                    "size": json_number(i.size),
+                    "expr": i.expr,
+                    "class": i.index_class,
+                    "theta": json_number(i.exponent),
+                }
                 for i in self.indices
             ],
             "factors": [
@@ -103,6 +207,10 @@ class Analysis:
                     "indices": list(f.indices),
                     "shape": [json_number(s) for s in f.shape],
                     "params": json_number(f.params),
+                    "fan_in": json_number(f.fans.fan_in),
+                    "fan_out": json_number(f.fans.fan_out),
+                    "init_std": json_number(f.fans.init_std),
+                    "lr_mult": json_number(f.fans.lr_mult),
                 }
                 for f in self.factors
             ],
@@ -112,13 +220,44 @@ class Analysis:
         }
 
 
-def analyze_structure(structure: Structure) -> Analysis:
-    """Analyze one structure."""
+def rank_bound(structure: Structure) -> Size:
+    """The min-cut bound on the rank, capped at min(d_in, d_out) of the layer."""
+    stand_in = concrete_stand_in(structure)
+    weights = {i.name: math.log(i.size) for i in stand_in.indices}
+    cut = min_cut_indices(stand_in, weights)
+    bound = math.prod(structure.size(i) for i in cut) if not structure.is_symbolic else None
+    if bound is None:
+        import sympy
+
+        return sympy.simplify(sympy.Mul(*(structure.size(i) for i in cut)))
+    return min(bound, structure.in_features, structure.out_features)
+
+
+def analyze_structure(structure: Structure, batch: int = 1, optimizer: str = "adam") -> Analysis:
+    """Analyze one structure; ``batch`` vectors share the cost of factor-only steps."""
+    from .diagnostics import diagnose
+    from .errors import ParameterError
+
+    if not isinstance(batch, int) or batch < 1:
+        raise ParameterError(f"batch must be a positive integer, got {batch}")
+    from .mup import OPTIMIZERS
+
+    if optimizer not in OPTIMIZERS:
+        raise ParameterError(
+            f"unknown optimizer '{optimizer}'", hint=f"choose one of {', '.join(OPTIMIZERS)}"
+        )
+    tax = taxonomy(structure)
+    sequence = contraction_order(concrete_stand_in(structure), PLAN_BATCH).factor_sequence
+    fans = factor_fans(structure, sequence, optimizer)
     indices = tuple(
-        IndexReport(i.name, i.size, i.expr_text, structure.index_class(i.name)) for i in structure.indices
+        IndexReport(i.name, i.size, i.expr_text, structure.index_class(i.name), tax.exponents[i.name])
+        for i in structure.indices
     )
     factors = tuple(
-        FactorReport(f.name, f.indices, structure.shape(f), structure.factor_params(f))
+        FactorReport(f.name, f.indices, structure.shape(f), structure.factor_params(f), fans[f.name])
         for f in structure.factors
     )
-    return Analysis(structure, indices, factors)
+    analysis = Analysis(
+        structure, indices, factors, count(structure, batch), tax, rank_bound(structure), optimizer
+    )
+    return Analysis(**{**analysis.__dict__, "diagnostics": tuple(diagnose(analysis))})

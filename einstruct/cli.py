@@ -10,8 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from . import __version__
 from .errors import EinstructError, ParameterError
@@ -52,31 +51,84 @@ def _load(args: argparse.Namespace):
     return load_all(spec, _parse_sets(args.set), symbolic=args.symbolic, names=names)
 
 
-def _emit(args: argparse.Namespace, analyses: list, render: Callable[[Any, Any], None]) -> None:
-    if args.json:
+def _analyses(args: argparse.Namespace, structures) -> list:
+    from .analysis import analyze_structure
+
+    return [analyze_structure(s, batch=args.batch, optimizer=args.optimizer) for s in structures]
+
+
+def _console():
+    import shutil
+
+    from rich.console import Console
+
+    # piped output gets a comfortable width instead of rich's 80 columns
+    return Console(highlight=False, width=max(100, shutil.get_terminal_size((120, 24)).columns))
+
+
+def _emit(args: argparse.Namespace, analyses: list) -> None:
+    fmt = "json" if args.json else args.format
+    if fmt == "json":
         data = [a.to_dict() for a in analyses]
         print(json.dumps(data[0] if len(data) == 1 else data, indent=2))
         return
-    from rich.console import Console
+    if fmt == "markdown":
+        from .report import render_markdown
 
-    console = Console(highlight=False)
+        print("\n".join(render_markdown(a) for a in analyses), end="")
+        return
+    from .report import render_terminal
+
+    console = _console()
     for k, a in enumerate(analyses):
         if k:
             console.print()
-        render(a, console)
+        render_terminal(a, console)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from .analysis import analyze_structure
-    from .report import render_terminal
+    _emit(args, _analyses(args, _load(args)))
+    return 0
 
-    analyses = [analyze_structure(s) for s in _load(args)]
-    _emit(args, analyses, render_terminal)
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .load import load_all
+    from .report import COMPARE_COLUMNS, compare_rows
+
+    if args.sort not in COMPARE_COLUMNS:
+        raise ParameterError(
+            f"cannot sort by '{args.sort}'", hint=f"choose one of {', '.join(COMPARE_COLUMNS)}"
+        )
+    overrides = _parse_sets(args.set)
+    structures = []
+    for path in args.files:
+        spec = _read_spec(path)
+        mine = {k: v for k, v in overrides.items()}
+        structures += load_all(spec, mine, symbolic=args.symbolic, strict=False)
+    analyses = _analyses(args, structures)
+    if args.json:
+        print(json.dumps([a.to_dict() for a in analyses], indent=2))
+        return 0
+    rows = compare_rows(analyses, args.sort)
+    header = list(COMPARE_COLUMNS)
+    if args.format == "markdown":
+        print("| " + " | ".join(header) + " |")
+        print("|" + "---|" * len(header))
+        for r in rows:
+            print("| " + " | ".join(r) + " |")
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"sorted by {args.sort}", title_justify="left")
+    for col in header:
+        table.add_column(col, justify="left" if col in ("name", "diagnostics") else "right")
+    for r in rows:
+        table.add_row(*r)
+    _console().print(table)
     return 0
 
 
 def cmd_theta(args: argparse.Namespace) -> int:
-    from .analysis import analyze_structure
     from .load import load
     from .parser import parse_value
 
@@ -102,9 +154,7 @@ def cmd_theta(args: argparse.Namespace) -> int:
     from .parser import parse_text
 
     structure = load(parse_text(source, "<theta>"))
-    from .report import render_terminal
-
-    _emit(args, [analyze_structure(structure)], render_terminal)
+    _emit(args, _analyses(args, [structure]))
     return 0
 
 
@@ -165,9 +215,34 @@ def _add_spec_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="override a parameter, e.g. --set d=4096 (repeatable)",
     )
+    p.add_argument("--symbolic", action="store_true", help="leave every parameter not --set symbolic")
+
+
+def _add_report_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON (same as --format json)")
+    p.add_argument("--format", choices=["table", "json", "markdown"], default="table", help="output format")
     p.add_argument(
-        "--symbolic", action="store_true", help="leave every parameter not --set symbolic"
+        "--batch",
+        type=_positive_int,
+        default=1,
+        help="vectors per call; factor-only steps are shared (default 1)",
     )
+    p.add_argument(
+        "--optimizer",
+        choices=["adam", "sgd"],
+        default="adam",
+        help="learning-rate rule for lr_mult (default adam)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,15 +257,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("analyze", help="report sizes, costs and the taxonomy of structures")
     _add_spec_arguments(p)
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _add_report_arguments(p)
     p.set_defaults(handler=cmd_analyze)
 
+    p = sub.add_parser("compare", help="one table row per structure, sorted by a column")
+    p.add_argument("files", nargs="+", metavar="FILE", help=".ein spec files (- for standard input)")
+    p.add_argument(
+        "--set", action="append", metavar="NAME=VALUE", help="override a parameter where it exists"
+    )
+    p.add_argument("--symbolic", action="store_true", help="leave every parameter not --set symbolic")
+    p.add_argument("--sort", default="flops", metavar="COLUMN", help="column to sort by (default flops)")
+    _add_report_arguments(p)
+    p.set_defaults(handler=cmd_compare)
+
     p = sub.add_parser("theta", help="analyze a point of the paper's 7-class theta space")
-    p.add_argument("vector", metavar="ALPHA,BETA,GAMMA,DELTA,EPSILON,PHI,RHO", help='e.g. "1/2,0,1/2,0,1/2,1/2,0"')
+    p.add_argument(
+        "vector", metavar="ALPHA,BETA,GAMMA,DELTA,EPSILON,PHI,RHO", help='e.g. "1/2,0,1/2,0,1/2,1/2,0"'
+    )
     p.add_argument("--d", type=int, help="the width (d_in = d_out = d)")
     p.add_argument("--d-in", type=int, help="the input width")
     p.add_argument("--d-out", type=int, help="the output width")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    _add_report_arguments(p)
     p.set_defaults(handler=cmd_theta)
 
     p = sub.add_parser("plan", help="show how the compiled forward runs, step by step")

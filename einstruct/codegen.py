@@ -95,9 +95,7 @@ def _fraction_text(value: Any) -> str:
     return str(value)
 
 
-def render_context(
-    plan: Plan, class_name: str | None = None, command: str | None = None
-) -> dict[str, Any]:
+def render_context(plan: Plan, class_name: str | None = None, command: str | None = None) -> dict[str, Any]:
     """Everything the template needs, computed; the template decides nothing."""
     s = plan.structure
     if s.route is not None:
@@ -149,9 +147,7 @@ def render_context(
                 f"        ).view{shape}",
             }
         )
-    out_permute = (
-        f".permute{_tuple(str(p) for p in plan.output_permute)}" if plan.output_permute else ""
-    )
+    out_permute = f".permute{_tuple(str(p) for p in plan.output_permute)}" if plan.output_permute else ""
     metrics = _metrics(plan)
     taxonomy = ", ".join(f"{k} {metrics[k]}" for k in ("omega", "psi", "nu") if k in metrics)
     source_lines = s.to_source().rstrip("\n").splitlines()

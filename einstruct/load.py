@@ -1,8 +1,8 @@
 """Load structures from a spec: a path, or source text. The front of the pipeline.
 
-    >>> s = load("structure m = monarch(d = 64)")
-    >>> s.name, s.d_in
-    ('m', 64)
+>>> s = load("structure m = monarch(d = 64)")
+>>> s.name, s.d_in
+('m', 64)
 """
 
 from __future__ import annotations
@@ -55,11 +55,12 @@ def load_all(
     *,
     symbolic: bool = False,
     names: list[str] | None = None,
+    strict: bool = True,
 ) -> list[Structure]:
     """Resolve the structures of a spec (all, or those in ``names``).
 
     An override applies to every structure having that parameter; one that no
-    selected structure has is an error.
+    selected structure has is an error (unless ``strict=False``).
     """
     parsed = read_spec(spec)
     overrides = dict(overrides or {})
@@ -90,7 +91,7 @@ def load_all(
         used.update(mine)
         structures.append(resolve(decl, mine, symbolic=symbolic, source=sources[decl.name.name]))
     unused = sorted(set(overrides) - used)
-    if unused:
+    if unused and strict:
         listed = sorted({p.name for s in structures for p in s.parameters})
         raise ParameterError(
             f"no structure has parameter '{unused[0]}'",

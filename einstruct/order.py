@@ -120,7 +120,9 @@ def contraction_order(structure: Structure, batch: int = 1) -> ContractionOrder:
         if last:
             kept = output
         flops = 2 * math.prod(sizes[i] for i in seen)
-        steps.append(Step(tuple(n for n, _ in picked), tuple(idx for _, idx in picked), result, kept, summed, flops))
+        steps.append(
+            Step(tuple(n for n, _ in picked), tuple(idx for _, idx in picked), result, kept, summed, flops)
+        )
         live.append((result, kept))
         # a factor "meets the input" at the step where it joins the input's lineage
         lineage = _lineage(steps, structure.input.name)

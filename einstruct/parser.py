@@ -11,7 +11,7 @@ the line, a caret and what was expected there.
 from __future__ import annotations
 
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from lark import Lark, Token, Transformer, v_args
@@ -43,7 +43,7 @@ _TERMINAL_WORDS = {
 }
 
 
-@lru_cache(maxsize=None)
+@cache
 def _parser(start: str) -> Lark:
     return Lark(
         grammar_file().read_text(encoding="utf-8"),
@@ -89,7 +89,7 @@ def parse_value(text: str, where: str = "--set") -> Expr:
     """Parse a value given outside a file (``--set d=4096``): an expression."""
     try:
         tree = _parser("value").parse(text)
-    except UnexpectedInput as exc:
+    except UnexpectedInput:
         raise ParameterError(
             f"{where}: '{text}' is not a value",
             hint="give a number or an expression such as 4096, 1/2 or 2^10",

@@ -1,40 +1,183 @@
-"""Render analyses for people: a rich terminal report, or markdown."""
+"""Render analyses for people: a rich terminal report, markdown, and compare tables."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from .analysis import Analysis
+from .analysis import Analysis, exponent_text
 
-__all__ = ["render_terminal"]
+__all__ = ["MEANINGS", "render_terminal", "render_markdown", "compare_rows", "COMPARE_COLUMNS"]
+
+#: One line of meaning per taxonomy number (BACKGROUND §3).
+MEANINGS = {
+    "omega": "parameter sharing: FLOPs/params ~ d^omega; 0 = every parameter used once per vector (best)",
+    "psi": "rank: rank ~ d^psi; 1 = full rank (scaled better than low rank)",
+    "nu": "compute intensity: FLOPs ~ d^(1+nu); dense is 1 (matters little when omega = 0, psi = 1)",
+}
 
 
 def _fmt(value: Any) -> str:
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.4g}"
     return str(value)
 
 
-def render_terminal(analysis: Analysis, console) -> None:
+def _ratio(a: Analysis, num: Any, den: Any) -> str:
+    r = a.ratio(num, den)
+    return f"{r:.4g}" if isinstance(r, float) else str(r)
+
+
+def _factor_rows(a: Analysis) -> list[list[str]]:
+    rows = []
+    for f in a.factors:
+        fan = f.fans
+        rows.append(
+            [
+                f.name,
+                ", ".join(f.indices),
+                " x ".join(map(_fmt, f.shape)),
+                _fmt(f.params),
+                _fmt(fan.fan_in),
+                _fmt(fan.fan_out),
+                _fmt(fan.init_std),
+                _fmt(fan.lr_mult),
+            ]
+        )
+    return rows
+
+
+FACTOR_HEADER = ["factor", "axes", "shape", "params", "fan_in", "fan_out", "init_std", "lr_mult"]
+INDEX_HEADER = ["index", "size", "as written", "class", "theta"]
+
+
+def _totals(a: Analysis) -> list[tuple[str, str]]:
+    c = a.counts
+    dense_params = a.d_in * a.d_out
+    return [
+        ("params", f"{_fmt(a.params)}  ({_ratio(a, a.params, dense_params)} of dense)"),
+        (
+            f"FLOPs / vector (batch {c.batch})",
+            f"{_fmt(c.flops)}  ({_ratio(a, c.flops, a.flops_dense)} of dense)",
+        ),
+        ("train FLOPs / vector", _fmt(c.train_flops)),
+        ("dense FLOPs / vector", _fmt(a.flops_dense)),
+        ("peak intermediate / vector", _fmt(c.peak_intermediate)),
+        ("rank bound", f"{_fmt(a.rank_bound)}" + ("  (full rank)" if a.full_rank else "")),
+    ]
+
+
+def render_terminal(a: Analysis, console) -> None:
     """Print one analysis to a rich console."""
     from rich.table import Table
 
-    s = analysis.structure
-    console.print(f"[bold]{s.name}[/bold]  ({s.origin})   einsum [cyan]{analysis.einsum}[/cyan]")
-    width = f"d_in = {_fmt(analysis.d_in)}, d_out = {_fmt(analysis.d_out)}"
-    if s.is_padded:
+    s = a.structure
+    console.print(f"[bold]{s.name}[/bold]  ({s.origin})   einsum [cyan]{a.einsum}[/cyan]")
+    width = f"d_in = {_fmt(a.d_in)}, d_out = {_fmt(a.d_out)}"
+    if s.is_padded and not s.is_symbolic:
         width += f"  (axes {_fmt(s.d_in)} x {_fmt(s.d_out)}: padded)"
     console.print(width)
+
     table = Table(title="indices", title_justify="left")
-    for col in ("index", "size", "as written", "class"):
+    for col in INDEX_HEADER:
         table.add_column(col, justify="right" if col == "size" else "left")
-    for i in analysis.indices:
-        table.add_row(i.name, _fmt(i.size), i.expr, i.index_class)
+    for i in a.indices:
+        table.add_row(i.name, _fmt(i.size), i.expr, i.index_class, exponent_text(i.exponent))
     console.print(table)
-    table = Table(title="factors", title_justify="left")
-    for col in ("factor", "axes", "shape", "params"):
-        table.add_column(col, justify="right" if col == "params" else "left")
-    for f in analysis.factors:
-        table.add_row(f.name, ", ".join(f.indices), " x ".join(map(_fmt, f.shape)), _fmt(f.params))
-    table.add_row("total", "", "", _fmt(analysis.params), style="bold")
+
+    table = Table(title=f"factors (muP for {a.optimizer}, in evaluation order)", title_justify="left")
+    for col in FACTOR_HEADER:
+        table.add_column(col, justify="left" if col in ("factor", "axes", "shape") else "right")
+    for row in _factor_rows(a):
+        table.add_row(*row)
     console.print(table)
+
+    table = Table(title="totals", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    for k, v in _totals(a):
+        table.add_row(k, v)
+    console.print(table)
+
+    t = a.taxonomy
+    if t.theta is not None:
+        console.print("theta (oriented): " + ", ".join(f"{k} {exponent_text(v)}" for k, v in t.theta.items()))
+    for key in ("omega", "psi", "nu"):
+        console.print(f"[bold]{key:5}[/bold] = {exponent_text(getattr(t, key)):6}  {MEANINGS[key]}")
+    console.print("path: " + "; ".join(a.path_text))
     if s.route is not None:
         console.print(f"route: {s.route.index} top {_fmt(s.route.top_k)} (BTT-MoE)")
+    for d in a.diagnostics:
+        console.print(f"[yellow]{d.code}[/yellow]: {d.message}")
+    if not a.diagnostics:
+        console.print("[green]no diagnostics[/green]")
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_markdown(a: Analysis) -> str:
+    """The report as markdown, for papers and READMEs."""
+    t = a.taxonomy
+    parts = [
+        f"### `{a.name}`: `{a.einsum}`, d_in = {_fmt(a.d_in)}, d_out = {_fmt(a.d_out)}",
+        "",
+        _md_table(
+            INDEX_HEADER,
+            [
+                [i.name, _fmt(i.size), f"`{i.expr}`", i.index_class, exponent_text(i.exponent)]
+                for i in a.indices
+            ],
+        ),
+        "",
+        _md_table(FACTOR_HEADER, _factor_rows(a)),
+        "",
+        _md_table(["total", "value"], [list(r) for r in _totals(a)]),
+        "",
+        f"omega = {exponent_text(t.omega)}, psi = {exponent_text(t.psi)}, nu = {exponent_text(t.nu)}",
+    ]
+    for d in a.diagnostics:
+        parts.append(f"- **{d.code}**: {d.message}")
+    return "\n".join(parts) + "\n"
+
+
+#: Columns of ``einstruct compare``: header -> value getter.
+COMPARE_COLUMNS = {
+    "name": lambda a: a.name,
+    "d_in": lambda a: a.d_in,
+    "d_out": lambda a: a.d_out,
+    "params": lambda a: a.params,
+    "flops": lambda a: a.counts.flops,
+    "flops_ratio": lambda a: a.ratio(a.counts.flops, a.flops_dense),
+    "rank_bound": lambda a: a.rank_bound,
+    "omega": lambda a: a.taxonomy.omega,
+    "psi": lambda a: a.taxonomy.psi,
+    "nu": lambda a: a.taxonomy.nu,
+    "diagnostics": lambda a: ",".join(d.code for d in a.diagnostics) or "-",
+}
+
+
+def compare_rows(analyses: list[Analysis], sort: str) -> list[list[str]]:
+    """One row of text per analysis, sorted by column ``sort`` (numbers numerically)."""
+    get = COMPARE_COLUMNS[sort]
+
+    def key(a: Analysis):
+        v = get(a)
+        try:
+            return (0, float(v), "")
+        except (TypeError, ValueError):
+            return (1, 0.0, str(v))
+
+    rows = []
+    for a in sorted(analyses, key=key):
+        rows.append(
+            [
+                exponent_text(v) if k in ("omega", "psi", "nu") else _fmt(v) if not isinstance(v, str) else v
+                for k, v in ((k, g(a)) for k, g in COMPARE_COLUMNS.items())
+            ]
+        )
+    return rows

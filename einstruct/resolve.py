@@ -266,9 +266,7 @@ def _resolve_explicit(decl: StructureDecl, values: dict[str, sympy.Expr], source
     }
     structure = Structure(
         name=decl.name.name,
-        parameters=tuple(
-            Parameter(p.name.name, values[p.name.name], p.name.span) for p in decl.params
-        ),
+        parameters=tuple(Parameter(p.name.name, values[p.name.name], p.name.span) for p in decl.params),
         indices=tuple(indices),
         input=tensors[in_ref.name.name],
         output=tensors[out_ref.name.name],
@@ -344,9 +342,7 @@ def _check_width(structure, side, span, values, size_exprs):
         hint = f"make the sizes multiply to {declared}, or wrap them in ceil()/round() to pad"
     else:
         hint = "the layer would miss features; round the sizes up (ceil) so they cover the width"
-    raise WidthError(
-        f"{side}put axes ({axes}) multiply to {product}, but {where}", span, hint
-    )
+    raise WidthError(f"{side}put axes ({axes}) multiply to {product}, but {where}", span, hint)
 
 
 def _resolve_route(decl, structure, values, members, factor_names):
@@ -388,5 +384,3 @@ def _span_of(expr: Expr) -> Span | None:
         return expr.span
     names = names_in(expr)
     return names[0].span if names else None
-
-

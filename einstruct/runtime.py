@@ -30,8 +30,12 @@ __all__ = ["compile", "compile_structure", "module_source", "analyze"]
 DEFAULT_BATCH = 2048
 
 
-def module_source(structure: Structure, class_name: str | None = None, batch: int = DEFAULT_BATCH,
-                  command: str | None = None) -> str:
+def module_source(
+    structure: Structure,
+    class_name: str | None = None,
+    batch: int = DEFAULT_BATCH,
+    command: str | None = None,
+) -> str:
     """The generated module text for a resolved structure."""
     return render_torch(make_plan(structure, batch), class_name, command)
 
@@ -57,7 +61,9 @@ def compile_text(text: str, filename: str):
     return builtins.compile(text, filename, "exec")
 
 
-def compile_structure(structure: Structure, class_name: str | None = None, batch: int = DEFAULT_BATCH) -> type:
+def compile_structure(
+    structure: Structure, class_name: str | None = None, batch: int = DEFAULT_BATCH
+) -> type:
     """The layer class for a resolved structure (cached)."""
     return _build(structure, class_name, batch)
 

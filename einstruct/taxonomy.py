@@ -1,0 +1,220 @@
+"""The paper's taxonomy: theta exponents, omega, psi, nu (BACKGROUND §3).
+
+Every size is written d^theta_i; theta_i is exact where it can be (an exact
+rational power of the width, or a size written as a power of the width
+parameter), so theta 1/3 at d = 4096 is exactly 1/3. Then, from the general
+definitions:
+
+- nu:    per-vector FLOPs ~ d^(1 + nu), along the asymptotically cheapest path;
+- omega: FLOPs / params ~ d^omega;
+- psi:   rank ~ d^psi, from the minimum cut in exponent space (capped at 1).
+
+For two-factor structures :func:`theta_vector` gives the 7 class exponents,
+oriented so that min(alpha, epsilon) >= min(beta, delta), and
+:func:`closed_forms` the paper's formulas, which the general definitions match.
+
+    >>> t = taxonomy(load("examples/btt.ein"))
+    >>> t.omega, t.psi, t.nu
+    (0, 1, 1/2)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import Any
+
+from .ir import CLASS_NAMES, Structure
+from .rank import cut_weight, min_cut_indices
+
+__all__ = ["Taxonomy", "index_exponents", "taxonomy", "theta_vector", "orient", "closed_forms"]
+
+Exponent = Any  # Fraction when exact, else a float or a sympy expression
+
+
+@dataclass(frozen=True)
+class Taxonomy:
+    """omega, psi, nu and (for two factors) theta as written and oriented."""
+
+    exponents: dict[str, Exponent]
+    omega: Exponent | None
+    psi: Exponent | None
+    nu: Exponent | None
+    theta_written: dict[str, Exponent] | None
+    theta: dict[str, Exponent] | None
+
+    @property
+    def redundant(self) -> bool:
+        """The theta as written is the mirror of its oriented twin."""
+        return self.theta_written is not None and self.theta_written != self.theta
+
+
+def _base(structure: Structure, index: str):
+    """The width an index scales with: d_in (input side), d_out (output side), or the smaller."""
+    in_x = index in structure.input.indices
+    in_y = index in structure.output.indices
+    if in_x:
+        return structure.in_features
+    if in_y:
+        return structure.out_features
+    return _min(structure.in_features, structure.out_features)
+
+
+def _min(a, b):
+    if isinstance(a, int) and isinstance(b, int):
+        return min(a, b)
+    import sympy
+
+    return sympy.Min(a, b)
+
+
+def _exact_log(size: int, base: int) -> Fraction | None:
+    """log_base(size) as a fraction p/q with size^q == base^p exactly, if one exists."""
+    if size == 1:
+        return Fraction(0)
+    if base <= 1:
+        return None
+    guess = Fraction(math.log(size) / math.log(base)).limit_denominator(64)
+    if guess <= 0:
+        return None
+    p, q = guess.numerator, guess.denominator
+    return guess if size**q == base**p else None
+
+
+def _exponent_from_expr(structure: Structure, index: str, base) -> Exponent | None:
+    """The exponent of a size written as round(w^p) (or floor/ceil) of the width parameter w."""
+    import sympy
+
+    from .expressions import evaluate
+
+    idx = structure.index(index)
+    if idx.expr is None:
+        return None
+    widths = {"d", "d_in", "d_out"}
+    env = {}
+    for p in structure.parameters:
+        env[p.name] = sympy.Symbol(p.name, positive=True) if p.name in widths else p.value
+    value = evaluate(idx.expr, env)
+    value = value.replace(lambda e: isinstance(e, sympy.floor | sympy.ceiling), lambda e: e.args[0])
+    from .expressions import Round
+
+    value = value.replace(lambda e: isinstance(e, Round), lambda e: e.args[0])
+    value = sympy.powsimp(sympy.simplify(value), force=True)
+    for w in widths & set(env):
+        sym = env[w]
+        coeff, power = value.as_coeff_exponent(sym)
+        if coeff == 1 and power != 0 and not power.free_symbols:
+            return Fraction(int(power.p), int(power.q))
+    return None
+
+
+def index_exponents(structure: Structure) -> dict[str, Exponent]:
+    """theta_i = log_d(size_i) per index, exact where possible."""
+    out: dict[str, Exponent] = {}
+    for index in structure.indices:
+        size, base = index.size, _base(structure, index.name)
+        exact = None
+        if isinstance(size, int) and isinstance(base, int):
+            exact = _exact_log(size, base)
+        if exact is None:
+            exact = _exponent_from_expr(structure, index.name, base)
+        if exact is None:
+            import sympy
+
+            exact = sympy.simplify(sympy.log(size) / sympy.log(base))
+            if exact.is_Rational:
+                exact = Fraction(int(exact.p), int(exact.q))
+            elif not exact.free_symbols:
+                exact = float(exact)
+        out[index.name] = exact
+    return out
+
+
+def _is_number(v: Exponent) -> bool:
+    return isinstance(v, int | float | Fraction)
+
+
+def _cheapest_exponent(structure: Structure, theta: dict[str, Exponent]) -> Exponent:
+    """Leading exponent of per-vector FLOPs along the asymptotically cheapest path."""
+    import opt_einsum
+
+    scale = 48  # sizes 2^(48 theta): the path optimal as d grows
+    sizes = {i: max(1, round(2 ** (float(theta[i]) * scale))) for i in theta}
+    names = list(theta)
+    sym = {n: opt_einsum.get_symbol(k) for k, n in enumerate(names)}
+    operands = [structure.input.indices, *(f.indices for f in structure.factors)]
+    eq = ",".join("".join(sym[i] for i in op) for op in operands)
+    eq += "->" + "".join(sym[i] for i in structure.output.indices)
+    shapes = [tuple(sizes[i] for i in op) for op in operands]
+    from .order import choose_optimizer
+
+    path, _ = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize=choose_optimizer(len(operands)))
+    live = [tuple(op) for op in operands]
+    worst = None
+    for pair in path:
+        picked = [live[i] for i in sorted(pair)]
+        for i in sorted(pair, reverse=True):
+            live.pop(i)
+        rest = {i for op in live for i in op} | set(structure.output.indices)
+        touched = list(dict.fromkeys(i for op in picked for i in op))
+        cost = sum((theta[i] for i in touched), Fraction(0))
+        worst = cost if worst is None else max(worst, cost)
+        live.append(tuple(i for i in touched if i in rest))
+    return worst
+
+
+def taxonomy(structure: Structure) -> Taxonomy:
+    """omega, psi, nu (and theta for two factors) from the general definitions."""
+    theta = index_exponents(structure)
+    theta_w = theta_o = None
+    if len(structure.factors) == 2:
+        theta_w, theta_o = theta_vector(structure, theta)
+    if not all(_is_number(v) for v in theta.values()):
+        return Taxonomy(theta, None, None, None, theta_w, theta_o)
+    flops_exp = _cheapest_exponent(structure, theta)
+    params_exp = max(sum((theta[i] for i in f.indices), Fraction(0)) for f in structure.factors)
+    cut = min_cut_indices(structure, theta)
+    rank_exp = (
+        min(Fraction(1), cut_weight(cut, theta))
+        if all(isinstance(v, Fraction) for v in theta.values())
+        else min(1.0, float(cut_weight(cut, theta)))
+    )
+    return Taxonomy(
+        exponents=theta,
+        omega=flops_exp - params_exp,
+        psi=rank_exp,
+        nu=flops_exp - 1,
+        theta_written=theta_w,
+        theta=theta_o,
+    )
+
+
+def theta_vector(structure: Structure, theta: dict[str, Exponent]):
+    """The 7 class exponents (as written, oriented), or ``(None, None)`` when an index is in no class."""
+    vec = {c: Fraction(0) for c in CLASS_NAMES}
+    for index in structure.indices:
+        cls = structure.index_class(index.name)
+        if cls not in vec:
+            return None, None
+        vec[cls] = vec[cls] + theta[index.name]
+    return vec, orient(vec)
+
+
+def orient(vec: dict[str, Exponent]) -> dict[str, Exponent]:
+    """Swap the roles of A and B when min(alpha, epsilon) < min(beta, delta)."""
+    if min(vec["alpha"], vec["epsilon"]) >= min(vec["beta"], vec["delta"]):
+        return dict(vec)
+    swapped = dict(vec)
+    swapped["alpha"], swapped["beta"] = vec["beta"], vec["alpha"]
+    swapped["delta"], swapped["epsilon"] = vec["epsilon"], vec["delta"]
+    return swapped
+
+
+def closed_forms(vec: dict[str, Exponent]) -> tuple[Exponent, Exponent, Exponent]:
+    """(omega, psi, nu) of an oriented theta by the paper's closed forms."""
+    a, b, _, d, e, _, r = (vec[c] for c in CLASS_NAMES)
+    nu = 1 + r - min(a, e)
+    omega = min(a + d, b + e) - min(a, e)
+    psi = min(1, 2 + r - a - e, 2 + r - b - d)
+    return omega, psi, nu
