@@ -17,10 +17,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-import sympy
+from fractions import Fraction
+from typing import Any
 
 from .errors import ParameterError, Span, UnknownNameError
-from .expressions import sympy_to_text
+from .expressions import BinOp, Call, Num, evaluate, is_exact, value_text
 from .ir import CLASS_NAMES
 from .spec import ShorthandDecl, StructureDecl
 
@@ -125,7 +126,7 @@ def form_parameters(call: ShorthandDecl) -> list[str]:
     return names
 
 
-def expand(call: ShorthandDecl, values: Mapping[str, sympy.Expr]) -> StructureDecl:
+def expand(call: ShorthandDecl, values: Mapping[str, Any]) -> StructureDecl:
     """Expand a shorthand into a structure declaration, given its argument values.
 
     ``values`` maps every argument (and defaulted parameter) to its value, a sympy
@@ -178,11 +179,12 @@ def _widths(call: ShorthandDecl, names: Mapping) -> tuple[str, str]:
     )
 
 
-def _header(names: list[str], values: Mapping[str, sympy.Expr]) -> str:
+def _header(names: list[str], values: Mapping[str, Any]) -> str:
     parts = []
     for n in names:
         v = values[n]
-        parts.append(n if isinstance(v, sympy.Symbol) else f"{n} = {sympy_to_text(v)}")
+        symbolic = not is_exact(v) and str(v) == n
+        parts.append(n if symbolic else f"{n} = {value_text(v)}")
     return ", ".join(parts)
 
 
@@ -215,7 +217,7 @@ def _catalog_text(call, form: Form, names, values) -> tuple[str, str]:
 
 
 def _theta_text(call, names, values) -> tuple[str, str]:
-    theta: dict[str, sympy.Rational] = {c: sympy.Integer(0) for c in CLASS_NAMES}
+    theta: dict[str, Fraction] = {c: Fraction(0) for c in CLASS_NAMES}
     spans: dict[str, Span | None] = {}
     for arg, _ in call.args:
         if arg.name in ("d", "d_in", "d_out"):
@@ -228,13 +230,13 @@ def _theta_text(call, names, values) -> tuple[str, str]:
                 "(or α β γ δ ε φ ρ), plus d or d_in and d_out",
             )
         value = values[arg.name]
-        if not (value.is_Rational and 0 <= value <= 1):
+        if not (is_exact(value) and 0 <= value <= 1):
             raise ParameterError(
                 f"theta class {arg.name} must be a rational number in [0, 1], got {value}",
                 arg.span,
                 "use a fraction such as 1/2 or 1/3",
             )
-        theta[THETA_ALIASES[arg.name]] = value
+        theta[THETA_ALIASES[arg.name]] = Fraction(value)
         spans[THETA_ALIASES[arg.name]] = arg.span
     for side, classes in (("input", _INPUT_CLASSES), ("output", _OUTPUT_CLASSES)):
         total = sum(theta[c] for c in classes)
@@ -249,13 +251,14 @@ def _theta_text(call, names, values) -> tuple[str, str]:
     base["rho"] = "d" if din == dout else "min(d_in, d_out)"
     width_value = {c: values[base[c]] if base[c] in values else None for c in CLASS_NAMES}
     if base["rho"] != "d":
-        width_value["rho"] = sympy.Min(values["d_in"], values["d_out"])
+        a, b = values["d_in"], values["d_out"]
+        width_value["rho"] = min(a, b) if is_exact(a) and is_exact(b) else None
     kept = []
     for c in CLASS_NAMES:
         if theta[c] == 0:
             continue
         w = width_value[c]
-        if w is not None and w.is_number and _round_half_up(w ** theta[c]) == 1:
+        if w is not None and is_exact(w) and _rounded_power(w, theta[c]) == 1:
             continue  # a class of size 1 vanishes
         kept.append(c)
     tensors = [(n, [c for c in cls if c in kept]) for n, cls in _THETA_TENSORS]
@@ -266,10 +269,11 @@ def _theta_text(call, names, values) -> tuple[str, str]:
     out = [c for c in _THETA_OUTPUT if c in kept]
     ref = lambda name, idx: f"{name}[{', '.join(idx)}]"  # noqa: E731
     equation = f"{ref('y', out)} = {' * '.join(ref(n, i) for n, i in [x, *factors])}"
-    sizes = ", ".join(f"{c} = round({base[c]}^({sympy_to_text(theta[c])}))" for c in kept)
+    sizes = ", ".join(f"{c} = round({base[c]}^({value_text(theta[c])}))" for c in kept)
     widths = ["d"] if din == "d" else ["d_in", "d_out"]
     return _header(widths, values), f"    {equation}\n    where {sizes}\n"
 
 
-def _round_half_up(value: sympy.Expr) -> int:
-    return int(sympy.floor(value + sympy.Rational(1, 2)))
+def _rounded_power(width: Any, exponent: Fraction) -> Any:
+    """round(width ^ exponent), exactly."""
+    return evaluate(Call("round", (BinOp("^", Num(Fraction(width)), Num(exponent)),)), {})

@@ -7,17 +7,20 @@ prints back as structure-language text, and evaluates exactly with sympy::
     >>> e = BinOp("^", Name("d"), BinOp("/", Num(1), Num(2)))
     >>> to_text(e)
     'd^(1/2)'
-    >>> evaluate(e, {"d": sympy.Integer(1024)})
+    >>> evaluate(e, {"d": 1024})
     32
+    >>> evaluate(e, {"d": 1000})  # irrational: sympy takes over
+    10*sqrt(10)
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-
-import sympy
+from functools import lru_cache
+from typing import Any
 
 from .errors import Span, UnknownNameError
 
@@ -30,37 +33,62 @@ __all__ = [
     "Call",
     "FUNCTIONS",
     "ROUNDING_FUNCTIONS",
-    "Round",
+    "Value",
     "evaluate",
+    "exact",
+    "is_exact",
     "to_text",
+    "value_text",
     "names_in",
     "has_rounding",
     "sympy_to_text",
+    "sympy_round",
 ]
 
+#: A value: ``int`` or ``Fraction`` when exact and rational (the fast path, no
+#: sympy), otherwise a sympy expression (irrational, or symbolic parameters).
+Value = Any
 
-class Round(sympy.Function):
-    """Round half up to the nearest integer, exactly: ``Round(x) = floor(x + 1/2)``."""
 
-    @classmethod
-    def eval(cls, arg):  # noqa: D102 - sympy protocol
-        if arg.is_number:
-            return sympy.floor(arg + sympy.Rational(1, 2))
-        return None
+@lru_cache(maxsize=1)
+def sympy_round():
+    """The sympy function ``Round(x) = floor(x + 1/2)`` (built on first use)."""
+    import sympy
+
+    class Round(sympy.Function):
+        """Round half up to the nearest integer, exactly."""
+
+        @classmethod
+        def eval(cls, arg):  # noqa: D102 - sympy protocol
+            if arg.is_number:
+                return sympy.floor(arg + sympy.Rational(1, 2))
+            return None
+
+    return Round
+
+
+def _sympy_function(name: str) -> Callable[..., Any]:
+    import sympy
+
+    return {
+        "round": sympy_round(),
+        "floor": sympy.floor,
+        "ceil": sympy.ceiling,
+        "sqrt": sympy.sqrt,
+        "min": sympy.Min,
+        "max": sympy.Max,
+    }[name]
 
 
 #: Functions the language knows, by name, with their arity.
-FUNCTIONS: dict[str, tuple[int, Callable[..., sympy.Expr]]] = {
-    "round": (1, Round),
-    "floor": (1, sympy.floor),
-    "ceil": (1, sympy.ceiling),
-    "sqrt": (1, sympy.sqrt),
-    "min": (2, sympy.Min),
-    "max": (2, sympy.Max),
-}
+FUNCTIONS: dict[str, int] = {"round": 1, "floor": 1, "ceil": 1, "sqrt": 1, "min": 2, "max": 2}
 
 #: Functions whose result is an integer by construction (they opt in to padding).
 ROUNDING_FUNCTIONS = frozenset({"round", "floor", "ceil"})
+
+
+class _Inexact(Exception):
+    """The exact rational path cannot represent this value (irrational, complex, infinite)."""
 
 
 @dataclass(frozen=True)
@@ -175,31 +203,128 @@ def has_rounding(expr: Expr) -> bool:
     return False
 
 
-def evaluate(expr: Expr, env: Mapping[str, sympy.Expr]) -> sympy.Expr:
-    """Evaluate exactly with sympy; names are looked up in ``env``.
+def is_exact(value: Value) -> bool:
+    """Whether ``value`` is an exact rational of the fast path (int or Fraction)."""
+    return isinstance(value, int | Fraction) and not isinstance(value, bool)
+
+
+def exact(value: Value) -> Value:
+    """Normalize: integral Fractions and sympy rationals become int/Fraction."""
+    if isinstance(value, Fraction):
+        return int(value) if value.denominator == 1 else value
+    if is_exact(value):
+        return value
+    if getattr(value, "is_Rational", False):
+        return exact(Fraction(int(value.p), int(value.q)))
+    return value
+
+
+def evaluate(expr: Expr, env: Mapping[str, Value]) -> Value:
+    """Evaluate exactly; names are looked up in ``env``.
+
+    With rational inputs the result is an ``int`` or ``Fraction`` computed without
+    sympy; an irrational intermediate (``1000^(1/2)``) or a symbolic parameter
+    switches to sympy for the whole expression.
 
     Raises:
         UnknownNameError: a name that ``env`` does not hold, pointing at it.
     """
+    for name in names_in(expr):
+        if name.id not in env:
+            known = ", ".join(sorted(env)) or "none"
+            raise UnknownNameError(
+                f"unknown parameter '{name.id}'",
+                name.span,
+                f"sizes may use the structure's parameters ({known}); "
+                f"declare it in the header, e.g. `structure s(d = 1024, {name.id} = 4):`",
+            )
+    if all(is_exact(env[n.id]) for n in names_in(expr)):
+        try:
+            return exact(_exact_eval(expr, env))
+        except _Inexact:
+            pass
+    return exact(_sympy_eval(expr, env))
+
+
+def _root(value: int, q: int) -> int:
+    """The exact q-th root of a non-negative integer; raises _Inexact otherwise."""
+    guess = round(value ** (1.0 / q)) if value < 2**1000 else int(math.exp(math.log(value) / q))
+    for candidate in range(max(0, guess - 2), guess + 3):
+        if candidate**q == value:
+            return candidate
+    raise _Inexact
+
+
+def _power(base: Fraction, exponent: Fraction) -> Fraction:
+    if exponent.denominator == 1:
+        if base == 0 and exponent < 0:
+            raise _Inexact
+        return base ** int(exponent)
+    if base < 0:
+        raise _Inexact
+    p, q = exponent.numerator, exponent.denominator
+    if abs(p) > 64 or q > 64:
+        raise _Inexact
+    root = Fraction(_root(base.numerator, q), _root(base.denominator, q))
+    if root == 0 and p < 0:
+        raise _Inexact
+    return root**p
+
+
+def _exact_eval(expr: Expr, env: Mapping[str, Value]) -> Fraction:
+    if isinstance(expr, Num):
+        return expr.value
+    if isinstance(expr, Name):
+        return Fraction(env[expr.id])
+    if isinstance(expr, Neg):
+        return -_exact_eval(expr.operand, env)
+    if isinstance(expr, Call):
+        args = [_exact_eval(a, env) for a in expr.args]
+        if expr.func == "round":
+            return Fraction(math.floor(args[0] + Fraction(1, 2)))
+        if expr.func == "floor":
+            return Fraction(math.floor(args[0]))
+        if expr.func == "ceil":
+            return Fraction(math.ceil(args[0]))
+        if expr.func == "sqrt":
+            return _power(args[0], Fraction(1, 2))
+        return min(args) if expr.func == "min" else max(args)
+    left, right = _exact_eval(expr.left, env), _exact_eval(expr.right, env)
+    if expr.op == "+":
+        return left + right
+    if expr.op == "-":
+        return left - right
+    if expr.op == "*":
+        return left * right
+    if expr.op == "/":
+        if right == 0:
+            raise _Inexact
+        return left / right
+    return _power(left, right)
+
+
+def _to_sympy(value: Value):
+    import sympy
+
+    if isinstance(value, Fraction):
+        return sympy.Rational(value.numerator, value.denominator)
+    if isinstance(value, int):
+        return sympy.Integer(value)
+    return value
+
+
+def _sympy_eval(expr: Expr, env: Mapping[str, Value]):
+    import sympy
+
     if isinstance(expr, Num):
         return sympy.Rational(expr.value.numerator, expr.value.denominator)
     if isinstance(expr, Name):
-        if expr.id not in env:
-            known = ", ".join(sorted(env)) or "none"
-            raise UnknownNameError(
-                f"unknown parameter '{expr.id}'",
-                expr.span,
-                f"sizes may use the structure's parameters ({known}); "
-                "declare it in the header, e.g. `structure s(d = 1024, "
-                f"{expr.id} = 4):`",
-            )
-        return env[expr.id]
+        return _to_sympy(env[expr.id])
     if isinstance(expr, Neg):
-        return -evaluate(expr.operand, env)
+        return -_sympy_eval(expr.operand, env)
     if isinstance(expr, Call):
-        _, fn = FUNCTIONS[expr.func]
-        return fn(*(evaluate(a, env) for a in expr.args))
-    left, right = evaluate(expr.left, env), evaluate(expr.right, env)
+        return _sympy_function(expr.func)(*(_sympy_eval(a, env) for a in expr.args))
+    left, right = _sympy_eval(expr.left, env), _sympy_eval(expr.right, env)
     if expr.op == "+":
         return left + right
     if expr.op == "-":
@@ -211,8 +336,19 @@ def evaluate(expr: Expr, env: Mapping[str, sympy.Expr]) -> sympy.Expr:
     return left**right
 
 
-def sympy_to_text(value: sympy.Expr) -> str:
+def value_text(value: Value) -> str:
+    """A value in structure-language syntax (``4096``, ``1/2``, ``d``, ``2^(1/2)``)."""
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, Fraction):
+        return f"{value.numerator}/{value.denominator}" if value.denominator != 1 else str(value.numerator)
+    return sympy_to_text(value)
+
+
+def sympy_to_text(value: Any) -> str:
     """Print a sympy value or expression in structure-language syntax."""
+    import sympy
+
     text = sympy.sstr(value)
     for old, new in (("**", "^"), ("ceiling(", "ceil("), ("Round(", "round(")):
         text = text.replace(old, new)

@@ -17,9 +17,8 @@ import enum
 import math
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import TYPE_CHECKING, Union
-
-import sympy
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any
 
 from .errors import Span
 from .expressions import Expr, to_text
@@ -39,7 +38,7 @@ __all__ = [
 ]
 
 #: A size or count: an ``int`` at concrete parameters, a sympy expression otherwise.
-Size = Union[int, sympy.Expr]
+Size = Any
 
 #: The paper's seven index classes of the two-factor space, in order.
 CLASS_NAMES = ("alpha", "beta", "gamma", "delta", "epsilon", "phi", "rho")
@@ -104,12 +103,12 @@ class Parameter:
     """A structure parameter and its value (a sympy Symbol when left symbolic)."""
 
     name: str
-    value: sympy.Expr
+    value: Any  # int or Fraction; a sympy Symbol when symbolic; sympy if irrational
     span: Span | None = field(default=None, compare=False)
 
     @property
     def is_symbolic(self) -> bool:
-        return isinstance(self.value, sympy.Symbol)
+        return not isinstance(self.value, int | Fraction) and bool(self.value.free_symbols)
 
 
 @dataclass(frozen=True)
@@ -198,10 +197,13 @@ class Structure:
 
     @property
     def is_padded(self) -> bool:
-        """Whether the axes are wider than the requested features."""
-        return bool(sympy.simplify(self.d_in - self.in_features) != 0) or bool(
-            sympy.simplify(self.d_out - self.out_features) != 0
-        )
+        """Whether the axes are wider than the requested features (symbolic: may be)."""
+        pairs = ((self.d_in, self.in_features), (self.d_out, self.out_features))
+        if all(isinstance(v, int) for pair in pairs for v in pair):
+            return any(a != b for a, b in pairs)
+        import sympy
+
+        return any(sympy.simplify(a - b) != 0 for a, b in pairs)
 
     def factor_params(self, factor: Tensor | str) -> Size:
         """Number of learned entries of one factor."""
@@ -211,7 +213,11 @@ class Structure:
     def params(self) -> Size:
         """Learned entries over all factors (no bias)."""
         total = sum((self.factor_params(f) for f in self.factors), 0)
-        return int(total) if isinstance(total, int) else sympy.simplify(total)
+        if isinstance(total, int):
+            return total
+        import sympy
+
+        return sympy.simplify(total)
 
     # -- classes -----------------------------------------------------------------------
     def index_class(self, index: str) -> str:
@@ -275,4 +281,6 @@ def _product(values) -> Size:
     values = list(values)
     if all(isinstance(v, int) for v in values):
         return math.prod(values)
+    import sympy
+
     return sympy.simplify(sympy.Mul(*values))

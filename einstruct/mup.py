@@ -16,7 +16,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import sympy
+from typing import Any
 
 from .ir import Size, Structure
 
@@ -37,13 +37,15 @@ class FactorFans:
     step: int
     fan_in: Size
     fan_out: Size
-    init_std: float | sympy.Expr
-    lr_mult: float | sympy.Expr
+    init_std: Any  # float, or a sympy expression when sizes are symbolic
+    lr_mult: Any
 
 
 def _prod(values: list[Size]) -> Size:
     if all(isinstance(v, int) for v in values):
         return math.prod(values)
+    import sympy
+
     return sympy.Mul(*values)
 
 
@@ -78,11 +80,15 @@ def factor_fans(
         fan_in = _prod([structure.size(i) for i in consumed])
         fan_out = _prod([structure.size(i) for i in brought])
         if isinstance(fan_in, int) and isinstance(fan_out, int):
-            std: float | sympy.Expr = math.sqrt(min(fan_in, fan_out)) / fan_in
+            std: Any = math.sqrt(min(fan_in, fan_out)) / fan_in
         else:
+            import sympy
+
             std = sympy.sqrt(sympy.Min(fan_in, fan_out)) / fan_in
         lr = OPTIMIZERS[optimizer](structure.d_in, fan_in, fan_out)
         if not isinstance(lr, int | float):
+            import sympy
+
             lr = sympy.simplify(lr)
         elif isinstance(lr, float) and lr.is_integer():
             lr = int(lr)

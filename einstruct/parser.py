@@ -45,13 +45,12 @@ _TERMINAL_WORDS = {
 
 @cache
 def _parser(start: str) -> Lark:
-    return Lark(
-        grammar_file().read_text(encoding="utf-8"),
-        parser="lalr",
-        start=start,
-        propagate_positions=True,
-        maybe_placeholders=True,
-    )
+    options = dict(parser="lalr", start=start, propagate_positions=True, maybe_placeholders=True)
+    text = grammar_file().read_text(encoding="utf-8")
+    try:  # lark caches the built LALR tables in the temp dir, keyed by grammar and options
+        return Lark(text, cache=True, **options)
+    except OSError:  # read-only temp dir: build every time
+        return Lark(text, **options)
 
 
 def parse_file(path: str | Path) -> SpecFile:
@@ -297,7 +296,7 @@ class _ToSpec(Transformer):
                 self._tok(func),
                 f"sizes may use {', '.join(sorted(FUNCTIONS))}",
             )
-        arity = FUNCTIONS[str(func)][0]
+        arity = FUNCTIONS[str(func)]
         if len(args) != arity:
             raise SpecSyntaxError(
                 f"{func}() takes {arity} argument{'s' if arity > 1 else ''}, got {len(args)}",

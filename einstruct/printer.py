@@ -7,9 +7,7 @@ parameters with their current values as defaults.
 
 from __future__ import annotations
 
-import sympy
-
-from .expressions import sympy_to_text, to_text
+from .expressions import to_text, value_text
 from .ir import Structure, Tensor
 
 __all__ = ["structure_to_source"]
@@ -18,7 +16,7 @@ __all__ = ["structure_to_source"]
 def structure_to_source(structure: Structure) -> str:
     """Explicit source for ``structure``, ending in a newline."""
     params = ", ".join(
-        p.name if isinstance(p.value, sympy.Symbol) else f"{p.name} = {sympy_to_text(p.value)}"
+        p.name if p.is_symbolic and str(p.value) == p.name else f"{p.name} = {value_text(p.value)}"
         for p in structure.parameters
     )
     header = f"structure {structure.name}({params}):" if params else f"structure {structure.name}:"

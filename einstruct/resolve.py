@@ -15,9 +15,7 @@ from __future__ import annotations
 import keyword
 from collections.abc import Mapping
 from fractions import Fraction
-from typing import Union
-
-import sympy
+from typing import Any
 
 from .catalog import THETA_ALIASES, expand, form_parameters
 from .errors import (
@@ -31,14 +29,14 @@ from .errors import (
     UnknownNameError,
     WidthError,
 )
-from .expressions import Expr, evaluate, has_rounding, names_in, to_text
+from .expressions import Expr, evaluate, exact, has_rounding, is_exact, names_in, to_text, value_text
 from .ir import Index, Parameter, Role, Route, Structure, Tensor
 from .spec import Declaration, Ident, ParamDecl, ShorthandDecl, StructureDecl
 
 __all__ = ["resolve", "Override", "check_name"]
 
 #: What an override may be: a number, a fraction, text like "1/2", or a parsed expression.
-Override = Union[int, Fraction, str, Expr, sympy.Expr]
+Override = Any  # int | Fraction | str | Expr | sympy expression
 
 
 def resolve(
@@ -77,11 +75,29 @@ def resolve(
     return _resolve_explicit(decl, values, source)
 
 
-def _defaults(decl: ShorthandDecl) -> dict[str, sympy.Expr]:
+def _defaults(decl: ShorthandDecl) -> dict[str, Any]:
     from .catalog import CATALOG
 
     form = CATALOG.get(decl.form.name)
-    return {k: sympy.Integer(v) for k, v in (form.defaults if form else {}).items()}
+    return dict(form.defaults) if form else {}
+
+
+def _symbol(name: str):
+    import sympy
+
+    return sympy.Symbol(name, positive=True)
+
+
+def _is_symbolic(value: Any) -> bool:
+    return not is_exact(value) and bool(value.free_symbols)
+
+
+def _is_finite(value: Any) -> bool:
+    if is_exact(value):
+        return True
+    import sympy
+
+    return not value.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo) and value.is_finite is not False
 
 
 def check_name(ident: Ident, what: str) -> None:
@@ -110,9 +126,9 @@ def _parameter_values(
     params: tuple[ParamDecl, ...],
     overrides: dict[str, Override],
     symbolic: bool,
-    defaulted: Mapping[str, sympy.Expr] | None = None,
+    defaulted: Mapping[str, Any] | None = None,
     fixed: set[str] = frozenset(),
-) -> dict[str, sympy.Expr]:
+) -> dict[str, Any]:
     from .parser import parse_value
 
     known = [p.name.name for p in params]
@@ -123,7 +139,7 @@ def _parameter_values(
                 decl.name.span,
                 f"its parameters are {', '.join(known) or 'none'}",
             )
-    values: dict[str, sympy.Expr] = {}
+    values: dict[str, Any] = {}
     for p in params:
         name = p.name.name
         check_name(p.name, "parameter")
@@ -133,26 +149,27 @@ def _parameter_values(
             value = overrides[name]
             if isinstance(value, str):
                 value = parse_value(value, f"--set {name}")
-            if isinstance(value, int | Fraction):
-                value = sympy.Rational(value)
-            elif not isinstance(value, sympy.Basic):
+            if isinstance(value, float):
+                value = Fraction(value).limit_denominator(10**9)
+            if isinstance(value, bool) or not (is_exact(value) or hasattr(value, "free_symbols")):
                 value = evaluate(value, values)
-            if not (value.is_real and value.is_finite):
+            value = exact(value)
+            if not _is_finite(value) or (not is_exact(value) and value.is_real is False):
                 raise ParameterError(f"parameter {name} = {value} is not a finite number", p.name.span)
-            values[name] = sympy.nsimplify(value) if value.is_Float else value
+            values[name] = value
         elif (symbolic and name not in fixed) or (p.default is None and name not in (defaulted or {})):
-            values[name] = sympy.Symbol(name, positive=True)
+            values[name] = _symbol(name)
         elif p.default is None:
             values[name] = (defaulted or {})[name]
         else:
             value = evaluate(p.default, values)
-            if value.has(sympy.zoo, sympy.nan) or value.is_finite is False:
+            if not _is_finite(value):
                 raise ParameterError(f"parameter {name} has no finite value", _span_of(p.default))
             values[name] = value
     return values
 
 
-def _resolve_explicit(decl: StructureDecl, values: dict[str, sympy.Expr], source: str) -> Structure:
+def _resolve_explicit(decl: StructureDecl, values: dict[str, Any], source: str) -> Structure:
     check_name(decl.name, "structure")
     eq = decl.equation
     refs = (eq.output, *eq.operands)
@@ -291,22 +308,26 @@ def _resolve_explicit(decl: StructureDecl, values: dict[str, sympy.Expr], source
     )
 
 
-def _size_value(name: str, expr: Expr, values: dict[str, sympy.Expr]):
+def _size_value(name: str, expr: Expr, values: dict[str, Any]):
     value = evaluate(expr, values)
     span = _span_of(expr)
     text = to_text(expr)
-    if value.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):
+    if not _is_finite(value):
         raise SizeError(f"size of '{name}' = {text} is not a number (division by zero?)", span)
-    if value.free_symbols:
+    if _is_symbolic(value):
         if value.is_positive is False:
             raise SizeError(f"size of '{name}' = {text} = {value} can never be positive", span)
         return value
-    if value.is_integer and value >= 1:
-        return int(value)
-    shown = f"{value}" if value.is_Rational else f"{value} ≈ {float(value.evalf()):.6g}"
+    if isinstance(value, int) and value >= 1:
+        return value
+    is_integer = isinstance(value, int)
+    if is_exact(value):
+        shown = value_text(value) + ("" if is_integer else f" = {float(value):.6g}")
+    else:
+        shown = f"{value} ≈ {float(value.evalf()):.6g}"
     hint = (
         "wrap it in round(), floor() or ceil() to accept a rounded size (the layer then pads)"
-        if not value.is_integer
+        if not is_integer
         else "sizes must be at least 1"
     )
     raise SizeError(f"size of '{name}' = {text} = {shown} is not a positive integer", span, hint)
@@ -323,7 +344,9 @@ def _check_width(structure, side, span, values, size_exprs):
     rounded = any(has_rounding(size_exprs[i][0]) for i in tensor.indices)
     axes = " x ".join(f"{i}={structure.size(i)}" for i in tensor.indices) or "no axes"
     where = f"{declared_name} = {declared}"
-    if declared.free_symbols or product.__class__ is not int:
+    if _is_symbolic(declared) or not isinstance(product, int):
+        import sympy
+
         if rounded or sympy.simplify(product - declared) == 0:
             return declared
         raise WidthError(
@@ -331,9 +354,8 @@ def _check_width(structure, side, span, values, size_exprs):
             span,
             f"make the {side}put sizes multiply to {declared_name}",
         )
-    if not (declared.is_integer and declared >= 1):
+    if not (isinstance(declared, int) and declared >= 1):
         raise WidthError(f"the layer width {where} is not a positive integer", span)
-    declared = int(declared)
     if product == declared:
         return declared
     if product > declared and rounded:
@@ -366,16 +388,15 @@ def _resolve_route(decl, structure, values, members, factor_names):
         )
     k = evaluate(rd.top_k, values)
     size = structure.size(name)
-    if not k.free_symbols:
-        if not (k.is_integer and k >= 1):
+    if not _is_symbolic(k):
+        if not (isinstance(k, int) and k >= 1):
             raise RouteError(f"top k = {k} is not a positive integer", _span_of(rd.top_k))
-        if not isinstance(size, sympy.Basic) and k > size:
+        if isinstance(size, int) and k > size:
             raise RouteError(
                 f"top k = {k} is larger than the {size} experts of '{name}'",
                 _span_of(rd.top_k),
                 f"choose k between 1 and {size}",
             )
-        k = int(k)
     return Route(name, k, rd.top_k, rd.span)
 
 

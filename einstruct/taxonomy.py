@@ -96,10 +96,11 @@ def _exponent_from_expr(structure: Structure, index: str, base) -> Exponent | No
     for p in structure.parameters:
         env[p.name] = sympy.Symbol(p.name, positive=True) if p.name in widths else p.value
     value = evaluate(idx.expr, env)
-    value = value.replace(lambda e: isinstance(e, sympy.floor | sympy.ceiling), lambda e: e.args[0])
-    from .expressions import Round
+    from .expressions import sympy_round
 
-    value = value.replace(lambda e: isinstance(e, Round), lambda e: e.args[0])
+    value = sympy.sympify(value)
+    value = value.replace(lambda e: isinstance(e, sympy.floor | sympy.ceiling), lambda e: e.args[0])
+    value = value.replace(lambda e: isinstance(e, sympy_round()), lambda e: e.args[0])
     value = sympy.powsimp(sympy.simplify(value), force=True)
     for w in widths & set(env):
         sym = env[w]
