@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-
 from typing import Any
 
 from .ir import Size, Structure
@@ -47,12 +46,6 @@ def _prod(values: list[Size]) -> Size:
     import sympy
 
     return sympy.Mul(*values)
-
-
-def _ratio(num: Size, den: Size):
-    if isinstance(num, int) and isinstance(den, int):
-        return num // den if num % den == 0 else num / den
-    return sympy.simplify(sympy.sympify(num) / den)
 
 
 def factor_fans(
