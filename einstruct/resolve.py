@@ -259,8 +259,9 @@ def _resolve_explicit(decl: StructureDecl, values: dict[str, Any], source: str) 
                 ident.span,
                 "every output axis must come from the input or a factor; add it to a factor",
             )
+    output_names = {i.name for i in out_ref.indices}
     for ident in in_ref.indices:
-        if not factor_names.intersection(members[ident.name]) and ident.name not in out_ref.indices:
+        if not factor_names.intersection(members[ident.name]) and ident.name not in output_names:
             raise IndexUsageError(
                 f"input index '{ident.name}' is in no factor and not in the output: "
                 "it would be summed silently",

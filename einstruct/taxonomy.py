@@ -115,6 +115,9 @@ def index_exponents(structure: Structure) -> dict[str, Exponent]:
     out: dict[str, Exponent] = {}
     for index in structure.indices:
         size, base = index.size, _base(structure, index.name)
+        if isinstance(base, int) and base <= 1:
+            out[index.name] = None  # a layer of width 1 has no scaling exponents
+            continue
         exact = None
         if isinstance(size, int) and isinstance(base, int):
             exact = _exact_log(size, base)
@@ -168,6 +171,8 @@ def _cheapest_exponent(structure: Structure, theta: dict[str, Exponent]) -> Expo
 def taxonomy(structure: Structure) -> Taxonomy:
     """omega, psi, nu (and theta for two factors) from the general definitions."""
     theta = index_exponents(structure)
+    if any(v is None for v in theta.values()):
+        return Taxonomy(theta, None, None, None, None, None)
     theta_w = theta_o = None
     if len(structure.factors) == 2:
         theta_w, theta_o = theta_vector(structure, theta)
