@@ -137,7 +137,7 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
         left_var = st.left.name if st.left.name != s.input.name else "x"
         right_var = st.right.name if st.right.name != s.input.name else "x"
         call = "torch.bmm" if st.op == "bmm" else "torch.mm"
-        shape = _tuple(str(v) for v in st.result_shape)
+        shape = _tuple(str(v) for v in st.result_shape) if st.result_shape else "(())"
         steps.append(
             {
                 "comment": f"step {st.number}: {st.einsum}  ({st.op}, {st.flops // plan.batch} FLOPs/token)",
