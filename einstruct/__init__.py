@@ -6,13 +6,23 @@ A structured linear layer is written as an einsum in a small language::
         y[f, e] = x[g, a] * A[g, a, f, r] * B[f, g, r, e]
         where g = a = f = e = d^(1/2), r = rank
 
-Public API:
-    load(spec, structure=None, **params) -> Structure   resolve one structure
-    load_all(spec, overrides=None) -> list[Structure]   resolve every structure
-    EinstructError                                      the one error root
+Public API (``spec`` is a path to a ``.ein`` file or the source text itself)::
+
+    einstruct.load(spec, structure=None, **params) -> Structure     resolve one structure
+    einstruct.load_all(spec, overrides=None) -> list[Structure]     resolve every structure
+    einstruct.analyze(spec, structure=None, batch=1, optimizer="adam", **params) -> Analysis
+    einstruct.compile(spec, structure=None, class_name=None, **params) -> nn.Module subclass
+    einstruct.replace_linear(model, spec, select=None, **params) -> list of replaced names
+    einstruct.param_groups(model, lr, weight_decay=0.0) -> optimizer parameter groups
+    einstruct.EinstructError                                         the one error root
+
+``analyze`` never imports torch; ``compile``, ``replace_linear`` and
+``param_groups`` need it.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
 
@@ -20,4 +30,32 @@ from .errors import EinstructError
 from .ir import Structure
 from .load import load, load_all
 
-__all__ = ["__version__", "EinstructError", "Structure", "load", "load_all"]
+__all__ = [
+    "__version__",
+    "EinstructError",
+    "Structure",
+    "load",
+    "load_all",
+    "analyze",
+    "compile",
+    "replace_linear",
+    "param_groups",
+]
+
+_LAZY = {
+    "analyze": ("runtime", "analyze"),
+    "compile": ("runtime", "compile"),
+    "replace_linear": ("replace", "replace_linear"),
+    "param_groups": ("replace", "param_groups"),
+}
+
+
+def __getattr__(name: str) -> Any:  # lazy: keep `import einstruct` light for the CLI
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'einstruct' has no attribute '{name}'")

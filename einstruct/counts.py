@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from fractions import Fraction
 from typing import Any
 
 from .ir import Size, Structure
@@ -83,7 +84,7 @@ def _prod(values) -> Size:
 
 def _per_vector(total, batch: int):
     if isinstance(total, int):
-        return total // batch if total % batch == 0 else total / batch
+        return total // batch if total % batch == 0 else Fraction(total, batch)
     import sympy
 
     return sympy.simplify(total / batch)

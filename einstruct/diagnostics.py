@@ -91,12 +91,12 @@ def diagnose(a: Analysis) -> list[Diagnostic]:
             )
         )
     dense_params = a.d_in * a.d_out
-    if isinstance(a.counts.flops, int | float) and isinstance(dense_params, int):
+    if _known(a.counts.flops) and isinstance(dense_params, int):
         if a.counts.flops >= a.flops_dense or a.params >= dense_params:
             out.append(
                 Diagnostic(
                     "costlier_than_dense",
-                    f"it costs at least as much as a dense layer ({a.counts.flops:,} vs {a.flops_dense:,} "
+                    f"it costs at least as much as a dense layer ({float(a.counts.flops):,.0f} vs {a.flops_dense:,} "
                     f"FLOPs, {a.params:,} vs {dense_params:,} parameters): use nn.Linear instead, "
                     "or a smaller rank",
                 )

@@ -26,7 +26,9 @@ def _layer(source: str, batch: int = 2048, seed: int = 0, **kwargs):
     return structure, layer
 
 
-@given(source=structure_sources(), batch=st.sampled_from([1, 5, 2048]), lead=st.sampled_from([(), (3,), (2, 3)]))
+@given(
+    source=structure_sources(), batch=st.sampled_from([1, 5, 2048]), lead=st.sampled_from([(), (3,), (2, 3)])
+)
 def test_forward_equals_dense(source, batch, lead):
     _, layer = _layer(source, batch)
     x = torch.randn(*lead, layer.in_features, dtype=torch.float64)
@@ -60,7 +62,9 @@ def test_gradcheck(source):
         with torch.no_grad():
             for p, v in zip(params, ps):
                 p.copy_(v)
-        return torch.func.functional_call(layer, {n: v for (n, _), v in zip(layer.named_parameters(), ps)}, (x,))
+        return torch.func.functional_call(
+            layer, {n: v for (n, _), v in zip(layer.named_parameters(), ps)}, (x,)
+        )
 
     inputs = (x, *(p.detach().clone().requires_grad_() for p in params))
     assert torch.autograd.gradcheck(f, inputs)
@@ -100,10 +104,14 @@ def test_init_std_matches_mup(path):
 def test_zero_init_last_and_normalize():
     _, layer = _layer("structure b = btt(rank = 2, d = 64)")
     fresh = compile_structure(einstruct.load("structure b = btt(rank = 2, d = 64)"))(zero_init_last=True)
-    last = analyze_structure(einstruct.load("structure b = btt(rank = 2, d = 64)")).counts.order.factor_sequence[-1]
+    last = analyze_structure(
+        einstruct.load("structure b = btt(rank = 2, d = 64)")
+    ).counts.order.factor_sequence[-1]
     assert torch.count_nonzero(getattr(fresh, last)) == 0
     # normalize divides each factor by max(1, rms / init_std): big factors shrink to the init scale
-    norm = compile_structure(einstruct.load("structure b = btt(rank = 2, d = 64)"))(normalize=True, dtype=torch.float64)
+    norm = compile_structure(einstruct.load("structure b = btt(rank = 2, d = 64)"))(
+        normalize=True, dtype=torch.float64
+    )
     with torch.no_grad():
         for name in norm.factor_axes:
             getattr(norm, name).mul_(10.0)

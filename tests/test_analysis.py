@@ -1,0 +1,207 @@
+"""The analyzer against independent references: opt_einsum, numerical rank, closed forms."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from fractions import Fraction
+
+import numpy as np
+import opt_einsum
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import structure_specs, thetas
+
+import einstruct
+from einstruct.analysis import analyze_structure
+
+CLASSES = ("alpha", "beta", "gamma", "delta", "epsilon", "phi", "rho")
+
+
+def _operands(structure):
+    ops = [structure.input, *structure.factors]
+    return ops, structure.output
+
+
+def _opt_einsum_flops(structure, batch: int) -> int:
+    """FLOPs along opt_einsum's own path listing, 2 x every index each step touches."""
+    ops, out = _operands(structure)
+    names = ["__n", *(i.name for i in structure.indices)]
+    sym = {n: opt_einsum.get_symbol(k) for k, n in enumerate(names)}
+    sizes = {sym[i.name]: i.size for i in structure.indices} | {sym["__n"]: batch}
+    subs = [("__n", *ops[0].indices)] + [t.indices for t in ops[1:]]
+    eq = (
+        ",".join("".join(sym[i] for i in s) for s in subs)
+        + "->"
+        + "".join(sym[i] for i in ("__n", *out.indices))
+    )
+    shapes = [tuple(sizes[sym[i]] for i in s) for s in subs]
+    n_ops = len(shapes)
+    optimize = "optimal" if n_ops <= 4 else "dp"
+    _, info = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize=optimize)
+    total = 0
+    for _, removed, einsum_str, _, _ in info.contraction_list:
+        inputs = einsum_str.split("->")[0].split(",")
+        letters = set("".join(inputs))
+        step = 2 * math.prod(sizes[c] for c in letters)
+        total += step
+        if removed:  # opt_einsum's own count agrees when the step sums an index
+            assert opt_einsum.helpers.flop_count(letters, True, 2, sizes) == step
+    return total
+
+
+@given(spec=structure_specs(), batch=st.sampled_from([1, 3, 256]))
+def test_params_and_flops_against_references(spec, batch):
+    source, sizes = spec
+    structure = einstruct.load(source)
+    a = analyze_structure(structure, batch=batch)
+    assert a.params == sum(math.prod(sizes[i] for i in f.indices) for f in structure.factors)
+    assert Fraction(a.counts.flops) == Fraction(_opt_einsum_flops(structure, batch), batch)
+    assert a.counts.train_flops == 3 * a.counts.flops
+    assert a.flops_dense == 2 * a.d_in * a.d_out
+
+
+def _dense(structure, rng) -> np.ndarray:
+    factors = [rng.standard_normal([structure.size(i) for i in f.indices]) for f in structure.factors]
+    d_in = math.prod(structure.size(i) for i in structure.input.indices)
+    eye = np.eye(d_in).reshape(d_in, *(structure.size(i) for i in structure.input.indices))
+    names = ["__n", *(i.name for i in structure.indices)]
+    sym = {n: opt_einsum.get_symbol(k) for k, n in enumerate(names)}
+    subs = [("__n", *structure.input.indices)] + [f.indices for f in structure.factors]
+    eq = ",".join("".join(sym[i] for i in s) for s in subs)
+    eq += "->" + "".join(sym[i] for i in ("__n", *structure.output.indices))
+    return opt_einsum.contract(eq, eye, *factors).reshape(d_in, -1)
+
+
+@given(spec=structure_specs(max_size=4), seed=st.integers(0, 2**16))
+def test_rank_bound_against_numerical_rank(spec, seed):
+    structure = einstruct.load(spec[0])
+    a = analyze_structure(structure)
+    rank = np.linalg.matrix_rank(_dense(structure, np.random.default_rng(seed)))
+    assert a.rank_bound >= rank
+    if a.taxonomy.theta is not None:  # two factors, every index in the 7 classes
+        assert a.rank_bound == rank
+    assert a.full_rank == (a.rank_bound >= min(a.d_in, a.d_out))
+
+
+def _closed_forms(t):
+    """The paper's closed forms (BACKGROUND §3), oriented first."""
+    if min(t["alpha"], t["epsilon"]) < min(t["beta"], t["delta"]):
+        t = dict(t, alpha=t["beta"], beta=t["alpha"], delta=t["epsilon"], epsilon=t["delta"])
+    a, b, _, d, e, _, r = (t[c] for c in CLASSES)
+    return (
+        min(a + d, b + e) - min(a, e),
+        min(1, 2 + r - a - e, 2 + r - b - d),
+        1 + r - min(a, e),
+    )
+
+
+@given(theta=thetas(max_denominator=4))
+def test_general_definitions_match_closed_forms(theta):
+    args = ", ".join(f"{c} = {v.numerator}/{v.denominator}" for c, v in theta.items())
+    structure = einstruct.load(f"structure t = theta({args}, d = 2^24)")
+    t = analyze_structure(structure).taxonomy
+    assert (t.omega, t.psi, t.nu) == _closed_forms(theta)
+
+
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("dense(d = 4096)", (0, 1, 1)),
+        ("low_rank(rank = 16, d = 4096)", (0, Fraction(1, 3), Fraction(1, 3))),
+        ("low_rank(rank = 64, d = 4096)", (0, Fraction(1, 2), Fraction(1, 2))),
+        ("kronecker(d = 4096)", (Fraction(1, 2), 1, Fraction(1, 2))),
+        ("tensor_train(rank = 16, d = 4096)", (Fraction(1, 2), 1, Fraction(1, 2) + Fraction(1, 3))),
+        ("monarch(d = 4096)", (0, 1, Fraction(1, 2))),
+        ("btt(rank = 1, d = 4096)", (0, 1, Fraction(1, 2))),
+        ("btt(rank = 16, d = 4096)", (0, 1, Fraction(1, 2) + Fraction(1, 3))),
+    ],
+)
+def test_catalog_taxonomy(spec, expected):
+    t = analyze_structure(einstruct.load(f"structure s = {spec}")).taxonomy
+    assert (t.omega, t.psi, t.nu) == expected
+
+
+def test_theta_is_exact():
+    a = einstruct.analyze(
+        "structure t = theta(alpha = 1/3, beta = 2/3, delta = 1/3, epsilon = 2/3, d = 4096)"
+    )
+    d = {i["name"]: i for i in a.to_dict()["indices"]}
+    assert [i.size for i in a.structure.indices] == [16, 256, 16, 256]
+    assert a.taxonomy.theta["alpha"] == Fraction(1, 3)
+    assert d["alpha"]["theta"] == 1 / 3
+
+
+def test_symbolic_substituted_equals_concrete():
+    import sympy
+
+    sym = analyze_structure(einstruct.load("examples/btt.ein", symbolic=True))
+    assert str(sym.params) == "2*d**(3/2)*rank"
+    for d, rank in [(1024, 1), (4096, 4), (256, 2)]:
+        conc = analyze_structure(einstruct.load("examples/btt.ein", d=d, rank=rank))
+        env = {sympy.Symbol("d", positive=True): d, sympy.Symbol("rank", positive=True): rank}
+        for got, want in [
+            (sym.params, conc.params),
+            (sym.counts.flops, conc.counts.flops),
+            (sym.counts.train_flops, conc.counts.train_flops),
+            (sym.rank_bound, conc.rank_bound),
+        ]:
+            assert sympy.sympify(got).subs(env) == want
+    # exponents that do not depend on the free parameters come out as numbers
+    fixed_rank = analyze_structure(einstruct.load("examples/btt.ein", symbolic=True, rank=1))
+    assert (fixed_rank.taxonomy.omega, fixed_rank.taxonomy.psi, fixed_rank.taxonomy.nu) == (
+        0,
+        1,
+        Fraction(1, 2),
+    )
+
+
+def test_mup_worked_example():
+    a = analyze_structure(einstruct.load("examples/btt.ein"))
+    for f in a.factors:
+        assert (f.fans.fan_in, f.fans.fan_out, f.fans.lr_mult) == (32, 32, 32)
+        assert f.fans.init_std == pytest.approx(1 / math.sqrt(32), rel=1e-15)
+    sgd = analyze_structure(einstruct.load("examples/btt.ein"), optimizer="sgd")
+    assert [f.fans.lr_mult for f in sgd.factors] == [1, 1]
+    low = analyze_structure(einstruct.load("structure l = low_rank(rank = 16, d = 256)"))
+    u, v = low.factors
+    assert (u.fans.fan_in, u.fans.fan_out, u.fans.lr_mult) == (256, 16, 1)
+    assert (v.fans.fan_in, v.fans.fan_out, v.fans.lr_mult) == (16, 256, 16)
+
+
+def test_diagnostics():
+    codes = lambda spec: [d.code for d in analyze_structure(einstruct.load(spec)).diagnostics]  # noqa: E731
+    assert codes("structure k = kronecker(d = 1024)") == ["parameter_sharing"]
+    assert codes("structure b = btt(rank = 64, d = 1024)") == ["degenerate", "costlier_than_dense"]
+    assert "rank_deficient" in codes("structure l = low_rank(rank = 8, d = 1024)")
+    assert codes("structure t = theta(beta=1/2, gamma=1/2, delta=1/2, phi=1/2, d=1000)") == [
+        "redundant",
+        "padded",
+    ]
+    assert codes("structure b = btt(d = 1024)") == []
+
+
+def test_json_has_every_key():
+    d = einstruct.analyze("examples/btt.ein").to_dict()
+    for key in (
+        "name d_in d_out params einsum indices factors flops train_flops flops_dense peak_intermediate "
+        "rank_bound full_rank theta omega psi nu diagnostics path"
+    ).split():
+        assert key in d, key
+    assert set(d["theta"]) == set(CLASSES)
+    assert {"fan_in", "fan_out", "init_std", "lr_mult", "shape", "params", "name"} <= set(d["factors"][0])
+    assert (d["omega"], d["psi"], d["nu"]) == (0, 1, 0.5)
+
+
+def test_analyze_imports_no_torch():
+    code = (
+        "import sys; from einstruct.cli import main; "
+        "main(['analyze', 'examples/btt.ein', '--json']); "
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    from conftest import ROOT
+
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
