@@ -1,0 +1,92 @@
+"""The min-cut rank bound against independent references: brute force and networkx."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import networkx as nx
+from hypothesis import given
+from hypothesis import strategies as st
+from strategies import structure_specs
+
+import einstruct
+from einstruct.analysis import analyze_structure
+from einstruct.rank import max_flow_source_side, min_cut_indices
+
+
+def _separates(structure, removed: set[str]) -> bool:
+    """Whether deleting the indices in ``removed`` disconnects x from y (tensor-index graph)."""
+    seen, todo = {structure.input.name}, [structure.input.name]
+    while todo:
+        t = structure.tensor(todo.pop())
+        for i in t.indices:
+            if i in removed:
+                continue
+            for other in structure.holders(i):
+                if other not in seen:
+                    seen.add(other)
+                    todo.append(other)
+    return structure.output.name not in seen
+
+
+def _brute_force_bound(structure) -> int:
+    """min over index sets that separate x from y of the product of their sizes."""
+    names = [i.name for i in structure.indices]
+    best = None
+    for r in range(len(names) + 1):
+        for subset in itertools.combinations(names, r):
+            if _separates(structure, set(subset)):
+                p = math.prod(structure.size(i) for i in subset)
+                best = p if best is None else min(best, p)
+    return best
+
+
+@given(spec=structure_specs(max_size=6, max_indices=7))
+def test_min_cut_is_the_cheapest_separating_index_set(spec):
+    structure = einstruct.load(spec[0])
+    weights = {i.name: math.log(i.size) for i in structure.indices}
+    cut = min_cut_indices(structure, weights)
+    assert _separates(structure, set(cut))
+    assert math.prod(structure.size(i) for i in cut) == _brute_force_bound(structure)
+    a = analyze_structure(structure)
+    assert a.rank_bound == min(_brute_force_bound(structure), a.d_in, a.d_out)
+
+
+@st.composite
+def _flow_graphs(draw):
+    n = draw(st.integers(2, 7))
+    edges = draw(
+        st.lists(st.tuples(st.integers(0, n - 1), st.integers(0, n - 1), st.integers(0, 9)), max_size=20)
+    )
+    return n, [(u, v, c) for u, v, c in edges if u != v]
+
+
+@given(graph=_flow_graphs())
+def test_max_flow_matches_networkx(graph):
+    n, edges = graph
+    g = nx.DiGraph()
+    g.add_nodes_from(range(n))
+    merged: dict[tuple[int, int], int] = {}
+    for u, v, c in edges:
+        merged[(u, v)] = merged.get((u, v), 0) + c
+    for (u, v), c in merged.items():
+        g.add_edge(u, v, capacity=c)
+    value, _ = nx.minimum_cut(g, 0, n - 1)
+    side = max_flow_source_side(edges, 0, n - 1)
+    assert 0 in side and n - 1 not in side
+    assert sum(c for (u, v), c in merged.items() if u in side and v not in side) == value
+
+
+def test_block_diagonal_index_must_be_cut():
+    # k is held by x, W and y: every cut includes it, so the rank is at most blocks * block size
+    s = einstruct.load("structure b = block_diagonal(blocks = 4, d = 64)")
+    a = analyze_structure(s)
+    assert a.rank_bound == 64 and a.full_rank
+    cut = min_cut_indices(s, {i.name: math.log(i.size) for i in s.indices})
+    assert "k" in cut
+
+
+def test_low_rank_bound_is_the_rank():
+    a = analyze_structure(einstruct.load("structure l = low_rank(rank = 8, d = 256)"))
+    assert a.rank_bound == 8 and not a.full_rank
