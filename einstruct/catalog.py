@@ -8,8 +8,11 @@ which is parsed like anything the user writes. So every catalog entry is just
 
 Widths: every form takes ``d`` or both ``d_in`` and ``d_out``. Catalog forms
 split a width into ``ceil`` factors, so any width works (the layer pads when
-the split overshoots); ``theta`` rounds each class to the nearest integer as
-the paper does.
+the split overshoots). ``theta`` rounds each class to the nearest integer as
+the paper does, except the innermost class of each side, which takes
+``ceil(width / the others)`` so that the axes always cover the width (for exact
+powers this is the same number; at d = 3072, theta 1/2 gives 55 x 56, not the
+55 x 55 = 3025 that would drop features).
 """
 
 from __future__ import annotations
@@ -268,7 +271,14 @@ def _theta_text(call, names, values) -> tuple[str, str]:
     out = [c for c in _THETA_OUTPUT if c in kept]
     ref = lambda name, idx: f"{name}[{', '.join(idx)}]"  # noqa: E731
     equation = f"{ref('y', out)} = {' * '.join(ref(n, i) for n, i in [x, *factors])}"
-    sizes = ", ".join(f"{c} = round({base[c]}^({value_text(theta[c])}))" for c in kept)
+    size_text = {c: f"round({base[c]}^({value_text(theta[c])}))" for c in kept}
+    for layout in (_THETA_TENSORS[0][1], _THETA_OUTPUT):
+        side = [c for c in layout if c in kept]
+        if side:  # the innermost class takes the rest, so the axes always cover the width
+            last, others = side[-1], side[:-1]
+            rest = " * ".join(size_text[o] for o in others)
+            size_text[last] = f"ceil({base[last]} / ({rest}))" if others else base[last]
+    sizes = ", ".join(f"{c} = {size_text[c]}" for c in kept)
     widths = ["d"] if din == "d" else ["d_in", "d_out"]
     return _header(widths, values), f"    {equation}\n    where {sizes}\n"
 

@@ -92,9 +92,8 @@ def _exponent_from_expr(structure: Structure, index: str, base) -> Exponent | No
     if idx.expr is None:
         return None
     widths = {"d", "d_in", "d_out"}
-    env = {}
-    for p in structure.parameters:
-        env[p.name] = sympy.Symbol(p.name, positive=True) if p.name in widths else p.value
+    d = sympy.Symbol("d", positive=True)  # every width scales as the same d (the paper's convention)
+    env = {p.name: d if p.name in widths else p.value for p in structure.parameters}
     value = evaluate(idx.expr, env)
     from .expressions import sympy_round
 
@@ -102,9 +101,8 @@ def _exponent_from_expr(structure: Structure, index: str, base) -> Exponent | No
     value = value.replace(lambda e: isinstance(e, sympy.floor | sympy.ceiling), lambda e: e.args[0])
     value = value.replace(lambda e: isinstance(e, sympy_round()), lambda e: e.args[0])
     value = sympy.powsimp(sympy.simplify(value), force=True)
-    for w in widths & set(env):
-        sym = env[w]
-        coeff, power = value.as_coeff_exponent(sym)
+    if widths & set(env):
+        coeff, power = value.as_coeff_exponent(d)
         if coeff == 1 and power != 0 and not power.free_symbols:
             return Fraction(int(power.p), int(power.q))
     return None
