@@ -148,9 +148,7 @@ def bench_one(name: str, d: int, n: int, repeats: int, device: str, dtype, modes
     def rnd(*shape, scale=1.0):
         return (torch.randn(*shape, generator=gen) * scale).to(**kw)
 
-    factors = [
-        torch.nn.Parameter(rnd(*(int(z) for z in s.shape(f)), scale=0.05)) for f in s.factors
-    ]
+    factors = [torch.nn.Parameter(rnd(*(int(z) for z in s.shape(f)), scale=0.05)) for f in s.factors]
     in_shape = tuple(int(s.size(i)) for i in s.input.indices)
     x = rnd(n, d_in).requires_grad_(True)
     dense = torch.nn.Linear(d_in, d_out, bias=False, **kw)
@@ -278,7 +276,9 @@ def machine_header(device: str, n: int, repeats: int, dtype) -> str:
     cpu = platform.processor() or "?"
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
-        cpu = next((ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), cpu)
+        cpu = next(
+            (ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name")), cpu
+        )
     except OSError:
         pass
     where = torch.cuda.get_device_name() if device == "cuda" else f"{cpu}, {torch.get_num_threads()} threads"

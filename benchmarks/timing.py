@@ -17,7 +17,10 @@ __all__ = ["interleaved", "median_ms", "SavedBytes"]
 
 
 def interleaved(
-    fns: Mapping[str, Callable[[], object]], repeats: int = 7, warmup: int = 2, sync: Callable[[], None] | None = None
+    fns: Mapping[str, Callable[[], object]],
+    repeats: int = 7,
+    warmup: int = 2,
+    sync: Callable[[], None] | None = None,
 ) -> dict[str, list[float]]:
     """Run each function ``warmup`` times, then ``repeats`` rounds, one call of each per round.
 

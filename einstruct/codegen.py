@@ -169,7 +169,7 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
         "input_view": _tuple(["-1", *(str(sizes[i]) for i in s.input.indices)]),
         "input_axes": _tuple(_q(i) for i in s.input.indices),
         "output_axes": _tuple(_q(i) for i in s.output.indices),
-        "index_sizes": ", ".join(f"{_q(i)}: {sizes[i]}" for i in sizes),
+        "index_sizes": [{"name": _q(i), "size": sizes[i]} for i in sizes],
         "factors": factors,
         "unpack": ", ".join(f["name"] for f in factors) if len(factors) > 1 else f"({factors[0]['name']},)",
         "factor_attrs": _tuple(f"self.{f['name']}" for f in factors),

@@ -96,7 +96,8 @@ def diagnose(a: Analysis) -> list[Diagnostic]:
             out.append(
                 Diagnostic(
                     "costlier_than_dense",
-                    f"it costs at least as much as a dense layer ({float(a.counts.flops):,.0f} vs {a.flops_dense:,} "
+                    f"it costs at least as much as a dense layer "
+                    f"({float(a.counts.flops):,.0f} vs {a.flops_dense:,} "
                     f"FLOPs, {a.params:,} vs {dense_params:,} parameters): use nn.Linear instead, "
                     "or a smaller rank",
                 )

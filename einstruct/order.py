@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from .ir import Structure
 
-__all__ = ["BATCH", "Step", "ContractionOrder", "contraction_order", "choose_optimizer"]
+__all__ = ["BATCH", "Step", "ContractionOrder", "contraction_order", "choose_optimizer", "import_opt_einsum"]
 
 #: The name of the batch (token) axis added to the input and output.
 BATCH = "__batch"
@@ -70,6 +70,27 @@ class ContractionOrder:
         return max((math.prod(sizes[i] for i in s.indices) for s in inner), default=0)
 
 
+def import_opt_einsum():
+    """opt_einsum, imported without numpy when numpy is not loaded yet.
+
+    Path search on shapes needs no arrays, and opt_einsum treats numpy as optional
+    (it imports it in a ``try``), so the CLI spares numpy's ~0.1 s import. A later
+    ``import numpy`` works as usual, and opt_einsum then finds it on demand.
+    """
+    import sys
+
+    if "opt_einsum" in sys.modules or "numpy" in sys.modules:
+        import opt_einsum
+
+        return opt_einsum
+    sys.modules["numpy"] = None  # type: ignore[assignment]  # makes `import numpy` fail fast
+    try:
+        import opt_einsum
+    finally:
+        del sys.modules["numpy"]
+    return opt_einsum
+
+
 def choose_optimizer(n_operands: int) -> str:
     """opt_einsum's path optimizer for this many operands."""
     if n_operands <= 4:
@@ -84,7 +105,7 @@ def contraction_order(structure: Structure, batch: int = 1) -> ContractionOrder:
 
     Requires concrete sizes (substitute symbolic parameters first).
     """
-    import opt_einsum
+    opt_einsum = import_opt_einsum()
 
     if structure.is_symbolic:
         raise ValueError("contraction_order needs concrete sizes; give every parameter a value")

@@ -102,9 +102,7 @@ def replace_linear(
                 exc.span,
                 exc.hint,
             ) from None
-        new = layer_cls(
-            bias=linear.bias is not None, device=linear.weight.device, dtype=linear.weight.dtype
-        )
+        new = layer_cls(bias=linear.bias is not None, device=linear.weight.device, dtype=linear.weight.dtype)
         if linear.bias is not None:
             with __import__("torch").no_grad():
                 new.bias.copy_(linear.bias)

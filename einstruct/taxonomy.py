@@ -139,8 +139,9 @@ def _is_number(v: Exponent) -> bool:
 
 def _cheapest_exponent(structure: Structure, theta: dict[str, Exponent]) -> Exponent:
     """Leading exponent of per-vector FLOPs along the asymptotically cheapest path."""
-    import opt_einsum
+    from .order import import_opt_einsum
 
+    opt_einsum = import_opt_einsum()
     scale = 48  # sizes 2^(48 theta): the path optimal as d grows
     sizes = {i: max(1, round(2 ** (float(theta[i]) * scale))) for i in theta}
     names = list(theta)

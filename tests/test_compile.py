@@ -77,7 +77,7 @@ def test_flops_match_torch_counter(source, batch):
     assert sum(p.numel() for n, p in layer.named_parameters() if n != "bias") == analysis.params
     x = torch.randn(batch, layer.in_features, dtype=torch.float64, requires_grad=True)
     with FlopCounterMode(display=False) as fwd:
-        y = layer(x)
+        layer(x)
     assert fwd.get_total_flops() == analysis.counts.flops * batch
     with FlopCounterMode(display=False) as both:
         layer(x).sum().backward()

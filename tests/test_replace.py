@@ -11,7 +11,9 @@ from einstruct.errors import ParameterError
 
 
 def _mlp(width: int = 64) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(8, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1))
+    return nn.Sequential(
+        nn.Linear(8, width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(), nn.Linear(width, 1)
+    )
 
 
 def test_replace_keeps_shape_and_trains():
@@ -55,7 +57,9 @@ def test_replace_binds_d_in_and_d_out_and_pads():
 def test_replace_selects_by_glob_and_refuses_mismatched_width():
     model = _mlp()
     with pytest.warns(UserWarning):
-        names = einstruct.replace_linear(model, "structure l = low_rank(rank = 4, d_in = 1, d_out = 1)", select="[02]")
+        names = einstruct.replace_linear(
+            model, "structure l = low_rank(rank = 4, d_in = 1, d_out = 1)", select="[02]"
+        )
     assert names == ["0", "2"]
     with pytest.raises(ParameterError, match="maps 64 -> 1 features"):
         einstruct.replace_linear(_mlp(), "structure b = btt(d = 64)", select=["4"])
