@@ -175,7 +175,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
     if args.batch < 1:
         raise ParameterError(f"--batch must be at least 1, got {args.batch}")
-    print(format_plan(make_plan(_one(args), args.batch)))
+    print(format_plan(make_plan(_one(args), args.batch, args.strategy)))
     return 0
 
 
@@ -187,7 +187,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise ParameterError(f"--batch must be at least 1, got {args.batch}")
     command = "einstruct " + " ".join(shlex.quote(a) for a in (args.argv or []))
-    text = module_source(_one(args), args.class_name, args.batch, command)
+    text = module_source(_one(args), args.class_name, args.batch, command, args.strategy)
     if args.output == "-":
         sys.stdout.write(text)
         return 0
@@ -283,6 +283,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="show how the compiled forward runs, step by step")
     _add_spec_arguments(p)
     p.add_argument("--batch", type=int, default=2048, help="tokens per call to plan for (default 2048)")
+    p.add_argument(
+        "--strategy",
+        choices=["auto", "structured", "dense"],
+        default="auto",
+        help="run the structured steps, or materialize W and run one dense matmul; "
+        "auto lets the planner's cost model choose (default auto)",
+    )
     p.set_defaults(handler=cmd_plan)
 
     p = sub.add_parser("compile", help="generate a standalone PyTorch module")
@@ -291,6 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="output file, or - for stdout")
     p.add_argument("--class-name", metavar="NAME", help="name of the generated class")
     p.add_argument("--batch", type=int, default=2048, help="tokens per call to plan for (default 2048)")
+    p.add_argument(
+        "--strategy",
+        choices=["auto", "structured", "dense"],
+        default="auto",
+        help="run the structured steps, or materialize W and run one dense matmul; "
+        "auto lets the planner's cost model choose (default auto)",
+    )
     p.set_defaults(handler=cmd_compile)
     return parser
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import keyword
+import re
 from functools import lru_cache
 from typing import Any
 
@@ -31,12 +32,18 @@ RESERVED_NAMES = frozenset(
         "bias", "forward", "to_dense", "reset_parameters", "lr_multipliers", "param_groups",
         "extra_repr", "in_features", "out_features", "input_axes", "output_axes", "factor_axes",
         "index_sizes", "init_std", "lr_mult", "normalize", "zero_init_last", "training",
+        "strategy", "default_strategy", "save_intermediate", "dense_weight", "ctx", "operands",
+        "g_out", "g_x", "g_y", "factors", "w", "eye",
         "to", "cpu", "cuda", "float", "double", "half", "type", "train", "eval", "apply",
         "parameters", "buffers", "children", "modules", "state_dict", "zero_grad", "register_buffer",
         "register_parameter", "add_module", "requires_grad_", "named_parameters", "dump_patches",
         "torch", "math", "F", "nn", "self", "x", "y", "lead",
     }
 )  # fmt: skip
+
+
+#: Local names the generated steps use: l<k>, r<k>, t<k>, g<k>, eye<k>, g_<name>.
+_GENERATED_NAME = re.compile(r"^(?:[lrtg]\d+|eye\d+|g_\w*)$")
 
 
 def default_class_name(structure_name: str) -> str:
@@ -66,6 +73,100 @@ def _operand_code(view: OperandView, var: str) -> str:
     if view.transposed:
         code += ".transpose(-1, -2)"
     return code
+
+
+def _var(plan: Plan, name: str) -> str:
+    return "x" if name == plan.structure.input.name else name
+
+
+def _shape(shape) -> str:
+    return _tuple(str(v) for v in shape) if shape else "(())"
+
+
+def _step_code(plan: Plan, sizes: dict[str, int]) -> tuple[list[str], list[str], list[str]]:
+    """Source lines of the planned forward and backward, and the saved operand names.
+
+    Forward step k: ``l<k>``/``r<k>`` are the matmul operands (views where the
+    planner found strides that work), ``t<k>`` the result. Backward step k, in
+    reverse: the result's gradient as ``(batch, M, N)``, then
+    ``grad left = grad @ right^T`` and ``grad right = left^T @ grad``, each
+    mapped back to its source's layout (computed as the transposed product when
+    that keeps the source's innermost axis innermost).
+    """
+    forward: list[str] = []
+    backward: list[str] = []
+    operands: list[str] = []
+    needs = {plan.structure.input.name: "ctx.needs_input_grad[0]"}
+    for k, f in enumerate(plan.structure.factors, start=1):
+        needs[f.name] = f"ctx.needs_input_grad[{k}]"
+    for st in plan.steps:
+        n = st.number
+        call = "torch.bmm" if st.op == "bmm" else "torch.mm"
+        forward.append(f"# step {n}: {st.einsum}  ({st.op}, {st.flops // plan.batch} FLOPs/token)")
+        forward.append(f"l{n} = {_operand_code(st.left, _var(plan, st.left.name))}")
+        forward.append(f"r{n} = {_operand_code(st.right, _var(plan, st.right.name))}")
+        forward.append(f"{st.result} = {call}(l{n}, r{n}).view{_shape(st.result_shape)}")
+        operands += [f"l{n}", f"r{n}"]
+    for st in reversed(plan.steps):
+        n = st.number
+        call = "torch.bmm" if st.op == "bmm" else "torch.mm"
+        rows = st.left.matmul_shape[:-1]
+        cols = st.right.matmul_shape[-1:]
+        backward.append(f"# step {n} backward: {st.einsum}")
+        backward.append(f"g{n} = g_{st.result}.reshape{_shape((*rows, *cols))}")
+        for side, view in (("l", st.left), ("r", st.right)):
+            other = f"r{n}" if side == "l" else f"l{n}"
+            if side == "l":
+                product = (
+                    f"{call}({other}, g{n}.mT).mT" if view.grad_transposed else f"{call}(g{n}, {other}.mT)"
+                )
+            else:
+                product = (
+                    f"{call}(g{n}.mT, {other}).mT" if view.grad_transposed else f"{call}({other}.mT, g{n})"
+                )
+            target = f"g_{_var(plan, view.name)}"
+            code = f"{target} = {_grad_back(product, view, sizes)}"
+            guard = needs.get(view.name)
+            if guard is None:
+                backward.append(code)
+            else:
+                backward.append(f"{target} = None")
+                backward.append(f"if {guard}:")
+                backward.append(f"    {code}")
+    return forward, backward, operands
+
+
+def _grad_back(product: str, view: OperandView, sizes: dict[str, int]) -> str:
+    """Map the gradient of a matmul operand back onto its source's layout."""
+    code = product
+    if view.transposed:
+        code += ".mT"
+    order_shape = tuple(-1 if i == BATCH else sizes[i] for i in view.order)
+    code += f".reshape{_shape(order_shape)}"
+    if view.permute is not None:
+        code += f".permute{_tuple(str(p) for p in view.inverse_permute)}"
+    return code
+
+
+def _output_grad(plan: Plan, sizes: dict[str, int]) -> str:
+    """The output gradient ``(tokens, d_out)`` as a view in the last result's layout."""
+    s = plan.structure
+    final = (BATCH, *s.output.indices)
+    code = f"g_out.reshape{_shape(tuple(-1 if i == BATCH else sizes[i] for i in final))}"
+    if plan.output_permute is not None:
+        inverse = tuple(plan.output_permute.index(k) for k in range(len(plan.output_permute)))
+        code += f".permute{_tuple(str(p) for p in inverse)}"
+    return code
+
+
+def _strategy_note(plan: Plan) -> str:
+    e = plan.estimate
+    how = "forced" if plan.forced else "cost model"
+    if e is None:
+        return how
+    dense = "n/a" if e.dense_ms is None else f"{e.dense_ms:.1f} ms"
+    estimate = f"structured {e.structured_ms:.1f} ms, dense {dense}"
+    return f"{how}; estimated fwd+bwd at {plan.batch} tokens: {estimate}"
 
 
 def _number(value: Any) -> str:
@@ -106,7 +207,7 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
             "remove the `route` line to compile the dense-expert BTT, or analyze it only",
         )
     for f in s.factors:
-        if f.name in RESERVED_NAMES:
+        if f.name in RESERVED_NAMES or _GENERATED_NAME.match(f.name):
             raise CompileError(
                 f"factor name '{f.name}' clashes with a name the generated module uses",
                 f.span,
@@ -132,21 +233,7 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
                 "fan_out": fan.fan_out,
             }
         )
-    steps = []
-    for st in plan.steps:
-        left_var = st.left.name if st.left.name != s.input.name else "x"
-        right_var = st.right.name if st.right.name != s.input.name else "x"
-        call = "torch.bmm" if st.op == "bmm" else "torch.mm"
-        shape = _tuple(str(v) for v in st.result_shape) if st.result_shape else "(())"
-        steps.append(
-            {
-                "comment": f"step {st.number}: {st.einsum}  ({st.op}, {st.flops // plan.batch} FLOPs/token)",
-                "code": f"{st.result} = {call}(\n"
-                f"            {_operand_code(st.left, left_var)},\n"
-                f"            {_operand_code(st.right, right_var)},\n"
-                f"        ).view{shape}",
-            }
-        )
+    forward_lines, backward_lines, operands = _step_code(plan, sizes)
     out_permute = f".permute{_tuple(str(p) for p in plan.output_permute)}" if plan.output_permute else ""
     metrics = _metrics(plan)
     taxonomy = ", ".join(f"{k} {metrics[k]}" for k in ("omega", "psi", "nu") if k in metrics)
@@ -174,8 +261,27 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
         "unpack": ", ".join(f["name"] for f in factors) if len(factors) > 1 else f"({factors[0]['name']},)",
         "factor_attrs": _tuple(f"self.{f['name']}" for f in factors),
         "last_factor": plan.order.factor_sequence[-1],
-        "steps": steps,
+        "forward_lines": forward_lines,
+        "backward_lines": backward_lines,
+        "operands": _tuple(operands),
+        "function_name": f"_{name}Function",
+        "factor_args": ", ".join(f["name"] for f in factors),
+        "factor_args_x": ", ".join(["x", *(f["name"] for f in factors)]),
+        "operands_unpack": ", ".join(operands) + ("," if len(operands) == 1 else ""),
+        "dense_operands": ", ".join(
+            [*(f["name"] for f in factors), *(f"eye{k}" for k in range(1, len(plan.dense.eyes) + 1))]
+        )
+        if plan.dense
+        else "",
+        "factor_grads": ", ".join(f"g_{f['name']}" for f in factors),
+        "factor_needs": [{"name": f["name"], "index": k + 1} for k, f in enumerate(factors)],
         "output_code": f"y{out_permute}.reshape(-1, {int(s.d_out)})",
+        "output_grad": _output_grad(plan, sizes),
+        "strategy": plan.strategy,
+        "strategy_note": _strategy_note(plan),
+        "dense_equation": plan.dense.equation if plan.dense else None,
+        "dense_eyes": list(plan.dense.eyes) if plan.dense else [],
+        "d_in": int(s.d_in),
         "batch_axis": BATCH,
     }
 

@@ -36,13 +36,16 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .errors import CompileError
 from .ir import Structure
 from .order import BATCH, ContractionOrder, contraction_order
 
 __all__ = [
+    "STRATEGIES",
+    "DenseWeight",
+    "Estimate",
     "MAX_SEARCH",
     "TRANSPOSE_PENALTY",
     "OperandView",
@@ -57,21 +60,45 @@ TRANSPOSE_PENALTY = 8
 #: Steps up to which every orientation combination is tried (2**steps plans).
 MAX_SEARCH = 10
 
+#: The cost model that picks ``structured`` or ``dense`` (forward + backward,
+#: float32, CPU). Calibrated with ``benchmarks/bench_layers.py`` on the 2-core
+#: development machine (docs/benchmarks.md): dense ``nn.Linear`` reaches about
+#: 140 GFLOP/s, the per-step bmm/mm of a structured layer about 0.45 of that,
+#: and a copy that keeps the innermost axis about 9 GB/s (read plus write).
+DENSE_GFLOPS = 140.0
+STEP_EFFICIENCY = 0.45
+COPY_GBPS = 9.0
+#: Fixed cost of one kernel call (matmul or copy), in milliseconds.
+CALL_MS = 0.01
+#: The strategies :func:`make_plan` accepts.
+STRATEGIES = ("auto", "structured", "dense")
+
 
 @dataclass(frozen=True)
 class OperandView:
     """How one operand of a step is viewed as a 2-D or 3-D matmul operand.
 
+    The view is ``source.permute(permute).reshape(shape)``, then
+    ``.transpose(-1, -2)`` if ``transposed``. When ``copy`` is false torch
+    returns a strided view (each group of axes is one block in memory and the
+    innermost axis is a matrix axis, which BLAS takes as row- or column-major);
+    otherwise ``reshape`` copies, into ``order``.
+
     Attributes:
         name: ``x``, ``t<k>`` or a factor name.
         is_factor: whether it is a stored factor (its layout is the stored layout).
         layout: the operand's axis order in memory before the step.
-        order: the axis order the matmul needs (groups batch, then rows, then columns).
-        permute: positions to permute ``layout`` into ``order``; ``None`` if no copy is needed.
-        shape: the matmul view's shape; ``-1`` stands for the token dimension.
-        transposed: the view is taken as ``(cols, rows)`` and transposed without a copy.
-        entries: elements per token (or in all, for a factor) that a copy moves; 0 if none.
+        order: the axis order of the (pre-transpose) view: batch, rows, columns
+            groups, or batch, columns, rows when ``transposed``.
+        permute: positions to permute ``layout`` into ``order``; ``None`` if identity.
+        shape: the (pre-transpose) view's shape; ``-1`` stands for the token dimension.
+        transposed: the matmul operand is the view with its last two axes swapped.
+        copy: whether ``reshape`` has to copy (the view is not expressible by strides).
+        entries: elements per token (or in all, without tokens) a copy moves; 0 if none.
         inner_moved: whether the copy moves the innermost (non-unit) axis.
+        grad_transposed: the planned backward computes this operand's gradient as
+            the transposed product, so it lands with the source's innermost axis
+            innermost.
     """
 
     name: str
@@ -81,13 +108,15 @@ class OperandView:
     permute: tuple[int, ...] | None
     shape: tuple[int, ...]
     transposed: bool = False
+    copy: bool = False
     entries: int = 0
     inner_moved: bool = False
+    grad_transposed: bool = False
 
     @property
     def copies(self) -> bool:
-        """Whether viewing this operand needs a copy (a permute that is not a transpose)."""
-        return self.permute is not None
+        """Whether viewing this operand needs a copy."""
+        return self.copy
 
     @property
     def matmul_shape(self) -> tuple[int, ...]:
@@ -129,6 +158,40 @@ class PlannedStep:
 
 
 @dataclass(frozen=True)
+class DenseWeight:
+    """How to materialize W from the factors with one einsum (the ``dense`` strategy).
+
+    ``torch.einsum(equation, *factors, *eyes)`` gives W with axes ``(*output,
+    *input)``; an index the input and the output share (a block-diagonal axis)
+    gets a fresh letter on the input side and an identity matrix ``eye(size)``
+    joining the two.
+
+    Attributes:
+        equation: the einsum over the factors' stored layouts, then the identities.
+        eyes: the size of each identity operand, in order.
+        flops: FLOPs of the materialization (opt_einsum's cost), once per call.
+    """
+
+    equation: str
+    eyes: tuple[int, ...]
+    flops: int
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The cost model's forward + backward time for one call, in milliseconds.
+
+    Attributes:
+        structured_ms: the planned steps (bmm/mm at :data:`STEP_EFFICIENCY`) plus copies.
+        dense_ms: materializing W, one dense matmul, and their backward; ``None``
+            when W cannot be materialized (more indices than einsum letters).
+    """
+
+    structured_ms: float
+    dense_ms: float | None
+
+
+@dataclass(frozen=True)
 class Plan:
     """How a structure's forward runs, step by step.
 
@@ -142,6 +205,12 @@ class Plan:
         output_permute: permutation of the last result into ``(tokens, *output)``;
             ``None`` if it is already in that order.
         output_entries: entries per token the output permute moves (0 if none).
+        output_inner_moved: whether the output permute moves the innermost axis.
+        strategy: ``structured`` (run the steps) or ``dense`` (materialize W
+            from the factors once per call, then one dense matmul).
+        dense: how W is materialized, or ``None`` if it cannot be.
+        estimate: the cost model's times behind ``strategy``.
+        forced: whether the user chose ``strategy`` rather than the cost model.
     """
 
     structure: Structure
@@ -153,6 +222,10 @@ class Plan:
     output_permute: tuple[int, ...] | None
     output_entries: int = 0
     output_inner_moved: bool = False
+    strategy: str = "structured"
+    dense: DenseWeight | None = None
+    estimate: Estimate | None = None
+    forced: bool = False
 
     @property
     def flops(self) -> int:
@@ -170,7 +243,8 @@ class Plan:
         """Entries copied per forward for the batch, innermost-axis moves weighted."""
         cost = 0
         for v in (*(s.left for s in self.steps), *(s.right for s in self.steps)):
-            cost += _weighted(v.entries * (1 if v.is_factor else self.batch), v.inner_moved)
+            per_token = BATCH in v.layout
+            cost += _weighted(v.entries * (self.batch if per_token else 1), v.inner_moved)
         return cost + _weighted(self.output_entries * self.batch, self.output_inner_moved)
 
 
@@ -182,37 +256,71 @@ def _ordered(group: list[str], layout: tuple[str, ...]) -> list[str]:
     return sorted(group, key=layout.index)
 
 
+def _real(axes, sizes: dict[str, int]) -> list[str]:
+    """Axes that matter for memory order: size-1 axes never do; tokens always do."""
+    return [i for i in axes if i == BATCH or sizes[i] != 1]
+
+
 def _copy(layout: tuple[str, ...], order: tuple[str, ...], sizes: dict[str, int]) -> tuple[bool, bool]:
-    """(needs a copy, moves the innermost axis) for viewing ``layout`` as ``order``."""
-    # size-1 axes never force a copy; the token axis always counts (its size varies at run time)
-    real = lambda axes: [i for i in axes if i == BATCH or sizes[i] != 1]  # noqa: E731
-    a, b = real(layout), real(order)
+    """(needs a copy, moves the innermost axis) for making ``layout`` contiguous as ``order``."""
+    a, b = _real(layout, sizes), _real(order, sizes)
     if a == b:
         return False, False
     return True, bool(a) and a[-1] != b[-1]
 
 
+def _strided(layout: tuple[str, ...], groups: list[list[str]], sizes: dict[str, int]) -> bool:
+    """Whether ``groups`` (batch, rows, cols) of ``layout`` form a view BLAS takes without a copy.
+
+    Each group must be one block of consecutive axes in memory, in the group's
+    order, and the innermost axis must end the rows or the cols group (a row- or
+    column-major matrix); the batch axis may have any stride.
+    """
+    real = _real(layout, sizes)
+    if not real:
+        return True
+    position = {axis: k for k, axis in enumerate(real)}
+    for group in groups:
+        places = [position[i] for i in _real(group, sizes)]
+        if places and places != list(range(places[0], places[0] + len(places))):
+            return False
+    *_, rows, cols = groups
+    real_rows, real_cols = _real(rows, sizes), _real(cols, sizes)
+    if not real_rows or not real_cols:  # a vector or 1x1 matrix: any stride works
+        return True
+    return real[-1] in (real_rows[-1], real_cols[-1])
+
+
 def _view(name, is_factor, layout, groups, sizes) -> OperandView:
-    """View ``layout`` as the concatenation of ``groups`` (each a list of indices)."""
-    order = tuple(i for g in groups for i in g)
-    shape = tuple(-1 if BATCH in g else math.prod(sizes[i] for i in g) for g in groups)
-    needs, inner = _copy(layout, order, sizes)
-    if needs and len(groups) >= 2:
-        # a swap of the last two groups is a free transpose of the matmul view
-        *lead, rows, cols = groups
-        swapped = tuple(i for g in (*lead, cols, rows) for i in g)
-        if not _copy(layout, swapped, sizes)[0]:
-            shape = (*shape[:-2], shape[-1], shape[-2])
-            return OperandView(name, is_factor, layout, order, None, shape, True)
-    if not needs:
-        return OperandView(name, is_factor, layout, order, None, shape)
-    permute = tuple(layout.index(i) for i in order)
+    """View ``layout`` as the concatenation of ``groups`` (batch, rows, cols)."""
+    *lead, rows, cols = [list(g) for g in groups]
+    real = _real(layout, sizes)
+    inner = real[-1] if real else None
+    # the gradient lands like the source when the innermost axis is a row axis
+    grad_t = inner is not None and inner in rows and inner not in cols
+    transposed = False
+    if not _strided(layout, [*lead, rows, cols], sizes):
+        # a copy is needed; keep the innermost axis innermost if we can
+        transposed = inner in rows
+    use = [*lead, cols, rows] if transposed else [*lead, rows, cols]
+    order = tuple(i for g in use for i in g)
+    shape = tuple(-1 if BATCH in g else math.prod(sizes[i] for i in g) for g in use)
+    permute = None if order == layout else tuple(layout.index(i) for i in order)
+    copy = not _strided(layout, use, sizes)
+    if not copy:
+        return OperandView(name, is_factor, layout, order, permute, shape, transposed, grad_transposed=grad_t)
+    inner_moved = _copy(layout, order, sizes)[1]
     entries = math.prod(sizes[i] for i in layout if i != BATCH)
-    return OperandView(name, is_factor, layout, order, permute, shape, False, entries, inner)
+    return OperandView(
+        name, is_factor, layout, order, permute, shape, transposed, True, entries, inner_moved, grad_t
+    )
 
 
-def make_plan(structure: Structure, batch: int = 2048) -> Plan:
+def make_plan(structure: Structure, batch: int = 2048, strategy: str = "auto") -> Plan:
     """Plan the forward of ``structure`` for ``batch`` tokens.
+
+    ``strategy`` is ``auto`` (the cost model picks the faster of ``structured``
+    and ``dense``), ``structured`` or ``dense`` (forced).
 
     Tries every orientation of the steps (up to :data:`MAX_SEARCH` steps; beyond,
     activation-left throughout) and keeps the plan with the least copy cost; ties
@@ -240,7 +348,77 @@ def make_plan(structure: Structure, batch: int = 2048) -> Plan:
         if best is None or plan.copy_cost < best.copy_cost:
             best = plan
     assert best is not None
-    return best
+    return _with_strategy(best, strategy)
+
+
+def _with_strategy(plan: Plan, strategy: str) -> Plan:
+    if strategy not in STRATEGIES:
+        raise CompileError(
+            f"unknown strategy '{strategy}'",
+            hint=f"use one of: {', '.join(STRATEGIES)}",
+        )
+    s = plan.structure
+    dense = dense_weight(s, plan.factor_layouts)
+    calls = 3 * len(plan.steps) + 2 * plan.copies
+    structured_ms = (
+        3 * plan.flops / (STEP_EFFICIENCY * DENSE_GFLOPS * 1e6)
+        + 2 * plan.copy_cost * 8 / (COPY_GBPS * 1e6)
+        + calls * CALL_MS
+    )
+    dense_ms = None
+    if dense is not None:
+        gemm = 2 * plan.batch * int(s.d_in) * int(s.d_out)
+        dense_ms = (
+            3 * gemm / (DENSE_GFLOPS * 1e6)
+            + 3 * dense.flops / (STEP_EFFICIENCY * DENSE_GFLOPS * 1e6)
+            + 3 * (len(s.factors) + len(dense.eyes)) * CALL_MS
+        )
+    estimate = Estimate(structured_ms, dense_ms)
+    if strategy == "dense" and dense is None:
+        raise CompileError(
+            f"structure '{s.name}' has too many indices to materialize W with one einsum",
+            s.span,
+            "use the structured strategy",
+        )
+    if strategy == "auto":
+        chosen = "dense" if dense_ms is not None and dense_ms < structured_ms else "structured"
+    else:
+        chosen = strategy
+    return replace(plan, strategy=chosen, dense=dense, estimate=estimate, forced=strategy != "auto")
+
+
+def dense_weight(structure: Structure, layouts: dict[str, tuple[str, ...]]) -> DenseWeight | None:
+    """The einsum that materializes W from the factors stored in ``layouts``.
+
+    >>> s = load("examples/btt.ein")
+    >>> dense_weight(s, {"A": ("g", "a", "f", "r"), "B": ("f", "g", "r", "e")}).equation
+    'abcd,cade->ceab'
+    """
+    from .order import import_opt_einsum
+
+    s = structure
+    names = [i.name for i in s.indices]
+    shared = [i for i in s.output.indices if i in s.input.indices]
+    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    if len(names) + len(shared) > len(letters):
+        return None
+    letter = dict(zip(names, letters))
+    fresh = dict(zip(shared, letters[len(names) :]))
+    sizes = {i.name: int(i.size) for i in s.indices}
+    terms = ["".join(letter[i] for i in layouts[f.name]) for f in s.factors]
+    terms += [letter[i] + fresh[i] for i in shared]
+    out = "".join(letter[i] for i in s.output.indices)
+    out += "".join(fresh.get(i, letter[i]) for i in s.input.indices)
+    equation = ",".join(terms) + "->" + out
+    shapes = [tuple(sizes[i] for i in layouts[f.name]) for f in s.factors]
+    shapes += [(sizes[i], sizes[i]) for i in shared]
+    opt_einsum = import_opt_einsum()
+    if len(shapes) == 1:
+        flops = 0
+    else:
+        _, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="greedy")
+        flops = int(info.opt_cost)
+    return DenseWeight(equation, tuple(sizes[i] for i in shared), flops)
 
 
 def _plan_with(structure: Structure, order: ContractionOrder, batch: int, flips: tuple[bool, ...]) -> Plan:
@@ -325,17 +503,7 @@ def _plan_with(structure: Structure, order: ContractionOrder, batch: int, flips:
 
 
 def _drop_batch(view: OperandView) -> OperandView:
-    return OperandView(
-        view.name,
-        view.is_factor,
-        view.layout,
-        view.order,
-        view.permute,
-        view.shape[1:],
-        view.transposed,
-        view.entries,
-        view.inner_moved,
-    )
+    return replace(view, shape=view.shape[1:])
 
 
 def _axes(layout: tuple[str, ...]) -> str:
@@ -380,15 +548,27 @@ def format_plan(plan: Plan) -> str:
             if v.copies:
                 how = "moves the innermost axis" if v.inner_moved else "keeps the innermost axis"
                 lines.append(f"    copy: {v.name} permuted [{_axes(v.layout)}] -> [{_axes(v.order)}] ({how})")
-            elif v.transposed:
-                lines.append(f"    {v.name}: transposed view, no copy")
+            elif v.permute is not None or v.transposed:
+                lines.append(f"    {v.name}: strided view [{_axes(v.layout)}] as [{_axes(v.order)}], no copy")
     if plan.output_permute is not None:
         how = "moves the innermost axis" if plan.output_inner_moved else "keeps the innermost axis"
         lines.append(f"  copy: output permuted to [n, {', '.join(s.output.indices)}] ({how})")
     if int(s.d_out) != int(s.out_features):
         lines.append(f"  output truncated from {s.d_out} to {s.out_features} features")
+    if plan.dense is not None:
+        eyes = f" with identities of size {', '.join(map(str, plan.dense.eyes))}" if plan.dense.eyes else ""
+        lines.append(f"  dense alternative: W = einsum('{plan.dense.equation}'){eyes}, then one dense matmul")
+    e = plan.estimate
+    if e is not None:
+        dense_ms = "n/a" if e.dense_ms is None else f"{e.dense_ms:.2f} ms"
+        how = "forced by the user" if plan.forced else "chosen by the cost model"
+        lines.append(
+            f"  strategy: {plan.strategy} ({how}; estimated forward+backward: "
+            f"structured {e.structured_ms:.2f} ms, dense {dense_ms})"
+        )
     lines.append(
-        f"  total {plan.flops / plan.batch:g} FLOPs per token, {plan.copies} copies "
+        f"  total {plan.flops / plan.batch:g} FLOPs per token, {plan.copies} "
+        f"cop{'y' if plan.copies == 1 else 'ies'} "
         f"({plan.copy_cost / plan.batch:g} weighted entries per token)"
     )
     return "\n".join(lines)

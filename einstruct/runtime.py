@@ -35,15 +35,17 @@ def module_source(
     class_name: str | None = None,
     batch: int = DEFAULT_BATCH,
     command: str | None = None,
+    strategy: str = "auto",
 ) -> str:
     """The generated module text for a resolved structure."""
-    return render_torch(make_plan(structure, batch), class_name, command)
+    return render_torch(make_plan(structure, batch, strategy), class_name, command)
 
 
 @lru_cache(maxsize=256)
-def _build(structure: Structure, class_name: str | None, batch: int) -> type:
-    text = module_source(structure, class_name, batch)
-    plan_hash = spec_hash(make_plan(structure, batch))
+def _build(structure: Structure, class_name: str | None, batch: int, strategy: str) -> type:
+    plan = make_plan(structure, batch, strategy)
+    text = render_torch(plan, class_name)
+    plan_hash = spec_hash(plan)
     module = types.ModuleType(f"einstruct_generated_{structure.name}_{plan_hash}")
     module.__file__ = f"<einstruct {structure.name} {plan_hash}>"
     module.__dict__["__source__"] = text
@@ -62,10 +64,10 @@ def compile_text(text: str, filename: str):
 
 
 def compile_structure(
-    structure: Structure, class_name: str | None = None, batch: int = DEFAULT_BATCH
+    structure: Structure, class_name: str | None = None, batch: int = DEFAULT_BATCH, strategy: str = "auto"
 ) -> type:
     """The layer class for a resolved structure (cached)."""
-    return _build(structure, class_name, batch)
+    return _build(structure, class_name, batch, strategy)
 
 
 def compile(  # noqa: A001 - the public name the API promises
@@ -74,6 +76,7 @@ def compile(  # noqa: A001 - the public name the API promises
     *,
     class_name: str | None = None,
     batch: int = DEFAULT_BATCH,
+    strategy: str = "auto",
     **params: Override,
 ) -> type:
     """Render, load and cache the layer class of a spec.
@@ -83,9 +86,12 @@ def compile(  # noqa: A001 - the public name the API promises
         structure: which structure, when the spec has several.
         class_name: the generated class's name (default: from the structure name).
         batch: the token count the contraction order is chosen for.
+        strategy: the generated class's default strategy: ``auto`` (the planner's
+            cost model), ``structured`` or ``dense``; instances can still pick
+            either with ``strategy=...``.
         **params: parameter overrides, e.g. ``d=4096``.
     """
-    return compile_structure(load(spec, structure, **params), class_name, batch)
+    return compile_structure(load(spec, structure, **params), class_name, batch, strategy)
 
 
 def analyze(spec: str | Path | SpecFile, structure: str | None = None, **options: Any):

@@ -26,11 +26,17 @@ def _layer(source: str, batch: int = 2048, seed: int = 0, **kwargs):
     return structure, layer
 
 
+STRATEGY = st.sampled_from(["structured", "dense"])
+
+
 @given(
-    source=structure_sources(), batch=st.sampled_from([1, 5, 2048]), lead=st.sampled_from([(), (3,), (2, 3)])
+    source=structure_sources(),
+    batch=st.sampled_from([1, 5, 2048]),
+    lead=st.sampled_from([(), (3,), (2, 3)]),
+    strategy=STRATEGY,
 )
-def test_forward_equals_dense(source, batch, lead):
-    _, layer = _layer(source, batch)
+def test_forward_equals_dense(source, batch, lead, strategy):
+    _, layer = _layer(source, batch, strategy=strategy)
     x = torch.randn(*lead, layer.in_features, dtype=torch.float64)
     W = layer.to_dense()
     assert W.shape == (layer.out_features, layer.in_features)
@@ -38,9 +44,9 @@ def test_forward_equals_dense(source, batch, lead):
     np.testing.assert_allclose(W.detach().numpy(), dense_from_factors(layer), rtol=1e-10, atol=1e-10)
 
 
-@given(source=structure_sources())
-def test_gradients_equal_dense_reference(source):
-    _, layer = _layer(source)
+@given(source=structure_sources(), strategy=STRATEGY, save=st.booleans())
+def test_gradients_equal_dense_reference(source, strategy, save):
+    _, layer = _layer(source, strategy=strategy, save_intermediate=save)
     x = torch.randn(4, layer.in_features, dtype=torch.float64, requires_grad=True)
     g = torch.randn(4, layer.out_features, dtype=torch.float64)
     (layer(x) * g).sum().backward()
@@ -52,9 +58,9 @@ def test_gradients_equal_dense_reference(source):
         torch.testing.assert_close(getattr(layer, name).grad, ref.grad)
 
 
-@given(source=structure_sources(max_size=3, max_indices=4))
-def test_gradcheck(source):
-    _, layer = _layer(source)
+@given(source=structure_sources(max_size=3, max_indices=4), strategy=STRATEGY, save=st.booleans())
+def test_gradcheck(source, strategy, save):
+    _, layer = _layer(source, strategy=strategy, save_intermediate=save)
     x = torch.randn(2, layer.in_features, dtype=torch.float64, requires_grad=True)
     params = tuple(layer.parameters())
 
@@ -72,7 +78,7 @@ def test_gradcheck(source):
 
 @given(source=structure_sources(), batch=st.sampled_from([1, 7, 64]))
 def test_flops_match_torch_counter(source, batch):
-    structure, layer = _layer(source, batch)
+    structure, layer = _layer(source, batch, strategy="structured")
     analysis = analyze_structure(structure, batch=batch)
     assert sum(p.numel() for n, p in layer.named_parameters() if n != "bias") == analysis.params
     x = torch.randn(batch, layer.in_features, dtype=torch.float64, requires_grad=True)

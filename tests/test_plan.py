@@ -1,0 +1,110 @@
+"""The planner's claims about memory layout hold in torch, and its options work."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from strategies import structure_sources
+
+import einstruct
+from einstruct.errors import CompileError
+from einstruct.order import BATCH
+from einstruct.plan import make_plan
+from einstruct.runtime import compile_structure
+
+TOKENS = 5
+
+
+def _source_tensor(layout, sizes):
+    """A fresh contiguous tensor whose memory order is ``layout``."""
+    return torch.zeros(*(TOKENS if i == BATCH else sizes[i] for i in layout))
+
+
+def _matmul_view(view, source):
+    t = source if view.permute is None else source.permute(view.permute)
+    t = t.reshape(view.shape)
+    return t.mT if view.transposed else t
+
+
+def _blas_compatible(t: torch.Tensor) -> bool:
+    """A matrix BLAS takes as is: unit stride along one of its two axes (size-1 axes count as any)."""
+    rows, cols = t.shape[-2:]
+    rs, cs = t.stride()[-2:]
+    return cs == 1 or rs == 1 or rows == 1 or cols == 1
+
+
+@given(source=structure_sources())
+def test_views_the_planner_calls_free_are_views_and_copies_are_copies(source):
+    structure = einstruct.load(source)
+    plan = make_plan(structure, batch=TOKENS)
+    sizes = {i.name: int(i.size) for i in structure.indices}
+    for step in plan.steps:
+        for view in (step.left, step.right):
+            src = _source_tensor(view.layout, sizes)
+            t = _matmul_view(view, src)
+            shares = t.untyped_storage().data_ptr() == src.untyped_storage().data_ptr()
+            # a copy happens in reshape, or inside the matmul when BLAS cannot take the strides
+            copies = not shares or (t.numel() > 1 and not _blas_compatible(t))
+            assert copies == view.copy, (step.einsum, view, t.stride())
+        # the matmul shapes line up
+        lhs, rhs = step.left.matmul_shape, step.right.matmul_shape
+        assert lhs[-1] == rhs[-2] and lhs[:-2] == rhs[:-2]
+
+
+def test_btt_rank_1_plans_no_copy_between_steps():
+    # the transpose between BTT's two steps is the expensive copy (BACKGROUND, issue 5)
+    plan = make_plan(einstruct.load("structure b = btt(d = 1024, rank = 1)"), batch=2048)
+    assert not any(v.copy for s in plan.steps for v in (s.left, s.right))
+    assert plan.copies == 1 and not plan.output_inner_moved
+
+
+def test_strategy_forced_and_auto():
+    structure = einstruct.load("structure b = btt(d = 64, rank = 1)")
+    assert make_plan(structure, strategy="dense").strategy == "dense"
+    assert make_plan(structure, strategy="structured").strategy == "structured"
+    auto = make_plan(structure)
+    e = auto.estimate
+    assert auto.strategy == ("dense" if e.dense_ms < e.structured_ms else "structured")
+    with pytest.raises(CompileError, match="unknown strategy"):
+        make_plan(structure, strategy="fast")
+
+
+def test_factor_names_that_clash_with_generated_locals_are_refused():
+    for name in ("l1", "t2", "g_x", "eye1"):
+        structure = einstruct.load(f"structure s:\n    y[o] = x[i] * {name}[i, o]\n    where i = 4, o = 3\n")
+        with pytest.raises(CompileError, match="clashes"):
+            compile_structure(structure)
+
+
+def _saved_storages(layer, x):
+    saved = []
+
+    def pack(t):
+        saved.append(t.untyped_storage().data_ptr())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        y = layer(x)
+    return set(saved), y
+
+
+@pytest.mark.parametrize(
+    "spec", ["btt(d = 64, rank = 2)", "tensor_train(d = 64, rank = 3)", "monarch(d = 64)"]
+)
+def test_save_intermediate_false_keeps_only_input_and_factors(spec):
+    cls = compile_structure(einstruct.load(f"structure s = {spec}"), strategy="structured")
+    x = torch.randn(7, 64, requires_grad=True)
+    lean = cls(bias=False, save_intermediate=False)
+    full = cls(bias=False)
+    full.load_state_dict(lean.state_dict())
+    allowed = {x.untyped_storage().data_ptr()} | {p.untyped_storage().data_ptr() for p in lean.parameters()}
+    saved, y_lean = _saved_storages(lean, x)
+    assert saved <= allowed
+    saved_full, y_full = _saved_storages(full, x)
+    assert saved_full - allowed  # the default keeps intermediates
+    g = torch.randn_like(y_lean)
+    (gx_lean,) = torch.autograd.grad(y_lean, x, g)
+    (gx_full,) = torch.autograd.grad(y_full, x, g)
+    torch.testing.assert_close(gx_lean, gx_full)
+    torch.testing.assert_close(gx_full, g @ full.to_dense())
