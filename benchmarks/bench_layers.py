@@ -61,6 +61,9 @@ STRUCTURES: dict[str, str] = {
     ),
 }
 
+#: The strategy the planner chose for each (structure, d), for the table.
+strategy: dict[tuple[str, int], str] = {}
+
 #: Extra variants by name: (structure, x_padded, factors) -> callable, registered by prototypes.
 EXTRA: dict[str, Callable] = {}
 
@@ -163,9 +166,13 @@ def bench_one(name: str, d: int, n: int, repeats: int, device: str, dtype, modes
 
     layers: dict[str, Callable] = {"dense": dense}
     try:
-        Layer = einstruct.compile(src)
+        Layer = einstruct.compile(src, batch=n)
         module = Layer(bias=False, **kw)
         layers["generated"] = module
+        lean = Layer(bias=False, save_intermediate=False, **kw)
+        lean.load_state_dict(module.state_dict())
+        layers["gen-recompute"] = lean
+        strategy[name, d] = module.strategy
     except Exception as exc:  # the compiler is optional for this script
         print(f"  [{name} d={d}] generated module skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
     layers["einsum2"] = structured(einsum_steps(s, n))
@@ -248,7 +255,8 @@ def markdown(rows: list[Row], header: str) -> str:
     lines.append("|" + "---|" * len(head))
     for r in rows:
         dense_rate = r.dense_flops / r.ms["dense"]
-        cells = [r.structure, str(r.d), r.mode, f"{r.ms['dense']:.1f} ({dense_rate / 1e6:.0f})"]
+        name = r.structure + (" (dense W)" if strategy.get((r.structure, r.d)) == "dense" else "")
+        cells = [name, str(r.d), r.mode, f"{r.ms['dense']:.1f} ({dense_rate / 1e6:.0f})"]
         for c in cols:
             ms = r.ms.get(c)
             cells.append("–" if ms is None else f"{ms:.2f} ({r.flops / ms / dense_rate:.2f})")
@@ -267,7 +275,8 @@ def markdown(rows: list[Row], header: str) -> str:
         "",
         "Cells: median ms, and in parentheses the efficiency ratio: achieved FLOP/s (analytic FLOPs of the",
         "cheapest order; 3x forward for forward+backward) over dense nn.Linear's FLOP/s in the same run.",
-        "Speed-up: best baseline time / generated time.",
+        "Speed-up: best baseline time / generated time. gen-recompute: the generated module with",
+        "save_intermediate=False. '(dense W)': the planner chose to materialize W and run one dense matmul.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -105,6 +105,26 @@ class Analysis:
     optimizer: str = "adam"
     diagnostics: tuple = field(default=())
 
+    @cached_property
+    def traffic(self) -> Any:
+        """Forward memory traffic per vector in bytes (fp32) along the compiled plan at
+        :data:`PLAN_BATCH` tokens; ``None`` for symbolic sizes."""
+        if self.structure.is_symbolic:
+            return None
+        from .plan import make_plan
+
+        return make_plan(self.structure, PLAN_BATCH, strategy="structured").traffic()
+
+    @property
+    def traffic_dense(self) -> Any:
+        """A dense layer's forward traffic per vector: read x, write y, read W once per batch."""
+        if self.structure.is_symbolic:
+            return None
+        from fractions import Fraction
+
+        d_in, d_out = self.d_in, self.d_out
+        return 4 * (d_in + d_out + Fraction(d_in * d_out, PLAN_BATCH))
+
     name = property(lambda self: self.structure.name)
     d_in = property(lambda self: self.structure.in_features)
     d_out = property(lambda self: self.structure.out_features)
@@ -172,6 +192,12 @@ class Analysis:
             "flops_dense": json_number(self.flops_dense),
             "flops_ratio": json_number(self.ratio(self.counts.flops, self.flops_dense)),
             "peak_intermediate": json_number(self.counts.peak_intermediate),
+            "traffic_bytes": json_number(self.traffic),
+            "traffic_dense_bytes": json_number(self.traffic_dense),
+            "intensity": None if self.traffic is None else json_number(self.counts.flops / self.traffic),
+            "intensity_dense": None
+            if self.traffic is None
+            else json_number(self.flops_dense / self.traffic_dense),
             "rank_bound": json_number(self.rank_bound),
             "full_rank": self.full_rank,
             "einsum": self.einsum,

@@ -37,6 +37,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, replace
+from fractions import Fraction
 
 from .errors import CompileError
 from .ir import Structure
@@ -57,16 +58,20 @@ __all__ = [
 
 #: Weight of a copy that moves the innermost axis (measured ~10x slower on CPU).
 TRANSPOSE_PENALTY = 8
+#: Entries (fp32: one 64-byte cache line) a copy must move contiguously to be fast.
+MIN_RUN = 16
 #: Steps up to which every orientation combination is tried (2**steps plans).
 MAX_SEARCH = 10
 
 #: The cost model that picks ``structured`` or ``dense`` (forward + backward,
 #: float32, CPU). Calibrated with ``benchmarks/bench_layers.py`` on the 2-core
 #: development machine (docs/benchmarks.md): dense ``nn.Linear`` reaches about
-#: 140 GFLOP/s, the per-step bmm/mm of a structured layer about 0.45 of that,
-#: and a copy that keeps the innermost axis about 9 GB/s (read plus write).
+#: 140 GFLOP/s; a step's matmul reaches ``m / (m + STEP_HALF)`` of that, where m
+#: is its smallest matrix dimension (32 -> 0.29, 128 -> 0.62, 1024 -> 0.93:
+#: small matrices cannot use the cores' full width); a copy that keeps long
+#: runs moves about 9 GB/s (read plus write).
 DENSE_GFLOPS = 140.0
-STEP_EFFICIENCY = 0.45
+STEP_HALF = 80
 COPY_GBPS = 9.0
 #: Fixed cost of one kernel call (matmul or copy), in milliseconds.
 CALL_MS = 0.01
@@ -95,7 +100,8 @@ class OperandView:
         transposed: the matmul operand is the view with its last two axes swapped.
         copy: whether ``reshape`` has to copy (the view is not expressible by strides).
         entries: elements per token (or in all, without tokens) a copy moves; 0 if none.
-        inner_moved: whether the copy moves the innermost (non-unit) axis.
+        inner_moved: whether the copy is slow: it moves contiguous runs shorter than
+            :data:`MIN_RUN` entries (e.g. it transposes the innermost axis).
         grad_transposed: the planned backward computes this operand's gradient as
             the transposed product, so it lands with the source's innermost axis
             innermost.
@@ -182,7 +188,7 @@ class Estimate:
     """The cost model's forward + backward time for one call, in milliseconds.
 
     Attributes:
-        structured_ms: the planned steps (bmm/mm at :data:`STEP_EFFICIENCY`) plus copies.
+        structured_ms: the planned steps (each matmul at its size's efficiency) plus copies.
         dense_ms: materializing W, one dense matmul, and their backward; ``None``
             when W cannot be materialized (more indices than einsum letters).
     """
@@ -238,6 +244,33 @@ class Plan:
         n = sum(s.left.copies + s.right.copies for s in self.steps)
         return n + (self.output_permute is not None)
 
+    def traffic(self, bytes_per_entry: int = 4) -> Fraction:
+        """Bytes the planned forward reads and writes per token (an estimate).
+
+        Every step reads its two operands and writes its result; a copy reads and
+        writes its entries once more. Tensors without tokens (the factors, and
+        products of factors) are read once per call, so they count ``1 / batch``
+        per token.
+
+            >>> make_plan(load("examples/btt.ein")).traffic()
+            Fraction(24704, 1)
+        """
+        per_call = Fraction(1, self.batch)
+        sizes = {i.name: int(i.size) for i in self.structure.indices}
+
+        def entries(layout: tuple[str, ...]) -> Fraction:
+            n = math.prod(sizes[i] for i in layout if i != BATCH)
+            return Fraction(n) if BATCH in layout else n * per_call
+
+        total = Fraction(0)
+        for st in self.steps:
+            for v in (st.left, st.right):
+                total += entries(v.layout) * (3 if v.copy else 1)
+            total += entries(st.result_layout)
+        if self.output_permute is not None:
+            total += 2 * entries(self.steps[-1].result_layout)
+        return total * bytes_per_entry
+
     @property
     def copy_cost(self) -> int:
         """Entries copied per forward for the batch, innermost-axis moves weighted."""
@@ -262,11 +295,22 @@ def _real(axes, sizes: dict[str, int]) -> list[str]:
 
 
 def _copy(layout: tuple[str, ...], order: tuple[str, ...], sizes: dict[str, int]) -> tuple[bool, bool]:
-    """(needs a copy, moves the innermost axis) for making ``layout`` contiguous as ``order``."""
+    """(needs a copy, is a slow copy) for making ``layout`` contiguous as ``order``.
+
+    A copy is fast when it moves contiguous runs of at least :data:`MIN_RUN`
+    entries (the trailing axes both orders share); otherwise it is a gather that
+    touches a cache line per entry (a transpose of the innermost axis, or of a
+    tiny one), weighted :data:`TRANSPOSE_PENALTY` times.
+    """
     a, b = _real(layout, sizes), _real(order, sizes)
     if a == b:
         return False, False
-    return True, bool(a) and a[-1] != b[-1]
+    run = 1
+    for x, y in zip(reversed(a), reversed(b)):
+        if x != y:
+            break
+        run *= sizes[x]
+    return True, run < MIN_RUN
 
 
 def _strided(layout: tuple[str, ...], groups: list[list[str]], sizes: dict[str, int]) -> bool:
@@ -359,18 +403,17 @@ def _with_strategy(plan: Plan, strategy: str) -> Plan:
         )
     s = plan.structure
     dense = dense_weight(s, plan.factor_layouts)
+    sizes = {i.name: int(i.size) for i in s.indices}
+    sizes[BATCH] = plan.batch
     calls = 3 * len(plan.steps) + 2 * plan.copies
-    structured_ms = (
-        3 * plan.flops / (STEP_EFFICIENCY * DENSE_GFLOPS * 1e6)
-        + 2 * plan.copy_cost * 8 / (COPY_GBPS * 1e6)
-        + calls * CALL_MS
-    )
+    structured_ms = sum(3 * st.flops / (_efficiency(st, sizes) * DENSE_GFLOPS * 1e6) for st in plan.steps)
+    structured_ms += 2 * plan.copy_cost * 8 / (COPY_GBPS * 1e6) + calls * CALL_MS
     dense_ms = None
     if dense is not None:
         gemm = 2 * plan.batch * int(s.d_in) * int(s.d_out)
         dense_ms = (
             3 * gemm / (DENSE_GFLOPS * 1e6)
-            + 3 * dense.flops / (STEP_EFFICIENCY * DENSE_GFLOPS * 1e6)
+            + 3 * dense.flops / (_efficiency_of(32) * DENSE_GFLOPS * 1e6)
             + 3 * (len(s.factors) + len(dense.eyes)) * CALL_MS
         )
     estimate = Estimate(structured_ms, dense_ms)
@@ -385,6 +428,16 @@ def _with_strategy(plan: Plan, strategy: str) -> Plan:
     else:
         chosen = strategy
     return replace(plan, strategy=chosen, dense=dense, estimate=estimate, forced=strategy != "auto")
+
+
+def _efficiency_of(smallest: int) -> float:
+    return smallest / (smallest + STEP_HALF)
+
+
+def _efficiency(step: PlannedStep, sizes: dict[str, int]) -> float:
+    """The cost model's fraction of dense throughput for one step's matmul."""
+    dims = [math.prod(sizes[i] for i in group) for group in (step.m, step.n, step.k)]
+    return _efficiency_of(min(dims))
 
 
 def dense_weight(structure: Structure, layouts: dict[str, tuple[str, ...]]) -> DenseWeight | None:
@@ -402,8 +455,12 @@ def dense_weight(structure: Structure, layouts: dict[str, tuple[str, ...]]) -> D
     letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
     if len(names) + len(shared) > len(letters):
         return None
-    letter = dict(zip(names, letters))
-    fresh = dict(zip(shared, letters[len(names) :]))
+    if all(len(n) == 1 and n in letters for n in names):  # readable: the index names themselves
+        letter = {n: n for n in names}
+    else:
+        letter = dict(zip(names, letters))
+    unused = [c for c in letters if c not in letter.values()]
+    fresh = dict(zip(shared, unused))
     sizes = {i.name: int(i.size) for i in s.indices}
     terms = ["".join(letter[i] for i in layouts[f.name]) for f in s.factors]
     terms += [letter[i] + fresh[i] for i in shared]
@@ -546,12 +603,12 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"    {st.op} shapes {shapes} -> {out}; result [{_axes(st.result_layout)}]")
         for v in (st.left, st.right):
             if v.copies:
-                how = "moves the innermost axis" if v.inner_moved else "keeps the innermost axis"
+                how = "slow: short contiguous runs" if v.inner_moved else "fast: keeps long contiguous runs"
                 lines.append(f"    copy: {v.name} permuted [{_axes(v.layout)}] -> [{_axes(v.order)}] ({how})")
             elif v.permute is not None or v.transposed:
                 lines.append(f"    {v.name}: strided view [{_axes(v.layout)}] as [{_axes(v.order)}], no copy")
     if plan.output_permute is not None:
-        how = "moves the innermost axis" if plan.output_inner_moved else "keeps the innermost axis"
+        how = "slow: short contiguous runs" if plan.output_inner_moved else "fast: keeps long contiguous runs"
         lines.append(f"  copy: output permuted to [n, {', '.join(s.output.indices)}] ({how})")
     if int(s.d_out) != int(s.out_features):
         lines.append(f"  output truncated from {s.d_out} to {s.out_features} features")

@@ -64,7 +64,24 @@ def _totals(a: Analysis) -> list[tuple[str, str]]:
         ("train FLOPs / vector", _fmt(c.train_flops)),
         ("dense FLOPs / vector", _fmt(a.flops_dense)),
         ("peak intermediate / vector", _fmt(c.peak_intermediate)),
+        *_traffic(a),
         ("rank bound", f"{_fmt(a.rank_bound)}" + ("  (full rank)" if a.full_rank else "")),
+    ]
+
+
+def _traffic(a: Analysis) -> list[tuple[str, str]]:
+    if a.traffic is None:
+        return []
+    from .analysis import PLAN_BATCH
+
+    mine = float(a.counts.flops / a.traffic)
+    dense = float(a.flops_dense / a.traffic_dense)
+    return [
+        (
+            f"memory traffic / vector (fp32, batch {PLAN_BATCH})",
+            f"{float(a.traffic):,.0f} bytes, {mine:.3g} FLOP/byte  "
+            f"(dense: {float(a.traffic_dense):,.0f} bytes, {dense:.3g} FLOP/byte)",
+        )
     ]
 
 

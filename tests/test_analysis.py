@@ -205,3 +205,17 @@ def test_analyze_imports_no_torch():
 
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_memory_traffic_of_a_dense_layer_is_read_x_w_write_y():
+    a = analyze_structure(einstruct.load("structure s = dense(d_in = 96, d_out = 40)"))
+    assert a.traffic == 4 * (96 + 40 + Fraction(96 * 40, 2048))
+    assert a.to_dict()["traffic_bytes"] == pytest.approx(float(a.traffic))
+
+
+def test_memory_traffic_of_btt_by_hand():
+    # d = 1024, rank 1, 2048 tokens: step 1 reads x (1024/token) and A (32^3 / 2048), writes t1 (1024);
+    # step 2 reads t1 and B, writes y (1024); the output permute reads and writes 1024 more each
+    a = analyze_structure(einstruct.load("structure b = btt(d = 1024, rank = 1)"))
+    per_token = 1024 + 16 + 1024 + 1024 + 16 + 1024 + 2 * 1024
+    assert a.traffic == 4 * per_token
