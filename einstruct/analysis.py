@@ -248,15 +248,25 @@ class Analysis:
 
 def rank_bound(structure: Structure) -> Size:
     """The min-cut bound on the rank, capped at min(d_in, d_out) of the layer."""
-    stand_in = concrete_stand_in(structure)
-    weights = {i.name: math.log(i.size) for i in stand_in.indices}
-    cut = min_cut_indices(stand_in, weights)
-    bound = math.prod(structure.size(i) for i in cut) if not structure.is_symbolic else None
-    if bound is None:
-        import sympy
+    if not structure.is_symbolic:
+        weights = {i.name: math.log(i.size) for i in structure.indices}
+        bound = math.prod(structure.size(i) for i in min_cut_indices(structure, weights))
+        return min(bound, structure.in_features, structure.out_features)
+    # symbolic: which cut is smallest depends on the parameters, so collect the
+    # minimal cuts under stand-ins where each parameter in turn is small or large
+    import sympy
 
-        return sympy.simplify(sympy.Mul(*(structure.size(i) for i in cut)))
-    return min(bound, structure.in_features, structure.out_features)
+    free = {sym for i in structure.indices if not isinstance(i.size, int) for sym in i.size.free_symbols}
+    names = sorted(str(sym) for sym in free)
+    trials = [{}] + [{n: v} for n in names for v in (2**4, 2**20)]
+    cuts = set()
+    for values in trials:
+        stand_in = concrete_stand_in(structure, values=values)
+        weights = {i.name: math.log(i.size) for i in stand_in.indices}
+        cuts.add(tuple(sorted(min_cut_indices(stand_in, weights))))
+    candidates = {sympy.simplify(sympy.Mul(*(structure.size(i) for i in cut))) for cut in cuts}
+    candidates |= {sympy.sympify(structure.in_features), sympy.sympify(structure.out_features)}
+    return sympy.simplify(sympy.Min(*candidates))
 
 
 def analyze_structure(structure: Structure, batch: int = 1, optimizer: str = "adam") -> Analysis:

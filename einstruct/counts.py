@@ -55,14 +55,21 @@ class Counts:
     order: ContractionOrder
 
 
-def concrete_stand_in(structure: Structure, value: int = STAND_IN) -> Structure:
-    """The structure with every free parameter set to ``value`` (sizes rounded to >= 1)."""
+def concrete_stand_in(structure: Structure, value: int = STAND_IN, values: dict | None = None) -> Structure:
+    """The structure with every free parameter set to ``value`` (sizes rounded to >= 1).
+
+    ``values`` maps parameter names to other stand-in values.
+    """
     if not structure.is_symbolic:
         return structure
     import sympy
 
+    values = values or {}
     symbols = {
-        sym: value for i in structure.indices if not isinstance(i.size, int) for sym in i.size.free_symbols
+        sym: values.get(str(sym), value)
+        for i in structure.indices
+        if not isinstance(i.size, int)
+        for sym in i.size.free_symbols
     }
     indices = []
     for index in structure.indices:

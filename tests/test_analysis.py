@@ -219,3 +219,15 @@ def test_memory_traffic_of_btt_by_hand():
     a = analyze_structure(einstruct.load("structure b = btt(d = 1024, rank = 1)"))
     per_token = 1024 + 16 + 1024 + 1024 + 16 + 1024 + 2 * 1024
     assert a.traffic == 4 * per_token
+
+
+@pytest.mark.parametrize("d, rank", [(1024, 32), (64, 128), (256, 256)])
+def test_symbolic_rank_bound_substitutes_to_the_concrete_one(d, rank):
+    import sympy
+
+    source = "structure l(d, rank):\n    y[o] = x[i] * U[i, r] * V[r, o]\n    where i = o = d, r = rank\n"
+    symbolic = analyze_structure(einstruct.load(source, symbolic=True)).rank_bound
+    concrete = analyze_structure(einstruct.load(source, d=d, rank=rank)).rank_bound
+    assert concrete == min(d, rank)  # the rank of a product of d x rank and rank x d factors
+    expr = sympy.sympify(symbolic)
+    assert int(expr.subs({s: {"d": d, "rank": rank}[str(s)] for s in expr.free_symbols})) == concrete
