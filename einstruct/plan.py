@@ -58,6 +58,10 @@ __all__ = [
 
 #: Weight of a copy that moves the innermost axis (measured ~10x slower on CPU).
 TRANSPOSE_PENALTY = 8
+#: Weight of a copy that only transposes small inner blocks (measured ~1.5x a plain copy).
+LOCAL_PENALTY = 2
+#: Weight per result entry of an ``mm`` step with tokens as columns.
+WIDE_PENALTY = 3
 #: Entries (fp32: one 64-byte cache line) a copy must move contiguously to be fast.
 MIN_RUN = 16
 #: Steps up to which every orientation combination is tried (2**steps plans).
@@ -100,8 +104,10 @@ class OperandView:
         transposed: the matmul operand is the view with its last two axes swapped.
         copy: whether ``reshape`` has to copy (the view is not expressible by strides).
         entries: elements per token (or in all, without tokens) a copy moves; 0 if none.
-        inner_moved: whether the copy is slow: it moves contiguous runs shorter than
-            :data:`MIN_RUN` entries (e.g. it transposes the innermost axis).
+        copy_weight: the copy's cost per entry: 1 when it moves contiguous runs of
+            at least :data:`MIN_RUN` entries, :data:`LOCAL_PENALTY` when it only
+            transposes small inner blocks, :data:`TRANSPOSE_PENALTY` when it moves
+            the innermost axis far; 0 without a copy.
         grad_transposed: the planned backward computes this operand's gradient as
             the transposed product, so it lands with the source's innermost axis
             innermost.
@@ -116,8 +122,13 @@ class OperandView:
     transposed: bool = False
     copy: bool = False
     entries: int = 0
-    inner_moved: bool = False
+    copy_weight: int = 0
     grad_transposed: bool = False
+
+    @property
+    def inner_moved(self) -> bool:
+        """Whether the copy is slower than a plain one (it transposes the innermost axis)."""
+        return self.copy_weight > 1
 
     @property
     def copies(self) -> bool:
@@ -211,7 +222,7 @@ class Plan:
         output_permute: permutation of the last result into ``(tokens, *output)``;
             ``None`` if it is already in that order.
         output_entries: entries per token the output permute moves (0 if none).
-        output_inner_moved: whether the output permute moves the innermost axis.
+        output_copy_weight: the output permute's cost per entry (see ``OperandView``).
         strategy: ``structured`` (run the steps) or ``dense`` (materialize W
             from the factors once per call, then one dense matmul).
         dense: how W is materialized, or ``None`` if it cannot be.
@@ -227,7 +238,7 @@ class Plan:
     steps: tuple[PlannedStep, ...]
     output_permute: tuple[int, ...] | None
     output_entries: int = 0
-    output_inner_moved: bool = False
+    output_copy_weight: int = 0
     strategy: str = "structured"
     dense: DenseWeight | None = None
     estimate: Estimate | None = None
@@ -277,12 +288,18 @@ class Plan:
         cost = 0
         for v in (*(s.left for s in self.steps), *(s.right for s in self.steps)):
             per_token = BATCH in v.layout
-            cost += _weighted(v.entries * (self.batch if per_token else 1), v.inner_moved)
-        return cost + _weighted(self.output_entries * self.batch, self.output_inner_moved)
+            cost += v.entries * (self.batch if per_token else 1) * v.copy_weight
+        cost += self.output_entries * self.batch * self.output_copy_weight
+        # an mm with tokens as columns is a short, very wide product, which BLAS
+        # runs ~2x slower than the tall one on CPU (a bmm of the same shape is not)
+        for st in self.steps:
+            if not st.activation_left and st.op == "mm":
+                cost += math.prod(v for v in st.result_shape if v != -1) * self.batch * WIDE_PENALTY
+        return cost
 
-
-def _weighted(entries: int, inner_moved: bool) -> int:
-    return entries * (TRANSPOSE_PENALTY if inner_moved else 1)
+    @property
+    def output_inner_moved(self) -> bool:
+        return self.output_copy_weight > 1
 
 
 def _ordered(group: list[str], layout: tuple[str, ...]) -> list[str]:
@@ -294,23 +311,38 @@ def _real(axes, sizes: dict[str, int]) -> list[str]:
     return [i for i in axes if i == BATCH or sizes[i] != 1]
 
 
-def _copy(layout: tuple[str, ...], order: tuple[str, ...], sizes: dict[str, int]) -> tuple[bool, bool]:
-    """(needs a copy, is a slow copy) for making ``layout`` contiguous as ``order``.
+def _copy(layout: tuple[str, ...], order: tuple[str, ...], sizes: dict[str, int]) -> int:
+    """The cost per entry of making ``layout`` contiguous as ``order`` (0: no copy).
 
-    A copy is fast when it moves contiguous runs of at least :data:`MIN_RUN`
-    entries (the trailing axes both orders share); otherwise it is a gather that
-    touches a cache line per entry (a transpose of the innermost axis, or of a
-    tiny one), weighted :data:`TRANSPOSE_PENALTY` times.
+    A copy is cheap (1) when it moves contiguous runs of at least :data:`MIN_RUN`
+    entries (the trailing axes both orders share); a transpose of small inner
+    blocks stays in cache (:data:`LOCAL_PENALTY`); moving the innermost axis far
+    touches a cache line per entry (:data:`TRANSPOSE_PENALTY`).
     """
     a, b = _real(layout, sizes), _real(order, sizes)
     if a == b:
-        return False, False
+        return 0
     run = 1
     for x, y in zip(reversed(a), reversed(b)):
         if x != y:
             break
         run *= sizes[x]
-    return True, run < MIN_RUN
+    if run >= MIN_RUN:
+        return 1
+    return LOCAL_PENALTY if _local_transpose(layout, order, sizes) else TRANSPOSE_PENALTY
+
+
+#: Entries within which a transpose of the innermost axes stays in cache (a "local" transpose).
+LOCAL_STRIDE = 256
+
+
+def _local_transpose(layout: tuple[str, ...], order: tuple[str, ...], sizes: dict[str, int]) -> bool:
+    """Whether making ``layout`` contiguous as ``order`` only transposes small inner blocks."""
+    a, b = _real(layout, sizes), _real(order, sizes)
+    if not a or not b or a[-1] == b[-1]:
+        return False
+    after = lambda axes, axis: math.prod(sizes[i] for i in axes[axes.index(axis) + 1 :])  # noqa: E731
+    return after(b, a[-1]) <= LOCAL_STRIDE and after(a, b[-1]) <= LOCAL_STRIDE
 
 
 def _strided(layout: tuple[str, ...], groups: list[list[str]], sizes: dict[str, int]) -> bool:
@@ -343,9 +375,12 @@ def _view(name, is_factor, layout, groups, sizes) -> OperandView:
     # the gradient lands like the source when the innermost axis is a row axis
     grad_t = inner is not None and inner in rows and inner not in cols
     transposed = False
-    if not _strided(layout, [*lead, rows, cols], sizes):
-        # a copy is needed; keep the innermost axis innermost if we can
-        transposed = inner in rows
+    if not _strided(layout, [*lead, rows, cols], sizes) and inner in rows:
+        # a copy is needed: into (batch, cols, rows), then a transposed view, keeps the
+        # innermost runs; into (batch, rows, cols) is a local transpose when both
+        # innermost axes are small, and then the matmul gets a row-major operand
+        plain = tuple(i for g in (*lead, rows, cols) for i in g)
+        transposed = not _local_transpose(layout, plain, sizes)
     use = [*lead, cols, rows] if transposed else [*lead, rows, cols]
     order = tuple(i for g in use for i in g)
     shape = tuple(-1 if BATCH in g else math.prod(sizes[i] for i in g) for g in use)
@@ -353,10 +388,10 @@ def _view(name, is_factor, layout, groups, sizes) -> OperandView:
     copy = not _strided(layout, use, sizes)
     if not copy:
         return OperandView(name, is_factor, layout, order, permute, shape, transposed, grad_transposed=grad_t)
-    inner_moved = _copy(layout, order, sizes)[1]
+    weight = _copy(layout, order, sizes)
     entries = math.prod(sizes[i] for i in layout if i != BATCH)
     return OperandView(
-        name, is_factor, layout, order, permute, shape, transposed, True, entries, inner_moved, grad_t
+        name, is_factor, layout, order, permute, shape, transposed, True, entries, weight, grad_t
     )
 
 
@@ -523,6 +558,12 @@ def _plan_with(structure: Structure, order: ContractionOrder, batch: int, flips:
         if not batch_ix:  # drop the empty batch group from the 2-D views
             left = _drop_batch(left)
             right = _drop_batch(right)
+            # an mm gradient with tokens as columns is a slow, very wide product:
+            # compute the activation's gradient with tokens as rows instead
+            if BATCH in m:
+                left = replace(left, grad_transposed=False)
+            if BATCH in n:
+                right = replace(right, grad_transposed=True)
         steps.append(
             PlannedStep(
                 number=number,
@@ -543,7 +584,8 @@ def _plan_with(structure: Structure, order: ContractionOrder, batch: int, flips:
         )
     final = (BATCH, *structure.output.indices)
     last_layout = steps[-1].result_layout
-    needs, inner = _copy(last_layout, final, sizes)
+    weight = _copy(last_layout, final, sizes)
+    needs = weight > 0
     output_permute = tuple(last_layout.index(i) for i in final) if needs else None
     output_entries = math.prod(sizes[i] for i in final if i != BATCH) if needs else 0
     return Plan(
@@ -555,7 +597,7 @@ def _plan_with(structure: Structure, order: ContractionOrder, batch: int, flips:
         steps=tuple(steps),
         output_permute=output_permute,
         output_entries=output_entries,
-        output_inner_moved=inner,
+        output_copy_weight=weight,
     )
 
 
@@ -575,6 +617,14 @@ def _einsum_text(*layouts: tuple[str, ...]) -> str:
 
 def _shape_text(shape: tuple[int, ...], batch: int) -> str:
     return "(" + ", ".join(str(batch if v == -1 else v) for v in shape) + ")"
+
+
+def _copy_text(weight: int) -> str:
+    if weight == 1:
+        return "fast: keeps long contiguous runs"
+    if weight == LOCAL_PENALTY:
+        return "local transpose of small blocks"
+    return "slow: moves the innermost axis"
 
 
 def format_plan(plan: Plan) -> str:
@@ -603,12 +653,12 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"    {st.op} shapes {shapes} -> {out}; result [{_axes(st.result_layout)}]")
         for v in (st.left, st.right):
             if v.copies:
-                how = "slow: short contiguous runs" if v.inner_moved else "fast: keeps long contiguous runs"
+                how = _copy_text(v.copy_weight)
                 lines.append(f"    copy: {v.name} permuted [{_axes(v.layout)}] -> [{_axes(v.order)}] ({how})")
             elif v.permute is not None or v.transposed:
                 lines.append(f"    {v.name}: strided view [{_axes(v.layout)}] as [{_axes(v.order)}], no copy")
     if plan.output_permute is not None:
-        how = "slow: short contiguous runs" if plan.output_inner_moved else "fast: keeps long contiguous runs"
+        how = _copy_text(plan.output_copy_weight)
         lines.append(f"  copy: output permuted to [n, {', '.join(s.output.indices)}] ({how})")
     if int(s.d_out) != int(s.out_features):
         lines.append(f"  output truncated from {s.d_out} to {s.out_features} features")
