@@ -315,9 +315,10 @@ def _copy(layout: tuple[str, ...], order: tuple[str, ...], sizes: dict[str, int]
     """The cost per entry of making ``layout`` contiguous as ``order`` (0: no copy).
 
     A copy is cheap (1) when it moves contiguous runs of at least :data:`MIN_RUN`
-    entries (the trailing axes both orders share); a transpose of small inner
-    blocks stays in cache (:data:`LOCAL_PENALTY`); moving the innermost axis far
-    touches a cache line per entry (:data:`TRANSPOSE_PENALTY`).
+    entries (the trailing axes both orders share); runs of a quarter of that, or
+    a transpose of small inner blocks that stays in cache, cost
+    :data:`LOCAL_PENALTY`; moving the innermost axis far touches a cache line per
+    entry (:data:`TRANSPOSE_PENALTY`).
     """
     a, b = _real(layout, sizes), _real(order, sizes)
     if a == b:
@@ -329,7 +330,9 @@ def _copy(layout: tuple[str, ...], order: tuple[str, ...], sizes: dict[str, int]
         run *= sizes[x]
     if run >= MIN_RUN:
         return 1
-    return LOCAL_PENALTY if _local_transpose(layout, order, sizes) else TRANSPOSE_PENALTY
+    if run >= MIN_RUN // 4 or _local_transpose(layout, order, sizes):
+        return LOCAL_PENALTY
+    return TRANSPOSE_PENALTY
 
 
 #: Entries within which a transpose of the innermost axes stays in cache (a "local" transpose).
