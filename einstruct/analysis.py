@@ -11,7 +11,7 @@ The :class:`Analysis` object is what ``einstruct analyze`` prints;
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from functools import cached_property
 from typing import Any
@@ -115,6 +115,37 @@ class Analysis:
 
         return make_plan(self.structure, PLAN_BATCH, strategy="structured").traffic()
 
+    @cached_property
+    def routing(self) -> dict[str, Any] | None:
+        """BTT-MoE costs (BACKGROUND §5) for a routed structure, else ``None``.
+
+        ``experts`` E is the routed index's size; the router is a dense
+        d_in -> E map (``router_params``, ``router_flops`` per vector);
+        ``active_flops`` is the forward with the routed index cut to its top k,
+        plus the router: what skipping the inactive experts would cost (the
+        paper's implementation computes all E and masks, i.e. ``flops``).
+        """
+        route = self.structure.route
+        if route is None:
+            return None
+        s = self.structure
+        experts = s.size(route.index)
+        top_k = s.route.top_k
+        active = replace(
+            s,
+            indices=tuple(replace(i, size=top_k) if i.name == route.index else i for i in s.indices),
+            route=None,
+        )
+        router_flops = 2 * self.d_in * experts
+        return {
+            "index": route.index,
+            "top_k": top_k,
+            "experts": experts,
+            "router_params": self.d_in * experts,
+            "router_flops": router_flops,
+            "active_flops": count(active, self.counts.batch).flops + router_flops,
+        }
+
     @property
     def traffic_dense(self) -> Any:
         """A dense layer's forward traffic per vector: read x, write y, read W once per batch."""
@@ -154,12 +185,15 @@ class Analysis:
         return sympy.simplify(sympy.sympify(num) / den)
 
     def useful_rank(self) -> Any:
-        """The widest useful rank axis for two-factor structures: min(size alpha, size epsilon)."""
+        """The widest useful rank axis for two-factor structures: min(size alpha, size epsilon),
+        in the oriented classes."""
         s = self.structure
         by_class: dict[str, Any] = {}
         for i in s.indices:
             cls = s.index_class(i.name)
             by_class[cls] = by_class.get(cls, 1) * i.size
+        if self.taxonomy.redundant:  # written mirrored: B plays A's part
+            return min(by_class.get("beta", 1), by_class.get("delta", 1))
         return min(by_class.get("alpha", 1), by_class.get("epsilon", 1))
 
     @cached_property
@@ -241,8 +275,8 @@ class Analysis:
                 for f in self.factors
             ],
             "route": None
-            if self.structure.route is None
-            else {"index": self.structure.route.index, "top_k": json_number(self.structure.route.top_k)},
+            if self.routing is None
+            else {k: v if isinstance(v, str) else json_number(v) for k, v in self.routing.items()},
         }
 
 

@@ -78,7 +78,8 @@ def factor_fans(
             import sympy
 
             std = sympy.sqrt(sympy.Min(fan_in, fan_out)) / fan_in
-        lr = OPTIMIZERS[optimizer](structure.d_in, fan_in, fan_out)
+        # against a dense layer of the layer's own width (padding is not a feature)
+        lr = OPTIMIZERS[optimizer](structure.in_features, fan_in, fan_out)
         if not isinstance(lr, int | float):
             import sympy
 

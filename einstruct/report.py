@@ -72,15 +72,13 @@ def _totals(a: Analysis) -> list[tuple[str, str]]:
 def _traffic(a: Analysis) -> list[tuple[str, str]]:
     if a.traffic is None:
         return []
-    from .analysis import PLAN_BATCH
-
     mine = float(a.counts.flops / a.traffic)
     dense = float(a.flops_dense / a.traffic_dense)
     return [
         (
-            f"memory traffic / vector (fp32, batch {PLAN_BATCH})",
-            f"{float(a.traffic):,.0f} bytes, {mine:.3g} FLOP/byte  "
-            f"(dense: {float(a.traffic_dense):,.0f} bytes, {dense:.3g} FLOP/byte)",
+            "memory traffic / vector",
+            f"{float(a.traffic):,.0f} B, {mine:.3g} FLOP/B  "
+            f"(dense {float(a.traffic_dense):,.0f} B, {dense:.3g})",
         )
     ]
 
@@ -124,7 +122,13 @@ def render_terminal(a: Analysis, console) -> None:
         console.print(f"[bold]{key:5}[/bold] = {exponent_text(getattr(t, key)):6}  {MEANINGS[key]}")
     console.print("path: " + "; ".join(a.path_text))
     if s.route is not None:
-        console.print(f"route: {s.route.index} top {_fmt(s.route.top_k)} (BTT-MoE)")
+        r = a.routing
+        console.print(
+            f"route: {s.route.index} top {_fmt(r['top_k'])} of {_fmt(r['experts'])} experts (BTT-MoE): "
+            f"router {_fmt(r['router_params'])} params, {_fmt(r['router_flops'])} FLOPs/vector; "
+            f"active FLOPs/vector with the router {_fmt(r['active_flops'])} "
+            f"(computing every expert and masking: {_fmt(a.counts.flops)})"
+        )
     for d in a.diagnostics:
         console.print(f"[yellow]{d.code}[/yellow]: {d.message}")
     if not a.diagnostics:

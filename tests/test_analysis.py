@@ -10,6 +10,7 @@ from fractions import Fraction
 import numpy as np
 import opt_einsum
 import pytest
+from conftest import EXAMPLES
 from hypothesis import given
 from hypothesis import strategies as st
 from strategies import structure_specs, thetas
@@ -231,3 +232,33 @@ def test_symbolic_rank_bound_substitutes_to_the_concrete_one(d, rank):
     assert concrete == min(d, rank)  # the rank of a product of d x rank and rank x d factors
     expr = sympy.sympify(symbolic)
     assert int(expr.subs({s: {"d": d, "rank": rank}[str(s)] for s in expr.free_symbols})) == concrete
+
+
+def test_degenerate_suggests_the_useful_rank_also_when_written_mirrored():
+    # BTT with its factors listed B then A: the oriented alpha/epsilon are the blocks of 32
+    source = (
+        "structure m(d = 1024, rank = 64):\n"
+        "    y[f, e] = x[g, a] * B[f, g, r, e] * A[g, a, f, r]\n"
+        "    where g = a = f = e = d^(1/2), r = rank\n"
+    )
+    messages = {d.code: d.message for d in analyze_structure(einstruct.load(source)).diagnostics}
+    assert "a rank of 32 would do" in messages["degenerate"]
+
+
+def test_adam_lr_mult_is_against_the_layers_own_width_when_padded():
+    a = analyze_structure(einstruct.load(EXAMPLES / "theta.ein", "wide"))
+    assert a.structure.d_in > a.d_in == 768  # padded axes
+    for f in a.factors:
+        assert f.fans.lr_mult == pytest.approx(768 / f.fans.fan_in)
+
+
+def test_btt_moe_reports_router_and_active_flops():
+    a = analyze_structure(einstruct.load(EXAMPLES / "btt_moe.ein"))
+    g = a_ = f = e = 32  # d = 1024
+    experts, k = 8, 2
+    # every expert computed (the paper's compute-then-mask): both steps over all E rank slices
+    assert a.counts.flops == 2 * g * a_ * f * experts + 2 * f * g * experts * e
+    route = a.to_dict()["route"]
+    assert route["experts"] == experts and route["top_k"] == k
+    assert route["router_params"] == 1024 * experts
+    assert route["active_flops"] == 2 * g * a_ * f * k + 2 * f * g * k * e + 2 * 1024 * experts
