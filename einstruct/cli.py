@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -309,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit status for a bug in einstruct itself (bad input exits with 2).
+INTERNAL_ERROR = 3
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
@@ -322,6 +327,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except BrokenPipeError:
         return 0
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # a bug in einstruct, not in the user's spec
+        if os.environ.get("EINSTRUCT_DEBUG"):
+            raise
+        print(
+            f"einstruct: internal error: {type(exc).__name__}: {exc}\n"
+            "This is a bug in einstruct, not in your input; please report it with the spec. "
+            "Set EINSTRUCT_DEBUG=1 to see the traceback.",
+            file=sys.stderr,
+        )
+        return INTERNAL_ERROR
 
 
 if __name__ == "__main__":

@@ -152,3 +152,23 @@ def test_generated_file_is_ruff_clean(tmp_path):
     for args in (["check", "--isolated", str(out)], ["format", "--isolated", "--check", str(out)]):
         result = subprocess.run([str(ruff), *args], capture_output=True, text=True)
         assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_an_internal_bug_is_reported_without_a_traceback(monkeypatch, capsys):
+    import einstruct.cli as cli
+
+    def broken(args):
+        raise ZeroDivisionError("boom")
+
+    monkeypatch.delenv("EINSTRUCT_DEBUG", raising=False)
+    parser = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", lambda: _with_handler(parser(), broken))
+    assert cli.main(["analyze", str(EXAMPLES / "btt.ein")]) == cli.INTERNAL_ERROR
+    err = capsys.readouterr().err
+    assert "internal error: ZeroDivisionError: boom" in err and "Traceback" not in err
+
+
+def _with_handler(parser, handler):
+    for action in parser._subparsers._group_actions:
+        action.choices["analyze"].set_defaults(handler=handler)
+    return parser
