@@ -246,6 +246,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", type=int, default=2048, help="tokens per call to plan for (default 2048)")
+    p.add_argument(
+        "--strategy",
+        choices=["auto", "structured", "dense"],
+        default="auto",
+        help="run the structured steps, or materialize W and run one dense matmul; "
+        "auto lets the planner's cost model choose (default auto)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; commands register themselves in ``COMMANDS``."""
     parser = argparse.ArgumentParser(
@@ -283,14 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="show how the compiled forward runs, step by step")
     _add_spec_arguments(p)
-    p.add_argument("--batch", type=int, default=2048, help="tokens per call to plan for (default 2048)")
-    p.add_argument(
-        "--strategy",
-        choices=["auto", "structured", "dense"],
-        default="auto",
-        help="run the structured steps, or materialize W and run one dense matmul; "
-        "auto lets the planner's cost model choose (default auto)",
-    )
+    _add_plan_arguments(p)
     p.set_defaults(handler=cmd_plan)
 
     p = sub.add_parser("compile", help="generate a standalone PyTorch module")
@@ -298,14 +302,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=["torch"], default="torch", help="code generator (default torch)")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="output file, or - for stdout")
     p.add_argument("--class-name", metavar="NAME", help="name of the generated class")
-    p.add_argument("--batch", type=int, default=2048, help="tokens per call to plan for (default 2048)")
-    p.add_argument(
-        "--strategy",
-        choices=["auto", "structured", "dense"],
-        default="auto",
-        help="run the structured steps, or materialize W and run one dense matmul; "
-        "auto lets the planner's cost model choose (default auto)",
-    )
+    _add_plan_arguments(p)
     p.set_defaults(handler=cmd_compile)
     return parser
 

@@ -16,6 +16,7 @@ prints back as structure-language text, and evaluates exactly with sympy::
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -23,6 +24,9 @@ from functools import lru_cache
 from typing import Any
 
 from .errors import Span, UnknownNameError
+
+#: The binary operators other than ``^`` (whose exact form needs care).
+_ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 
 __all__ = [
     "Expr",
@@ -290,17 +294,9 @@ def _exact_eval(expr: Expr, env: Mapping[str, Value]) -> Fraction:
             return _power(args[0], Fraction(1, 2))
         return min(args) if expr.func == "min" else max(args)
     left, right = _exact_eval(expr.left, env), _exact_eval(expr.right, env)
-    if expr.op == "+":
-        return left + right
-    if expr.op == "-":
-        return left - right
-    if expr.op == "*":
-        return left * right
-    if expr.op == "/":
-        if right == 0:
-            raise _Inexact
-        return left / right
-    return _power(left, right)
+    if expr.op == "/" and right == 0:
+        raise _Inexact
+    return _power(left, right) if expr.op == "^" else _ARITHMETIC[expr.op](left, right)
 
 
 def _to_sympy(value: Value):
@@ -325,15 +321,7 @@ def _sympy_eval(expr: Expr, env: Mapping[str, Value]):
     if isinstance(expr, Call):
         return _sympy_function(expr.func)(*(_sympy_eval(a, env) for a in expr.args))
     left, right = _sympy_eval(expr.left, env), _sympy_eval(expr.right, env)
-    if expr.op == "+":
-        return left + right
-    if expr.op == "-":
-        return left - right
-    if expr.op == "*":
-        return left * right
-    if expr.op == "/":
-        return left / right
-    return left**right
+    return left**right if expr.op == "^" else _ARITHMETIC[expr.op](left, right)
 
 
 def value_text(value: Value) -> str:
