@@ -116,14 +116,12 @@ def _step_code(plan: Plan, sizes: dict[str, int]) -> tuple[list[str], list[str],
         backward.append(f"g{n} = g_{st.result}.reshape{_shape((*rows, *cols))}")
         for side, view in (("l", st.left), ("r", st.right)):
             other = f"r{n}" if side == "l" else f"l{n}"
+            # grad left = g @ right^T, grad right = left^T @ g; the transposed
+            # product (right @ g^T)^T lands the gradient in its source's order
             if side == "l":
-                product = (
-                    f"{call}({other}, g{n}.mT).mT" if view.grad_transposed else f"{call}(g{n}, {other}.mT)"
-                )
+                product = f"{call}({other}, g{n}.mT)" if view.grad_transposed else f"{call}(g{n}, {other}.mT)"
             else:
-                product = (
-                    f"{call}(g{n}.mT, {other}).mT" if view.grad_transposed else f"{call}({other}.mT, g{n})"
-                )
+                product = f"{call}(g{n}.mT, {other})" if view.grad_transposed else f"{call}({other}.mT, g{n})"
             target = f"g_{_var(plan, view.name)}"
             code = f"{target} = {_grad_back(product, view, sizes)}"
             guard = needs.get(view.name)
@@ -137,9 +135,14 @@ def _step_code(plan: Plan, sizes: dict[str, int]) -> tuple[list[str], list[str],
 
 
 def _grad_back(product: str, view: OperandView, sizes: dict[str, int]) -> str:
-    """Map the gradient of a matmul operand back onto its source's layout."""
+    """Map the gradient of a matmul operand back onto its source's layout.
+
+    ``product`` is the gradient of the matmul operand, transposed when
+    ``view.grad_transposed``; the operand itself is the view transposed when
+    ``view.transposed``.
+    """
     code = product
-    if view.transposed:
+    if view.grad_transposed != view.transposed:  # two transposes cancel
         code += ".mT"
     order_shape = tuple(-1 if i == BATCH else sizes[i] for i in view.order)
     code += f".reshape{_shape(order_shape)}"
