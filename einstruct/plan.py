@@ -13,19 +13,23 @@ being fixed, it minimizes data movement:
 
 - each factor's stored axis order is exactly what its step needs, so the hot
   path never permutes a weight (``factor_layouts`` is the storage order);
-- each group of an activation's axes follows its current memory order, and a
-  swap of the last two groups is a free transposed view, so most views need no
-  copy; axes of size 1 never force one;
-- each step may run "activation left" (tokens are rows, the default) or
-  "activation right" (tokens are columns); the planner tries every combination
-  (up to :data:`MAX_SEARCH`) and keeps the one that copies the fewest entries,
-  counting a copy that moves the innermost axis :data:`TRANSPOSE_PENALTY` times.
+- an activation needs no copy when each group of its axes is one block in
+  memory and its innermost axis is a matrix axis: BLAS takes that strided view
+  as a row- or column-major matrix with any batch stride (axes of size 1 never
+  matter);
+- each step may run with tokens as the matmul's rows or its columns; the
+  planner tries every combination (up to :data:`MAX_SEARCH` steps) and keeps
+  the one with the least weighted copying: a copy that keeps runs of
+  :data:`MIN_RUN` entries weighs 1 per entry, a local block transpose
+  :data:`LOCAL_PENALTY`, moving the innermost axis far :data:`TRANSPOSE_PENALTY`,
+  and a wide ``mm`` (tokens as columns) :data:`WIDE_PENALTY` per result entry.
 
-Every copy that remains is recorded. The plan is plain frozen data (no torch);
-:func:`format_plan` prints it. The backward is autograd's through these views
-today; each step keeps what a planned backward needs (the matmul views, their
-inverse permutations): ``grad_left = grad @ right^T`` and
-``grad_right = left^T @ grad`` in the same ``[B, M, N]`` frame.
+Every copy that remains is recorded, with each operand's gradient orientation
+for the planned backward (``grad_left = grad @ right^T``,
+``grad_right = left^T @ grad``). Finally a cost model picks the strategy:
+run the steps (``structured``) or materialize W from the factors once per call
+and run one dense matmul (``dense``). The plan is plain frozen data (no torch);
+:func:`format_plan` prints it.
 
     >>> plan = make_plan(load("examples/btt.ein"), batch=2048)
     >>> [s.op for s in plan.steps]
