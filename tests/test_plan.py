@@ -108,3 +108,38 @@ def test_save_intermediate_false_keeps_only_input_and_factors(spec):
     (gx_full,) = torch.autograd.grad(y_full, x, g)
     torch.testing.assert_close(gx_lean, gx_full)
     torch.testing.assert_close(gx_full, g @ full.to_dense())
+
+
+def _chain_source(n: int) -> str:
+    """A Tensor-Train of ``n`` cores (n steps): more than the exhaustive orientation search covers."""
+    factors = []
+    for k in range(1, n + 1):
+        axes = [f"i{k}", f"o{k}"] + ([f"r{k}"] if k < n else [])
+        axes = ([f"r{k - 1}"] if k > 1 else []) + axes
+        factors.append(f"F{k}[{', '.join(axes)}]")
+    ins = ", ".join(f"i{k}" for k in range(1, n + 1))
+    outs = ", ".join(f"o{k}" for k in range(1, n + 1))
+    sizes = " = ".join([*(f"i{k}" for k in range(1, n + 1)), *(f"o{k}" for k in range(1, n + 1))])
+    ranks = " = ".join(f"r{k}" for k in range(1, n))
+    equation = f"y[{outs}] = x[{ins}] * {' * '.join(factors)}"
+    return f"structure chain:\n    {equation}\n    where {sizes} = 2, {ranks} = 2\n"
+
+
+def test_long_chains_plan_greedily_and_stay_exact():
+    from reference import dense_from_factors
+
+    from einstruct.plan import MAX_SEARCH
+
+    n = MAX_SEARCH + 1
+    structure = einstruct.load(_chain_source(n))
+    assert len(make_plan(structure).steps) == n
+    layer = compile_structure(structure, strategy="structured")(dtype=torch.float64)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.normal_()
+    x = torch.randn(3, layer.in_features, dtype=torch.float64, requires_grad=True)
+    dense = torch.from_numpy(dense_from_factors(layer))
+    torch.testing.assert_close(layer(x), x @ dense.T + layer.bias)
+    g = torch.randn(3, layer.out_features, dtype=torch.float64)
+    (gx,) = torch.autograd.grad(layer(x), x, g)
+    torch.testing.assert_close(gx, g @ dense)
