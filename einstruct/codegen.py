@@ -33,7 +33,8 @@ RESERVED_NAMES = frozenset(
         "extra_repr", "in_features", "out_features", "input_axes", "output_axes", "factor_axes",
         "index_sizes", "init_std", "lr_mult", "normalize", "zero_init_last", "training",
         "strategy", "default_strategy", "save_intermediate", "dense_weight", "ctx", "operands",
-        "g_out", "g_x", "g_y", "factors", "w", "eye",
+        "g_out", "g_x", "g_y", "factors", "w", "eye", "router", "aux_loss", "gate", "experts",
+        "top_k",
         "to", "cpu", "cuda", "float", "double", "half", "type", "train", "eval", "apply",
         "parameters", "buffers", "children", "modules", "state_dict", "zero_grad", "register_buffer",
         "register_parameter", "add_module", "requires_grad_", "named_parameters", "dump_patches",
@@ -134,6 +135,25 @@ def _step_code(plan: Plan, sizes: dict[str, int]) -> tuple[list[str], list[str],
     return forward, backward, operands
 
 
+def _route_context(plan: Plan) -> dict[str, Any] | None:
+    route = plan.structure.route
+    if route is None:
+        return None
+    return {"index": route.index, "experts": int(plan.structure.size(route.index)), "top_k": int(route.top_k)}
+
+
+def _with_gate(plan: Plan, lines: list[str]) -> list[str]:
+    """Insert the BTT-MoE gate after the gated step: its result times gate[token, expert]."""
+    step = plan.steps[plan.gate_step - 1]
+    route = plan.structure.route.index
+    layout = step.result_layout
+    gate = "gate.mT" if layout.index(route) < layout.index(BATCH) else "gate"
+    shape = tuple(-1 if i == BATCH else int(plan.structure.size(i)) if i == route else 1 for i in layout)
+    line = f"{step.result} = {step.result} * {gate}.reshape{_shape(shape)}  # route {route}: gate the experts"
+    at = next(k for k, text in enumerate(lines) if text.startswith(f"{step.result} = ")) + 1
+    return [*lines[:at], line, *lines[at:]]
+
+
 def _grad_back(product: str, view: OperandView, sizes: dict[str, int]) -> str:
     """Map the gradient of a matmul operand back onto its source's layout.
 
@@ -202,13 +222,6 @@ def _fraction_text(value: Any) -> str:
 def render_context(plan: Plan, class_name: str | None = None, command: str | None = None) -> dict[str, Any]:
     """Everything the template needs, computed; the template decides nothing."""
     s = plan.structure
-    if s.route is not None:
-        raise CompileError(
-            f"structure '{s.name}' routes '{s.route.index}' (BTT-MoE); "
-            "compiling routed structures is not supported yet",
-            s.route.span,
-            "remove the `route` line to compile the dense-expert BTT, or analyze it only",
-        )
     for f in s.factors:
         if f.name in RESERVED_NAMES or _GENERATED_NAME.match(f.name):
             raise CompileError(
@@ -237,6 +250,8 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
             }
         )
     forward_lines, backward_lines, operands = _step_code(plan, sizes)
+    if plan.gate_step is not None:
+        forward_lines = _with_gate(plan, forward_lines)
     out_permute = f".permute{_tuple(str(p) for p in plan.output_permute)}" if plan.output_permute else ""
     metrics = _metrics(plan)
     taxonomy = ", ".join(f"{k} {metrics[k]}" for k in ("omega", "psi", "nu") if k in metrics)
@@ -269,7 +284,8 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
         "operands": _tuple(operands),
         "function_name": f"_{name}Function",
         "factor_args": ", ".join(f["name"] for f in factors),
-        "factor_args_x": ", ".join(["x", *(f["name"] for f in factors)]),
+        "factor_args_x": ", ".join(["x", *(["gate"] if s.route else []), *(f["name"] for f in factors)]),
+        "route": _route_context(plan),
         "operands_unpack": ", ".join(operands) + ("," if len(operands) == 1 else ""),
         "dense_operands": ", ".join(
             [*(f["name"] for f in factors), *(f"eye{k}" for k in range(1, len(plan.dense.eyes) + 1))]

@@ -232,6 +232,9 @@ class Plan:
         dense: how W is materialized, or ``None`` if it cannot be.
         estimate: the cost model's times behind ``strategy``.
         forced: whether the user chose ``strategy`` rather than the cost model.
+        gate_step: for a routed structure (BTT-MoE), the step whose result is
+            multiplied by the per-token gate along the routed index (its first
+            result that holds both the tokens and that index); ``None`` otherwise.
     """
 
     structure: Structure
@@ -247,6 +250,7 @@ class Plan:
     dense: DenseWeight | None = None
     estimate: Estimate | None = None
     forced: bool = False
+    gate_step: int | None = None
 
     @property
     def flops(self) -> int:
@@ -423,6 +427,10 @@ def make_plan(structure: Structure, batch: int = 2048, strategy: str = "auto") -
             "use --set NAME=VALUE, or keyword arguments in einstruct.compile",
         )
     order = contraction_order(structure, batch)
+    if structure.route is not None and not _gateable(order, structure.route.index):
+        # BTT-MoE gates an intermediate that holds the tokens and the routed index;
+        # at large batch the cheapest order may contract the factors first instead
+        order = contraction_order(structure, 1)
     n = len(order.steps)
     if n <= MAX_SEARCH:
         best: Plan | None = None
@@ -448,6 +456,8 @@ def _with_strategy(plan: Plan, strategy: str) -> Plan:
             hint=f"use one of: {', '.join(STRATEGIES)}",
         )
     s = plan.structure
+    if s.route is not None:
+        return _routed(plan, strategy)
     dense = dense_weight(s, plan.factor_layouts)
     sizes = {i.name: int(i.size) for i in s.indices}
     sizes[BATCH] = plan.batch
@@ -474,6 +484,32 @@ def _with_strategy(plan: Plan, strategy: str) -> Plan:
     else:
         chosen = strategy
     return replace(plan, strategy=chosen, dense=dense, estimate=estimate, forced=strategy != "auto")
+
+
+def _gateable(order: ContractionOrder, index: str) -> bool:
+    return any(BATCH in st.indices and index in st.indices for st in order.steps[:-1])
+
+
+def _routed(plan: Plan, strategy: str) -> Plan:
+    """A routed plan: always structured (W depends on the token), gated after one step."""
+    s = plan.structure
+    route = s.route
+    if strategy == "dense":
+        raise CompileError(
+            f"structure '{s.name}' routes '{route.index}': its matrix depends on the token, "
+            "so it cannot be materialized as one dense W",
+            route.span,
+            "use the structured strategy",
+        )
+    for st in plan.steps[:-1]:
+        if BATCH in st.result_layout and route.index in st.result_layout:
+            return replace(plan, strategy="structured", gate_step=st.number)
+    raise CompileError(
+        f"the contraction order of '{s.name}' sums the routed index '{route.index}' before it meets "
+        "the input, so no intermediate can be gated per token",
+        route.span,
+        "route the rank axis between the factor that reads the input and the next one",
+    )
 
 
 def _efficiency_of(smallest: int) -> float:
