@@ -34,7 +34,7 @@ RESERVED_NAMES = frozenset(
         "index_sizes", "init_std", "lr_mult", "normalize", "zero_init_last", "training",
         "strategy", "default_strategy", "save_intermediate", "dense_weight", "ctx", "operands",
         "g_out", "g_x", "g_y", "factors", "w", "eye", "router", "aux_loss", "gate", "experts",
-        "top_k",
+        "top_k", "sparse_experts", "rows", "part", "e",
         "to", "cpu", "cuda", "float", "double", "half", "type", "train", "eval", "apply",
         "parameters", "buffers", "children", "modules", "state_dict", "zero_grad", "register_buffer",
         "register_parameter", "add_module", "requires_grad_", "named_parameters", "dump_patches",
@@ -135,11 +135,37 @@ def _step_code(plan: Plan, sizes: dict[str, int]) -> tuple[list[str], list[str],
     return forward, backward, operands
 
 
+def _output_code(plan: Plan) -> str:
+    """The last result as ``(tokens, d_out)``."""
+    permute = f".permute{_tuple(str(p) for p in plan.output_permute)}" if plan.output_permute else ""
+    return f"y{permute}.reshape(-1, {int(plan.structure.d_out)})"
+
+
 def _route_context(plan: Plan) -> dict[str, Any] | None:
+    """Names, sizes and the one-expert forward of a routed (BTT-MoE) plan."""
     route = plan.structure.route
     if route is None:
         return None
-    return {"index": route.index, "experts": int(plan.structure.size(route.index)), "top_k": int(route.top_k)}
+    expert = plan.expert_plan
+    sizes = {i.name: int(i.size) for i in expert.structure.indices}
+    forward, _, _ = _step_code(expert, sizes)
+    slices = []
+    for f in plan.structure.factors:
+        full, mine = plan.factor_layouts[f.name], expert.factor_layouts[f.name]
+        code = f.name
+        if route.index in full:
+            code += f".narrow({full.index(route.index)}, e, 1)"
+        if full != mine:
+            code += f".permute{_tuple(str(full.index(i)) for i in mine)}"
+        slices.append(code)
+    return {
+        "index": route.index,
+        "experts": int(plan.structure.size(route.index)),
+        "top_k": int(route.top_k),
+        "expert_lines": forward,
+        "expert_output": _output_code(expert),
+        "expert_args": slices,
+    }
 
 
 def _with_gate(plan: Plan, lines: list[str]) -> list[str]:
@@ -252,7 +278,6 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
     forward_lines, backward_lines, operands = _step_code(plan, sizes)
     if plan.gate_step is not None:
         forward_lines = _with_gate(plan, forward_lines)
-    out_permute = f".permute{_tuple(str(p) for p in plan.output_permute)}" if plan.output_permute else ""
     metrics = _metrics(plan)
     taxonomy = ", ".join(f"{k} {metrics[k]}" for k in ("omega", "psi", "nu") if k in metrics)
     source_lines = s.to_source().rstrip("\n").splitlines()
@@ -286,6 +311,7 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
         "factor_args": ", ".join(f["name"] for f in factors),
         "factor_args_x": ", ".join(["x", *(["gate"] if s.route else []), *(f["name"] for f in factors)]),
         "route": _route_context(plan),
+        "factor_args_expert": ", ".join(["x", *(f["name"] for f in factors)]),
         "operands_unpack": ", ".join(operands) + ("," if len(operands) == 1 else ""),
         "dense_operands": ", ".join(
             [*(f["name"] for f in factors), *(f"eye{k}" for k in range(1, len(plan.dense.eyes) + 1))]
@@ -294,7 +320,7 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
         else "",
         "factor_grads": ", ".join(f"g_{f['name']}" for f in factors),
         "factor_needs": [{"name": f["name"], "index": k + 1} for k, f in enumerate(factors)],
-        "output_code": f"y{out_permute}.reshape(-1, {int(s.d_out)})",
+        "output_code": _output_code(plan),
         "output_grad": _output_grad(plan, sizes),
         "strategy": plan.strategy,
         "strategy_note": _strategy_note(plan),

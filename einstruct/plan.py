@@ -235,6 +235,9 @@ class Plan:
         gate_step: for a routed structure (BTT-MoE), the step whose result is
             multiplied by the per-token gate along the routed index (its first
             result that holds both the tokens and that index); ``None`` otherwise.
+        expert_plan: for a routed structure, the plan of one expert: the
+            structure with the routed index cut to size 1, run on the tokens
+            routed to that expert (the sparse path computes only top-k experts).
     """
 
     structure: Structure
@@ -251,6 +254,7 @@ class Plan:
     estimate: Estimate | None = None
     forced: bool = False
     gate_step: int | None = None
+    expert_plan: Plan | None = None
 
     @property
     def flops(self) -> int:
@@ -501,9 +505,15 @@ def _routed(plan: Plan, strategy: str) -> Plan:
             route.span,
             "use the structured strategy",
         )
+    one = replace(
+        s,
+        indices=tuple(replace(i, size=1) if i.name == route.index else i for i in s.indices),
+        route=None,
+    )
+    expert = make_plan(one, max(1, plan.batch * int(route.top_k) // int(s.size(route.index))), "structured")
     for st in plan.steps[:-1]:
         if BATCH in st.result_layout and route.index in st.result_layout:
-            return replace(plan, strategy="structured", gate_step=st.number)
+            return replace(plan, strategy="structured", gate_step=st.number, expert_plan=expert)
     raise CompileError(
         f"the contraction order of '{s.name}' sums the routed index '{route.index}' before it meets "
         "the input, so no intermediate can be gated per token",

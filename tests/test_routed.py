@@ -17,9 +17,16 @@ SPEC = """structure moe(d = 16, experts = 4, k = 2):
     route r top k
 """
 
+#: Rounded sizes: the axes hold 25 features for a width of 20 (padded input, truncated output).
+PADDED = """structure moe(d = 20, experts = 3, k = 2):
+    y[f, e] = x[g, a] * A[g, a, f, r] * B[f, g, r, e]
+    where g = a = f = e = ceil(d^(1/2)), r = experts
+    route r top k
+"""
 
-def _layer(seed: int = 0):
-    layer = compile_structure(einstruct.load(SPEC))(dtype=torch.float64)
+
+def _layer(seed: int = 0, sparse: bool = True, spec: str = SPEC):
+    layer = compile_structure(einstruct.load(spec))(dtype=torch.float64, sparse_experts=sparse)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in layer.parameters():
@@ -38,7 +45,8 @@ def _reference(layer, x: np.ndarray):
     gate = np.zeros_like(logits)
     np.put_along_axis(gate, chosen, weights, axis=1)
     sizes = dict(layer.index_sizes)
-    xs = x.reshape(len(x), *(sizes[i] for i in layer.input_axes))
+    width = int(np.prod([sizes[i] for i in layer.input_axes]))
+    xs = np.pad(x, ((0, 0), (0, width - x.shape[1]))).reshape(len(x), *(sizes[i] for i in layer.input_axes))
     letters = {name: opt_einsum.get_symbol(j) for j, name in enumerate(["__n", *sizes])}
     subs = [("__n", *layer.input_axes), ("__n", "r")]
     ops = [xs, gate]
@@ -47,7 +55,8 @@ def _reference(layer, x: np.ndarray):
         ops.append(getattr(layer, name).detach().numpy())
     eq = ",".join("".join(letters[i] for i in s) for s in subs)
     eq += "->" + "".join(letters[i] for i in ("__n", *layer.output_axes))
-    y = opt_einsum.contract(eq, *ops).reshape(len(x), -1) + layer.bias.detach().numpy()
+    y = opt_einsum.contract(eq, *ops).reshape(len(x), -1)[:, : layer.out_features]
+    y = y + layer.bias.detach().numpy()
     probs = np.exp(logits - logits.max(axis=1, keepdims=True))
     probs /= probs.sum(axis=1, keepdims=True)
     slots = np.zeros_like(logits)
@@ -57,9 +66,11 @@ def _reference(layer, x: np.ndarray):
     return y, balance + 0.1 * np.mean(log_z**2)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_routed_forward_and_aux_loss_match_reference(seed):
-    layer = _layer(seed)
+@pytest.mark.parametrize("sparse", [True, False], ids=["top-k experts", "every expert, masked"])
+@pytest.mark.parametrize("seed, spec", [(0, SPEC), (1, SPEC), (2, PADDED)])
+def test_routed_forward_and_aux_loss_match_reference(seed, spec, sparse):
+    layer = _layer(seed, sparse, spec)
+    assert spec is SPEC or int(np.prod([layer.index_sizes[i] for i in layer.input_axes])) > layer.in_features
     x = np.random.default_rng(seed).standard_normal((7, layer.in_features))
     y = layer(torch.from_numpy(x))
     y_ref, aux_ref = _reference(layer, x)
@@ -67,8 +78,9 @@ def test_routed_forward_and_aux_loss_match_reference(seed):
     assert layer.aux_loss.item() == pytest.approx(aux_ref, rel=1e-10)
 
 
-def test_routed_gradients_pass_gradcheck():
-    layer = _layer(3)
+@pytest.mark.parametrize("sparse", [True, False], ids=["top-k experts", "every expert, masked"])
+def test_routed_gradients_pass_gradcheck(sparse):
+    layer = _layer(3, sparse)
     x = torch.randn(3, layer.in_features, dtype=torch.float64, requires_grad=True)
     names = [n for n, _ in layer.named_parameters()]
 
