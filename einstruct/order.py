@@ -100,8 +100,13 @@ def choose_optimizer(n_operands: int) -> str:
     return "greedy"
 
 
-def contraction_order(structure: Structure, batch: int = 1) -> ContractionOrder:
+def contraction_order(structure: Structure, batch: int = 1, first: str | None = None) -> ContractionOrder:
     """The FLOP-minimal pairwise order for ``batch`` input vectors.
+
+    With ``first`` (a factor name) the order is fixed instead: the input with
+    that factor, then the running result with each remaining factor in written
+    order (what a routed structure needs when the cheapest order would sum the
+    routed index before meeting the input).
 
     Requires concrete sizes (substitute symbolic parameters first).
     """
@@ -120,8 +125,13 @@ def contraction_order(structure: Structure, batch: int = 1) -> ContractionOrder:
     eq = ",".join("".join(sym[i] for i in idx) for _, idx in operands)
     eq += "->" + "".join(sym[i] for i in output)
     shapes = [tuple(sizes[i] for i in idx) for _, idx in operands]
-    optimizer = choose_optimizer(len(operands))
-    path, _ = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize=optimizer)
+    if first is None:
+        optimizer = choose_optimizer(len(operands))
+        path, _ = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize=optimizer)
+    else:  # opt_einsum appends each result at the end of the operand list
+        optimizer = "input-first chain"
+        path = [(0, 1 + [f.name for f in structure.factors].index(first))]
+        path += [(0, len(operands) - 1 - k) for k in range(1, len(operands) - 1)]
 
     live = list(operands)
     steps = []

@@ -433,8 +433,12 @@ def make_plan(structure: Structure, batch: int = 2048, strategy: str = "auto") -
     order = contraction_order(structure, batch)
     if structure.route is not None and not _gateable(order, structure.route.index):
         # BTT-MoE gates an intermediate that holds the tokens and the routed index;
-        # at large batch the cheapest order may contract the factors first instead
+        # the cheapest order may contract the factors first instead: then take the
+        # cheapest for one token, or else the input with a routed factor first
         order = contraction_order(structure, 1)
+        if not _gateable(order, structure.route.index):
+            routed = next(f.name for f in structure.factors if structure.route.index in f.indices)
+            order = contraction_order(structure, batch, first=routed)
     n = len(order.steps)
     if n <= MAX_SEARCH:
         best: Plan | None = None
