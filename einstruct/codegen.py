@@ -43,8 +43,8 @@ RESERVED_NAMES = frozenset(
 )  # fmt: skip
 
 
-#: Local names the generated steps use: l<k>, r<k>, t<k>, g<k>, eye<k>, g_<name>.
-_GENERATED_NAME = re.compile(r"^(?:[lrtg]\d+|eye\d+|g_\w*)$")
+#: Local names the generated steps use: l<k>, r<k>, t<k>, g<k>, w<k>, wl<k>, wr<k>, eye<k>, g_<name>.
+_GENERATED_NAME = re.compile(r"^(?:[lrtgw]\d+|w[lr]\d+|eye\d+|g_\w*)$")
 
 
 def default_class_name(structure_name: str) -> str:
@@ -133,6 +133,28 @@ def _step_code(plan: Plan, sizes: dict[str, int]) -> tuple[list[str], list[str],
                 backward.append(f"if {guard}:")
                 backward.append(f"    {code}")
     return forward, backward, operands
+
+
+def _dense_code(plan: Plan) -> list[str] | None:
+    """Lines that materialize W from the factors: the planned pairwise steps, no einsum."""
+    dense = plan.dense
+    if dense is None:
+        return None
+    ref = plan.structure.factors[0].name
+    lines = [
+        f"eye{k} = torch.eye({size}, device={ref}.device, dtype={ref}.dtype)"
+        for k, size in enumerate(dense.eyes, start=1)
+    ]
+    for st in dense.steps:
+        call = "torch.bmm" if st.op == "bmm" else "torch.mm"
+        lines.append(f"# {st.einsum}")
+        lines.append(f"wl{st.number} = {_operand_code(st.left, st.left.name)}")
+        lines.append(f"wr{st.number} = {_operand_code(st.right, st.right.name)}")
+        lines.append(f"{st.result} = {call}(wl{st.number}, wr{st.number}).view{_shape(st.result_shape)}")
+    last = dense.steps[-1].result if dense.steps else dense.operands[0][0]
+    permute = f".permute{_tuple(str(p) for p in dense.final_permute)}" if dense.final_permute else ""
+    lines.append(f"return {last}{permute}.reshape({int(plan.structure.d_out)}, {int(plan.structure.d_in)})")
+    return lines
 
 
 def _output_code(plan: Plan) -> str:
@@ -313,11 +335,6 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
         "route": _route_context(plan),
         "factor_args_expert": ", ".join(["x", *(f["name"] for f in factors)]),
         "operands_unpack": ", ".join(operands) + ("," if len(operands) == 1 else ""),
-        "dense_operands": ", ".join(
-            [*(f["name"] for f in factors), *(f"eye{k}" for k in range(1, len(plan.dense.eyes) + 1))]
-        )
-        if plan.dense
-        else "",
         "factor_grads": ", ".join(f"g_{f['name']}" for f in factors),
         "factor_needs": [{"name": f["name"], "index": k + 1} for k, f in enumerate(factors)],
         "output_code": _output_code(plan),
@@ -325,7 +342,7 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
         "strategy": plan.strategy,
         "strategy_note": _strategy_note(plan),
         "dense_equation": plan.dense.equation if plan.dense else None,
-        "dense_eyes": list(plan.dense.eyes) if plan.dense else [],
+        "dense_lines": _dense_code(plan),
         "d_in": int(s.d_in),
         "batch_axis": BATCH,
     }

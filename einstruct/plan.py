@@ -50,6 +50,7 @@ from .order import BATCH, ContractionOrder, contraction_order
 __all__ = [
     "STRATEGIES",
     "DenseWeight",
+    "WeightStep",
     "Estimate",
     "MAX_SEARCH",
     "TRANSPOSE_PENALTY",
@@ -187,15 +188,41 @@ class DenseWeight:
     gets a fresh letter on the input side and an identity matrix ``eye(size)``
     joining the two.
 
+    The generated code does not dispatch the einsum at run time: ``steps`` is
+    its pairwise order (opt_einsum's, fixed at plan time) as mm/bmm calls on
+    views, like the structured steps, and ``final_permute`` orders the last
+    result's axes as ``(*output, *input)``.
+
     Attributes:
         equation: the einsum over the factors' stored layouts, then the identities.
         eyes: the size of each identity operand, in order.
         flops: FLOPs of the materialization (opt_einsum's cost), once per call.
+        steps: the planned pairwise steps (empty for a single factor).
+        operands: name and axes of every operand: the factors, then ``eye<k>``.
+        final_permute: permutation of the last result (or the single factor) into
+            ``(*output, *input)``; ``None`` if already in that order.
     """
 
     equation: str
     eyes: tuple[int, ...]
     flops: int
+    steps: tuple[WeightStep, ...] = ()
+    operands: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    final_permute: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class WeightStep:
+    """One pairwise step of materializing W: ``result = left @ right`` (no tokens)."""
+
+    number: int
+    einsum: str
+    op: str
+    left: OperandView
+    right: OperandView
+    result: str
+    result_layout: tuple[str, ...]
+    result_shape: tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -541,7 +568,7 @@ def dense_weight(structure: Structure, layouts: dict[str, tuple[str, ...]]) -> D
 
     >>> s = load("examples/btt.ein")
     >>> dense_weight(s, {"A": ("g", "a", "f", "r"), "B": ("f", "g", "r", "e")}).equation
-    'abcd,cade->ceab'
+    'gafr,fgre->fega'
     """
     from .order import import_opt_einsum
 
@@ -566,12 +593,48 @@ def dense_weight(structure: Structure, layouts: dict[str, tuple[str, ...]]) -> D
     shapes = [tuple(sizes[i] for i in layouts[f.name]) for f in s.factors]
     shapes += [(sizes[i], sizes[i]) for i in shared]
     opt_einsum = import_opt_einsum()
-    if len(shapes) == 1:
-        flops = 0
-    else:
-        _, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="greedy")
+    # the identities join an output index i to its input twin, named "i'" here
+    twin = {i: f"{i}'" for i in shared}
+    sizes.update({twin[i]: sizes[i] for i in shared})
+    operands = [(f.name, layouts[f.name]) for f in s.factors]
+    operands += [(f"eye{k}", (i, twin[i])) for k, i in enumerate(shared, start=1)]
+    target = (*s.output.indices, *(twin.get(i, i) for i in s.input.indices))
+    flops, steps = 0, []
+    live = list(operands)
+    if len(shapes) > 1:
+        path, info = opt_einsum.contract_path(equation, *shapes, shapes=True, optimize="greedy")
         flops = int(info.opt_cost)
-    return DenseWeight(equation, tuple(sizes[i] for i in shared), flops)
+        for number, pair in enumerate(path, start=1):
+            (a, ia), (b, ib) = (live[i] for i in sorted(pair))
+            for i in sorted(pair, reverse=True):
+                live.pop(i)
+            needed = {i for _, axes in live for i in axes} | set(target)
+            batch = [i for i in ia if i in ib and i in needed]
+            m = [i for i in ia if i not in ib and i in needed]
+            n = [i for i in ib if i not in ia and i in needed]
+            k = [i for i in ia if i in ib and i not in needed]
+            left = _view(a, a in layouts, ia, [batch, m, k], sizes)
+            right = _view(b, b in layouts, ib, [batch, k, n], sizes)
+            if not batch:
+                left, right = _drop_batch(left), _drop_batch(right)
+            layout = (*batch, *m, *n)
+            result = f"w{number}"
+            steps.append(
+                WeightStep(
+                    number,
+                    _einsum_text(ia, ib, layout),
+                    "bmm" if batch else "mm",
+                    left,
+                    right,
+                    result,
+                    layout,
+                    tuple(sizes[i] for i in layout),
+                )
+            )
+            live.append((result, layout))
+    ((_, last),) = live
+    final = None if last == target else tuple(last.index(i) for i in target)
+    return DenseWeight(equation, tuple(sizes[i] for i in shared), flops, tuple(steps), tuple(operands), final)
 
 
 def _plan_with(structure: Structure, order: ContractionOrder, batch: int, flips: tuple[bool, ...]) -> Plan:
