@@ -24,7 +24,8 @@ FLOPs are analytic: the forward's cheapest contraction order
 (``einstruct.order.contraction_order``), 3x that for forward + backward.
 "Saved MB" is the activation memory autograd keeps for backward (bytes of the
 distinct storages passed to saved-tensor hooks, parameters excluded, the input
-included).
+included); on CUDA, "peak MB" is the peak allocation of one forward + backward
+above what was already held (``torch.cuda.max_memory_allocated``).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class Row:
     dense_flops: int
     ms: dict[str, float]
     saved_mb: dict[str, float]
+    peak_mb: dict[str, float]
 
 
 def _letters(structure) -> dict[str, str]:
@@ -208,13 +210,20 @@ def bench_one(name: str, d: int, n: int, repeats: int, device: str, dtype, modes
 
             fns[key] = fn
         times = interleaved(fns, repeats=repeats, warmup=1 if d >= 4096 else 2, sync=sync)
-        saved = {}
+        saved, peak = {}, {}
         if mode == "fwdbwd":
             for key, layer in layers.items():
                 with SavedBytes(exclude=params) as sb:
                     y = layer(x)
                 saved[key] = sb.nbytes / 2**20
                 del y
+                if device == "cuda":  # peak memory of one forward + backward, above what was held
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    held = torch.cuda.memory_allocated()
+                    layer(x).backward(gy)
+                    torch.cuda.synchronize()
+                    peak[key] = (torch.cuda.max_memory_allocated() - held) / 2**20
         mult = 1 if mode == "fwd" else 3
         rows.append(
             Row(
@@ -225,6 +234,7 @@ def bench_one(name: str, d: int, n: int, repeats: int, device: str, dtype, modes
                 mult * _dense_flops(d_in, d_out, n),
                 {k: median_ms(v) for k, v in times.items()},
                 saved,
+                peak,
             )
         )
         print(_row_text(rows[-1]), flush=True)
@@ -250,7 +260,10 @@ def markdown(rows: list[Row], header: str) -> str:
     lines = [header, ""]
     head = ["structure", "d", "mode", "dense ms (GFLOP/s)"]
     head += [f"{c} ms (x dense)" for c in cols]
-    head += ["best baseline", "generated speed-up", "saved MB gen / einsum2 / dense"]
+    head += ["best baseline", "generated speed-up", "saved MB gen / gen-recompute / einsum2 / dense"]
+    with_peak = any(r.peak_mb for r in rows)
+    if with_peak:
+        head.append("peak MB gen / einsum2 / dense")
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in rows:
@@ -265,11 +278,12 @@ def markdown(rows: list[Row], header: str) -> str:
         cells.append(best)
         gen = r.ms.get("generated")
         cells.append("–" if gen is None else f"{base[best] / gen:.2f}x")
-        if r.saved_mb:
-            s = r.saved_mb
-            cells.append(f"{s.get('generated', float('nan')):.1f} / {s['einsum2']:.1f} / {s['dense']:.1f}")
-        else:
-            cells.append("")
+        for mb, keys, wanted in (
+            (r.saved_mb, ("generated", "gen-recompute", "einsum2", "dense"), True),
+            (r.peak_mb, ("generated", "einsum2", "dense"), with_peak),
+        ):
+            if wanted:
+                cells.append(" / ".join(f"{mb[k]:.1f}" for k in keys if k in mb) if mb else "")
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
