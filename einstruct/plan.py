@@ -786,6 +786,15 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"  copy: output permuted to [n, {', '.join(s.output.indices)}] ({how})")
     if int(s.d_out) != int(s.out_features):
         lines.append(f"  output truncated from {s.d_out} to {s.out_features} features")
+    if plan.gate_step is not None:
+        route = s.route
+        expert = plan.expert_plan
+        lines.append(
+            f"  route {route.index} top {route.top_k} of {s.size(route.index)}: step {plan.gate_step}'s "
+            f"result is multiplied by the per-token gate; by default each expert runs the same steps "
+            f"with {route.index} cut to one entry on its tokens "
+            f"({expert.flops / expert.batch:g} FLOPs per routed token)"
+        )
     if plan.dense is not None:
         eyes = f" with identities of size {', '.join(map(str, plan.dense.eyes))}" if plan.dense.eyes else ""
         lines.append(f"  dense alternative: W = einsum('{plan.dense.equation}'){eyes}, then one dense matmul")

@@ -176,3 +176,8 @@ def _with_handler(parser, handler):
     for action in parser._subparsers._group_actions:
         action.choices["analyze"].set_defaults(handler=handler)
     return parser
+
+
+def test_plan_of_a_routed_structure_names_the_gated_step():
+    out = run("plan", "examples/btt_moe.ein").stdout
+    assert "route r top 2 of 8: step 1's result is multiplied by the per-token gate" in out
