@@ -247,24 +247,20 @@ def _number(value: Any) -> str:
 
 
 def _metrics(plan: Plan) -> dict[str, str]:
-    """Key metrics for the header and extra_repr, from the analyzer when it has them."""
+    """Key metrics for the header and extra_repr, exact, from the analyzer.
+
+    Reads the analysis' fields directly (``to_dict`` would also plan the memory
+    traffic, a second plan of the structure that the header does not show).
+    """
     from .analysis import analyze_structure
 
-    data = analyze_structure(plan.structure).to_dict()
-    out = {"params": str(data["params"])}
-    out["flops"] = str(data.get("flops", plan.order.flops // max(plan.batch, 1)))
+    a = analyze_structure(plan.structure)
+    out = {"params": str(a.params), "flops": str(a.counts.flops)}
     for key in ("omega", "psi", "nu"):
-        if key in data and data[key] is not None:
-            out[key] = _fraction_text(data.get(f"{key}_exact", data[key]))
+        value = getattr(a.taxonomy, key)
+        if value is not None:
+            out[key] = str(value)
     return out
-
-
-def _fraction_text(value: Any) -> str:
-    if isinstance(value, float):
-        from fractions import Fraction
-
-        return str(Fraction(value).limit_denominator(1000))
-    return str(value)
 
 
 def render_context(plan: Plan, class_name: str | None = None, command: str | None = None) -> dict[str, Any]:

@@ -323,7 +323,9 @@ class Plan:
 
     @property
     def copy_cost(self) -> int:
-        """Entries copied per forward for the batch, innermost-axis moves weighted."""
+        """The layout cost the orientation search minimizes: entries copied per forward
+        for the batch, each weighted by its ``copy_weight``, plus :data:`WIDE_PENALTY`
+        per result entry of a wide ``mm`` step."""
         cost = 0
         for v in (*(s.left for s in self.steps), *(s.right for s in self.steps)):
             per_token = BATCH in v.layout
