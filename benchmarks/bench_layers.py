@@ -21,7 +21,7 @@ Usage::
     python benchmarks/bench_layers.py --out docs/benchmarks_table.md
 
 FLOPs are analytic: the forward's cheapest contraction order
-(``einstruct.order.contraction_order``), 3x that for forward + backward.
+(``einstruct.planner.order.contraction_order``), 3x that for forward + backward.
 "Saved MB" is the activation memory autograd keeps for backward (bytes of the
 distinct storages passed to saved-tensor hooks, parameters excluded, the input
 included); on CUDA, "peak MB" is the peak allocation of one forward + backward
@@ -44,7 +44,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from timing import SavedBytes, interleaved, median_ms  # noqa: E402
 
 import einstruct  # noqa: E402
-from einstruct.order import contraction_order  # noqa: E402
+from einstruct.planner.order import contraction_order  # noqa: E402
 
 __all__ = ["STRUCTURES", "main"]
 

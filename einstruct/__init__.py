@@ -24,11 +24,10 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
-
+from ._version import __version__
 from .errors import EinstructError
 from .ir import Structure
-from .load import load, load_all
+from .language.load import load, load_all
 
 __all__ = [
     "__version__",
@@ -43,10 +42,10 @@ __all__ = [
 ]
 
 _LAZY = {
-    "analyze": ("runtime", "analyze"),
-    "compile": ("runtime", "compile"),
-    "replace_linear": ("replace", "replace_linear"),
-    "param_groups": ("replace", "param_groups"),
+    "analyze": ("analysis.analyze", "analyze"),
+    "compile": ("runtime.build", "compile"),
+    "replace_linear": ("runtime.replace", "replace_linear"),
+    "param_groups": ("runtime.replace", "param_groups"),
 }
 
 

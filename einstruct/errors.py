@@ -83,7 +83,8 @@ class EinstructError(Exception):
             parts.append(f"hint: {self.hint}")
         return "\n".join(parts)
 
-    def __reduce__(self):  # keep the error picklable with its fields
+    def __reduce__(self) -> tuple[type, tuple[str, Span | None, str | None]]:
+        """Keep the error picklable with its fields."""
         return (self.__class__, (self.message, self.span, self.hint))
 
 

@@ -55,7 +55,7 @@ Value = Any
 
 
 @lru_cache(maxsize=1)
-def sympy_round():
+def sympy_round() -> Any:
     """The sympy function ``Round(x) = floor(x + 1/2)`` (built on first use)."""
     import sympy
 
@@ -63,7 +63,7 @@ def sympy_round():
         """Round half up to the nearest integer, exactly."""
 
         @classmethod
-        def eval(cls, arg):  # noqa: D102 - sympy protocol
+        def eval(cls, arg: Any) -> Any:  # noqa: D102 - sympy protocol
             if arg.is_number:
                 return sympy.floor(arg + sympy.Rational(1, 2))
             return None
@@ -299,7 +299,7 @@ def _exact_eval(expr: Expr, env: Mapping[str, Value]) -> Fraction:
     return _power(left, right) if expr.op == "^" else _ARITHMETIC[expr.op](left, right)
 
 
-def _to_sympy(value: Value):
+def _to_sympy(value: Value) -> Any:
     import sympy
 
     if isinstance(value, Fraction):
@@ -309,7 +309,7 @@ def _to_sympy(value: Value):
     return value
 
 
-def _sympy_eval(expr: Expr, env: Mapping[str, Value]):
+def _sympy_eval(expr: Expr, env: Mapping[str, Value]) -> Any:
     import sympy
 
     if isinstance(expr, Num):

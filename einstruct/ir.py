@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from .errors import Span
-from .expressions import Expr, to_text
+from .expressions import Expr, to_text, value_text
 
 if TYPE_CHECKING:
     import networkx
@@ -252,10 +253,28 @@ class Structure:
         return f"{ins}->{''.join(sym[i] for i in self.output.indices)}"
 
     def to_source(self) -> str:
-        """The structure as explicit ``.ein`` source that parses back to an equal IR."""
-        from .printer import structure_to_source
+        """The structure as explicit ``.ein`` source that parses back to an equal IR.
 
-        return structure_to_source(self)
+        Sizes are printed as the expressions they were written as, and parameters
+        with their current values as defaults; spans aside, the printed text
+        resolves to an equal :class:`Structure`.
+        """
+        params = ", ".join(
+            p.name if p.is_symbolic and str(p.value) == p.name else f"{p.name} = {value_text(p.value)}"
+            for p in self.parameters
+        )
+        header = f"structure {self.name}({params}):" if params else f"structure {self.name}:"
+        operands = " * ".join(_reference(t) for t in (self.input, *self.factors))
+        groups: dict[str, list[str]] = {}
+        for index in self.indices:
+            groups.setdefault(index.expr_text, []).append(index.name)
+        where = ", ".join(" = ".join([*names, text]) for text, names in groups.items())
+        lines = [header, f"    {_reference(self.output)} = {operands}", f"    where {where}"]
+        if self.route is not None:
+            route = self.route
+            k = to_text(route.expr) if route.expr is not None else str(route.top_k)
+            lines.append(f"    route {route.index} top {k}")
+        return "\n".join(lines) + "\n"
 
     def hypergraph(self) -> networkx.Graph:
         """The einsum hypergraph as a bipartite networkx graph.
@@ -272,12 +291,17 @@ class Structure:
         for i in self.indices:
             graph.add_node(("index", i.name), size=i.size)
         for t in self.tensors:
-            for i in t.indices:
-                graph.add_edge(("index", i), ("tensor", t.name))
+            for name in t.indices:
+                graph.add_edge(("index", name), ("tensor", t.name))
         return graph
 
 
-def _product(values) -> Size:
+def _reference(tensor: Tensor) -> str:
+    """``name[i, j]``: a tensor as the einsum line writes it."""
+    return f"{tensor.name}[{', '.join(tensor.indices)}]"
+
+
+def _product(values: Iterable[Size]) -> Size:
     values = list(values)
     if all(isinstance(v, int) for v in values):
         return math.prod(values)

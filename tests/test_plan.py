@@ -9,8 +9,8 @@ from strategies import structure_sources
 
 import einstruct
 from einstruct.errors import CompileError
-from einstruct.order import BATCH
-from einstruct.plan import make_plan
+from einstruct.planner import make_plan
+from einstruct.planner.order import BATCH
 from einstruct.runtime import compile_structure
 
 TOKENS = 5
@@ -128,7 +128,7 @@ def _chain_source(n: int) -> str:
 def test_long_chains_plan_greedily_and_stay_exact():
     from reference import dense_from_factors
 
-    from einstruct.plan import MAX_SEARCH
+    from einstruct.planner.layouts import MAX_SEARCH
 
     n = MAX_SEARCH + 1
     structure = einstruct.load(_chain_source(n))

@@ -12,7 +12,7 @@ from strategies import structure_specs
 
 import einstruct
 from einstruct.analysis import analyze_structure
-from einstruct.rank import max_flow_source_side, min_cut_indices
+from einstruct.analysis.rank import max_flow_source_side, min_cut_indices
 
 
 def _separates(structure, removed: set[str]) -> bool:

@@ -132,7 +132,7 @@ def test_routed_structure_whose_cheapest_order_sums_the_expert_axis_first():
     spec = "structure moe:\n    y[f, e] = x[g, a] * A[g, a, f, r] * B[f, g, r, e]\n"
     spec += "    where g = a = f = e = 1, r = 3\n    route r top 2\n"
     structure = einstruct.load(spec)
-    from einstruct.order import contraction_order
+    from einstruct.planner.order import contraction_order
 
     assert contraction_order(structure, 1).steps[0].operands == ("A", "B")
     for sparse in (True, False):

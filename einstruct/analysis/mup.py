@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .ir import Size, Structure
+from ..ir import Size, Structure
 
 __all__ = ["OPTIMIZERS", "FactorFans", "factor_fans"]
 

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
-from .ir import Structure
+from ..ir import Structure
 
 __all__ = ["BATCH", "Step", "ContractionOrder", "contraction_order", "choose_optimizer", "import_opt_einsum"]
 
@@ -70,7 +71,7 @@ class ContractionOrder:
         return max((math.prod(sizes[i] for i in s.indices) for s in inner), default=0)
 
 
-def import_opt_einsum():
+def import_opt_einsum() -> Any:
     """opt_einsum, imported without numpy when numpy is not loaded yet.
 
     Path search on shapes needs no arrays, and opt_einsum treats numpy as optional

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from .errors import ParameterError, Span, UnknownNameError
-from .expressions import BinOp, Call, Num, evaluate, is_exact, value_text
-from .ir import CLASS_NAMES
-from .spec import ShorthandDecl, StructureDecl
+from ..errors import ParameterError, Span, UnknownNameError
+from ..expressions import BinOp, Call, Num, evaluate, is_exact, value_text
+from ..ir import CLASS_NAMES
+from .parser import parse_text
+from .spec import Ident, ShorthandDecl, StructureDecl
 
 __all__ = ["Form", "CATALOG", "THETA_ALIASES", "expand", "form_parameters"]
 
@@ -134,8 +135,6 @@ def expand(call: ShorthandDecl, values: Mapping[str, Any]) -> StructureDecl:
     ``values`` maps every argument (and defaulted parameter) to its value, a sympy
     Symbol where it was left symbolic.
     """
-    from .parser import parse_text
-
     form = call.form.name
     names = {arg.name: arg for arg, _ in call.args}
     if form == "theta":
@@ -190,7 +189,9 @@ def _header(names: list[str], values: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _catalog_text(call, form: Form, names, values) -> tuple[str, str]:
+def _catalog_text(
+    call: ShorthandDecl, form: Form, names: Mapping[str, Ident], values: Mapping[str, Any]
+) -> tuple[str, str]:
     allowed = {"d", "d_in", "d_out", *form.parameters}
     for arg, _ in call.args:
         if arg.name not in allowed:
@@ -218,7 +219,9 @@ def _catalog_text(call, form: Form, names, values) -> tuple[str, str]:
     return _header(order, values), body
 
 
-def _theta_text(call, names, values) -> tuple[str, str]:
+def _theta_text(
+    call: ShorthandDecl, names: Mapping[str, Ident], values: Mapping[str, Any]
+) -> tuple[str, str]:
     theta: dict[str, Fraction] = {c: Fraction(0) for c in CLASS_NAMES}
     spans: dict[str, Span | None] = {}
     for arg, _ in call.args:
@@ -273,9 +276,9 @@ def _theta_text(call, names, values) -> tuple[str, str]:
     equation = f"{ref('y', out)} = {' * '.join(ref(n, i) for n, i in [x, *factors])}"
     size_text = {c: f"round({base[c]}^({value_text(theta[c])}))" for c in kept}
     for layout in (_THETA_TENSORS[0][1], _THETA_OUTPUT):
-        side = [c for c in layout if c in kept]
-        if side:  # the innermost class takes the rest, so the axes always cover the width
-            last, others = side[-1], side[:-1]
+        present = [c for c in layout if c in kept]
+        if present:  # the innermost class takes the rest, so the axes always cover the width
+            last, others = present[-1], present[:-1]
             rest = " * ".join(size_text[o] for o in others)
             size_text[last] = f"ceil({base[last]} / ({rest}))" if others else base[last]
     sizes = ", ".join(f"{c} = {size_text[c]}" for c in kept)

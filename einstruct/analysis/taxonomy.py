@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from .ir import CLASS_NAMES, Structure
+from ..expressions import evaluate, sympy_round
+from ..ir import CLASS_NAMES, Size, Structure
+from ..planner.order import choose_optimizer, import_opt_einsum
 from .rank import cut_weight, min_cut_indices
 
 __all__ = ["Taxonomy", "index_exponents", "taxonomy", "theta_vector", "orient", "closed_forms"]
@@ -35,12 +37,16 @@ Exponent = Any  # Fraction when exact, else a float or a sympy expression
 
 @dataclass(frozen=True)
 class Taxonomy:
-    """omega, psi, nu and (for two factors) theta as written and oriented."""
+    """omega, psi, nu and (for two factors) theta as written and oriented.
+
+    An exponent is ``None`` where it is not defined (a layer of width 1, or
+    symbolic exponents the general definitions cannot order).
+    """
 
     exponents: dict[str, Exponent]
-    omega: Exponent | None
-    psi: Exponent | None
-    nu: Exponent | None
+    omega: Exponent
+    psi: Exponent
+    nu: Exponent
     theta_written: dict[str, Exponent] | None
     theta: dict[str, Exponent] | None
 
@@ -50,7 +56,7 @@ class Taxonomy:
         return self.theta_written is not None and self.theta_written != self.theta
 
 
-def _base(structure: Structure, index: str):
+def _base(structure: Structure, index: str) -> Size:
     """The width an index scales with: d_in (input side), d_out (output side), or the smaller."""
     in_x = index in structure.input.indices
     in_y = index in structure.output.indices
@@ -61,7 +67,7 @@ def _base(structure: Structure, index: str):
     return _min(structure.in_features, structure.out_features)
 
 
-def _min(a, b):
+def _min(a: Size, b: Size) -> Size:
     if isinstance(a, int) and isinstance(b, int):
         return min(a, b)
     import sympy
@@ -82,11 +88,9 @@ def _exact_log(size: int, base: int) -> Fraction | None:
     return guess if size**q == base**p else None
 
 
-def _exponent_from_expr(structure: Structure, index: str, base) -> Exponent | None:
+def _exponent_from_expr(structure: Structure, index: str, base: Size) -> Exponent | None:
     """The exponent of a size written as round(w^p) (or floor/ceil) of the width parameter w."""
     import sympy
-
-    from .expressions import evaluate
 
     idx = structure.index(index)
     if idx.expr is None:
@@ -95,8 +99,6 @@ def _exponent_from_expr(structure: Structure, index: str, base) -> Exponent | No
     d = sympy.Symbol("d", positive=True)  # every width scales as the same d (the paper's convention)
     env = {p.name: d if p.name in widths else p.value for p in structure.parameters}
     value = evaluate(idx.expr, env)
-    from .expressions import sympy_round
-
     value = sympy.sympify(value)
     value = value.replace(lambda e: isinstance(e, sympy.floor | sympy.ceiling), lambda e: e.args[0])
     value = value.replace(lambda e: isinstance(e, sympy_round()), lambda e: e.args[0])
@@ -116,7 +118,7 @@ def index_exponents(structure: Structure) -> dict[str, Exponent]:
         if isinstance(base, int) and base <= 1:
             out[index.name] = None  # a layer of width 1 has no scaling exponents
             continue
-        exact = None
+        exact: Exponent = None
         if isinstance(size, int) and isinstance(base, int):
             exact = _exact_log(size, base)
         if exact is None:
@@ -139,8 +141,6 @@ def _is_number(v: Exponent) -> bool:
 
 def _cheapest_exponent(structure: Structure, theta: dict[str, Exponent]) -> Exponent:
     """Leading exponent of per-vector FLOPs along the asymptotically cheapest path."""
-    from .order import import_opt_einsum
-
     opt_einsum = import_opt_einsum()
     scale = 48  # sizes 2^(48 theta): the path optimal as d grows
     sizes = {i: max(1, round(2 ** (float(theta[i]) * scale))) for i in theta}
@@ -150,8 +150,6 @@ def _cheapest_exponent(structure: Structure, theta: dict[str, Exponent]) -> Expo
     eq = ",".join("".join(sym[i] for i in op) for op in operands)
     eq += "->" + "".join(sym[i] for i in structure.output.indices)
     shapes = [tuple(sizes[i] for i in op) for op in operands]
-    from .order import choose_optimizer
-
     path, _ = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize=choose_optimizer(len(operands)))
     live = [tuple(op) for op in operands]
     worst = None
@@ -195,7 +193,9 @@ def taxonomy(structure: Structure) -> Taxonomy:
     )
 
 
-def theta_vector(structure: Structure, theta: dict[str, Exponent]):
+def theta_vector(
+    structure: Structure, theta: dict[str, Exponent]
+) -> tuple[dict[str, Exponent], dict[str, Exponent]] | tuple[None, None]:
     """The 7 class exponents (as written, oriented), or ``(None, None)`` when an index is in no class."""
     vec = {c: Fraction(0) for c in CLASS_NAMES}
     for index in structure.indices:

@@ -12,31 +12,27 @@ sympy Symbol, and so does a parameter declared without a default.
 
 from __future__ import annotations
 
-import keyword
 from collections.abc import Mapping
-from fractions import Fraction
 from typing import Any
 
-from .catalog import THETA_ALIASES, expand, form_parameters
-from .errors import (
+from ..errors import (
     EinstructError,
     IndexUsageError,
     InvalidNameError,
-    ParameterError,
     RouteError,
     SizeError,
     Span,
     UnknownNameError,
     WidthError,
 )
-from .expressions import Expr, evaluate, exact, has_rounding, is_exact, names_in, to_text, value_text
-from .ir import Index, Parameter, Role, Route, Structure, Tensor
+from ..expressions import Expr, evaluate, has_rounding, is_exact, names_in, to_text, value_text
+from ..ir import Index, Parameter, Role, Route, Structure, Tensor
+from .catalog import CATALOG, THETA_ALIASES, expand, form_parameters
+from .names import check_name
+from .parameters import Override, is_finite, is_symbolic, parameter_values
 from .spec import Declaration, Ident, ParamDecl, ShorthandDecl, StructureDecl
 
 __all__ = ["resolve", "Override", "check_name"]
-
-#: What an override may be: a number, a fraction, text like "1/2", or a parsed expression.
-Override = Any  # int | Fraction | str | Expr | sympy expression
 
 
 def resolve(
@@ -56,7 +52,7 @@ def resolve(
         params = tuple(ParamDecl(arg, value) for arg, value in decl.args)
         names = form_parameters(decl)
         params += tuple(ParamDecl(Ident(n, decl.span), None) for n in names[len(params) :])
-        values = _parameter_values(
+        values = parameter_values(
             decl, params, overrides, symbolic, defaulted=_defaults(decl), fixed=set(THETA_ALIASES)
         )
         try:
@@ -71,102 +67,14 @@ def resolve(
                     exc.hint,
                 ) from None
             raise
-    values = _parameter_values(decl, decl.params, overrides, symbolic)
+    values = parameter_values(decl, decl.params, overrides, symbolic)
     return _resolve_explicit(decl, values, source)
 
 
 def _defaults(decl: ShorthandDecl) -> dict[str, Any]:
-    from .catalog import CATALOG
-
+    """The catalog form's parameter defaults (e.g. ``rank = 1``)."""
     form = CATALOG.get(decl.form.name)
     return dict(form.defaults) if form else {}
-
-
-def _symbol(name: str):
-    import sympy
-
-    return sympy.Symbol(name, positive=True)
-
-
-def _is_symbolic(value: Any) -> bool:
-    return not is_exact(value) and bool(value.free_symbols)
-
-
-def _is_finite(value: Any) -> bool:
-    if is_exact(value):
-        return True
-    import sympy
-
-    return not value.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo) and value.is_finite is not False
-
-
-def check_name(ident: Ident, what: str) -> None:
-    """Names end up in generated Python: identifiers, no keywords, no dunders."""
-    name = ident.name
-    if not name.isidentifier():
-        raise InvalidNameError(
-            f"{what} name '{name}' is not a valid identifier", ident.span, "use letters, digits and _"
-        )
-    if keyword.iskeyword(name) or keyword.issoftkeyword(name):
-        raise InvalidNameError(
-            f"{what} name '{name}' is a Python keyword",
-            ident.span,
-            f"names become Python names in generated code; rename it, e.g. '{name}_'",
-        )
-    if name.startswith("__"):
-        raise InvalidNameError(
-            f"{what} name '{name}' starts with '__'",
-            ident.span,
-            "names starting with __ are reserved in generated code; rename it",
-        )
-
-
-def _parameter_values(
-    decl: Declaration,
-    params: tuple[ParamDecl, ...],
-    overrides: dict[str, Override],
-    symbolic: bool,
-    defaulted: Mapping[str, Any] | None = None,
-    fixed: set[str] = frozenset(),
-) -> dict[str, Any]:
-    from .parser import parse_value
-
-    known = [p.name.name for p in params]
-    for name in overrides:
-        if name not in known:
-            raise ParameterError(
-                f"structure '{decl.name.name}' has no parameter '{name}'",
-                decl.name.span,
-                f"its parameters are {', '.join(known) or 'none'}",
-            )
-    values: dict[str, Any] = {}
-    for p in params:
-        name = p.name.name
-        check_name(p.name, "parameter")
-        if name in values:
-            raise InvalidNameError(f"parameter '{name}' is declared twice", p.name.span)
-        if name in overrides:
-            value = overrides[name]
-            if isinstance(value, str):
-                value = parse_value(value, f"--set {name}")
-            if isinstance(value, float):
-                value = Fraction(value).limit_denominator(10**9)
-            if isinstance(value, bool) or not (is_exact(value) or hasattr(value, "free_symbols")):
-                value = evaluate(value, values)
-            value = exact(value)
-            if not _is_finite(value) or (not is_exact(value) and value.is_real is False):
-                raise ParameterError(f"parameter {name} = {value} is not a finite number", p.name.span)
-            values[name] = value
-        elif (symbolic and name not in fixed) or (p.default is None and name not in (defaulted or {})):
-            values[name] = _symbol(name)
-        elif p.default is None:
-            values[name] = (defaulted or {})[name]
-        else:
-            value = evaluate(p.default, values)
-            if not _is_finite(value):
-                raise ParameterError(f"parameter {name} has no finite value", _span_of(p.default))
-            values[name] = value
-    return values
 
 
 def _resolve_explicit(decl: StructureDecl, values: dict[str, Any], source: str) -> Structure:
@@ -227,9 +135,10 @@ def _resolve_explicit(decl: StructureDecl, values: dict[str, Any], source: str) 
                     f"the indices are {', '.join(first_use)}",
                 )
             if ident.name in size_exprs:
+                first = size_exprs[ident.name][1].span
                 raise SizeError(
-                    f"index '{ident.name}' is given a size twice "
-                    f"(first at line {size_exprs[ident.name][1].span.line})",
+                    f"index '{ident.name}' is given a size twice"
+                    + (f" (first at line {first.line})" if first else ""),
                     ident.span,
                     "give each index one size",
                 )
@@ -309,13 +218,13 @@ def _resolve_explicit(decl: StructureDecl, values: dict[str, Any], source: str) 
     )
 
 
-def _size_value(name: str, expr: Expr, values: dict[str, Any]):
+def _size_value(name: str, expr: Expr, values: dict[str, Any]) -> Any:
     value = evaluate(expr, values)
     span = _span_of(expr)
     text = to_text(expr)
-    if not _is_finite(value):
+    if not is_finite(value):
         raise SizeError(f"size of '{name}' = {text} is not a number (division by zero?)", span)
-    if _is_symbolic(value):
+    if is_symbolic(value):
         if value.is_positive is False:
             raise SizeError(f"size of '{name}' = {text} = {value} can never be positive", span)
         return value
@@ -334,7 +243,13 @@ def _size_value(name: str, expr: Expr, values: dict[str, Any]):
     raise SizeError(f"size of '{name}' = {text} = {shown} is not a positive integer", span, hint)
 
 
-def _check_width(structure, side, span, values, size_exprs):
+def _check_width(
+    structure: Structure,
+    side: str,
+    span: Span | None,
+    values: dict[str, Any],
+    size_exprs: dict[str, tuple[Expr, Ident]],
+) -> Any:
     """The requested width of one side: the declared d_in/d_out (or d) if any."""
     product = structure.d_in if side == "in" else structure.d_out
     declared_name = next((n for n in (f"d_{side}", "d") if n in values), None)
@@ -345,7 +260,7 @@ def _check_width(structure, side, span, values, size_exprs):
     rounded = any(has_rounding(size_exprs[i][0]) for i in tensor.indices)
     axes = " x ".join(f"{i}={structure.size(i)}" for i in tensor.indices) or "no axes"
     where = f"{declared_name} = {declared}"
-    if _is_symbolic(declared) or not isinstance(product, int):
+    if is_symbolic(declared) or not isinstance(product, int):
         import sympy
 
         if rounded or sympy.simplify(product - declared) == 0:
@@ -368,7 +283,13 @@ def _check_width(structure, side, span, values, size_exprs):
     raise WidthError(f"{side}put axes ({axes}) multiply to {product}, but {where}", span, hint)
 
 
-def _resolve_route(decl, structure, values, members, factor_names):
+def _resolve_route(
+    decl: StructureDecl,
+    structure: Structure,
+    values: dict[str, Any],
+    members: dict[str, list[str]],
+    factor_names: set[str],
+) -> Route | None:
     rd = decl.route
     if rd is None:
         return None
@@ -389,7 +310,7 @@ def _resolve_route(decl, structure, values, members, factor_names):
         )
     k = evaluate(rd.top_k, values)
     size = structure.size(name)
-    if not _is_symbolic(k):
+    if not is_symbolic(k):
         if not (isinstance(k, int) and k >= 1):
             raise RouteError(f"top k = {k} is not a positive integer", _span_of(rd.top_k))
         if isinstance(size, int) and k > size:

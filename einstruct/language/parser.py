@@ -10,17 +10,20 @@ the line, a caret and what was expected there.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from fractions import Fraction
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
-from .errors import EinstructError, ParameterError, Span, SpecSyntaxError
-from .expressions import FUNCTIONS, BinOp, Call, Expr, Name, Neg, Num
-from .resources import grammar_file
+from ..errors import EinstructError, ParameterError, Span, SpecSyntaxError
+from ..expressions import FUNCTIONS, BinOp, Call, Expr, Name, Neg, Num
+from ..resources import grammar_file
 from .spec import (
+    Declaration,
     Equation,
     Ident,
     ParamDecl,
@@ -97,13 +100,14 @@ def parse_value(text: str, where: str = "--set") -> Expr:
     return expr
 
 
-def _check_unique_names(declarations: list) -> None:
+def _check_unique_names(declarations: list[Declaration]) -> None:
     seen: dict[str, Ident] = {}
     for decl in declarations:
         if decl.name.name in seen:
+            first = seen[decl.name.name].span
             raise SpecSyntaxError(
-                f"structure '{decl.name.name}' is declared twice "
-                f"(first at line {seen[decl.name.name].span.line})",
+                f"structure '{decl.name.name}' is declared twice"
+                + (f" (first at line {first.line})" if first else ""),
                 decl.name.span,
                 "give each structure in a file its own name",
             )
@@ -137,11 +141,12 @@ def _syntax_error(exc: UnexpectedInput, lines: list[str], file: str, source: str
         return SpecSyntaxError(
             "the file ends in the middle of a declaration",
             _span(file, lines, line, column),
-            f"expected {_describe_expected(set(exc.expected))}",
+            f"expected {_describe_expected(set(getattr(exc, 'expected', ())))}",
         )
     span = _span(file, lines, line, column)
     if isinstance(exc, UnexpectedCharacters):
-        char = source[exc.pos_in_stream] if exc.pos_in_stream < len(source) else "?"
+        pos = exc.pos_in_stream
+        char = source[pos] if pos is not None and pos < len(source) else "?"
         return SpecSyntaxError(
             f"unexpected character {char!r}",
             span,
@@ -167,6 +172,17 @@ def _span(file: str, lines: list[str], line: int, column: int, length: int = 1) 
     return Span(file=file, line=line, column=column, length=length, source_line=text)
 
 
+def _binop(op: str) -> Callable[..., BinOp]:
+    """A transformer method that builds ``left op right``."""
+
+    @v_args(meta=True)
+    def build(self: _ToSpec, meta: Any, children: list[Expr]) -> BinOp:
+        left, right = children
+        return BinOp(op, left, right, self._meta(meta))
+
+    return build
+
+
 class _ToSpec(Transformer):
     """Turn the Lark tree into spec nodes, attaching a span to each."""
 
@@ -177,9 +193,9 @@ class _ToSpec(Transformer):
 
     # -- spans -------------------------------------------------------------
     def _tok(self, token: Token) -> Span:
-        return _span(self._file, self._lines, token.line, token.column, len(token))
+        return _span(self._file, self._lines, token.line or 1, token.column or 1, len(token))
 
-    def _meta(self, meta) -> Span:
+    def _meta(self, meta: Any) -> Span:
         if getattr(meta, "empty", False):
             return _span(self._file, self._lines, 1, 1)
         length = meta.end_column - meta.column if meta.end_line == meta.line else 1
@@ -189,15 +205,14 @@ class _ToSpec(Transformer):
         return Ident(str(token), self._tok(token))
 
     # -- declarations --------------------------------------------------------
-    def start(self, children):
+    def start(self, children: list[Declaration | None]) -> list[Declaration]:
         return [c for c in children if c is not None]
 
     @v_args(meta=True)
-    def explicit(self, meta, children):
+    def explicit(self, meta: Any, children: list[Any]) -> StructureDecl:
         name, params, *statements = children
         span = self._meta(meta)
         equations = [s for s in statements if isinstance(s, Equation)]
-        sizes = tuple(s for s in statements if isinstance(s, SizeDecl | tuple))
         sizes = tuple(d for s in statements if isinstance(s, tuple) for d in s)
         routes = [s for s in statements if isinstance(s, RouteDecl)]
         if not equations:
@@ -228,38 +243,38 @@ class _ToSpec(Transformer):
         )
 
     @v_args(meta=True)
-    def shorthand(self, meta, children):
+    def shorthand(self, meta: Any, children: list[Any]) -> ShorthandDecl:
         name, form, *args = children
-        args = tuple(a for a in args if a is not None)
-        return ShorthandDecl(self._ident(name), self._ident(form), args, self._meta(meta))
+        given = tuple(a for a in args if a is not None)
+        return ShorthandDecl(self._ident(name), self._ident(form), given, self._meta(meta))
 
-    def parameters(self, children):
+    def parameters(self, children: list[ParamDecl | None]) -> tuple[ParamDecl, ...]:
         return tuple(c for c in children if c is not None)
 
-    def parameter(self, children):
+    def parameter(self, children: list[Any]) -> ParamDecl:
         name, default = children
         return ParamDecl(self._ident(name), default)
 
-    def argument(self, children):
+    def argument(self, children: list[Any]) -> tuple[Ident, Expr]:
         name, value = children
         return (self._ident(name), value)
 
     @v_args(meta=True)
-    def equation(self, meta, children):
+    def equation(self, meta: Any, children: list[TensorRef]) -> Equation:
         output, *operands = children
         return Equation(output, tuple(operands), self._meta(meta))
 
     @v_args(meta=True)
-    def tensor(self, meta, children):
+    def tensor(self, meta: Any, children: list[Token]) -> TensorRef:
         name, *indices = children
         idents = tuple(self._ident(i) for i in indices if i is not None)
         return TensorRef(self._ident(name), idents, self._meta(meta))
 
-    def where(self, children):
+    def where(self, children: list[SizeDecl]) -> tuple[SizeDecl, ...]:
         return tuple(children)
 
     @v_args(meta=True)
-    def size_assignment(self, meta, children):
+    def size_assignment(self, meta: Any, children: list[Expr]) -> SizeDecl:
         *targets, expr = children
         names = []
         for target in targets:
@@ -273,21 +288,21 @@ class _ToSpec(Transformer):
         return SizeDecl(tuple(names), expr, self._meta(meta))
 
     @v_args(meta=True)
-    def route(self, meta, children):
+    def route(self, meta: Any, children: list[Any]) -> RouteDecl:
         index, top_k = children
         return RouteDecl(self._ident(index), top_k, self._meta(meta))
 
     # -- expressions -----------------------------------------------------------
-    def number(self, children):
+    def number(self, children: list[Token]) -> Num:
         (token,) = children
         return Num(Fraction(str(token)), self._tok(token))
 
-    def name(self, children):
+    def name(self, children: list[Token]) -> Name:
         (token,) = children
         return Name(str(token), self._tok(token))
 
     @v_args(meta=True)
-    def call(self, meta, children):
+    def call(self, meta: Any, children: list[Any]) -> Call:
         func, *args = children
         span = self._meta(meta)
         if func not in FUNCTIONS:
@@ -304,14 +319,6 @@ class _ToSpec(Transformer):
             )
         return Call(str(func), tuple(args), span)
 
-    def _binop(op):  # noqa: N805 - a small factory used in the class body
-        @v_args(meta=True)
-        def build(self, meta, children):
-            left, right = children
-            return BinOp(op, left, right, self._meta(meta))
-
-        return build
-
     add = _binop("+")
     sub = _binop("-")
     mul = _binop("*")
@@ -319,7 +326,7 @@ class _ToSpec(Transformer):
     pow = _binop("^")
 
     @v_args(meta=True)
-    def neg(self, meta, children):
+    def neg(self, meta: Any, children: list[Expr]) -> Neg:
         return Neg(children[0], self._meta(meta))
 
 

@@ -8,11 +8,11 @@ Each diagnostic has a stable ``code`` (for scripts and tests) and a sentence.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from fractions import Fraction
+from typing import Any
 
-if TYPE_CHECKING:
-    from .analysis import Analysis
+from ..numbers import exponent_text
+from .model import Analysis, Diagnostic
 
 __all__ = ["CODES", "Diagnostic", "diagnose"]
 
@@ -20,26 +20,13 @@ __all__ = ["CODES", "Diagnostic", "diagnose"]
 CODES = ("degenerate", "redundant", "rank_deficient", "parameter_sharing", "costlier_than_dense", "padded")
 
 
-@dataclass(frozen=True)
-class Diagnostic:
-    code: str
-    message: str
-
-
-def _known(value) -> bool:
-    from fractions import Fraction
-
+def _known(value: Any) -> bool:
+    """Whether ``value`` is a number (not missing, not symbolic)."""
     if value is None:
         return False
     return isinstance(value, int | float | Fraction) or (
         hasattr(value, "free_symbols") and not value.free_symbols
     )
-
-
-def _f(value) -> str:
-    from .analysis import exponent_text
-
-    return exponent_text(value)
 
 
 def diagnose(a: Analysis) -> list[Diagnostic]:
@@ -54,15 +41,16 @@ def diagnose(a: Analysis) -> list[Diagnostic]:
             out.append(
                 Diagnostic(
                     "degenerate",
-                    f"the rank axis is wider than useful (rho = {_f(th['rho'])} > min(alpha, epsilon) = "
-                    f"{_f(useful)}): it costs compute and parameters without adding expressivity; "
+                    f"the rank axis is wider than useful (rho = {exponent_text(th['rho'])} > "
+                    f"min(alpha, epsilon) = {exponent_text(useful)}): it costs compute and parameters "
+                    "without adding expressivity; "
                     f"a rank of {width} would do",
                 )
             )
-    if t.redundant:
-        w = t.theta_written
-        vec = ", ".join(_f(w[c]) for c in w)
-        ori = ", ".join(_f(t.theta[c]) for c in t.theta)
+    written, oriented = t.theta_written, t.theta
+    if t.redundant and written is not None and oriented is not None:
+        vec = ", ".join(exponent_text(v) for v in written.values())
+        ori = ", ".join(exponent_text(v) for v in oriented.values())
         out.append(
             Diagnostic(
                 "redundant",
@@ -77,7 +65,7 @@ def diagnose(a: Analysis) -> list[Diagnostic]:
             Diagnostic(
                 "rank_deficient",
                 f"the layer's rank is at most {a.rank_bound} of {a.min_width}"
-                + (f" (psi = {_f(t.psi)} < 1)" if _known(t.psi) and t.psi < 1 else "")
+                + (f" (psi = {exponent_text(t.psi)} < 1)" if _known(t.psi) and t.psi < 1 else "")
                 + ": low-rank layers scaled worse than full-rank ones in the paper's experiments",
             )
         )
@@ -85,8 +73,8 @@ def diagnose(a: Analysis) -> list[Diagnostic]:
         out.append(
             Diagnostic(
                 "parameter_sharing",
-                f"each parameter is used about d^{_f(t.omega)} times per input vector (omega = "
-                f"{_f(t.omega)} > 0): parameter sharing scaled worse per FLOP in the paper; "
+                f"each parameter is used about d^{exponent_text(t.omega)} times per input vector (omega = "
+                f"{exponent_text(t.omega)} > 0): parameter sharing scaled worse per FLOP in the paper; "
                 "prefer omega = 0 structures such as BTT or Monarch",
             )
         )
@@ -97,7 +85,7 @@ def diagnose(a: Analysis) -> list[Diagnostic]:
                 Diagnostic(
                     "costlier_than_dense",
                     f"it costs at least as much as a dense layer "
-                    f"({float(a.counts.flops):,.0f} vs {a.flops_dense:,} "
+                    f"({round(a.counts.flops):,} vs {a.flops_dense:,} "
                     f"FLOPs, {a.params:,} vs {dense_params:,} parameters): use nn.Linear instead, "
                     "or a smaller rank",
                 )

@@ -19,12 +19,13 @@ along it.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
 
-from .ir import Size, Structure
-from .order import BATCH, ContractionOrder, contraction_order
+from ..ir import Size, Structure
+from ..planner.order import BATCH, ContractionOrder, contraction_order
 
 __all__ = ["STAND_IN", "PathStep", "Counts", "count", "concrete_stand_in"]
 
@@ -80,7 +81,7 @@ def concrete_stand_in(structure: Structure, value: int = STAND_IN, values: dict 
     return replace(structure, indices=tuple(indices))
 
 
-def _prod(values) -> Size:
+def _prod(values: Iterable[Size]) -> Size:
     values = list(values)
     if all(isinstance(v, int) for v in values):
         return math.prod(values)
@@ -89,7 +90,7 @@ def _prod(values) -> Size:
     return sympy.Mul(*values)
 
 
-def _per_vector(total, batch: int):
+def _per_vector(total: Size, batch: int) -> Size:
     if isinstance(total, int):
         return total // batch if total % batch == 0 else Fraction(total, batch)
     import sympy
@@ -115,7 +116,7 @@ def count(structure: Structure, batch: int = 1) -> Counts:
     return Counts(batch, flops, train, _per_vector(peak, batch), tuple(path), order)
 
 
-def _max(a, b):
+def _max(a: Size, b: Size) -> Size:
     if isinstance(a, int) and isinstance(b, int):
         return max(a, b)
     import sympy

@@ -25,9 +25,10 @@ from collections import deque
 from collections.abc import Hashable, Iterable, Mapping
 from fractions import Fraction
 
-from .ir import Structure
+from ..ir import Size, Structure
+from .counts import concrete_stand_in
 
-__all__ = ["min_cut_indices", "cut_weight", "max_flow_source_side"]
+__all__ = ["min_cut_indices", "cut_weight", "max_flow_source_side", "rank_bound"]
 
 #: Float weights are scaled by this before rounding to integers.
 FLOAT_SCALE = 2**40
@@ -58,10 +59,8 @@ def max_flow_source_side(
     residual: dict[Hashable, dict[Hashable, int | None]] = {source: {}, sink: {}}
     for u, v, cap in edges:
         row = residual.setdefault(u, {})
-        if v in row and row[v] is not None and cap is not None:
-            row[v] += cap
-        else:
-            row[v] = None if cap is None or (v in row and row[v] is None) else cap
+        previous = row.get(v, 0)
+        row[v] = None if cap is None or previous is None else previous + cap
         residual.setdefault(v, {}).setdefault(u, 0)
     while True:
         parent: dict[Hashable, Hashable] = {source: source}
@@ -78,15 +77,16 @@ def max_flow_source_side(
         while v != source:
             path.append((parent[v], v))
             v = parent[v]
-        finite = [residual[u][v] for u, v in path if residual[u][v] is not None]
+        finite = [c for c in (residual[u][v] for u, v in path) if c is not None]
         if not finite:
             raise ValueError("source and sink are joined by unbounded edges: no finite cut")
         push = min(finite)
         for u, v in path:
-            if residual[u][v] is not None:
-                residual[u][v] -= push
-            if residual[v][u] is not None:
-                residual[v][u] += push
+            forward, backward = residual[u][v], residual[v][u]
+            if forward is not None:
+                residual[u][v] = forward - push
+            if backward is not None:
+                residual[v][u] = backward + push
 
 
 def min_cut_indices(structure: Structure, weights: Mapping[str, Fraction | float]) -> tuple[str, ...]:
@@ -110,6 +110,29 @@ def min_cut_indices(structure: Structure, weights: Mapping[str, Fraction | float
     )
 
 
-def cut_weight(indices, weights: Mapping[str, Fraction | float]):
+def cut_weight(indices: Iterable[str], weights: Mapping[str, Fraction | float]) -> Fraction | float:
     """Sum of the weights of ``indices``."""
     return sum((weights[i] for i in indices), Fraction(0))
+
+
+def rank_bound(structure: Structure) -> Size:
+    """The min-cut bound on the rank, capped at min(d_in, d_out) of the layer."""
+    if not structure.is_symbolic:
+        weights = {i.name: math.log(i.size) for i in structure.indices}
+        bound = math.prod(structure.size(i) for i in min_cut_indices(structure, weights))
+        return min(bound, structure.in_features, structure.out_features)
+    # symbolic: which cut is smallest depends on the parameters, so collect the
+    # minimal cuts under stand-ins where each parameter in turn is small or large
+    import sympy
+
+    free = {sym for i in structure.indices if not isinstance(i.size, int) for sym in i.size.free_symbols}
+    names = sorted(str(sym) for sym in free)
+    trials: list[dict[str, int]] = [{}] + [{n: v} for n in names for v in (2**4, 2**20)]
+    cuts = set()
+    for values in trials:
+        stand_in = concrete_stand_in(structure, values=values)
+        weights = {i.name: math.log(i.size) for i in stand_in.indices}
+        cuts.add(tuple(sorted(min_cut_indices(stand_in, weights))))
+    candidates = {sympy.simplify(sympy.Mul(*(structure.size(i) for i in cut))) for cut in cuts}
+    candidates |= {sympy.sympify(structure.in_features), sympy.sympify(structure.out_features)}
+    return sympy.simplify(sympy.Min(*candidates))

@@ -1,4 +1,4 @@
-"""The runtime API: compile a spec into a layer class inside this process.
+"""Compile a spec into a layer class inside this process.
 
     >>> Layer = einstruct.compile("examples/btt.ein", d=256)
     >>> layer = Layer()
@@ -11,23 +11,21 @@ is built by executing that text, exactly what ``einstruct compile`` writes.
 
 from __future__ import annotations
 
+import builtins
 import sys
 import types
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 
-from .codegen import render_torch, spec_hash
-from .ir import Structure
-from .load import load
-from .plan import make_plan
-from .resolve import Override
-from .spec import SpecFile
+from ..backends import get_backend
+from ..backends.common import spec_hash
+from ..ir import Structure
+from ..language.load import load
+from ..language.resolve import Override
+from ..language.spec import SpecFile
+from ..planner.plan import DEFAULT_BATCH, make_plan
 
-__all__ = ["compile", "compile_structure", "module_source", "analyze"]
-
-#: The token count plans are made for unless told otherwise.
-DEFAULT_BATCH = 2048
+__all__ = ["compile", "compile_structure", "module_source"]
 
 
 def module_source(
@@ -36,38 +34,39 @@ def module_source(
     batch: int = DEFAULT_BATCH,
     command: str | None = None,
     strategy: str = "auto",
+    backend: str = "torch",
 ) -> str:
     """The generated module text for a resolved structure."""
-    return render_torch(make_plan(structure, batch, strategy), class_name, command)
+    renderer = get_backend(backend)
+    return renderer.render(make_plan(structure, batch, strategy), class_name, command)
 
 
 @lru_cache(maxsize=256)
-def _build(structure: Structure, class_name: str | None, batch: int, strategy: str) -> type:
+def _build(structure: Structure, class_name: str | None, batch: int, strategy: str, backend: str) -> type:
+    renderer = get_backend(backend)
     plan = make_plan(structure, batch, strategy)
-    text = render_torch(plan, class_name)
+    text = renderer.render(plan, class_name)
     plan_hash = spec_hash(plan)
     module = types.ModuleType(f"einstruct_generated_{structure.name}_{plan_hash}")
     module.__file__ = f"<einstruct {structure.name} {plan_hash}>"
     module.__dict__["__source__"] = text
     sys.modules[module.__name__] = module  # so pickling and inspect can find the class
-    exec(compile_text(text, module.__file__), module.__dict__)  # noqa: S102 - our own generated code
+    code = builtins.compile(text, module.__file__, "exec")  # the builtin: this module's compile shadows it
+    exec(code, module.__dict__)  # noqa: S102 - our own generated code
     cls = next(v for k, v in module.__dict__.items() if isinstance(v, type) and k in module.__all__)
     cls.__module__ = module.__name__
     return cls
 
 
-def compile_text(text: str, filename: str):
-    """Python's builtin compile (shadowed in this module by :func:`compile`)."""
-    import builtins
-
-    return builtins.compile(text, filename, "exec")
-
-
 def compile_structure(
-    structure: Structure, class_name: str | None = None, batch: int = DEFAULT_BATCH, strategy: str = "auto"
+    structure: Structure,
+    class_name: str | None = None,
+    batch: int = DEFAULT_BATCH,
+    strategy: str = "auto",
+    backend: str = "torch",
 ) -> type:
     """The layer class for a resolved structure (cached)."""
-    return _build(structure, class_name, batch, strategy)
+    return _build(structure, class_name, batch, strategy, backend)
 
 
 def compile(  # noqa: A001 - the public name the API promises
@@ -77,6 +76,7 @@ def compile(  # noqa: A001 - the public name the API promises
     class_name: str | None = None,
     batch: int = DEFAULT_BATCH,
     strategy: str = "auto",
+    backend: str = "torch",
     **params: Override,
 ) -> type:
     """Render, load and cache the layer class of a spec.
@@ -89,16 +89,7 @@ def compile(  # noqa: A001 - the public name the API promises
         strategy: the generated class's default strategy: ``auto`` (the planner's
             cost model), ``structured`` or ``dense``; instances can still pick
             either with ``strategy=...``.
+        backend: the code generator, one of :func:`einstruct.backends.backend_names`.
         **params: parameter overrides, e.g. ``d=4096``.
     """
-    return compile_structure(load(spec, structure, **params), class_name, batch, strategy)
-
-
-def analyze(spec: str | Path | SpecFile, structure: str | None = None, **options: Any):
-    """The analysis of one structure; ``.to_dict()`` equals ``einstruct analyze --json``."""
-    from .analysis import analyze_structure
-
-    symbolic = options.pop("symbolic", False)
-    analysis_options = {k: options.pop(k) for k in ("batch", "optimizer") if k in options}
-    s = load(spec, structure, symbolic=symbolic, **options)
-    return analyze_structure(s, **analysis_options)
+    return compile_structure(load(spec, structure, **params), class_name, batch, strategy, backend)

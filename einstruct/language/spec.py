@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import Span
-from .expressions import Expr
+from ..errors import Span
+from ..expressions import Expr
 
 __all__ = [
     "Ident",

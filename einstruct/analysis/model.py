@@ -1,73 +1,33 @@
-"""Analysis of a resolved structure: what it is, what it costs, where it sits.
+"""The report object: everything ``einstruct analyze`` says about one structure.
 
-    >>> a = analyze_structure(load("examples/btt.ein"))
-    >>> a.params, a.counts.flops, a.rank_bound, (a.taxonomy.omega, a.taxonomy.psi, a.taxonomy.nu)
-    (65536, 131072, 1024, (0, 1, Fraction(1, 2)))
-
-The :class:`Analysis` object is what ``einstruct analyze`` prints;
-``Analysis.to_dict()`` is exactly its ``--json`` output.
+:class:`Analysis` holds the structure and the numbers computed for it (counts,
+taxonomy, rank bound, muP fans, diagnostics); ``Analysis.to_dict()`` is exactly
+``einstruct analyze --json``. The memory-traffic rows read the compiled plan.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from functools import cached_property
 from typing import Any
 
-from .counts import Counts, concrete_stand_in, count
-from .ir import Size, Structure
-from .mup import FactorFans, factor_fans
-from .order import contraction_order
-from .rank import min_cut_indices
-from .taxonomy import Taxonomy, taxonomy
+from ..ir import Size, Structure
+from ..numbers import is_symbolic, json_number
+from ..planner.plan import DEFAULT_BATCH, make_plan
+from .counts import Counts, count
+from .mup import FactorFans
+from .taxonomy import Taxonomy
 
-__all__ = [
-    "PLAN_BATCH",
-    "IndexReport",
-    "FactorReport",
-    "Analysis",
-    "analyze_structure",
-    "json_number",
-    "exponent_text",
-]
-
-#: The token count compiled modules plan for; muP fans follow its order.
-PLAN_BATCH = 2048
+__all__ = ["IndexReport", "FactorReport", "Diagnostic", "Analysis"]
 
 
-def _is_symbolic(value: Any) -> bool:
-    return hasattr(value, "free_symbols") and bool(value.free_symbols)
+@dataclass(frozen=True)
+class Diagnostic:
+    """One finding: a stable ``code`` (for scripts and tests) and a sentence."""
 
-
-def json_number(value: Any) -> Any:
-    """A JSON-ready number: ints stay ints, exact rationals become floats,
-    symbolic expressions become strings."""
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, Fraction):
-        return int(value) if value.denominator == 1 else float(value)
-    if _is_symbolic(value):
-        return str(value)
-    if getattr(value, "is_Integer", False):
-        return int(value)
-    return float(value)
-
-
-def exponent_text(value: Any) -> str:
-    """An exponent as people read it: ``1/2``, ``0``, ``0.5017`` or an expression."""
-    if value is None:
-        return "-"
-    if isinstance(value, Fraction | int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    if _is_symbolic(value):
-        return str(value)
-    if getattr(value, "is_Rational", False):
-        return str(value)
-    return f"{float(value):.4g}"
+    code: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -103,17 +63,15 @@ class Analysis:
     taxonomy: Taxonomy
     rank_bound: Size
     optimizer: str = "adam"
-    diagnostics: tuple = field(default=())
+    diagnostics: tuple[Diagnostic, ...] = field(default=())
 
     @cached_property
     def traffic(self) -> Any:
         """Forward memory traffic per vector in bytes (fp32) along the compiled plan at
-        :data:`PLAN_BATCH` tokens; ``None`` for symbolic sizes."""
+        :data:`~einstruct.planner.plan.DEFAULT_BATCH` tokens; ``None`` for symbolic sizes."""
         if self.structure.is_symbolic:
             return None
-        from .plan import make_plan
-
-        return make_plan(self.structure, PLAN_BATCH, strategy="structured").traffic()
+        return make_plan(self.structure, DEFAULT_BATCH, strategy="structured").traffic()
 
     @cached_property
     def routing(self) -> dict[str, Any] | None:
@@ -130,7 +88,7 @@ class Analysis:
             return None
         s = self.structure
         experts = s.size(route.index)
-        top_k = s.route.top_k
+        top_k = route.top_k
         active = replace(
             s,
             indices=tuple(replace(i, size=top_k) if i.name == route.index else i for i in s.indices),
@@ -151,10 +109,8 @@ class Analysis:
         """A dense layer's forward traffic per vector: read x, write y, read W once per batch."""
         if self.structure.is_symbolic:
             return None
-        from fractions import Fraction
-
         d_in, d_out = self.d_in, self.d_out
-        return 4 * (d_in + d_out + Fraction(d_in * d_out, PLAN_BATCH))
+        return 4 * (d_in + d_out + Fraction(d_in * d_out, DEFAULT_BATCH))
 
     name = property(lambda self: self.structure.name)
     d_in = property(lambda self: self.structure.in_features)
@@ -169,11 +125,11 @@ class Analysis:
 
     @property
     def min_width(self) -> Size:
-        return min(self.d_in, self.d_out) if not _is_symbolic(self.d_in * self.d_out) else None
+        return min(self.d_in, self.d_out) if not is_symbolic(self.d_in * self.d_out) else None
 
     @property
     def full_rank(self) -> bool | None:
-        if _is_symbolic(self.rank_bound) or self.min_width is None:
+        if is_symbolic(self.rank_bound) or self.min_width is None:
             return None
         return self.rank_bound >= self.min_width
 
@@ -278,56 +234,3 @@ class Analysis:
             if self.routing is None
             else {k: v if isinstance(v, str) else json_number(v) for k, v in self.routing.items()},
         }
-
-
-def rank_bound(structure: Structure) -> Size:
-    """The min-cut bound on the rank, capped at min(d_in, d_out) of the layer."""
-    if not structure.is_symbolic:
-        weights = {i.name: math.log(i.size) for i in structure.indices}
-        bound = math.prod(structure.size(i) for i in min_cut_indices(structure, weights))
-        return min(bound, structure.in_features, structure.out_features)
-    # symbolic: which cut is smallest depends on the parameters, so collect the
-    # minimal cuts under stand-ins where each parameter in turn is small or large
-    import sympy
-
-    free = {sym for i in structure.indices if not isinstance(i.size, int) for sym in i.size.free_symbols}
-    names = sorted(str(sym) for sym in free)
-    trials = [{}] + [{n: v} for n in names for v in (2**4, 2**20)]
-    cuts = set()
-    for values in trials:
-        stand_in = concrete_stand_in(structure, values=values)
-        weights = {i.name: math.log(i.size) for i in stand_in.indices}
-        cuts.add(tuple(sorted(min_cut_indices(stand_in, weights))))
-    candidates = {sympy.simplify(sympy.Mul(*(structure.size(i) for i in cut))) for cut in cuts}
-    candidates |= {sympy.sympify(structure.in_features), sympy.sympify(structure.out_features)}
-    return sympy.simplify(sympy.Min(*candidates))
-
-
-def analyze_structure(structure: Structure, batch: int = 1, optimizer: str = "adam") -> Analysis:
-    """Analyze one structure; ``batch`` vectors share the cost of factor-only steps."""
-    from .diagnostics import diagnose
-    from .errors import ParameterError
-
-    if not isinstance(batch, int) or batch < 1:
-        raise ParameterError(f"batch must be a positive integer, got {batch}")
-    from .mup import OPTIMIZERS
-
-    if optimizer not in OPTIMIZERS:
-        raise ParameterError(
-            f"unknown optimizer '{optimizer}'", hint=f"choose one of {', '.join(OPTIMIZERS)}"
-        )
-    tax = taxonomy(structure)
-    sequence = contraction_order(concrete_stand_in(structure), PLAN_BATCH).factor_sequence
-    fans = factor_fans(structure, sequence, optimizer)
-    indices = tuple(
-        IndexReport(i.name, i.size, i.expr_text, structure.index_class(i.name), tax.exponents[i.name])
-        for i in structure.indices
-    )
-    factors = tuple(
-        FactorReport(f.name, f.indices, structure.shape(f), structure.factor_params(f), fans[f.name])
-        for f in structure.factors
-    )
-    analysis = Analysis(
-        structure, indices, factors, count(structure, batch), tax, rank_bound(structure), optimizer
-    )
-    return Analysis(**{**analysis.__dict__, "diagnostics": tuple(diagnose(analysis))})

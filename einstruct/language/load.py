@@ -10,11 +10,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from .errors import EinstructError, ParameterError, StructureNotFoundError
-from .ir import Structure
+from ..errors import EinstructError, ParameterError, StructureNotFoundError
+from ..ir import Structure
+from .catalog import form_parameters
 from .parser import parse_file, parse_text
 from .resolve import Override, resolve
-from .spec import SpecFile
+from .spec import ShorthandDecl, SpecFile
 
 __all__ = ["read_spec", "load", "load_all", "declaration_sources"]
 
@@ -81,9 +82,6 @@ def load_all(
     used: set[str] = set()
     structures = []
     for decl in chosen:
-        from .catalog import form_parameters
-        from .spec import ShorthandDecl
-
         params = (
             form_parameters(decl) if isinstance(decl, ShorthandDecl) else [p.name.name for p in decl.params]
         )

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import EinstructError, ParameterError
-from .load import load, read_spec
-from .runtime import compile_structure
+from ..errors import EinstructError, ParameterError
+from ..language.load import load, read_spec
+from .build import compile_structure
 
 __all__ = ["replace_linear", "param_groups", "is_structured"]
 

@@ -4,9 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from .analysis import Analysis, exponent_text
+from ..numbers import count_text, exponent_text, float_text
+from .model import Analysis
 
-__all__ = ["MEANINGS", "render_terminal", "render_markdown", "compare_rows", "COMPARE_COLUMNS"]
+__all__ = [
+    "MEANINGS",
+    "COMPARE_COLUMNS",
+    "render_terminal",
+    "render_markdown",
+    "compare_rows",
+    "render_compare",
+    "render_compare_markdown",
+]
 
 #: One line of meaning per taxonomy number (BACKGROUND §3).
 MEANINGS = {
@@ -16,17 +25,12 @@ MEANINGS = {
 }
 
 
-def _fmt(value: Any) -> str:
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+_fmt = count_text
 
 
 def _ratio(a: Analysis, num: Any, den: Any) -> str:
     r = a.ratio(num, den)
-    return f"{r:.4g}" if isinstance(r, float) else str(r)
+    return float_text(r) if isinstance(r, float) else str(r)
 
 
 def _factor_rows(a: Analysis) -> list[list[str]]:
@@ -72,18 +76,25 @@ def _totals(a: Analysis) -> list[tuple[str, str]]:
 def _traffic(a: Analysis) -> list[tuple[str, str]]:
     if a.traffic is None:
         return []
-    mine = float(a.counts.flops / a.traffic)
-    dense = float(a.flops_dense / a.traffic_dense)
+    mine = float_text(a.counts.flops / a.traffic, 3)
+    dense = float_text(a.flops_dense / a.traffic_dense, 3)
     return [
         (
             "memory traffic / vector",
-            f"{float(a.traffic):,.0f} B, {mine:.3g} FLOP/B  "
-            f"(dense {float(a.traffic_dense):,.0f} B, {dense:.3g})",
+            f"{round(a.traffic):,} B, {mine} FLOP/B  (dense {round(a.traffic_dense):,} B, {dense})",
         )
     ]
 
 
-def render_terminal(a: Analysis, console) -> None:
+def _column(table: Any, header: str, numeric: bool) -> None:
+    """Numbers are never wrapped or cut; names and text fold onto more lines instead of being cut."""
+    if numeric:
+        table.add_column(header, justify="right", no_wrap=True)
+    else:
+        table.add_column(header, justify="left", overflow="fold")
+
+
+def render_terminal(a: Analysis, console: Any) -> None:
     """Print one analysis to a rich console."""
     from rich.table import Table
 
@@ -96,21 +107,21 @@ def render_terminal(a: Analysis, console) -> None:
 
     table = Table(title="indices", title_justify="left")
     for col in INDEX_HEADER:
-        table.add_column(col, justify="right" if col == "size" else "left")
+        _column(table, col, numeric=col == "size")
     for i in a.indices:
         table.add_row(i.name, _fmt(i.size), i.expr, i.index_class, exponent_text(i.exponent))
     console.print(table)
 
     table = Table(title=f"factors (muP for {a.optimizer}, in evaluation order)", title_justify="left")
     for col in FACTOR_HEADER:
-        table.add_column(col, justify="left" if col in ("factor", "axes", "shape") else "right")
+        _column(table, col, numeric=col not in ("factor", "axes", "shape"))
     for row in _factor_rows(a):
         table.add_row(*row)
     console.print(table)
 
     table = Table(title="totals", title_justify="left", show_header=False)
-    table.add_column("what")
-    table.add_column("value", justify="right")
+    _column(table, "what", numeric=False)
+    _column(table, "value", numeric=True)
     for k, v in _totals(a):
         table.add_row(k, v)
     console.print(table)
@@ -121,8 +132,8 @@ def render_terminal(a: Analysis, console) -> None:
     for key in ("omega", "psi", "nu"):
         console.print(f"[bold]{key:5}[/bold] = {exponent_text(getattr(t, key)):6}  {MEANINGS[key]}")
     console.print("path: " + "; ".join(a.path_text))
-    if s.route is not None:
-        r = a.routing
+    r = a.routing
+    if s.route is not None and r is not None:
         console.print(
             f"route: {s.route.index} top {_fmt(r['top_k'])} of {_fmt(r['experts'])} experts (BTT-MoE): "
             f"router {_fmt(r['router_params'])} params, {_fmt(r['router_flops'])} FLOPs/vector; "
@@ -180,13 +191,15 @@ COMPARE_COLUMNS = {
     "nu": lambda a: a.taxonomy.nu,
     "diagnostics": lambda a: ",".join(d.code for d in a.diagnostics) or "-",
 }
+#: Compare columns that hold text rather than numbers.
+_TEXT_COLUMNS = ("name", "diagnostics")
 
 
 def compare_rows(analyses: list[Analysis], sort: str) -> list[list[str]]:
     """One row of text per analysis, sorted by column ``sort`` (numbers numerically)."""
     get = COMPARE_COLUMNS[sort]
 
-    def key(a: Analysis):
+    def key(a: Analysis) -> tuple[int, float, str]:
         v = get(a)
         try:
             return (0, float(v), "")
@@ -202,3 +215,39 @@ def compare_rows(analyses: list[Analysis], sort: str) -> list[list[str]]:
             ]
         )
     return rows
+
+
+def render_compare_markdown(analyses: list[Analysis], sort: str) -> str:
+    """The compare table as markdown, every column."""
+    return _md_table(list(COMPARE_COLUMNS), compare_rows(analyses, sort)) + "\n"
+
+
+def render_compare(analyses: list[Analysis], sort: str, console: Any) -> None:
+    """The compare table on a rich console; diagnostics are listed under it.
+
+    The table keeps every number whole and folds long names, so it fits a
+    100-column terminal; the diagnostics (words, not numbers) follow as lines.
+    """
+    from rich import box
+    from rich.table import Table
+
+    header = [c for c in COMPARE_COLUMNS if c != "diagnostics"]
+    table = Table(
+        title=f"sorted by {sort}",
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for col in header:
+        _column(table, col, numeric=col not in _TEXT_COLUMNS)
+    rows = compare_rows(analyses, sort)
+    for row in rows:
+        table.add_row(*row[: len(header)])
+    console.print(table)
+    flagged = [(row[0], row[-1]) for row in rows if row[-1] != "-"]
+    if flagged:
+        console.print("diagnostics:")
+        for name, codes in flagged:
+            console.print(f"  {name}: {codes.replace(',', ', ')}", highlight=False)

@@ -1,0 +1,223 @@
+"""What each ``einstruct`` command does, given its parsed arguments.
+
+Every handler returns the exit status; user mistakes raise
+:class:`~einstruct.errors.EinstructError`, which :func:`einstruct.cli.main`
+prints. Heavy or command-specific imports (rich, sympy, jinja2, the backends)
+happen where they are needed, so ``--help`` and ``analyze`` start fast; none
+imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..analysis.analyze import analyze_structure
+from ..analysis.report import (
+    COMPARE_COLUMNS,
+    render_compare,
+    render_compare_markdown,
+    render_markdown,
+    render_terminal,
+)
+from ..errors import EinstructError, ParameterError, StructureNotFoundError
+from ..ir import CLASS_NAMES, Structure
+from ..language.load import load, load_all, read_spec
+from ..language.parser import parse_text, parse_value
+from ..language.spec import SpecFile
+from ..planner.plan import make_plan
+
+__all__ = ["cmd_analyze", "cmd_compare", "cmd_theta", "cmd_plan", "cmd_compile"]
+
+
+def _parse_sets(pairs: Sequence[str] | None) -> dict[str, str]:
+    """``--set NAME=VALUE`` pairs as overrides (values are parsed when resolving)."""
+    overrides: dict[str, str] = {}
+    for pair in pairs or []:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip() or not value.strip():
+            raise ParameterError(
+                f"--set expects NAME=VALUE, got '{pair}'", hint="e.g. --set d=4096 or --set rank=2"
+            )
+        overrides[name.strip()] = value.strip()
+    return overrides
+
+
+def _read_spec(path: str) -> SpecFile:
+    """Parse a spec file, or standard input for ``-``."""
+    if path == "-":
+        return parse_text(sys.stdin.read(), "<stdin>")
+    return read_spec(Path(path))
+
+
+def _load(args: argparse.Namespace, symbolic: bool = False) -> list[Structure]:
+    names = [args.structure] if args.structure else None
+    return load_all(_read_spec(args.file), _parse_sets(args.set), symbolic=symbolic, names=names)
+
+
+def _one(args: argparse.Namespace) -> Structure:
+    """The one structure ``plan``/``compile`` work on (``--structure`` picks it)."""
+    structures = _load(args)
+    if len(structures) > 1:
+        raise StructureNotFoundError(
+            f"{args.file} declares {len(structures)} structures; say which one",
+            hint=f"pass --structure with one of {', '.join(s.name for s in structures)}",
+        )
+    return structures[0]
+
+
+def _analyses(args: argparse.Namespace, structures: list[Structure]) -> list[Any]:
+    return [analyze_structure(s, batch=args.batch, optimizer=args.optimizer) for s in structures]
+
+
+def _console() -> Any:
+    import shutil
+
+    from rich.console import Console
+
+    # piped output gets a comfortable width instead of rich's 80 columns
+    return Console(highlight=False, width=max(100, shutil.get_terminal_size((120, 24)).columns))
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2))
+
+
+def _emit(args: argparse.Namespace, analyses: list[Any]) -> None:
+    fmt = "json" if args.json else args.format
+    if fmt == "json":
+        data = [a.to_dict() for a in analyses]
+        _print_json(data[0] if len(data) == 1 else data)
+        return
+    if fmt == "markdown":
+        print("\n".join(render_markdown(a) for a in analyses), end="")
+        return
+    console = _console()
+    for k, a in enumerate(analyses):
+        if k:
+            console.print()
+        render_terminal(a, console)
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Report sizes, costs and the taxonomy of every structure (or ``--structure``)."""
+    _emit(args, _analyses(args, _load(args, symbolic=args.symbolic)))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """One row per structure of every file, sorted by a column."""
+    if args.sort not in COMPARE_COLUMNS:
+        raise ParameterError(
+            f"cannot sort by '{args.sort}'", hint=f"choose one of {', '.join(COMPARE_COLUMNS)}"
+        )
+    overrides = _parse_sets(args.set)
+    structures: list[Structure] = []
+    for path in args.files:
+        structures += load_all(_read_spec(path), overrides, symbolic=args.symbolic, strict=False)
+    analyses = _analyses(args, structures)
+    fmt = "json" if args.json else args.format
+    if fmt == "json":
+        _print_json([a.to_dict() for a in analyses])
+        return 0
+    if fmt == "markdown":
+        print(render_compare_markdown(analyses, args.sort), end="")
+        return 0
+    render_compare(analyses, args.sort, _console())
+    return 0
+
+
+def cmd_theta(args: argparse.Namespace) -> int:
+    """Analyze one point of the paper's 7-class theta space."""
+    parts = [p.strip() for p in args.vector.split(",")]
+    if len(parts) != 7 or not all(parts):
+        raise ParameterError(
+            f"theta needs 7 comma-separated exponents (alpha,beta,gamma,delta,epsilon,phi,rho), "
+            f"got {len(parts)}: '{args.vector}'",
+            hint='e.g. einstruct theta "1/2,0,1/2,0,1/2,1/2,0" --d 4096',
+        )
+    for name, part in zip(CLASS_NAMES, parts):
+        parse_value(part, f"theta {name}")
+    if args.d is not None and (args.d_in is not None or args.d_out is not None):
+        raise ParameterError("give --d, or --d-in and --d-out, not both")
+    if args.d is not None:
+        width = f"d = {args.d}"
+    elif args.d_in is not None and args.d_out is not None:
+        width = f"d_in = {args.d_in}, d_out = {args.d_out}"
+    else:
+        raise ParameterError("theta needs the width: --d N, or --d-in N --d-out M")
+    classes = ", ".join(f"{n} = {p}" for n, p in zip(CLASS_NAMES, parts))
+    source = f"structure theta = theta({classes}, {width})\n"
+    _emit(args, _analyses(args, [load(parse_text(source, "<theta>"))]))
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    """Show how the compiled forward runs, step by step (``--json``: as data)."""
+    from ..planner.format import format_plan, plan_to_dict
+
+    plan = make_plan(_one(args), args.batch, args.strategy)
+    if args.json:
+        _print_json(plan_to_dict(plan))
+    else:
+        print(format_plan(plan))
+    return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    """Generate a standalone module; ``--json`` describes what was written."""
+    import shlex
+
+    from ..backends import get_backend
+    from ..backends.common import default_class_name, spec_hash
+    from ..planner.format import plan_to_dict
+
+    if args.json and args.output == "-":
+        raise ParameterError(
+            "--json describes the written file, but -o - writes the module to standard output",
+            hint="give a file name, e.g. -o layer.py --json",
+        )
+    backend = get_backend(args.backend)
+    structure = _one(args)
+    plan = make_plan(structure, args.batch, args.strategy)
+    command = "einstruct " + " ".join(shlex.quote(a) for a in (args.argv or []))
+    text = backend.render(plan, args.class_name, command)
+    if args.output == "-":
+        sys.stdout.write(text)
+        return 0
+    out = _write(Path(args.output), text, args.output)
+    lines = len(text.splitlines())
+    if args.json:
+        _print_json(
+            {
+                "output": str(out),
+                "structure": structure.name,
+                "class_name": args.class_name or default_class_name(structure.name),
+                "backend": backend.name,
+                "strategy": plan.strategy,
+                "batch": plan.batch,
+                "spec_sha256": spec_hash(plan),
+                "lines": lines,
+                "bytes": len(text.encode("utf-8")),
+                "plan": plan_to_dict(plan),
+            }
+        )
+    print(f"wrote {out} ({lines} lines)", file=sys.stderr)
+    return 0
+
+
+def _write(out: Path, text: str, shown: str) -> Path:
+    """Write ``text`` to ``out`` through a temporary file, so no half-written module is left."""
+    if out.is_dir():
+        raise ParameterError(f"-o {shown} is a directory", hint="give a file name, e.g. -o layer.py")
+    try:
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(out)
+    except OSError as exc:
+        raise EinstructError(f"cannot write '{shown}': {exc.strerror or exc}") from None
+    return out

@@ -1,0 +1,102 @@
+"""Exact numbers for people and for JSON: never scientific notation, never float-rounded counts.
+
+Counts (params, FLOPs, bytes) are ``int``, ``Fraction`` (per-vector costs of
+steps shared by a batch) or sympy expressions (symbolic sizes). People read
+them positionally, grouped by thousands; rates and scales (init std, ratios)
+get a few significant digits, still positional::
+
+    >>> count_text(33554432), count_text(Fraction(131072, 3)), float_text(1.234e-05)
+    ('33,554,432', '131072/3', '0.00001234')
+    >>> plain_number(Fraction(33554432)), plain_number(Fraction(1, 3))
+    ('33554432', '0.333333')
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from fractions import Fraction
+from typing import Any
+
+__all__ = ["is_symbolic", "json_number", "exponent_text", "float_text", "count_text", "plain_number"]
+
+
+def is_symbolic(value: Any) -> bool:
+    """Whether ``value`` is a sympy expression with free parameters."""
+    return hasattr(value, "free_symbols") and bool(value.free_symbols)
+
+
+def json_number(value: Any) -> Any:
+    """A JSON-ready number: ints stay ints, exact rationals become floats,
+    symbolic expressions become strings."""
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, Fraction):
+        return int(value) if value.denominator == 1 else float(value)
+    if is_symbolic(value):
+        return str(value)
+    if getattr(value, "is_Integer", False):
+        return int(value)
+    return float(value)
+
+
+def float_text(value: float | Fraction, digits: int = 4) -> str:
+    """``value`` to ``digits`` significant digits, positional, trailing zeros dropped.
+
+    Values of ``10**digits`` and more are rounded to an integer and grouped
+    (``1,234,568``): the digits before the point are all significant to a reader.
+    """
+    number = Decimal(value.numerator) / Decimal(value.denominator) if isinstance(value, Fraction) else None
+    if number is None:
+        number = Decimal(repr(float(value)))
+    if not number.is_finite():
+        return str(float(value))
+    if number == 0:
+        return "0"
+    if abs(number) >= 10**digits:
+        return f"{int(number.to_integral_value()):,}"
+    quantum = Decimal(1).scaleb(number.adjusted() - digits + 1)
+    text = format(number.quantize(quantum), "f")
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return text
+
+
+def count_text(value: Any) -> str:
+    """A count as people read it: ``1,234`` for integers, ``a/b`` for exact
+    fractions, a positional float, or the expression for symbolic values."""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, Fraction) and value.denominator == 1:
+        return f"{value.numerator:,}"
+    if isinstance(value, float):
+        return float_text(value)
+    if getattr(value, "is_Integer", False):
+        return f"{int(value):,}"
+    return str(value)
+
+
+def plain_number(value: Any, digits: int = 6) -> str:
+    """A number without grouping: integers exactly, others to ``digits`` significant digits
+    (what ``format(value, 'g')`` prints for small values, without its exponent)."""
+    if isinstance(value, int) or (isinstance(value, Fraction) and value.denominator == 1):
+        return str(int(value))
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return float_text(value, digits).replace(",", "")
+
+
+def exponent_text(value: Any) -> str:
+    """An exponent as people read it: ``1/2``, ``0``, ``0.5017`` or an expression."""
+    if value is None:
+        return "-"
+    if isinstance(value, Fraction | int):
+        return str(value)
+    if isinstance(value, float):
+        return float_text(value)
+    if is_symbolic(value):
+        return str(value)
+    if getattr(value, "is_Rational", False):
+        return str(value)
+    return float_text(float(value))

@@ -1,0 +1,12 @@
+"""What users call from Python with torch installed: compile a layer, convert a model.
+
+- :mod:`.build`: render a spec and load the generated class in this process;
+- :mod:`.replace`: swap a model's linear layers, structure-aware optimizer groups.
+"""
+
+from __future__ import annotations
+
+from .build import compile, compile_structure, module_source
+from .replace import is_structured, param_groups, replace_linear
+
+__all__ = ["compile", "compile_structure", "is_structured", "module_source", "param_groups", "replace_linear"]
