@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 
 import pytest
+import torch
 from conftest import EXAMPLES, ROOT
 
 import einstruct
@@ -181,3 +183,137 @@ def _with_handler(parser, handler):
 def test_plan_of_a_routed_structure_names_the_gated_step():
     out = run("plan", "examples/btt_moe.ein").stdout
     assert "route r top 2 of 8: step 1's result is multiplied by the per-token gate" in out
+
+
+# -- the CLI says what it does (help texts, --json, tables that fit, exact counts) ------------
+
+
+def test_plan_and_compile_offer_only_what_works():
+    for command in ("plan", "compile"):
+        help_text = " ".join(run(command, "--help").stdout.split())  # argparse wraps lines
+        assert "--symbolic" not in help_text
+        assert "needed when the file declares several" in help_text
+        result = run(command, "examples/btt.ein", "--symbolic", "-o", "-")
+        assert result.returncode == 2 and "unrecognized arguments: --symbolic" in result.stderr
+    analyze_help = " ".join(run("analyze", "--help").stdout.split())
+    assert "--symbolic" in analyze_help and "every structure in the file" in analyze_help
+    # what the help promises: analyze takes every structure, plan asks for one
+    assert run("analyze", "examples/theta.ein", "--json").returncode == 0
+    refused = run("plan", "examples/theta.ein")
+    assert refused.returncode == 2 and "--structure" in refused.stderr
+
+
+def test_plan_json_is_the_plan_the_layer_runs():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tokens = 512
+    data = json.loads(
+        run("plan", "examples/btt.ein", "--set", "d=256", "--batch", str(tokens), "--json").stdout
+    )
+    layer = einstruct.compile("examples/btt.ein", d=256, batch=tokens)(strategy="structured")
+    x = torch.randn(tokens, 256)
+    with FlopCounterMode(display=False) as counter:
+        layer(x)
+    # independent reference: torch's FLOP counter on the compiled forward (the bias add is not a matmul)
+    assert data["flops_per_token"] * tokens == counter.get_total_flops()
+    assert sum(step["flops_per_token"] for step in data["steps"]) == data["flops_per_token"]
+    assert {f["name"]: tuple(f["shape"]) for f in data["factors"]} == {
+        name: tuple(getattr(layer, name).shape) for name in layer.factor_axes
+    }
+    assert {f["name"]: tuple(f["layout"]) for f in data["factors"]} == dict(layer.factor_axes)
+    for step in data["steps"]:
+        left, right = step["left"]["shape"], step["right"]["shape"]
+        assert left[-1] == right[-2] and left[:-2] == right[:-2], step  # a valid (b)mm
+    assert data["strategy"] in ("structured", "dense") and data["batch"] == tokens
+
+
+def test_compile_json_describes_the_written_file(tmp_path):
+    out = tmp_path / "layer.py"
+    result = run("compile", "examples/btt.ein", "-o", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    text = out.read_text(encoding="utf-8")
+    assert data["output"] == str(out)
+    assert data["lines"] == len(text.splitlines()) and data["bytes"] == len(text.encode())
+    assert f"# spec sha256: {data['spec_sha256']}\n" in text
+    assert f"class {data['class_name']}(nn.Module)" in text
+    assert data["backend"] == "torch"
+    assert data["plan"] == json.loads(run("plan", "examples/btt.ein", "--json").stdout)
+    refused = run("compile", "examples/btt.ein", "-o", "-", "--json")
+    assert refused.returncode == 2 and "give a file name" in refused.stderr
+
+
+def test_backends_come_from_the_registry():
+    from einstruct.backends import BACKENDS
+
+    assert list(BACKENDS) == ["torch"]
+    result = run("compile", "examples/btt.ein", "--backend", "nope", "-o", "-")
+    assert result.returncode == 2 and "invalid choice: 'nope'" in result.stderr and "torch" in result.stderr
+    with pytest.raises(einstruct.EinstructError, match="unknown backend 'nope'") as info:
+        einstruct.compile("examples/btt.ein", backend="nope")
+    assert "choose one of: torch" in str(info.value)
+    assert einstruct.compile("examples/btt.ein", d=64, backend="torch")().in_features == 64
+
+
+SCIENTIFIC = re.compile(r"\d(\.\d+)?[eE][+-]?\d")
+
+
+def test_counts_never_switch_to_scientific_notation():
+    big = "structure wide_dense = dense(d_in = 8192, d_out = 16384)\n"
+    flops = 2 * 8192 * 16384
+    outputs = {
+        "analyze": run("analyze", "-", stdin=big).stdout,
+        "markdown": run("analyze", "-", "--format", "markdown", stdin=big).stdout,
+        "plan": run("plan", "-", stdin=big).stdout,
+        "compare": run("compare", "-", stdin=big).stdout,
+    }
+    for name, text in outputs.items():
+        assert not SCIENTIFIC.search(text), (name, SCIENTIFIC.search(text))
+    assert f"{flops:,}" in outputs["analyze"] and f"{flops:,}" in outputs["markdown"]
+    assert f"{flops} FLOPs per token" in outputs["plan"]
+
+
+def test_tables_fit_100_columns_without_cutting_names():
+    env = {"COLUMNS": "100"}
+    compare = run("compare", *map(str, sorted(EXAMPLES.glob("*.ein"))), env=env)
+    assert compare.returncode == 0, compare.stderr
+    long_names = (
+        "structure a_structure_with_a_rather_long_name(d = 64):\n"
+        "    y[output_index, e] = x[input_index, a] * first_factor_with_a_long_name[input_index, a, f]"
+        " * second_factor_with_a_long_name[f, output_index, e]\n"
+        "    where input_index = a = f = output_index = e = 8\n"
+    )
+    analyze = run("analyze", "-", stdin=long_names, env=env)
+    assert analyze.returncode == 0, analyze.stderr
+    for result in (compare, analyze):
+        assert "…" not in result.stdout
+        assert max(len(line) for line in result.stdout.splitlines()) <= 100
+    # every structure of the examples appears whole, and its diagnostics are listed under the table
+    rows, listed = {}, {}
+    lines = compare.stdout.splitlines()
+    for line in lines[: lines.index("diagnostics:")]:
+        rows[line.split()[0]] = line
+    for line in lines[lines.index("diagnostics:") + 1 :]:
+        name, codes = line.strip().split(": ")
+        listed[name] = codes.split(", ")
+    for path in sorted(EXAMPLES.glob("*.ein")):
+        for data in _json_list(run("analyze", str(path), "--json").stdout):
+            assert data["name"] in rows
+            assert listed.get(data["name"], []) == [d["code"] for d in data["diagnostics"]]
+    # a folded name continues on the next line of its cell (whose params cell is then empty)
+    factors, lines = [], analyze.stdout.splitlines()
+    start = next(k for k, line in enumerate(lines) if line.startswith("┃ factor"))
+    for line in lines[start + 2 :]:
+        if not line.startswith("│"):
+            break
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if cells[3]:
+            factors.append(cells[0])
+        else:
+            factors[-1] += cells[0]
+    assert factors == ["first_factor_with_a_long_name", "second_factor_with_a_long_name"]
+
+
+def _json_list(text: str) -> list:
+    data = json.loads(text)
+    return data if isinstance(data, list) else [data]

@@ -13,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import einstruct
 from einstruct.analysis import analyze_structure
+from einstruct.language.catalog import CATALOG
 from einstruct.runtime import compile_structure
 
 
@@ -128,3 +129,18 @@ def test_zero_init_last_and_normalize():
         rms = w.pow(2).mean().sqrt()
         factors[name] = w / max(1.0, (rms / norm.init_std[name]).item())
     torch.testing.assert_close(W, dense_torch(norm, factors))
+
+
+@pytest.mark.parametrize("form", sorted(CATALOG), ids=str)
+@pytest.mark.parametrize("widths", ["d = 16", "d_in = 12, d_out = 20"])
+def test_every_catalog_form_equals_its_dense_matrix(form, widths):
+    """A form added to the catalog is compiled and checked here without further work."""
+    extra = {"rank": "rank = 2, ", "blocks": "blocks = 4, "}
+    args = "".join(extra[p] for p in CATALOG[form].parameters)
+    _, layer = _layer(f"structure s = {form}({args}{widths})", batch=7)
+    x = torch.randn(7, layer.in_features, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    W = torch.tensor(dense_from_factors(layer))
+    torch.testing.assert_close(y, x @ W.T + layer.bias)
+    (g,) = torch.autograd.grad(y.square().sum(), x)
+    torch.testing.assert_close(g, 2 * (x @ W.T + layer.bias) @ W)
