@@ -11,13 +11,19 @@ Public API (``spec`` is a path to a ``.ein`` file or the source text itself)::
     einstruct.load(spec, structure=None, **params) -> Structure     resolve one structure
     einstruct.load_all(spec, overrides=None) -> list[Structure]     resolve every structure
     einstruct.analyze(spec, structure=None, batch=1, optimizer="adam", **params) -> Analysis
-    einstruct.compile(spec, structure=None, class_name=None, **params) -> nn.Module subclass
+    einstruct.compile(spec, structure=None, class_name=None, backend="torch", **params)
+                                                                      -> nn.Module subclass
     einstruct.replace_linear(model, spec, select=None, **params) -> list of replaced names
     einstruct.param_groups(model, lr, weight_decay=0.0) -> optimizer parameter groups
     einstruct.EinstructError                                         the one error root
 
 ``analyze`` never imports torch; ``compile``, ``replace_linear`` and
 ``param_groups`` need it.
+
+The package follows the pipeline: :mod:`einstruct.language` (text -> IR),
+:mod:`einstruct.planner` (IR -> plan), :mod:`einstruct.analysis` (the report),
+:mod:`einstruct.backends` (plan -> module text), :mod:`einstruct.runtime`
+(classes in this process, model conversion) and :mod:`einstruct.cli`.
 """
 
 from __future__ import annotations

@@ -86,12 +86,13 @@ def _traffic(a: Analysis) -> list[tuple[str, str]]:
     ]
 
 
-def _column(table: Any, header: str, numeric: bool) -> None:
-    """Numbers are never wrapped or cut; names and text fold onto more lines instead of being cut."""
-    if numeric:
+def _column(table: Any, header: str, numeric: bool, symbolic: bool = False) -> None:
+    """Numbers are never wrapped or cut; names, text and symbolic expressions (which
+    can be long) fold onto more lines instead of being cut."""
+    if numeric and not symbolic:
         table.add_column(header, justify="right", no_wrap=True)
     else:
-        table.add_column(header, justify="left", overflow="fold")
+        table.add_column(header, justify="right" if numeric else "left", overflow="fold")
 
 
 def render_terminal(a: Analysis, console: Any) -> None:
@@ -107,21 +108,21 @@ def render_terminal(a: Analysis, console: Any) -> None:
 
     table = Table(title="indices", title_justify="left")
     for col in INDEX_HEADER:
-        _column(table, col, numeric=col == "size")
+        _column(table, col, numeric=col == "size", symbolic=s.is_symbolic)
     for i in a.indices:
         table.add_row(i.name, _fmt(i.size), i.expr, i.index_class, exponent_text(i.exponent))
     console.print(table)
 
     table = Table(title=f"factors (muP for {a.optimizer}, in evaluation order)", title_justify="left")
     for col in FACTOR_HEADER:
-        _column(table, col, numeric=col not in ("factor", "axes", "shape"))
+        _column(table, col, numeric=col not in ("factor", "axes", "shape"), symbolic=s.is_symbolic)
     for row in _factor_rows(a):
         table.add_row(*row)
     console.print(table)
 
     table = Table(title="totals", title_justify="left", show_header=False)
     _column(table, "what", numeric=False)
-    _column(table, "value", numeric=True)
+    _column(table, "value", numeric=True, symbolic=s.is_symbolic)
     for k, v in _totals(a):
         table.add_row(k, v)
     console.print(table)
@@ -240,8 +241,9 @@ def render_compare(analyses: list[Analysis], sort: str, console: Any) -> None:
         pad_edge=False,
         collapse_padding=True,
     )
+    symbolic = any(a.structure.is_symbolic for a in analyses)
     for col in header:
-        _column(table, col, numeric=col not in _TEXT_COLUMNS)
+        _column(table, col, numeric=col not in _TEXT_COLUMNS, symbolic=symbolic)
     rows = compare_rows(analyses, sort)
     for row in rows:
         table.add_row(*row[: len(header)])

@@ -7,7 +7,7 @@ use: ``x`` (the input), ``l<k>``/``r<k>`` (step k's matmul operands), ``t<k>``
 
     >>> forward, backward, operands = step_code(make_plan(load("examples/btt.ein")))
     >>> forward[1]
-    'l1 = x.permute(1, 0, 2).reshape(32, -1, 32)'
+    'l1 = A.reshape(32, 32, 32)'
 """
 
 from __future__ import annotations

@@ -184,7 +184,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     backend = get_backend(args.backend)
     structure = _one(args)
     plan = make_plan(structure, args.batch, args.strategy)
-    command = "einstruct " + " ".join(shlex.quote(a) for a in (args.argv or []))
+    # the header records how to regenerate the file; --json only changes what is printed
+    recorded = [a for a in (args.argv or []) if a != "--json"]
+    command = "einstruct " + " ".join(shlex.quote(a) for a in recorded)
     text = backend.render(plan, args.class_name, command)
     if args.output == "-":
         sys.stdout.write(text)

@@ -6,6 +6,7 @@ keywords and do not start with ``__``.
     >>> check_name(Ident("for"), "index")
     Traceback (most recent call last):
     einstruct.errors.InvalidNameError: error: index name 'for' is a Python keyword
+    hint: names become Python names in generated code; rename it, e.g. 'for_'
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@
     >>> s.size("g"), s.d_in
     (64, 4096)
 
-Parameters take their defaults, then the overrides (``--set`` or keyword
-arguments); with ``symbolic=True`` every parameter not overridden becomes a
-sympy Symbol, and so does a parameter declared without a default.
+Parameter values come from :mod:`.parameters`; shorthands are expanded by
+:mod:`.catalog` first and resolved like explicit source. Every problem raises an
+:class:`~einstruct.errors.EinstructError` at its span.
 """
 
 from __future__ import annotations
