@@ -48,13 +48,20 @@ class Span:
         return f"{self.file}:{self.line}:{self.column}"
 
     def caret(self) -> str:
-        """The source line and a caret line under the spot, indented by four."""
+        """The source line and a caret line under the spot, indented by four.
+
+        Columns count characters; the caret is placed by display width, so it
+        stays under the spot after tabs, wide (East Asian) and combining
+        characters. Characters that would move the cursor or break the line
+        are shown escaped.
+        """
         if not self.source_line:
             return ""
-        text = self.source_line.rstrip("\n").expandtabs(1)
-        pad = " " * (self.column - 1)
-        width = max(1, min(self.length, len(text) - self.column + 1))
-        return f"    {text}\n    {pad}{'^' * width}"
+        text = _printable(self.source_line.rstrip("\r\n").expandtabs(1))
+        before = text[: self.column - 1]
+        spot = text[self.column - 1 : self.column - 1 + max(1, self.length)] or " "
+        pad = " " * _width(before)
+        return f"    {text}\n    {pad}{'^' * max(1, _width(spot))}"
 
 
 class EinstructError(Exception):
@@ -129,3 +136,18 @@ class ParameterError(EinstructError, ValueError):
 
 class CompileError(EinstructError, ValueError):
     """A structure that the compiler cannot turn into a layer, or a bad option."""
+
+
+def _printable(text: str) -> str:
+    """``text`` with each character that is not printable shown as ``?`` (columns stay aligned)."""
+    return "".join(ch if ch.isprintable() else "?" for ch in text)
+
+
+def _width(text: str) -> int:
+    """Terminal columns ``text`` takes: wide characters 2, combining marks 0."""
+    import unicodedata
+
+    return sum(
+        0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+        for ch in text
+    )

@@ -127,7 +127,7 @@ ERROR_CASES = {
     "dunder_name": (
         HEADER + "    y[o] = x[i] * __W[i, o]\n    where i = o = d\n",
         errors.InvalidNameError,
-        "tensor name '__W' starts with '__'",
+        "tensor name '__W' starts with '_'",
         2,
         19,
     ),

@@ -70,11 +70,24 @@ def test_strategy_forced_and_auto():
         make_plan(structure, strategy="fast")
 
 
-def test_factor_names_that_clash_with_generated_locals_are_refused():
-    for name in ("l1", "t2", "g_x", "eye1"):
-        structure = einstruct.load(f"structure s:\n    y[o] = x[i] * {name}[i, o]\n    where i = 4, o = 3\n")
-        with pytest.raises(CompileError, match="clashes"):
-            compile_structure(structure)
+def test_names_of_the_generated_locals_are_ordinary_tensor_names():
+    """The generated code binds no user name as a variable, so its own locals are free to use."""
+    from reference import dense_from_factors
+
+    names = ("t1", "l1", "t2", "g_x", "eye1", "x", "y", "w1")
+    for inp, a, b, out in zip(names, names[1:] + names[:1], names[2:] + names[:2], names[3:] + names[:3]):
+        source = (
+            f"structure s:\n    {out}[o, k] = {inp}[i, k] * {a}[i, j, k] * {b}[j, o, k]\n"
+            "    where i = 4, j = 3, o = 5, k = 2\n"
+        )
+        for strategy in ("structured", "dense"):
+            layer = compile_structure(einstruct.load(source))(dtype=torch.float64, strategy=strategy)
+            x = torch.randn(6, layer.in_features, dtype=torch.float64, requires_grad=True)
+            W = torch.tensor(dense_from_factors(layer))
+            y = layer(x)
+            torch.testing.assert_close(y, x @ W.T + layer.bias)
+            (g,) = torch.autograd.grad(y.sum(), x)
+            torch.testing.assert_close(g, torch.ones_like(y) @ W)
 
 
 def _saved_storages(layer, x):

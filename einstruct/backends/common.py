@@ -7,13 +7,11 @@
 from __future__ import annotations
 
 import hashlib
-import keyword
-import re
+import json
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from ..analysis.analyze import analyze_structure
-from ..errors import CompileError
 from ..planner.model import Plan
 from ..resources import templates_dir
 
@@ -21,56 +19,21 @@ if TYPE_CHECKING:
     import jinja2
 
 __all__ = [
-    "RESERVED_NAMES",
     "default_class_name",
-    "check_names",
     "spec_hash",
     "metrics",
     "strategy_note",
     "number_code",
     "tuple_code",
     "quoted",
+    "comment_text",
     "environment",
 ]
-
-#: Names a factor cannot have: attributes of the generated module or of nn.Module.
-RESERVED_NAMES = frozenset(
-    {
-        "bias", "forward", "to_dense", "reset_parameters", "lr_multipliers", "param_groups",
-        "extra_repr", "in_features", "out_features", "input_axes", "output_axes", "factor_axes",
-        "index_sizes", "init_std", "lr_mult", "normalize", "zero_init_last", "training",
-        "strategy", "default_strategy", "save_intermediate", "dense_weight", "ctx", "operands",
-        "g_out", "g_x", "g_y", "factors", "w", "eye", "router", "aux_loss", "gate", "experts",
-        "top_k", "sparse_experts", "rows", "part", "e",
-        "to", "cpu", "cuda", "float", "double", "half", "type", "train", "eval", "apply",
-        "parameters", "buffers", "children", "modules", "state_dict", "zero_grad", "register_buffer",
-        "register_parameter", "add_module", "requires_grad_", "named_parameters", "dump_patches",
-        "torch", "math", "F", "nn", "self", "x", "y", "lead",
-    }
-)  # fmt: skip
-
-#: Local names the generated steps use: l<k>, r<k>, t<k>, g<k>, w<k>, wl<k>, wr<k>, eye<k>, g_<name>.
-_GENERATED_NAME = re.compile(r"^(?:[lrtgw]\d+|w[lr]\d+|eye\d+|g_\w*)$")
 
 
 def default_class_name(structure_name: str) -> str:
     """``btt`` -> ``Btt``, ``low_rank`` -> ``LowRank``."""
     return "".join(part[:1].upper() + part[1:] for part in structure_name.split("_") if part) or "Layer"
-
-
-def check_names(plan: Plan, class_name: str | None) -> str:
-    """The class name to generate, after checking it and the factor names; raises CompileError."""
-    for f in plan.structure.factors:
-        if f.name in RESERVED_NAMES or _GENERATED_NAME.match(f.name):
-            raise CompileError(
-                f"factor name '{f.name}' clashes with a name the generated module uses",
-                f.span,
-                "rename the factor, e.g. to W or A1",
-            )
-    name = class_name or default_class_name(plan.structure.name)
-    if not name.isidentifier() or keyword.iskeyword(name):
-        raise CompileError(f"class name '{name}' is not a valid Python class name")
-    return name
 
 
 def spec_hash(plan: Plan) -> str:
@@ -118,8 +81,15 @@ def tuple_code(items: Any) -> str:
 
 
 def quoted(name: str) -> str:
-    """A validated identifier as a string literal."""
-    return f'"{name}"'
+    """A name as a double-quoted string literal (JSON quoting is valid Python for any text)."""
+    return json.dumps(name, ensure_ascii=False)
+
+
+def comment_text(text: str) -> str:
+    """``text`` made safe for one comment line: backslashes and every character that is
+    not printable (line breaks of any kind, tabs, control and format characters, lone
+    surrogates) become escapes, so nothing can leave the line."""
+    return "".join("\\\\" if ch == "\\" else ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
 @lru_cache(maxsize=1)

@@ -1,13 +1,16 @@
 """Python source lines for a plan's steps: ``torch.mm``/``torch.bmm`` on planned views.
 
-Every decision is in the plan; this module only spells it out. Names the lines
-use: ``x`` (the input), ``l<k>``/``r<k>`` (step k's matmul operands), ``t<k>``
-(its result; the last is ``y``), ``g<k>`` and ``g_<name>`` (gradients),
-``wl<k>``/``wr<k>``/``w<k>`` and ``eye<k>`` (materializing W).
+Every decision is in the plan; this module only spells it out. Hygiene: no
+name a user wrote ever becomes a Python variable. The lines use only generated
+names: ``x`` (the input), ``f<k>`` (the k-th factor as written), ``l<k>``/``r<k>``
+(step k's matmul operands), ``t<k>`` (its result; the last is ``y``), ``g<k>``
+and ``g_<local>`` (gradients), ``wl<k>``/``wr<k>``/``w<k>`` and ``eye<k>``
+(materializing W). User names reach the module only as validated attribute
+names and quoted strings (see :mod:`einstruct.backends.torch`).
 
     >>> forward, backward, operands = step_code(make_plan(load("examples/btt.ein")))
     >>> forward[1]
-    'l1 = A.reshape(32, 32, 32)'
+    'l1 = f1.reshape(32, 32, 32)'
 """
 
 from __future__ import annotations
@@ -19,12 +22,35 @@ from ..planner.order import BATCH
 from ..planner.views import OperandView
 from .common import tuple_code
 
-__all__ = ["step_code", "dense_code", "output_code", "output_grad_code", "with_gate", "sizes_of"]
+__all__ = [
+    "local_names",
+    "factor_locals",
+    "step_code",
+    "dense_code",
+    "output_code",
+    "output_grad_code",
+    "with_gate",
+    "sizes_of",
+]
 
 
 def sizes_of(plan: Plan) -> dict[str, int]:
     """Every index's size in ``plan``'s structure, as ints."""
     return {i.name: int(i.size) for i in plan.structure.indices}
+
+
+def factor_locals(plan: Plan) -> list[str]:
+    """The generated local of each factor, in written order: ``f1``, ``f2``..."""
+    return [f"f{k}" for k in range(1, len(plan.structure.factors) + 1)]
+
+
+def local_names(plan: Plan) -> dict[str, str]:
+    """Plan name -> the generated local holding it (``x``, ``y``, ``f<k>``, ``t<k>``)."""
+    s = plan.structure
+    names = {s.input.name: "x", s.output.name: "y"}
+    names.update(zip((f.name for f in s.factors), factor_locals(plan), strict=True))
+    names.update({st.result: f"t{st.number}" for st in plan.steps[:-1]})
+    return names
 
 
 def _shape(shape: Sequence[int]) -> str:
@@ -39,10 +65,6 @@ def _operand(view: OperandView, var: str) -> str:
     if view.transposed:
         code += ".transpose(-1, -2)"
     return code
-
-
-def _var(plan: Plan, name: str) -> str:
-    return "x" if name == plan.structure.input.name else name
 
 
 def _call(op: str) -> str:
@@ -60,18 +82,19 @@ def step_code(plan: Plan) -> tuple[list[str], list[str], list[str]]:
     that keeps the source's innermost axis innermost).
     """
     sizes = sizes_of(plan)
+    local = local_names(plan)
     forward: list[str] = []
     backward: list[str] = []
     operands: list[str] = []
-    needs = {plan.structure.input.name: "ctx.needs_input_grad[0]"}
-    for k, f in enumerate(plan.structure.factors, start=1):
-        needs[f.name] = f"ctx.needs_input_grad[{k}]"
+    needs = {"x": "ctx.needs_input_grad[0]"}
+    for k, name in enumerate(factor_locals(plan), start=1):
+        needs[name] = f"ctx.needs_input_grad[{k}]"
     for st in plan.steps:
         n = st.number
         forward.append(f"# step {n}: {st.einsum}  ({st.op}, {st.flops // plan.batch} FLOPs/token)")
-        forward.append(f"l{n} = {_operand(st.left, _var(plan, st.left.name))}")
-        forward.append(f"r{n} = {_operand(st.right, _var(plan, st.right.name))}")
-        forward.append(f"{st.result} = {_call(st.op)}(l{n}, r{n}).view{_shape(st.result_shape)}")
+        forward.append(f"l{n} = {_operand(st.left, local[st.left.name])}")
+        forward.append(f"r{n} = {_operand(st.right, local[st.right.name])}")
+        forward.append(f"{local[st.result]} = {_call(st.op)}(l{n}, r{n}).view{_shape(st.result_shape)}")
         operands += [f"l{n}", f"r{n}"]
     for st in reversed(plan.steps):
         n = st.number
@@ -79,7 +102,7 @@ def step_code(plan: Plan) -> tuple[list[str], list[str], list[str]]:
         rows = st.left.matmul_shape[:-1]
         cols = st.right.matmul_shape[-1:]
         backward.append(f"# step {n} backward: {st.einsum}")
-        backward.append(f"g{n} = g_{st.result}.reshape{_shape((*rows, *cols))}")
+        backward.append(f"g{n} = g_{local[st.result]}.reshape{_shape((*rows, *cols))}")
         for side, view in (("l", st.left), ("r", st.right)):
             other = f"r{n}" if side == "l" else f"l{n}"
             # grad left = g @ right^T, grad right = left^T @ g; the transposed
@@ -88,9 +111,9 @@ def step_code(plan: Plan) -> tuple[list[str], list[str], list[str]]:
                 product = f"{call}({other}, g{n}.mT)" if view.grad_transposed else f"{call}(g{n}, {other}.mT)"
             else:
                 product = f"{call}(g{n}.mT, {other})" if view.grad_transposed else f"{call}({other}.mT, g{n})"
-            target = f"g_{_var(plan, view.name)}"
+            target = f"g_{local[view.name]}"
             code = f"{target} = {_grad_back(product, view, sizes)}"
-            guard = needs.get(view.name)
+            guard = needs.get(local[view.name])
             if guard is None:
                 backward.append(code)
             else:
@@ -126,25 +149,28 @@ def dense_code(plan: Plan, fallback: str) -> list[str]:
     """
     dense = plan.dense
     s = plan.structure
-    ref = s.factors[0].name
+    factors = factor_locals(plan)
+    ref = factors[0]
     if dense is None:
-        factors = ", ".join(f.name for f in s.factors)
         return [
             f"eye = torch.eye({int(s.d_in)}, device={ref}.device, dtype={ref}.dtype)",
-            f"return {fallback}.apply(eye, {factors}, False).T",
+            f"return {fallback}.apply(eye, {', '.join(factors)}, False).T",
         ]
+    # the operands are the factors, then the identities; step k's result is w<k>
+    eyes = [f"eye{k}" for k in range(1, len(dense.eyes) + 1)]
+    local = dict(zip((name for name, _ in dense.operands), factors + eyes, strict=True))
+    local.update({st.result: f"w{st.number}" for st in dense.steps})
     lines = [
-        f"eye{k} = torch.eye({size}, device={ref}.device, dtype={ref}.dtype)"
-        for k, size in enumerate(dense.eyes, start=1)
+        f"{eye} = torch.eye({size}, device={ref}.device, dtype={ref}.dtype)"
+        for eye, size in zip(eyes, dense.eyes, strict=True)
     ]
     for st in dense.steps:
         lines.append(f"# {st.einsum}")
-        lines.append(f"wl{st.number} = {_operand(st.left, st.left.name)}")
-        lines.append(f"wr{st.number} = {_operand(st.right, st.right.name)}")
-        lines.append(
-            f"{st.result} = {_call(st.op)}(wl{st.number}, wr{st.number}).view{_shape(st.result_shape)}"
-        )
-    last = dense.steps[-1].result if dense.steps else dense.operands[0][0]
+        lines.append(f"wl{st.number} = {_operand(st.left, local[st.left.name])}")
+        lines.append(f"wr{st.number} = {_operand(st.right, local[st.right.name])}")
+        product = f"{_call(st.op)}(wl{st.number}, wr{st.number})"
+        lines.append(f"{local[st.result]} = {product}.view{_shape(st.result_shape)}")
+    last = local[dense.steps[-1].result if dense.steps else dense.operands[0][0]]
     permute = f".permute{tuple_code(str(p) for p in dense.final_permute)}" if dense.final_permute else ""
     lines.append(f"return {last}{permute}.reshape({int(s.d_out)}, {int(s.d_in)})")
     return lines
@@ -176,6 +202,7 @@ def with_gate(plan: Plan, lines: list[str]) -> list[str]:
     layout = step.result_layout
     gate = "gate.mT" if layout.index(route) < layout.index(BATCH) else "gate"
     shape = tuple(-1 if i == BATCH else int(plan.structure.size(i)) if i == route else 1 for i in layout)
-    line = f"{step.result} = {step.result} * {gate}.reshape{_shape(shape)}  # route {route}: gate the experts"
-    at = next(k for k, text in enumerate(lines) if text.startswith(f"{step.result} = ")) + 1
+    result = local_names(plan)[step.result]
+    line = f"{result} = {result} * {gate}.reshape{_shape(shape)}  # route {route}: gate the experts"
+    at = next(k for k, text in enumerate(lines) if text.startswith(f"{result} = ")) + 1
     return [*lines[:at], line, *lines[at:]]

@@ -21,7 +21,7 @@ from ..analysis.mup import factor_fans
 from ..planner.model import Plan
 from ..planner.order import BATCH
 from .common import (
-    check_names,
+    comment_text,
     environment,
     metrics,
     number_code,
@@ -30,7 +30,16 @@ from .common import (
     strategy_note,
     tuple_code,
 )
-from .pycode import dense_code, output_code, output_grad_code, sizes_of, step_code, with_gate
+from .pycode import (
+    dense_code,
+    factor_locals,
+    output_code,
+    output_grad_code,
+    sizes_of,
+    step_code,
+    with_gate,
+)
+from .torch_names import checked_names
 
 __all__ = ["render_context", "render"]
 
@@ -40,17 +49,20 @@ ROUTED_TEMPLATE = "torch/routed_layer.py.j2"
 
 
 def _factors(plan: Plan) -> list[dict[str, Any]]:
-    """Name, stored axes, shape and muP numbers of every factor, as source text."""
+    """Each factor: its attribute name (the user's, checked), its key (quoted), its
+    generated local, stored axes, shape and muP numbers, all as source text."""
     s = plan.structure
     fans = factor_fans(s, plan.order.factor_sequence)
     sizes = sizes_of(plan)
     out = []
-    for f in s.factors:
+    for f, local in zip(s.factors, factor_locals(plan), strict=True):
         layout = plan.factor_layouts[f.name]
         fan = fans[f.name]
         out.append(
             {
-                "name": f.name,
+                "attr": f.name,
+                "key": quoted(f.name),
+                "local": local,
                 "axes": tuple_code(quoted(i) for i in layout),
                 "shape": tuple_code(str(sizes[i]) for i in layout),
                 "init_std": repr(float(fan.init_std)),
@@ -67,9 +79,9 @@ def _route_context(plan: Plan) -> dict[str, Any]:
     assert route is not None and expert is not None
     forward, _, _ = step_code(expert)
     slices = []
-    for f in plan.structure.factors:
+    for f, local in zip(plan.structure.factors, factor_locals(plan), strict=True):
         full, mine = plan.factor_layouts[f.name], expert.factor_layouts[f.name]
-        code = f.name
+        code = local
         if route.index in full:
             code += f".narrow({full.index(route.index)}, e, 1)"
         if full != mine:
@@ -88,10 +100,10 @@ def _route_context(plan: Plan) -> dict[str, Any]:
 def render_context(plan: Plan, class_name: str | None = None, command: str | None = None) -> dict[str, Any]:
     """Everything the templates need, computed; the templates decide nothing."""
     s = plan.structure
-    name = check_names(plan, class_name)
+    name = checked_names(plan, class_name)
     sizes = sizes_of(plan)
     factors = _factors(plan)
-    names = [f["name"] for f in factors]
+    locals_ = [f["local"] for f in factors]
     function_name = f"_{name}Function"
     forward_lines, backward_lines, operands = step_code(plan)
     routed = plan.gate_step is not None
@@ -103,12 +115,14 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
     pad_lines = [f"x = torch.nn.functional.pad(x, (0, {pad}))  # pad to the axes' product"] if pad else []
     truncated = int(s.d_out) != int(s.out_features)
     truncate_lines = ["y = y[:, : self.out_features]  # drop the padded outputs"] if truncated else []
+    command = command or f"einstruct.compile(<spec>, structure={s.name!r})"
+    factor_names = ", ".join(f"{f['local']} = {f['attr']}" for f in factors)
     return {
         "version": __version__,
         "structure": s.name,
-        "command": command or f"einstruct.compile(<spec>, structure={s.name!r})",
+        "command": comment_text(command),
         "spec_hash": spec_hash(plan),
-        "source_lines": s.to_source().rstrip("\n").splitlines(),
+        "source_lines": [comment_text(line) for line in s.to_source().rstrip("\n").splitlines()],
         "metrics": numbers,
         "metrics_line": ", ".join(
             [f"params {numbers['params']}", f"FLOPs/token {numbers['flops']}", *taxonomy]
@@ -124,20 +138,21 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
         "input_view": tuple_code(["-1", *(str(sizes[i]) for i in s.input.indices)]),
         "input_axes": tuple_code(quoted(i) for i in s.input.indices),
         "output_axes": tuple_code(quoted(i) for i in s.output.indices),
-        "index_sizes": [{"name": quoted(i), "size": sizes[i]} for i in sizes],
+        "index_sizes": [{"key": quoted(i), "size": sizes[i]} for i in sizes],
         "factors": factors,
-        "unpack": ", ".join(names) if len(names) > 1 else f"({names[0]},)",
-        "factor_attrs": tuple_code(f"self.{n}" for n in names),
+        "factor_names": factor_names,
+        "unpack": ", ".join(locals_) if len(locals_) > 1 else f"({locals_[0]},)",
+        "factor_attrs": tuple_code(f"self.{f['attr']}" for f in factors),
         "last_factor": plan.order.factor_sequence[-1],
         "forward_lines": forward_lines,
         "backward_lines": backward_lines,
         "operands": tuple_code(operands),
         "operands_unpack": ", ".join(operands) + ("," if len(operands) == 1 else ""),
         "function_name": function_name,
-        "factor_args": ", ".join(names),
-        "steps_args": ", ".join(["x", *(["gate"] if routed else []), *names]),
-        "expert_args": ", ".join(["x", *names]),
-        "factor_grads": ", ".join(f"g_{n}" for n in names),
+        "factor_args": ", ".join(locals_),
+        "steps_args": ", ".join(["x", *(["gate"] if routed else []), *locals_]),
+        "expert_args": ", ".join(["x", *locals_]),
+        "factor_grads": ", ".join(f"g_{n}" for n in locals_),
         "output_code": output_code(plan),
         "output_grad": output_grad_code(plan),
         "strategy": plan.strategy,

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import EinstructError, ParameterError, StructureNotFoundError
 from ..ir import Structure
 from .catalog import form_parameters
+from .names import normalize_name
 from .parser import parse_file, parse_text
 from .resolve import Override, resolve
 from .spec import ShorthandDecl, SpecFile
@@ -64,7 +65,7 @@ def load_all(
     selected structure has is an error (unless ``strict=False``).
     """
     parsed = read_spec(spec)
-    overrides = dict(overrides or {})
+    overrides = {normalize_name(str(k)): v for k, v in (overrides or {}).items()}
     available = parsed.names()
     if not available:
         raise StructureNotFoundError(

@@ -22,6 +22,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from ..errors import EinstructError, ParameterError, Span, SpecSyntaxError
 from ..expressions import FUNCTIONS, BinOp, Call, Expr, Name, Neg, Num
 from ..resources import grammar_file
+from .names import normalize_name
 from .spec import (
     Declaration,
     Equation,
@@ -202,7 +203,7 @@ class _ToSpec(Transformer):
         return _span(self._file, self._lines, meta.line, meta.column, max(1, length))
 
     def _ident(self, token: Token) -> Ident:
-        return Ident(str(token), self._tok(token))
+        return Ident(normalize_name(str(token)), self._tok(token))
 
     # -- declarations --------------------------------------------------------
     def start(self, children: list[Declaration | None]) -> list[Declaration]:
@@ -299,25 +300,27 @@ class _ToSpec(Transformer):
 
     def name(self, children: list[Token]) -> Name:
         (token,) = children
-        return Name(str(token), self._tok(token))
+        return Name(normalize_name(str(token)), self._tok(token))
 
     @v_args(meta=True)
     def call(self, meta: Any, children: list[Any]) -> Call:
-        func, *args = children
+        token, *args = children
+        func = normalize_name(str(token))
         span = self._meta(meta)
         if func not in FUNCTIONS:
             raise SpecSyntaxError(
                 f"unknown function '{func}'",
-                self._tok(func),
+                self._tok(token),
                 f"sizes may use {', '.join(sorted(FUNCTIONS))}",
             )
-        arity = FUNCTIONS[str(func)]
+        arity = FUNCTIONS[func]
         if len(args) != arity:
             raise SpecSyntaxError(
                 f"{func}() takes {arity} argument{'s' if arity > 1 else ''}, got {len(args)}",
                 span,
+                f"write {func}({', '.join(['x', 'y'][:arity])})",
             )
-        return Call(str(func), tuple(args), span)
+        return Call(func, tuple(args), span)
 
     add = _binop("+")
     sub = _binop("-")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..ir import Structure
-from .order import import_opt_einsum
+from .order import fresh_name, import_opt_einsum
 from .views import OperandView, drop_batch, layout_einsum, view_operand
 
 __all__ = ["DenseWeight", "WeightStep", "dense_weight"]
@@ -93,8 +93,9 @@ def dense_weight(structure: Structure, layouts: dict[str, tuple[str, ...]]) -> D
     # the identities join an output index i to its input twin, named "i'" here
     twin = {i: f"{i}'" for i in shared}
     sizes.update({twin[i]: sizes[i] for i in shared})
+    factor_names = {f.name for f in s.factors}
     operands = [(f.name, layouts[f.name]) for f in s.factors]
-    operands += [(f"eye{k}", (i, twin[i])) for k, i in enumerate(shared, start=1)]
+    operands += [(fresh_name(f"eye{k}", factor_names), (i, twin[i])) for k, i in enumerate(shared, start=1)]
     target = (*s.output.indices, *(twin.get(i, i) for i in s.input.indices))
     flops, steps = 0, []
     live = list(operands)
@@ -110,12 +111,12 @@ def dense_weight(structure: Structure, layouts: dict[str, tuple[str, ...]]) -> D
             m = [i for i in ia if i not in ib and i in needed]
             n = [i for i in ib if i not in ia and i in needed]
             k = [i for i in ia if i in ib and i not in needed]
-            left = view_operand(a, a in layouts, ia, [batch, m, k], sizes)
-            right = view_operand(b, b in layouts, ib, [batch, k, n], sizes)
+            left = view_operand(a, a in factor_names, ia, [batch, m, k], sizes)
+            right = view_operand(b, b in factor_names, ib, [batch, k, n], sizes)
             if not batch:
                 left, right = drop_batch(left), drop_batch(right)
             layout = (*batch, *m, *n)
-            result = f"w{number}"
+            result = fresh_name(f"w{number}", factor_names)
             steps.append(
                 WeightStep(
                     number,

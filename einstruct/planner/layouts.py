@@ -97,8 +97,7 @@ def plan_layouts(structure: Structure, order: ContractionOrder, batch: int, flip
             views.append(view_operand(name, is_factor, layouts[name], [list(g) for g in groups], sizes))
         left, right = views
         result_layout = tuple(batch_ix + m + n)
-        last = number == len(order.steps)
-        result = "y" if last else f"t{number}"
+        result = step.result
         layouts[result] = result_layout
         op = "bmm" if batch_ix else "mm"
         if not batch_ix:  # drop the empty batch group from the 2-D views

@@ -23,7 +23,15 @@ from typing import Any
 
 from ..ir import Structure
 
-__all__ = ["BATCH", "Step", "ContractionOrder", "contraction_order", "choose_optimizer", "import_opt_einsum"]
+__all__ = [
+    "BATCH",
+    "Step",
+    "ContractionOrder",
+    "contraction_order",
+    "choose_optimizer",
+    "import_opt_einsum",
+    "fresh_name",
+]
 
 #: The name of the batch (token) axis added to the input and output.
 BATCH = "__batch"
@@ -92,6 +100,18 @@ def import_opt_einsum() -> Any:
     return opt_einsum
 
 
+def fresh_name(base: str, taken: set[str] | frozenset[str]) -> str:
+    """``base``, primed until it is no name in ``taken``: ``t1``, or ``t1'`` when a tensor is called t1.
+
+    Plans name intermediates ``t1``, ``t2``...; a prime (never part of a spec
+    name) keeps them apart from whatever the user called the tensors.
+    """
+    name = base
+    while name in taken:
+        name += "'"
+    return name
+
+
 def choose_optimizer(n_operands: int) -> str:
     """opt_einsum's path optimizer for this many operands."""
     if n_operands <= 4:
@@ -134,6 +154,7 @@ def contraction_order(structure: Structure, batch: int = 1, first: str | None = 
         path = [(0, 1 + [f.name for f in structure.factors].index(first))]
         path += [(0, len(operands) - 1 - k) for k in range(1, len(operands) - 1)]
 
+    taken = {t.name for t in structure.tensors}
     live = list(operands)
     steps = []
     joined: dict[str, int] = {}
@@ -148,7 +169,7 @@ def contraction_order(structure: Structure, batch: int = 1, first: str | None = 
         kept = tuple(i for i in seen if i in rest)
         summed = tuple(i for i in seen if i not in rest)
         last = k == len(path)
-        result = structure.output.name if last else f"t{k}"
+        result = structure.output.name if last else fresh_name(f"t{k}", taken)
         if last:
             kept = output
         flops = 2 * math.prod(sizes[i] for i in seen)
