@@ -1,0 +1,195 @@
+"""Hostile names and arguments: a module either refuses to compile with an einstruct
+error, or computes exactly its dense matrix; nothing a user types runs on import.
+
+The reference is independent of the generated code: the dense matrix from one
+einsum of the layer's own parameters (``tests/reference.py``), in float64, for
+the forward and for every gradient.
+"""
+
+from __future__ import annotations
+
+import keyword
+import os
+import subprocess
+import sys
+import unicodedata
+
+import pytest
+import torch
+from conftest import EXAMPLES, ROOT
+from hypothesis import given
+from hypothesis import strategies as st
+from reference import dense_torch
+
+import einstruct
+from einstruct.backends.torch_names import LAYER_ATTRIBUTES, NN_MODULE_ATTRIBUTES
+from einstruct.cli import main
+from einstruct.runtime import compile_structure
+
+#: Names the generated code itself uses, today or plausibly: locals, helpers, imports.
+GENERATED = [
+    "x", "y", "f1", "f2", "f3", "t1", "t2", "l1", "r1", "l2", "r2", "g1", "g2", "g_x", "g_y", "g_t1", "g_f1",
+    "w1", "wl1", "wr1", "eye", "eye1", "gate", "ctx", "operands", "factors", "factory", "self", "lead",
+    "rows", "part", "e", "torch", "nn", "ClassVar", "F", "math", "save_intermediate", "g_out",
+]  # fmt: skip
+BUILTINS = ["range", "tuple", "zip", "dict", "getattr", "super", "len", "type", "object", "ValueError", "sum"]
+LOOKALIKES = ["ｘ", "ｆ1", "ｔ１", "ｌ1", "ﬁ", "𝐱", "а", "ο", "х", "Ａ", "ℌ", "ϵ", "µ", "Å", "ᵢ"]
+ORDINARY = ["A", "B", "C", "i", "j", "o", "k", "W", "core"]
+LANGUAGE = ["structure", "where", "route", "top", "round", "ceil", "min", "sqrt", "d", "theta", "btt"]
+#: Valid names that collide with everything the generated module has or uses.
+VALID = sorted(
+    set(GENERATED + BUILTINS + LOOKALIKES + ORDINARY + LANGUAGE)
+    | set(sorted(NN_MODULE_ATTRIBUTES)[::6])
+    | set(sorted(LAYER_ATTRIBUTES)[::4])
+)
+#: Names no spec may use: keywords, the generator's prefix, characters Python rejects.
+INVALID = sorted(
+    set(keyword.kwlist + keyword.softkwlist)
+    | {"_x", "_A", "__class__", "_parameters", "x²", "1x", "a-b", "x\u00b9"}
+)
+
+
+def test_the_reserved_attribute_lists_are_complete():
+    """Every public attribute of nn.Module and of a generated layer is in the lists the compiler checks."""
+    module = torch.nn.Module()
+    assert {n for n in dir(module) if not n.startswith("_")} <= NN_MODULE_ATTRIBUTES
+    for path in ("btt.ein", "btt_moe.ein", "three_factor.ein"):
+        for structure in einstruct.load_all(EXAMPLES / path, {"d": 64} if path != "three_factor.ein" else {}):
+            layer = compile_structure(structure)()
+            own = {n for n in dir(layer) if not n.startswith("_")} - set(dir(module))
+            assert own - {f.name for f in structure.factors} <= LAYER_ATTRIBUTES, path
+
+
+@st.composite
+def hostile_specs(draw):
+    """(source, sizes): a random valid einsum whose tensor and index names are hostile."""
+    from strategies import structure_specs
+
+    source, sizes = draw(structure_specs(max_factors=3, max_size=3, max_indices=4))
+    old = ["y", "x", "A", "B", "C", *sizes]
+    new = draw(st.lists(st.sampled_from(VALID), min_size=len(old), max_size=len(old), unique=True))
+    return _rename(source, dict(zip(old, new, strict=True))), sizes
+
+
+def _rename(source: str, names: dict[str, str]) -> str:
+    """Rename tensors and indices in the strategy's source, all at once, word by word."""
+    out, word = [], ""
+    for ch in source + "\n":
+        if ch.isalnum() or ch == "_":
+            word += ch
+            continue
+        out += [names.get(word, word), ch]
+        word = ""
+    return "".join(out)[:-1]
+
+
+@given(spec=hostile_specs(), strategy=st.sampled_from(["structured", "dense"]))
+def test_hostile_names_compile_to_their_dense_matrix_or_are_refused(spec, strategy):
+    source, _ = spec
+    try:
+        structure = einstruct.load(source)
+        layer_cls = compile_structure(structure)
+    except einstruct.EinstructError as exc:
+        assert exc.hint, str(exc)
+        return
+    layer = layer_cls(dtype=torch.float64, strategy=strategy)
+    factors = {name: torch.randn_like(getattr(layer, name), requires_grad=True) for name in layer.factor_axes}
+    with torch.no_grad():
+        for name, value in factors.items():
+            getattr(layer, name).copy_(value)
+    x = torch.randn(3, layer.in_features, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    W = dense_torch(layer, factors)
+    expected = x @ W.T + layer.bias
+    torch.testing.assert_close(y, expected)
+    probe = torch.randn_like(y)
+    got = torch.autograd.grad((y * probe).sum(), [x, *(getattr(layer, n) for n in factors)])
+    want = torch.autograd.grad((expected * probe).sum(), [x, *factors.values()])
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w)
+
+
+@given(spec=hostile_specs(), bad=st.sampled_from(INVALID), data=st.data())
+def test_an_invalid_name_is_refused_where_it_stands(spec, bad, data):
+    source, _ = spec
+    lines = source.splitlines()
+    einsum = lines[1]
+    word = lambda ch: ch.isalnum() or ch == "_"  # noqa: E731
+    starts = [k for k, ch in enumerate(einsum) if word(ch) and not ch.isdigit() and not word(einsum[k - 1])]
+    at = data.draw(st.sampled_from(starts))
+    end = at
+    while end < len(einsum) and word(einsum[end]):
+        end += 1
+    lines[1] = einsum[:at] + bad + einsum[end:]
+    with pytest.raises(einstruct.EinstructError) as info:
+        compile_structure(einstruct.load("\n".join(lines) + "\n"))
+    span = info.value.span
+    assert span is not None and span.line == 2, str(info.value)
+    assert info.value.hint, str(info.value)
+
+
+def test_lookalike_names_are_the_names_python_reads():
+    fullwidth = "structure s:\n    y[o] = x[ｉ] * W[i, o]\n    where i = 4, o = 3\n"
+    assert einstruct.load(fullwidth) == einstruct.load(fullwidth.replace("ｉ", "i"))
+    with pytest.raises(einstruct.EinstructError, match="is not a valid identifier") as info:
+        einstruct.load("structure s:\n    y[o] = x[x²] * W[x², o]\n    where x² = 4, o = 3\n")
+    assert info.value.span is not None and info.value.span.column == 14
+    assert unicodedata.normalize("NFKC", "x²") == "x2"  # Python merges them, and rejects x² as written
+
+
+@pytest.mark.parametrize("name", ["forward", "training", "to", "bias", "strategy", "state_dict", "router"])
+def test_factor_names_taken_by_the_module_are_refused_at_the_factor(name):
+    source = f"structure s:\n    y[o] = x[i] * {name}[i, o]\n    where i = 4, o = 3\n"
+    with pytest.raises(einstruct.EinstructError, match=f"factor name '{name}' is an attribute") as info:
+        compile_structure(einstruct.load(source))
+    assert (info.value.span.line, info.value.span.column) == (2, 19)
+    assert f"'{name}1'" in info.value.hint
+
+
+@pytest.mark.parametrize(
+    "class_name", ["torch", "nn", "ClassVar", "_Layer", "object", "ValueError", "class", "match", "a b", "1x"]
+)
+def test_bad_class_names_are_refused_with_the_rule(class_name):
+    with pytest.raises(einstruct.EinstructError, match="cannot be used") as info:
+        einstruct.compile("examples/btt.ein", d=64, class_name=class_name)
+    assert "not a keyword or builtin, not starting with _" in info.value.hint
+    result = main(["compile", "examples/btt.ein", "--class-name", class_name, "-o", "-"])
+    assert result == 2
+
+
+SENTINEL = "EINSTRUCT_HOSTILE_SENTINEL"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "\nimport os; os.environ['{s}'] = 'ran'\n",
+        "\r\nimport os; os.environ['{s}'] = 'ran'\r\n",
+        "\u2028import os; os.environ['{s}'] = 'ran'",
+        '"""\nimport os; os.environ["{s}"] = "ran"\n"""',
+        "\\\nimport os; os.environ['{s}'] = 'ran'",
+        "\x0bimport os; os.environ['{s}'] = 'ran'\x0c\x1c\x85",
+    ],
+)
+def test_nothing_from_argv_runs_when_the_module_is_imported(payload, tmp_path, monkeypatch):
+    payload = payload.format(s=SENTINEL)
+    spec = tmp_path / f"spec{payload}.ein"
+    spec.write_text("structure s = btt(d = 16)\n", encoding="utf-8")
+    out = tmp_path / f"layer{payload}.py"
+    monkeypatch.chdir(tmp_path)
+    assert main(["compile", str(spec), "-o", str(out), "--set", "d=16", "--strategy", "structured"]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert text.splitlines()[1].startswith("# command: einstruct compile ")
+    header = text[: text.index('"""')].splitlines()  # everything before the module docstring
+    assert header and all(line.startswith("#") for line in header), header
+    code = (
+        "import importlib.util, os, torch\n"
+        f"spec = importlib.util.spec_from_file_location('layer', {str(out)!r})\n"
+        "mod = importlib.util.module_from_spec(spec); spec.loader.exec_module(mod)\n"
+        f"assert {SENTINEL!r} not in os.environ, 'argv ran'\n"
+        "layer = mod.S()\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != SENTINEL}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
+    assert result.stdout.strip() == "ok", result.stderr
