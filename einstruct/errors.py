@@ -28,6 +28,7 @@ __all__ = [
     "StructureNotFoundError",
     "ParameterError",
     "CompileError",
+    "OutputError",
 ]
 
 
@@ -151,3 +152,10 @@ def _width(text: str) -> int:
         0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
         for ch in text
     )
+
+
+class OutputError(EinstructError, OSError):
+    """An output file einstruct will not write (it would destroy something) or cannot write."""
+
+    def __str__(self) -> str:  # OSError has its own __str__; use ours
+        return EinstructError.__str__(self)

@@ -125,7 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--backend", choices=list(BACKENDS), default="torch", help=f"code generator: {names}; default torch"
     )
-    p.add_argument("-o", "--output", required=True, metavar="FILE", help="output file, or - for stdout")
+    p.add_argument(
+        "-o",
+        "--output",
+        required=True,
+        metavar="FILE",
+        help="output file, or a directory (DIR/ writes DIR/<structure>.py), or - for stdout; "
+        "replaces only a file einstruct generated",
+    )
+    p.add_argument("--force", action="store_true", help="replace FILE even if einstruct did not generate it")
     p.add_argument("--class-name", metavar="NAME", help="name of the generated class")
     _add_plan_arguments(p)
     p.add_argument("--json", action="store_true", help="print what was written as JSON (needs -o FILE)")

@@ -24,7 +24,7 @@ from ..analysis.report import (
     render_markdown,
     render_terminal,
 )
-from ..errors import EinstructError, ParameterError, StructureNotFoundError
+from ..errors import ParameterError, StructureNotFoundError
 from ..ir import CLASS_NAMES, Structure
 from ..language.load import load, load_all, read_spec
 from ..language.parser import parse_text, parse_value
@@ -173,8 +173,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     import shlex
 
     from ..backends import get_backend
-    from ..backends.common import default_class_name, spec_hash
+    from ..backends.common import comment_text, default_class_name, spec_hash
     from ..planner.format import plan_to_dict
+    from .files import write_output
 
     if args.json and args.output == "-":
         raise ParameterError(
@@ -191,7 +192,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.output == "-":
         sys.stdout.write(text)
         return 0
-    out = _write(Path(args.output), text, args.output)
+    inputs = [] if args.file == "-" else [args.file]
+    out = write_output(
+        args.output, text, default_name=f"{structure.name}.py", force=args.force, inputs=inputs
+    )
     lines = len(text.splitlines())
     if args.json:
         _print_json(
@@ -208,18 +212,5 @@ def cmd_compile(args: argparse.Namespace) -> int:
                 "plan": plan_to_dict(plan),
             }
         )
-    print(f"wrote {out} ({lines} lines)", file=sys.stderr)
+    print(f"wrote {comment_text(str(out))} ({lines} lines)", file=sys.stderr)
     return 0
-
-
-def _write(out: Path, text: str, shown: str) -> Path:
-    """Write ``text`` to ``out`` through a temporary file, so no half-written module is left."""
-    if out.is_dir():
-        raise ParameterError(f"-o {shown} is a directory", hint="give a file name, e.g. -o layer.py")
-    try:
-        tmp = out.with_name(out.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(out)
-    except OSError as exc:
-        raise EinstructError(f"cannot write '{shown}': {exc.strerror or exc}") from None
-    return out
