@@ -23,7 +23,8 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
-from .errors import Span, UnknownNameError
+from .errors import SizeError, Span, UnknownNameError
+from .limits import ENVIRONMENT, current
 
 #: The binary operators other than ``^`` (whose exact form needs care).
 _ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
@@ -259,7 +260,37 @@ def _root(value: int, q: int) -> int:
     raise _Inexact
 
 
-def _power(base: Fraction, exponent: Fraction) -> Fraction:
+def _limit_bits() -> int:
+    """Binary digits an exact value may have (``max_digits`` decimal digits)."""
+    return current().max_digits * 10 // 3 + 1
+
+
+def _too_large(expr: Expr, what: str = "") -> SizeError:
+    limit = current().max_digits
+    return SizeError(
+        f"{to_text(expr)}{what} is too large for a size (more than {limit} digits)",
+        expr.span,
+        f"sizes are far smaller: check the expression; if you need it, raise {ENVIRONMENT['max_digits']}",
+    )
+
+
+def _checked(value: Fraction, expr: Expr) -> Fraction:
+    """``value``, if its numerator and denominator fit the digit limit."""
+    bits = _limit_bits()
+    if value.numerator.bit_length() > bits or value.denominator.bit_length() > bits:
+        raise _too_large(expr)
+    return value
+
+
+def _power_fits(base_bits: float, exponent: float, expr: Expr) -> None:
+    """Refuse, before computing it, a power whose result would break the digit limit."""
+    if abs(exponent) * base_bits > _limit_bits():
+        raise _too_large(expr)
+
+
+def _power(base: Fraction, exponent: Fraction, expr: Expr) -> Fraction:
+    bits = max(base.numerator.bit_length(), base.denominator.bit_length())
+    _power_fits(bits, float(exponent), expr)
     if exponent.denominator == 1:
         if base == 0 and exponent < 0:
             raise _Inexact
@@ -279,7 +310,7 @@ def _exact_eval(expr: Expr, env: Mapping[str, Value]) -> Fraction:
     if isinstance(expr, Num):
         return expr.value
     if isinstance(expr, Name):
-        return Fraction(env[expr.id])
+        return _checked(Fraction(env[expr.id]), expr)
     if isinstance(expr, Neg):
         return -_exact_eval(expr.operand, env)
     if isinstance(expr, Call):
@@ -291,12 +322,14 @@ def _exact_eval(expr: Expr, env: Mapping[str, Value]) -> Fraction:
         if expr.func == "ceil":
             return Fraction(math.ceil(args[0]))
         if expr.func == "sqrt":
-            return _power(args[0], Fraction(1, 2))
+            return _power(args[0], Fraction(1, 2), expr)
         return min(args) if expr.func == "min" else max(args)
     left, right = _exact_eval(expr.left, env), _exact_eval(expr.right, env)
     if expr.op == "/" and right == 0:
         raise _Inexact
-    return _power(left, right) if expr.op == "^" else _ARITHMETIC[expr.op](left, right)
+    if expr.op == "^":
+        return _checked(_power(left, right, expr), expr)
+    return _checked(_ARITHMETIC[expr.op](left, right), expr)
 
 
 def _to_sympy(value: Value) -> Any:
@@ -317,11 +350,31 @@ def _sympy_eval(expr: Expr, env: Mapping[str, Value]) -> Any:
     if isinstance(expr, Name):
         return _to_sympy(env[expr.id])
     if isinstance(expr, Neg):
-        return -_sympy_eval(expr.operand, env)
+        return _real(-_sympy_eval(expr.operand, env), expr)
     if isinstance(expr, Call):
-        return _sympy_function(expr.func)(*(_sympy_eval(a, env) for a in expr.args))
+        return _real(_sympy_function(expr.func)(*(_sympy_eval(a, env) for a in expr.args)), expr)
     left, right = _sympy_eval(expr.left, env), _sympy_eval(expr.right, env)
-    return left**right if expr.op == "^" else _ARITHMETIC[expr.op](left, right)
+    if expr.op != "^":
+        return _real(_ARITHMETIC[expr.op](left, right), expr)
+    if left.is_number and right.is_number and left != 0:
+        magnitude = abs(float(sympy.log(abs(left), 2)))  # bits of the base, or of its inverse
+        _power_fits(magnitude, float(abs(right)), expr)
+    return _real(left**right, expr)
+
+
+def _real(value: Any, expr: Expr) -> Any:
+    """``value``, unless it is a number that is not real (a negative base to a fractional power)."""
+    if getattr(value, "is_number", False) and value.is_extended_real is False:
+        raise SizeError(
+            f"{to_text(expr)} is not a real number",
+            expr.span,
+            "sizes are positive reals: a negative number has no real square root, and "
+            "(-8)^(1/3) is complex here (the principal root); write 8^(1/3) or -2",
+        )
+    if getattr(value, "is_number", False) and value.is_finite and value.is_extended_real:
+        if abs(value) > 10 ** current().max_digits:
+            raise _too_large(expr)
+    return value
 
 
 def value_text(value: Value) -> str:

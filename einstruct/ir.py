@@ -36,6 +36,8 @@ __all__ = [
     "Parameter",
     "Structure",
     "CLASS_NAMES",
+    "EINSUM_LETTERS",
+    "einsum_symbol",
 ]
 
 #: A size or count: an ``int`` at concrete parameters, a sympy expression otherwise.
@@ -238,13 +240,13 @@ class Structure:
 
     # -- printing ----------------------------------------------------------------------
     def einsum_symbols(self) -> dict[str, str]:
-        """A one-letter symbol per index: the index name itself where every name is
-        one ASCII letter, else a, b, c... in order of first appearance."""
+        """A one-character symbol per index: the index name itself where every name is
+        one ASCII letter, else a, b, c... in order of first appearance, then (past
+        the 52 letters) the characters opt_einsum uses, ``chr(k + 140)``."""
         names = [i.name for i in self.indices]
         if all(len(n) == 1 and n.isascii() and n.isalpha() for n in names):
             return {n: n for n in names}
-        letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-        return {n: letters[k] for k, n in enumerate(names)}
+        return {n: einsum_symbol(k) for k, n in enumerate(names)}
 
     def einsum(self) -> str:
         """The einsum string, operands in order input, factors: ``'ga,gafr,fgre->fe'``."""
@@ -294,6 +296,15 @@ class Structure:
             for name in t.indices:
                 graph.add_edge(("index", name), ("tensor", t.name))
         return graph
+
+
+#: The 52 letters einsum strings use first.
+EINSUM_LETTERS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+
+def einsum_symbol(k: int) -> str:
+    """The k-th einsum symbol: a letter, then opt_einsum's characters beyond the 52 letters."""
+    return EINSUM_LETTERS[k] if k < len(EINSUM_LETTERS) else chr(k + 140)
 
 
 def _reference(tensor: Tensor) -> str:

@@ -18,6 +18,7 @@ from ..errors import ParameterError
 from ..ir import Structure
 from ..language.load import load
 from ..language.spec import SpecFile
+from ..limits import checked_batch
 from ..planner.order import contraction_order
 from ..planner.plan import DEFAULT_BATCH
 from .counts import concrete_stand_in, count
@@ -32,8 +33,7 @@ __all__ = ["Analysis", "analyze_structure", "analyze"]
 
 def analyze_structure(structure: Structure, batch: int = 1, optimizer: str = "adam") -> Analysis:
     """Analyze one structure; ``batch`` vectors share the cost of factor-only steps."""
-    if not isinstance(batch, int) or batch < 1:
-        raise ParameterError(f"batch must be a positive integer, got {batch}")
+    batch = checked_batch(batch)
     if optimizer not in OPTIMIZERS:
         raise ParameterError(
             f"unknown optimizer '{optimizer}'", hint=f"choose one of {', '.join(OPTIMIZERS)}"

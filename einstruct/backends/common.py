@@ -62,8 +62,7 @@ def strategy_note(plan: Plan) -> str:
     how = "forced" if plan.forced else "cost model"
     if e is None:
         return how
-    dense = "n/a" if e.dense_ms is None else f"{e.dense_ms:.1f} ms"
-    estimate = f"structured {e.structured_ms:.1f} ms, dense {dense}"
+    estimate = f"structured {e.structured_ms:.1f} ms, dense {e.dense_ms:.1f} ms"
     return f"{how}; estimated fwd+bwd at {plan.batch} tokens: {estimate}"
 
 

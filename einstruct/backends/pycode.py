@@ -140,22 +140,13 @@ def _grad_back(product: str, view: OperandView, sizes: dict[str, int]) -> str:
     return code
 
 
-def dense_code(plan: Plan, fallback: str) -> list[str]:
-    """Lines that materialize W from the factors: the planned pairwise steps, no einsum.
-
-    Without a planned materialization (too many indices for one einsum), W is
-    the planned forward applied to the identity: ``fallback`` names the
-    autograd function that runs it.
-    """
+def dense_code(plan: Plan) -> list[str]:
+    """Lines that materialize W from the factors: the planned pairwise steps, no einsum."""
     dense = plan.dense
+    assert dense is not None, "a plain layer's plan always says how to materialize W"
     s = plan.structure
     factors = factor_locals(plan)
     ref = factors[0]
-    if dense is None:
-        return [
-            f"eye = torch.eye({int(s.d_in)}, device={ref}.device, dtype={ref}.dtype)",
-            f"return {fallback}.apply(eye, {', '.join(factors)}, False).T",
-        ]
     # the operands are the factors, then the identities; step k's result is w<k>
     eyes = [f"eye{k}" for k in range(1, len(dense.eyes) + 1)]
     local = dict(zip((name for name, _ in dense.operands), factors + eyes, strict=True))

@@ -18,6 +18,7 @@ from typing import Any
 
 from .._version import __version__
 from ..analysis.mup import factor_fans
+from ..limits import current
 from ..planner.model import Plan
 from ..planner.order import BATCH
 from .common import (
@@ -117,6 +118,8 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
     truncate_lines = ["y = y[:, : self.out_features]  # drop the padded outputs"] if truncated else []
     command = command or f"einstruct.compile(<spec>, structure={s.name!r})"
     factor_names = ", ".join(f"{f['local']} = {f['attr']}" for f in factors)
+    router = int(s.in_features) * int(s.size(s.route.index)) if s.route is not None else 0
+    param_count = sum(int(s.factor_params(f)) for f in s.factors) + router
     return {
         "version": __version__,
         "structure": s.name,
@@ -155,10 +158,14 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
         "factor_grads": ", ".join(f"g_{n}" for n in locals_),
         "output_code": output_code(plan),
         "output_grad": output_grad_code(plan),
+        "param_count": param_count,
+        "default_max_params": current().max_params,
+        "dense_entries": int(s.d_in) * int(s.d_out),
+        "dense_entries_text": f"{int(s.d_in) * int(s.d_out):,}",
         "strategy": plan.strategy,
         "strategy_note": strategy_note(plan),
         "dense_equation": plan.dense.equation if plan.dense else None,
-        "dense_lines": [] if routed else dense_code(plan, function_name),
+        "dense_lines": [] if routed else dense_code(plan),
         "route": _route_context(plan) if routed else None,
         "batch_axis": BATCH,
     }

@@ -13,6 +13,7 @@ import argparse
 from .._version import __version__
 from ..analysis.mup import OPTIMIZERS
 from ..backends import BACKENDS
+from ..limits import current
 from ..planner.plan import DEFAULT_BATCH, STRATEGIES
 from .commands import cmd_analyze, cmd_compare, cmd_compile, cmd_plan, cmd_theta
 
@@ -20,13 +21,14 @@ __all__ = ["build_parser", "positive_int"]
 
 
 def positive_int(text: str) -> int:
-    """An argparse type: an integer of at least 1."""
+    """An argparse type: an integer from 1 to the size limit (``EINSTRUCT_MAX_SIZE``)."""
     try:
-        value = int(text)
+        value = int(text.strip().replace("_", ""))
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    limit = current().max_size
+    if not 1 <= value <= limit:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {limit:,}, got {value:,}")
     return value
 
 

@@ -14,7 +14,7 @@ from ..errors import EinstructError, ParameterError, StructureNotFoundError
 from ..ir import Structure
 from .catalog import form_parameters
 from .names import normalize_name
-from .parser import parse_file, parse_text
+from .parser import parse_file, parse_text, source_lines
 from .resolve import Override, resolve
 from .spec import ShorthandDecl, SpecFile
 
@@ -40,7 +40,7 @@ def read_spec(spec: str | Path | SpecFile) -> SpecFile:
 
 def declaration_sources(spec: SpecFile) -> dict[str, str]:
     """The text of each declaration (from its line to the next declaration)."""
-    lines = spec.text.splitlines()
+    lines = source_lines(spec.text)
     starts = [d.span.line if d.span else 1 for d in spec.declarations] + [len(lines) + 1]
     out = {}
     for decl, start, end in zip(spec.declarations, starts, starts[1:]):

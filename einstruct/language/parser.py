@@ -22,6 +22,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 from ..errors import EinstructError, ParameterError, Span, SpecSyntaxError
 from ..expressions import FUNCTIONS, BinOp, Call, Expr, Name, Neg, Num
 from ..resources import grammar_file
+from .guards import check_tree
 from .names import normalize_name
 from .spec import (
     Declaration,
@@ -36,7 +37,7 @@ from .spec import (
     TensorRef,
 )
 
-__all__ = ["parse_text", "parse_file", "parse_value"]
+__all__ = ["parse_text", "parse_file", "parse_value", "source_lines"]
 
 # How terminals are named in "expected ..." messages.
 _TERMINAL_WORDS = {
@@ -71,12 +72,13 @@ def parse_file(path: str | Path) -> SpecFile:
 
 def parse_text(text: str, file: str = "<string>") -> SpecFile:
     """Parse spec text; ``file`` is the name used in error messages."""
-    lines = text.splitlines()
+    lines = source_lines(text)
     source = text if text.endswith("\n") else text + "\n"
     try:
         tree = _parser("start").parse(source)
     except UnexpectedInput as exc:
         raise _syntax_error(exc, lines, file, source) from None
+    check_tree(tree, file, lines)
     try:
         declarations = _ToSpec(file, lines).transform(tree)
     except Exception as exc:  # lark wraps errors raised inside the transformer
@@ -88,6 +90,19 @@ def parse_text(text: str, file: str = "<string>") -> SpecFile:
     return SpecFile(file=file, text=text, declarations=tuple(declarations))
 
 
+def source_lines(text: str) -> list[str]:
+    """The lines of ``text`` as the grammar counts them: split at ``\\n`` only.
+
+    ``str.splitlines`` also splits at form feeds, ``\\x1c``-``\\x1e``, NEL and the
+    Unicode line and paragraph separators, which the grammar does not treat as
+    line breaks; splitting there would put carets under the wrong line.
+    """
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
 def parse_value(text: str, where: str = "--set") -> Expr:
     """Parse a value given outside a file (``--set d=4096``): an expression."""
     try:
@@ -97,7 +112,9 @@ def parse_value(text: str, where: str = "--set") -> Expr:
             f"{where}: '{text}' is not a value",
             hint="give a number or an expression such as 4096, 1/2 or 2^10",
         ) from None
-    expr = _ToSpec("<value>", [text]).transform(tree).children[0]
+    lines = source_lines(text)
+    check_tree(tree, where, lines)
+    expr = _ToSpec(where, lines).transform(tree).children[0]
     return expr
 
 

@@ -27,6 +27,7 @@ from ..errors import (
 )
 from ..expressions import Expr, evaluate, has_rounding, is_exact, names_in, to_text, value_text
 from ..ir import Index, Parameter, Role, Route, Structure, Tensor
+from ..limits import ENVIRONMENT, current
 from .catalog import CATALOG, THETA_ALIASES, expand, form_parameters
 from .names import check_name
 from .parameters import Override, is_finite, is_symbolic, parameter_values
@@ -87,6 +88,13 @@ def _resolve_explicit(decl: StructureDecl, values: dict[str, Any], source: str) 
             eq.span,
             "write `y[o] = x[i] * W[i, o]`: the first operand is the input, the others are factors",
         )
+    limits = current()
+    if len(eq.operands) - 1 > limits.max_factors:
+        raise IndexUsageError(
+            f"a structure has at most {limits.max_factors} factors; this is factor {limits.max_factors + 1}",
+            eq.operands[limits.max_factors + 1].span,
+            f"split the layer; if you need more, raise {ENVIRONMENT['max_factors']}",
+        )
     seen_tensors: dict[str, Ident] = {}
     for ref in refs:
         check_name(ref.name, "tensor")
@@ -124,6 +132,13 @@ def _resolve_explicit(decl: StructureDecl, values: dict[str, Any], source: str) 
                     "rename the index; sizes are written in terms of parameters",
                 )
 
+    if len(first_use) > limits.max_indices:
+        extra = list(first_use.values())[limits.max_indices]
+        raise IndexUsageError(
+            f"a structure has at most {limits.max_indices} indices; this is index {limits.max_indices + 1}",
+            extra.span,
+            f"merge axes; if you need more, raise {ENVIRONMENT['max_indices']}",
+        )
     size_exprs: dict[str, tuple[Expr, Ident]] = {}
     for sd in decl.sizes:
         for ident in sd.names:
@@ -205,6 +220,7 @@ def _resolve_explicit(decl: StructureDecl, values: dict[str, Any], source: str) 
         source=source,
         span=decl.span,
     )
+    _check_entries(structure)
     in_features = _check_width(structure, "in", in_ref.span, values, size_exprs)
     out_features = _check_width(structure, "out", out_ref.span, values, size_exprs)
     route = _resolve_route(decl, structure, values, members, factor_names)
@@ -223,11 +239,26 @@ def _size_value(name: str, expr: Expr, values: dict[str, Any]) -> Any:
     span = _span_of(expr)
     text = to_text(expr)
     if not is_finite(value):
-        raise SizeError(f"size of '{name}' = {text} is not a number (division by zero?)", span)
+        raise SizeError(
+            f"size of '{name}' = {text} is not a number (division by zero?)",
+            span,
+            "check the divisors: every size must be a positive integer",
+        )
     if is_symbolic(value):
         if value.is_positive is False:
-            raise SizeError(f"size of '{name}' = {text} = {value} can never be positive", span)
+            raise SizeError(
+                f"size of '{name}' = {text} = {value} can never be positive",
+                span,
+                "sizes must be positive for every value of the parameters",
+            )
         return value
+    limit = current().max_size
+    if isinstance(value, int) and value > limit:
+        raise SizeError(
+            f"size of '{name}' = {text} = {value:,} is larger than the limit {_power_of_two(limit)}",
+            span,
+            f"no layer has an axis that large; if you need it, raise {ENVIRONMENT['max_size']}",
+        )
     if isinstance(value, int) and value >= 1:
         return value
     is_integer = isinstance(value, int)
@@ -241,6 +272,25 @@ def _size_value(name: str, expr: Expr, values: dict[str, Any]) -> Any:
         else "sizes must be at least 1"
     )
     raise SizeError(f"size of '{name}' = {text} = {shown} is not a positive integer", span, hint)
+
+
+def _power_of_two(value: int) -> str:
+    """``2^64`` for powers of two, else the number."""
+    return f"2^{value.bit_length() - 1}" if value & (value - 1) == 0 else f"{value:,}"
+
+
+def _check_entries(structure: Structure) -> None:
+    """Refuse a tensor with more entries than the size limit (a layer no machine holds)."""
+    limit = current().max_entries
+    for tensor in structure.tensors:
+        entries = structure.factor_params(tensor)
+        if isinstance(entries, int) and entries > limit:
+            raise SizeError(
+                f"{tensor.role.value} {tensor.name} has {entries:,} entries, more than the limit "
+                f"{_power_of_two(limit)}",
+                tensor.span,
+                f"make its axes smaller; if you need it, raise {ENVIRONMENT['max_entries']}",
+            )
 
 
 def _check_width(

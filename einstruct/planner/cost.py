@@ -38,7 +38,7 @@ def efficiency(step: PlannedStep, sizes: dict[str, int]) -> float:
     return _efficiency_of(min(dims))
 
 
-def estimate(plan: Plan, dense: DenseWeight | None) -> Estimate:
+def estimate(plan: Plan, dense: DenseWeight) -> Estimate:
     """Forward + backward time of one call, for the planned steps and for materializing W."""
     s = plan.structure
     sizes = {i.name: int(i.size) for i in s.indices}
@@ -46,12 +46,10 @@ def estimate(plan: Plan, dense: DenseWeight | None) -> Estimate:
     calls = 3 * len(plan.steps) + 2 * plan.copies
     structured_ms = sum(3 * st.flops / (efficiency(st, sizes) * DENSE_GFLOPS * 1e6) for st in plan.steps)
     structured_ms += 2 * plan.copy_cost * 8 / (COPY_GBPS * 1e6) + calls * CALL_MS
-    dense_ms = None
-    if dense is not None:
-        gemm = 2 * plan.batch * int(s.d_in) * int(s.d_out)
-        dense_ms = (
-            3 * gemm / (DENSE_GFLOPS * 1e6)
-            + 3 * dense.flops / (_efficiency_of(32) * DENSE_GFLOPS * 1e6)
-            + 3 * (len(s.factors) + len(dense.eyes)) * CALL_MS
-        )
+    gemm = 2 * plan.batch * int(s.d_in) * int(s.d_out)
+    dense_ms = (
+        3 * gemm / (DENSE_GFLOPS * 1e6)
+        + 3 * dense.flops / (_efficiency_of(32) * DENSE_GFLOPS * 1e6)
+        + 3 * (len(s.factors) + len(dense.eyes)) * CALL_MS
+    )
     return Estimate(structured_ms, dense_ms)

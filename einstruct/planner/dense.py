@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..ir import Structure
+from ..ir import EINSUM_LETTERS, Structure, einsum_symbol
 from .order import fresh_name, import_opt_einsum
 from .views import OperandView, drop_batch, layout_einsum, view_operand
 
@@ -62,7 +62,7 @@ class WeightStep:
     result_shape: tuple[int, ...]
 
 
-def dense_weight(structure: Structure, layouts: dict[str, tuple[str, ...]]) -> DenseWeight | None:
+def dense_weight(structure: Structure, layouts: dict[str, tuple[str, ...]]) -> DenseWeight:
     """The einsum that materializes W from the factors stored in ``layouts``.
 
     >>> s = load("examples/btt.ein")
@@ -72,14 +72,12 @@ def dense_weight(structure: Structure, layouts: dict[str, tuple[str, ...]]) -> D
     s = structure
     names = [i.name for i in s.indices]
     shared = [i for i in s.output.indices if i in s.input.indices]
-    letters = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    if len(names) + len(shared) > len(letters):
-        return None
-    if all(len(n) == 1 and n in letters for n in names):  # readable: the index names themselves
+    if all(len(n) == 1 and n in EINSUM_LETTERS for n in names):  # readable: the index names themselves
         letter = {n: n for n in names}
     else:
-        letter = dict(zip(names, letters))
-    unused = [c for c in letters if c not in letter.values()]
+        letter = {n: einsum_symbol(k) for k, n in enumerate(names)}
+    used = set(letter.values())
+    unused = (c for c in map(einsum_symbol, range(len(names) + len(shared) + 52)) if c not in used)
     fresh = dict(zip(shared, unused))
     sizes = {i.name: int(i.size) for i in s.indices}
     terms = ["".join(letter[i] for i in layouts[f.name]) for f in s.factors]

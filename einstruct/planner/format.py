@@ -85,7 +85,7 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"  dense alternative: W = einsum('{plan.dense.equation}'){eyes}, then one dense matmul")
     e = plan.estimate
     if e is not None:
-        dense_ms = "n/a" if e.dense_ms is None else f"{e.dense_ms:.2f} ms"
+        dense_ms = f"{e.dense_ms:.2f} ms"
         how = "forced by the user" if plan.forced else "chosen by the cost model"
         lines.append(
             f"  strategy: {plan.strategy} ({how}; estimated forward+backward: "

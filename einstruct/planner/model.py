@@ -52,12 +52,11 @@ class Estimate:
 
     Attributes:
         structured_ms: the planned steps (each matmul at its size's efficiency) plus copies.
-        dense_ms: materializing W, one dense matmul, and their backward; ``None``
-            when W cannot be materialized (more indices than einsum letters).
+        dense_ms: materializing W, one dense matmul, and their backward.
     """
 
     structured_ms: float
-    dense_ms: float | None
+    dense_ms: float
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from dataclasses import replace
 
 from ..errors import CompileError
 from ..ir import Structure
+from ..limits import checked_batch
 from .cost import estimate
 from .dense import dense_weight
 from .layouts import best_layouts
@@ -48,6 +49,7 @@ def make_plan(structure: Structure, batch: int = DEFAULT_BATCH, strategy: str = 
         CompileError: for structures the compiler cannot run (symbolic sizes), an
             unknown strategy, or a strategy the structure cannot use.
     """
+    batch = checked_batch(batch)
     if strategy not in STRATEGIES:
         raise CompileError(f"unknown strategy '{strategy}'", hint=f"use one of: {', '.join(STRATEGIES)}")
     if structure.is_symbolic:
@@ -61,15 +63,9 @@ def make_plan(structure: Structure, batch: int = DEFAULT_BATCH, strategy: str = 
         return plan_routed(best_layouts(structure, order, batch), strategy)
     plan = best_layouts(structure, contraction_order(structure, batch), batch)
     dense = dense_weight(structure, plan.factor_layouts)
-    if strategy == "dense" and dense is None:
-        raise CompileError(
-            f"structure '{structure.name}' has too many indices to materialize W with one einsum",
-            structure.span,
-            "use the structured strategy",
-        )
     cost = estimate(plan, dense)
     if strategy == "auto":
-        chosen = "dense" if cost.dense_ms is not None and cost.dense_ms < cost.structured_ms else "structured"
+        chosen = "dense" if cost.dense_ms < cost.structured_ms else "structured"
     else:
         chosen = strategy
     return replace(plan, strategy=chosen, dense=dense, estimate=cost, forced=strategy != "auto")

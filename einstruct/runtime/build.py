@@ -19,10 +19,12 @@ from pathlib import Path
 
 from ..backends import get_backend
 from ..backends.common import spec_hash
+from ..errors import CompileError
 from ..ir import Structure
 from ..language.load import load
 from ..language.resolve import Override
 from ..language.spec import SpecFile
+from ..limits import checked_batch
 from ..planner.plan import DEFAULT_BATCH, make_plan
 
 __all__ = ["compile", "compile_structure", "module_source"]
@@ -65,7 +67,28 @@ def compile_structure(
     strategy: str = "auto",
     backend: str = "torch",
 ) -> type:
-    """The layer class for a resolved structure (cached)."""
+    """The layer class for a resolved structure (cached).
+
+    Arguments are checked before the cache sees them, so a bad one is an
+    einstruct error (never ``TypeError: unhashable``).
+    """
+    batch = checked_batch(batch)
+    for what, value in (("strategy", strategy), ("backend", backend)):
+        if not isinstance(value, str):
+            raise CompileError(
+                f"{what} must be a string, got {type(value).__name__}",
+                hint=f"e.g. {what}={'auto' if what == 'strategy' else 'torch'!r}",
+            )
+    if class_name is not None and not isinstance(class_name, str):
+        raise CompileError(
+            f"class_name must be a string, got {type(class_name).__name__}",
+            hint="give a Python identifier, e.g. class_name='MyLayer'",
+        )
+    if not isinstance(structure, Structure):
+        raise CompileError(
+            f"compile_structure needs a Structure, got {type(structure).__name__}",
+            hint="resolve it first with einstruct.load(spec)",
+        )
     return _build(structure, class_name, batch, strategy, backend)
 
 

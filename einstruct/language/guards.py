@@ -1,0 +1,84 @@
+"""Checks on the parse tree before anything recursive touches it.
+
+Size expressions are evaluated, printed and searched by recursive functions,
+so a pathological expression (ten thousand nested minus signs, a sum of
+twenty thousand terms, a 5000-digit number) must be refused first. This pass
+walks the Lark tree with an explicit stack and raises a located error for an
+expression nested deeper than ``max_depth``, larger than ``max_nodes``, or a
+number longer than ``max_digits`` (see :mod:`einstruct.limits`).
+
+    >>> check_tree(_parser("value").parse("-" * 500 + "1"), "--set d", ["-" * 500 + "1"])
+    Traceback (most recent call last):
+    einstruct.errors.SpecSyntaxError: --set d:1:100: error: this expression nests more than 100 ...
+"""
+
+from __future__ import annotations
+
+from lark import Token, Tree
+
+from ..errors import Span, SpecSyntaxError
+from ..limits import ENVIRONMENT, current
+
+__all__ = ["EXPRESSION_RULES", "check_tree"]
+
+#: Rules that build expression nodes (each one level of nesting).
+EXPRESSION_RULES = frozenset({"add", "sub", "mul", "div", "pow", "neg", "call"})
+#: Rules whose children are whole expressions (each one is measured on its own).
+_EXPRESSION_HOLDERS = frozenset({"size_assignment", "parameter", "argument", "route", "value"})
+
+
+def _span(file: str, lines: list[str], line: int | None, column: int | None, length: int = 1) -> Span:
+    line = line or 1
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
+    return Span(file=file, line=line, column=column or 1, length=max(1, length), source_line=text)
+
+
+def _where(node: Tree | Token, file: str, lines: list[str]) -> Span:
+    if isinstance(node, Token):
+        return _span(file, lines, node.line, node.column, len(node))
+    meta = node.meta
+    if getattr(meta, "empty", True):
+        return _span(file, lines, 1, 1)
+    return _span(file, lines, meta.line, meta.column)
+
+
+def check_tree(tree: Tree, file: str, lines: list[str]) -> None:
+    """Raise SpecSyntaxError at the first expression or number that breaks a limit."""
+    limits = current()
+    stack: list[tuple[Tree | Token, int, Tree | None]] = [(tree, 0, None)]
+    sizes: dict[int, int] = {}
+    while stack:
+        node, depth, root = stack.pop()
+        if isinstance(node, Token):
+            if node.type == "NUMBER" and len(node.replace(".", "")) > limits.max_digits:
+                raise SpecSyntaxError(
+                    f"this number has {len(node.replace('.', ''))} digits; the limit is {limits.max_digits}",
+                    _where(node, file, lines),
+                    f"sizes are far smaller; if you need it, raise {ENVIRONMENT['max_digits']}",
+                )
+            if root is not None:
+                sizes[id(root)] = sizes.get(id(root), 0) + 1
+            continue
+        if node.data in EXPRESSION_RULES:
+            depth += 1
+            if depth > limits.max_depth:
+                raise SpecSyntaxError(
+                    f"this expression nests more than {limits.max_depth} operations deep",
+                    _where(node, file, lines),
+                    f"write it more simply (sizes need a few operations); the limit is "
+                    f"{ENVIRONMENT['max_depth']}",
+                )
+        if root is not None:
+            count = sizes[id(root)] = sizes.get(id(root), 0) + 1
+            if count > limits.max_nodes:
+                raise SpecSyntaxError(
+                    f"this expression has more than {limits.max_nodes} terms and operations",
+                    _where(root, file, lines),
+                    f"write it more simply; the limit is {ENVIRONMENT['max_nodes']}",
+                )
+        holder = node.data in _EXPRESSION_HOLDERS
+        for child in node.children:
+            if child is None:
+                continue
+            child_root = child if holder and isinstance(child, Tree) else root
+            stack.append((child, depth if not holder else 0, child_root))

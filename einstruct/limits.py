@@ -1,0 +1,93 @@
+"""Resource limits: what einstruct refuses, before computing, so that no input hangs or exhausts memory.
+
+Every limit has a default that no real layer comes near and can be raised
+(or lowered) with an environment variable, read when the check runs:
+
+=========================  ===============================  =====================================
+limit                      variable                         default
+=========================  ===============================  =====================================
+digits of a number         ``EINSTRUCT_MAX_DIGITS``         100 (a literal, or any exact value
+                                                            computed from sizes)
+an index size, a batch     ``EINSTRUCT_MAX_SIZE``           2^64
+entries of one tensor      ``EINSTRUCT_MAX_ENTRIES``        2^128 (analysis only: every count
+(input, output, a factor)                                   then stays an exact integer far
+                                                            inside float range)
+expression depth           ``EINSTRUCT_MAX_DEPTH``          100 nested operations
+expression size            ``EINSTRUCT_MAX_NODES``          2000 numbers, names and operations
+indices in a structure     ``EINSTRUCT_MAX_INDICES``        256
+factors in a structure     ``EINSTRUCT_MAX_FACTORS``        64
+parameters of a compiled   ``EINSTRUCT_MAX_PARAMS``         2^31 (8 GiB in float32): checked by
+module                                                      the generated module before it
+                                                            allocates, and by ``to_dense()``
+=========================  ===============================  =====================================
+
+    >>> current().max_size == 2**64
+    True
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+from .errors import ParameterError
+
+__all__ = ["Limits", "DEFAULTS", "ENVIRONMENT", "current", "checked_batch"]
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits in force (see the module docstring)."""
+
+    max_digits: int = 100
+    max_size: int = 2**64
+    max_entries: int = 2**128
+    max_depth: int = 100
+    max_nodes: int = 2000
+    max_indices: int = 256
+    max_factors: int = 64
+    max_params: int = 2**31
+
+
+#: The built-in limits.
+DEFAULTS = Limits()
+
+#: Limit name -> the environment variable that overrides it.
+ENVIRONMENT = {f.name: f"EINSTRUCT_{f.name.upper()}" for f in fields(Limits)}
+
+
+def current() -> Limits:
+    """The limits in force: the defaults, overridden by ``EINSTRUCT_MAX_*`` variables.
+
+    A variable that is not a positive integer is ignored (the default holds),
+    so a typo cannot switch a guard off.
+    """
+    values = {}
+    for name, variable in ENVIRONMENT.items():
+        text = os.environ.get(variable, "").strip().replace("_", "")
+        if text.isdigit() and int(text) > 0:
+            values[name] = int(text)
+    return Limits(**values) if values else DEFAULTS
+
+
+def checked_batch(batch: Any, what: str = "batch") -> int:
+    """``batch`` as an int, if it is a whole number of tokens from 1 to the size limit.
+
+    Python ints and integer types such as numpy's are accepted; bool, floats and
+    anything else are refused with a ParameterError.
+    """
+    if isinstance(batch, bool) or not isinstance(batch, numbers.Integral):
+        raise ParameterError(
+            f"{what} must be a whole number of tokens, got {type(batch).__name__} {batch!r}",
+            hint=f"give an integer such as 2048, e.g. {what}=2048",
+        )
+    value = int(batch)
+    limit = current().max_size
+    if not 1 <= value <= limit:
+        raise ParameterError(
+            f"{what} must be between 1 and {limit:,}, got {value:,}",
+            hint=f"give a positive number of tokens, e.g. {what}=2048",
+        )
+    return value

@@ -1,0 +1,152 @@
+"""Resource guards: inputs that would hang, exhaust memory or overflow are refused, located.
+
+Inputs that could hang run in a subprocess with a timeout, so a regression
+fails the test instead of stalling the suite. Structures near the limits that
+must work are checked against the dense reference.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from conftest import ROOT
+from reference import dense_from_factors
+
+import einstruct
+from einstruct.limits import DEFAULTS, current
+from einstruct.runtime import compile_structure
+
+
+def _layer_source(width: str, size: str = "d") -> str:
+    return f"structure s(d = {width}):\n    y[o] = x[i] * W[i, o]\n    where i = o = {size}\n"
+
+
+def _balanced(depth: int) -> str:
+    """A sum of 2^depth ones nested as a balanced tree: shallow, but large."""
+    return "1" if depth == 0 else f"({_balanced(depth - 1)} + {_balanced(depth - 1)})"
+
+
+REFUSED = [
+    ("tower", _layer_source("2^2^2^2^2^2"), "is too large for a size", (1, 19)),
+    ("tower10", _layer_source("10^10^10"), "is too large for a size", (1, 17)),
+    ("inverse tower", _layer_source("4", "d * (1/2)^(10^9)"), "is too large for a size", (3, 23)),
+    ("huge literal", _layer_source("9" * 5000), "has 5000 digits", (1, 17)),
+    ("beyond max size", _layer_source("2^70"), "larger than the limit 2^64", (3, 19)),
+    ("cube root of negative", _layer_source("4", "(-8)^(1/3)"), "is not a real number", (3, 19)),
+    ("sqrt of negative", _layer_source("4", "sqrt(-4)"), "is not a real number", (3, 19)),
+    ("long sum", _layer_source("4", "+".join(["1"] * 20000)), "nests more than 100", (3, 19)),
+    ("nested minus", _layer_source("4", "-" * 5000 + "4"), "nests more than 100", (3, 119)),
+    ("wide expression", _layer_source("4", _balanced(12)), "more than 2000 terms", (3, 20)),
+]
+
+
+@pytest.mark.parametrize("name, source, message, place", REFUSED, ids=[r[0] for r in REFUSED])
+def test_hostile_sizes_are_refused_at_once_and_located(name, source, message, place, tmp_path):
+    spec = tmp_path / "s.ein"
+    spec.write_text(source, encoding="utf-8")
+    result = subprocess.run(
+        [sys.executable, "-m", "einstruct", "analyze", str(spec)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    first = result.stderr.splitlines()[0]
+    assert first.startswith(f"{spec}:{place[0]}:{place[1]}: error: "), first
+    assert message in first and "hint: " in result.stderr and "Traceback" not in result.stderr
+
+
+def test_set_values_get_the_same_guards():
+    with pytest.raises(einstruct.EinstructError, match="too large for a size") as info:
+        einstruct.load("examples/btt.ein", d="2^2^2^2^2^2")
+    assert info.value.span.file == "--set d"
+
+
+def test_limits_follow_the_environment(monkeypatch):
+    assert current() == DEFAULTS
+    monkeypatch.setenv("EINSTRUCT_MAX_SIZE", "1000")
+    with pytest.raises(einstruct.EinstructError, match="larger than the limit 1,000"):
+        einstruct.load(_layer_source("1024"))
+    monkeypatch.setenv("EINSTRUCT_MAX_SIZE", "not a number")  # a typo never switches a guard off
+    assert current().max_size == DEFAULTS.max_size
+    monkeypatch.setenv("EINSTRUCT_MAX_DIGITS", "300")
+    monkeypatch.setenv("EINSTRUCT_MAX_SIZE", str(10**250))
+    monkeypatch.setenv("EINSTRUCT_MAX_ENTRIES", str(10**500))
+    assert einstruct.load(_layer_source("10^200 + 1")).size("i") == 10**200 + 1
+
+
+def test_batches_are_whole_positive_numbers():
+    for batch in (0, -1, 2.0, "8", None, True, 2**65):
+        with pytest.raises(einstruct.EinstructError, match="batch must be"):
+            einstruct.analyze("examples/btt.ein", batch=batch)
+        with pytest.raises(einstruct.EinstructError, match="batch must be"):
+            einstruct.compile("examples/btt.ein", batch=batch)
+
+
+def _chain(n_factors: int, rank: int = 2) -> str:
+    """x -> F0 -> F1 ... -> y through rank axes: a long Tensor-Train-like chain."""
+    factors = " * ".join(f"F{k}[r{k}, r{k + 1}]" for k in range(n_factors))
+    sizes = ", ".join(f"r{k} = {rank}" for k in range(n_factors + 1))
+    return f"structure chain:\n    y[r{n_factors}] = x[r0] * {factors}\n    where {sizes}\n"
+
+
+def test_sixty_four_factors_work_and_sixty_five_are_refused_at_the_extra_one():
+    structure = einstruct.load(_chain(64))
+    layer = compile_structure(structure)(dtype=torch.float64, bias=False)
+    x = torch.randn(3, 2, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), x @ torch.tensor(dense_from_factors(layer)).T)
+    with pytest.raises(einstruct.EinstructError, match="at most 64 factors") as info:
+        einstruct.load(_chain(65))
+    assert info.value.span.column == _chain(65).splitlines()[1].index("F64[") + 1
+
+
+def test_more_than_52_indices_work():
+    """Einsum strings go past the 52 letters as opt_einsum does; the layer still equals its matrix."""
+    n = 60
+    indices = [f"i{k}" for k in range(n)]
+    sizes = ", ".join(f"{i} = {1 + (k % 11 == 0)}" for k, i in enumerate(indices))
+    source = (
+        f"structure many:\n    y[{', '.join(indices[n // 2 :])}] = x[{', '.join(indices[: n // 2])}]"
+        f" * W[{', '.join(indices)}]\n    where {sizes}\n"
+    )
+    structure = einstruct.load(source)
+    assert len(structure.einsum().split("->")[1]) == n // 2
+    for strategy in ("structured", "dense"):
+        layer = compile_structure(structure)(dtype=torch.float64, strategy=strategy)
+        x = torch.randn(2, layer.in_features, dtype=torch.float64)
+        W = torch.tensor(dense_from_factors(layer))
+        torch.testing.assert_close(layer(x), x @ W.T + layer.bias)
+    with pytest.raises(einstruct.EinstructError, match="at most 256 indices"):
+        many = [f"j{k}" for k in range(300)]
+        einstruct.load(
+            f"structure s:\n    y[{many[0]}] = x[{', '.join(many[1:])}] * W[{', '.join(many)}]\n"
+            f"    where {', '.join(f'{j} = 1' for j in many)}\n"
+        )
+
+
+def test_a_compiled_module_refuses_to_allocate_beyond_the_parameter_limit():
+    code = (
+        "import os, torch, einstruct\n"
+        "Layer = einstruct.compile('structure s = dense(d = 2^20)')\n"  # 2^40 parameters: 4 TiB
+        "try:\n"
+        "    Layer()\n"
+        "except ValueError as exc:\n"
+        "    print(exc)\n"
+        "os.environ['EINSTRUCT_MAX_PARAMS'] = '100'\n"
+        "small = einstruct.compile('structure t = btt(d = 64)')\n"
+        "try:\n"
+        "    small()\n"
+        "except ValueError as exc:\n"
+        "    print(exc)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EINSTRUCT_")}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, env=env)
+    lines = result.stdout.splitlines()
+    expected = "S has 1,099,511,627,776 parameters, more than EINSTRUCT_MAX_PARAMS = 2,147,483,648"
+    assert lines[0] == expected + "; set that variable to allow it", result.stderr
+    assert lines[1].startswith("T has 1,024 parameters, more than EINSTRUCT_MAX_PARAMS = 100")
