@@ -1,33 +1,24 @@
-"""Size expressions: the integer arithmetic of ``where`` clauses and parameters.
+"""Size expressions: the immutable trees of ``where`` clauses and parameters, and their text.
 
 A size expression is a small immutable tree (:class:`Num`, :class:`Name`,
-:class:`BinOp`, :class:`Neg`, :class:`Call`) that keeps the span of every node,
-prints back as structure-language text, and evaluates exactly with sympy::
+:class:`BinOp`, :class:`Neg`, :class:`Call`) that keeps the span of every node
+and prints back as structure-language text; :mod:`einstruct.evaluation`
+computes its value exactly::
 
     >>> e = BinOp("^", Name("d"), BinOp("/", Num(1), Num(2)))
     >>> to_text(e)
     'd^(1/2)'
-    >>> evaluate(e, {"d": 1024})
-    32
-    >>> evaluate(e, {"d": 1000})  # irrational: sympy takes over
-    10*sqrt(10)
 """
 
 from __future__ import annotations
 
-import math
-import operator
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
-from functools import lru_cache
 from typing import Any
 
-from .errors import SizeError, Span, UnknownNameError
-from .limits import ENVIRONMENT, current
+from .errors import Span
 
 #: The binary operators other than ``^`` (whose exact form needs care).
-_ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 
 __all__ = [
     "Expr",
@@ -39,7 +30,6 @@ __all__ = [
     "FUNCTIONS",
     "ROUNDING_FUNCTIONS",
     "Value",
-    "evaluate",
     "exact",
     "is_exact",
     "to_text",
@@ -47,7 +37,6 @@ __all__ = [
     "names_in",
     "has_rounding",
     "sympy_to_text",
-    "sympy_round",
 ]
 
 #: A value: ``int`` or ``Fraction`` when exact and rational (the fast path, no
@@ -55,45 +44,10 @@ __all__ = [
 Value = Any
 
 
-@lru_cache(maxsize=1)
-def sympy_round() -> Any:
-    """The sympy function ``Round(x) = floor(x + 1/2)`` (built on first use)."""
-    import sympy
-
-    class Round(sympy.Function):
-        """Round half up to the nearest integer, exactly."""
-
-        @classmethod
-        def eval(cls, arg: Any) -> Any:  # noqa: D102 - sympy protocol
-            if arg.is_number:
-                return sympy.floor(arg + sympy.Rational(1, 2))
-            return None
-
-    return Round
-
-
-def _sympy_function(name: str) -> Callable[..., Any]:
-    import sympy
-
-    return {
-        "round": sympy_round(),
-        "floor": sympy.floor,
-        "ceil": sympy.ceiling,
-        "sqrt": sympy.sqrt,
-        "min": sympy.Min,
-        "max": sympy.Max,
-    }[name]
-
-
-#: Functions the language knows, by name, with their arity.
 FUNCTIONS: dict[str, int] = {"round": 1, "floor": 1, "ceil": 1, "sqrt": 1, "min": 2, "max": 2}
 
 #: Functions whose result is an integer by construction (they opt in to padding).
 ROUNDING_FUNCTIONS = frozenset({"round", "floor", "ceil"})
-
-
-class _Inexact(Exception):
-    """The exact rational path cannot represent this value (irrational, complex, infinite)."""
 
 
 @dataclass(frozen=True)
@@ -170,14 +124,15 @@ def _text(expr: Expr, outer: int) -> str:
 
 
 def _number_text(value: Fraction) -> str:
-    """An exact decimal (what the parser reads back to the same value)."""
+    """An exact decimal (what the parser reads back to the same value); a fraction
+    with no finite decimal form prints as ``(p/q)``."""
     if value.denominator == 1:
         return str(value.numerator)
     digits = 0
     while (value * 10**digits).denominator != 1:
         digits += 1
         if digits > 30:
-            raise ValueError(f"{value} has no finite decimal form")
+            return f"({value.numerator}/{value.denominator})"
     scaled = value.numerator * 10**digits // value.denominator
     sign, scaled = ("-", -scaled) if scaled < 0 else ("", scaled)
     whole, frac = divmod(scaled, 10**digits)
@@ -221,159 +176,6 @@ def exact(value: Value) -> Value:
         return value
     if getattr(value, "is_Rational", False):
         return exact(Fraction(int(value.p), int(value.q)))
-    return value
-
-
-def evaluate(expr: Expr, env: Mapping[str, Value]) -> Value:
-    """Evaluate exactly; names are looked up in ``env``.
-
-    With rational inputs the result is an ``int`` or ``Fraction`` computed without
-    sympy; an irrational intermediate (``1000^(1/2)``) or a symbolic parameter
-    switches to sympy for the whole expression.
-
-    Raises:
-        UnknownNameError: a name that ``env`` does not hold, pointing at it.
-    """
-    for name in names_in(expr):
-        if name.id not in env:
-            known = ", ".join(sorted(env)) or "none"
-            raise UnknownNameError(
-                f"unknown parameter '{name.id}'",
-                name.span,
-                f"sizes may use the structure's parameters ({known}); "
-                f"declare it in the header, e.g. `structure s(d = 1024, {name.id} = 4):`",
-            )
-    if all(is_exact(env[n.id]) for n in names_in(expr)):
-        try:
-            return exact(_exact_eval(expr, env))
-        except _Inexact:
-            pass
-    return exact(_sympy_eval(expr, env))
-
-
-def _root(value: int, q: int) -> int:
-    """The exact q-th root of a non-negative integer; raises _Inexact otherwise."""
-    guess = round(value ** (1.0 / q)) if value < 2**1000 else int(math.exp(math.log(value) / q))
-    for candidate in range(max(0, guess - 2), guess + 3):
-        if candidate**q == value:
-            return candidate
-    raise _Inexact
-
-
-def _limit_bits() -> int:
-    """Binary digits an exact value may have (``max_digits`` decimal digits)."""
-    return current().max_digits * 10 // 3 + 1
-
-
-def _too_large(expr: Expr, what: str = "") -> SizeError:
-    limit = current().max_digits
-    return SizeError(
-        f"{to_text(expr)}{what} is too large for a size (more than {limit} digits)",
-        expr.span,
-        f"sizes are far smaller: check the expression; if you need it, raise {ENVIRONMENT['max_digits']}",
-    )
-
-
-def _checked(value: Fraction, expr: Expr) -> Fraction:
-    """``value``, if its numerator and denominator fit the digit limit."""
-    bits = _limit_bits()
-    if value.numerator.bit_length() > bits or value.denominator.bit_length() > bits:
-        raise _too_large(expr)
-    return value
-
-
-def _power_fits(base_bits: float, exponent: float, expr: Expr) -> None:
-    """Refuse, before computing it, a power whose result would break the digit limit."""
-    if abs(exponent) * base_bits > _limit_bits():
-        raise _too_large(expr)
-
-
-def _power(base: Fraction, exponent: Fraction, expr: Expr) -> Fraction:
-    bits = max(base.numerator.bit_length(), base.denominator.bit_length())
-    _power_fits(bits, float(exponent), expr)
-    if exponent.denominator == 1:
-        if base == 0 and exponent < 0:
-            raise _Inexact
-        return base ** int(exponent)
-    if base < 0:
-        raise _Inexact
-    p, q = exponent.numerator, exponent.denominator
-    if abs(p) > 64 or q > 64:
-        raise _Inexact
-    root = Fraction(_root(base.numerator, q), _root(base.denominator, q))
-    if root == 0 and p < 0:
-        raise _Inexact
-    return root**p
-
-
-def _exact_eval(expr: Expr, env: Mapping[str, Value]) -> Fraction:
-    if isinstance(expr, Num):
-        return expr.value
-    if isinstance(expr, Name):
-        return _checked(Fraction(env[expr.id]), expr)
-    if isinstance(expr, Neg):
-        return -_exact_eval(expr.operand, env)
-    if isinstance(expr, Call):
-        args = [_exact_eval(a, env) for a in expr.args]
-        if expr.func == "round":
-            return Fraction(math.floor(args[0] + Fraction(1, 2)))
-        if expr.func == "floor":
-            return Fraction(math.floor(args[0]))
-        if expr.func == "ceil":
-            return Fraction(math.ceil(args[0]))
-        if expr.func == "sqrt":
-            return _power(args[0], Fraction(1, 2), expr)
-        return min(args) if expr.func == "min" else max(args)
-    left, right = _exact_eval(expr.left, env), _exact_eval(expr.right, env)
-    if expr.op == "/" and right == 0:
-        raise _Inexact
-    if expr.op == "^":
-        return _checked(_power(left, right, expr), expr)
-    return _checked(_ARITHMETIC[expr.op](left, right), expr)
-
-
-def _to_sympy(value: Value) -> Any:
-    import sympy
-
-    if isinstance(value, Fraction):
-        return sympy.Rational(value.numerator, value.denominator)
-    if isinstance(value, int):
-        return sympy.Integer(value)
-    return value
-
-
-def _sympy_eval(expr: Expr, env: Mapping[str, Value]) -> Any:
-    import sympy
-
-    if isinstance(expr, Num):
-        return sympy.Rational(expr.value.numerator, expr.value.denominator)
-    if isinstance(expr, Name):
-        return _to_sympy(env[expr.id])
-    if isinstance(expr, Neg):
-        return _real(-_sympy_eval(expr.operand, env), expr)
-    if isinstance(expr, Call):
-        return _real(_sympy_function(expr.func)(*(_sympy_eval(a, env) for a in expr.args)), expr)
-    left, right = _sympy_eval(expr.left, env), _sympy_eval(expr.right, env)
-    if expr.op != "^":
-        return _real(_ARITHMETIC[expr.op](left, right), expr)
-    if left.is_number and right.is_number and left != 0:
-        magnitude = abs(float(sympy.log(abs(left), 2)))  # bits of the base, or of its inverse
-        _power_fits(magnitude, float(abs(right)), expr)
-    return _real(left**right, expr)
-
-
-def _real(value: Any, expr: Expr) -> Any:
-    """``value``, unless it is a number that is not real (a negative base to a fractional power)."""
-    if getattr(value, "is_number", False) and value.is_extended_real is False:
-        raise SizeError(
-            f"{to_text(expr)} is not a real number",
-            expr.span,
-            "sizes are positive reals: a negative number has no real square root, and "
-            "(-8)^(1/3) is complex here (the principal root); write 8^(1/3) or -2",
-        )
-    if getattr(value, "is_number", False) and value.is_finite and value.is_extended_real:
-        if abs(value) > 10 ** current().max_digits:
-            raise _too_large(expr)
     return value
 
 

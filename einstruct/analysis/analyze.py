@@ -34,7 +34,7 @@ __all__ = ["Analysis", "analyze_structure", "analyze"]
 def analyze_structure(structure: Structure, batch: int = 1, optimizer: str = "adam") -> Analysis:
     """Analyze one structure; ``batch`` vectors share the cost of factor-only steps."""
     batch = checked_batch(batch)
-    if optimizer not in OPTIMIZERS:
+    if not isinstance(optimizer, str) or optimizer not in OPTIMIZERS:
         raise ParameterError(
             f"unknown optimizer '{optimizer}'", hint=f"choose one of {', '.join(OPTIMIZERS)}"
         )

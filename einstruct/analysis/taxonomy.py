@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
 
-from ..expressions import evaluate, sympy_round
+from ..evaluation import evaluate, sympy_round
 from ..ir import CLASS_NAMES, Size, Structure
 from ..planner.order import choose_optimizer, import_opt_einsum
 from .rank import cut_weight, min_cut_indices

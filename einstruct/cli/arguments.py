@@ -9,6 +9,8 @@ concrete sizes, so they offer no ``--symbolic``.
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import NoReturn
 
 from .._version import __version__
 from ..analysis.mup import OPTIMIZERS
@@ -17,7 +19,15 @@ from ..limits import current
 from ..planner.plan import DEFAULT_BATCH, STRATEGIES
 from .commands import cmd_analyze, cmd_compare, cmd_compile, cmd_plan, cmd_theta
 
-__all__ = ["build_parser", "positive_int"]
+__all__ = ["ArgumentParser", "build_parser", "positive_int"]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with misuse reported like every other einstruct error: ``error:`` and a ``hint:``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message}\nhint: run `{self.prog} --help` for what it accepts\n")
 
 
 def positive_int(text: str) -> int:
@@ -84,7 +94,7 @@ def _add_plan_arguments(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser; each command's handler is its ``handler`` default."""
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="einstruct",
         description="Static analyzer and compiler for structured linear layers written as einsums.",
     )

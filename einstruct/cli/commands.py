@@ -143,13 +143,19 @@ def cmd_theta(args: argparse.Namespace) -> int:
     for name, part in zip(CLASS_NAMES, parts):
         parse_value(part, f"theta {name}")
     if args.d is not None and (args.d_in is not None or args.d_out is not None):
-        raise ParameterError("give --d, or --d-in and --d-out, not both")
+        raise ParameterError(
+            "give --d, or --d-in and --d-out, not both",
+            hint="--d N for a square layer, else --d-in and --d-out",
+        )
     if args.d is not None:
         width = f"d = {args.d}"
     elif args.d_in is not None and args.d_out is not None:
         width = f"d_in = {args.d_in}, d_out = {args.d_out}"
     else:
-        raise ParameterError("theta needs the width: --d N, or --d-in N --d-out M")
+        raise ParameterError(
+            "theta needs the width",
+            hint='e.g. einstruct theta "1/2,0,1/2,0,1/2,1/2,0" --d 4096 (or --d-in, --d-out)',
+        )
     classes = ", ".join(f"{n} = {p}" for n, p in zip(CLASS_NAMES, parts))
     source = f"structure theta = theta({classes}, {width})\n"
     _emit(args, _analyses(args, [load(parse_text(source, "<theta>"))]))

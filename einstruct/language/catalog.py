@@ -23,7 +23,8 @@ from fractions import Fraction
 from typing import Any
 
 from ..errors import ParameterError, Span, UnknownNameError
-from ..expressions import BinOp, Call, Num, evaluate, is_exact, value_text
+from ..evaluation import evaluate
+from ..expressions import BinOp, Call, Num, is_exact, value_text
 from ..ir import CLASS_NAMES
 from .parser import parse_text
 from .spec import Ident, ShorthandDecl, StructureDecl

@@ -7,10 +7,11 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from ..errors import EinstructError, ParameterError, StructureNotFoundError
+from ..errors import EinstructError, ParameterError, Span, StructureNotFoundError
 from ..ir import Structure
 from .catalog import form_parameters
 from .names import normalize_name
@@ -29,13 +30,31 @@ def read_spec(spec: str | Path | SpecFile) -> SpecFile:
     """
     if isinstance(spec, SpecFile):
         return spec
-    if isinstance(spec, Path):
-        return parse_file(spec)
+    if isinstance(spec, os.PathLike):
+        return parse_file(Path(spec))
+    if not isinstance(spec, str):
+        raise EinstructError(
+            f"a spec is structure-language text or a path, got {type(spec).__name__}",
+            hint="pass a .ein path or text such as 'structure m = monarch(d = 1024)'",
+        )
     if "\n" not in spec and (spec.endswith(".ein") or Path(spec).is_file()):
         if not Path(spec).is_file():
             raise EinstructError(f"no such spec file: '{spec}'", hint="check the path")
         return parse_file(spec)
     return parse_text(spec, "<string>")
+
+
+def _check_flag(what: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise ParameterError(f"{what} must be True or False, got {value!r:.40}", hint=f"e.g. {what}=True")
+
+
+def _check_name_argument(what: str, value: object) -> None:
+    if value is not None and not isinstance(value, str):
+        raise ParameterError(
+            f"{what} must be a structure's name, got {type(value).__name__} {value!r:.40}",
+            hint=f"e.g. {what}='btt'",
+        )
 
 
 def declaration_sources(spec: SpecFile) -> dict[str, str]:
@@ -65,11 +84,22 @@ def load_all(
     selected structure has is an error (unless ``strict=False``).
     """
     parsed = read_spec(spec)
+    if overrides is not None and not isinstance(overrides, Mapping):
+        raise ParameterError(
+            f"overrides must map parameter names to values, got {type(overrides).__name__}",
+            hint="e.g. overrides={'d': 4096}",
+        )
+    _check_flag("symbolic", symbolic)
+    for name in names or []:
+        _check_name_argument("structure", name)
     overrides = {normalize_name(str(k)): v for k, v in (overrides or {}).items()}
     available = parsed.names()
     if not available:
+        lines = source_lines(parsed.text) or [""]
+        end = Span(parsed.file, len(lines), len(lines[-1]) + 1, 1, lines[-1])
         raise StructureNotFoundError(
-            f"{parsed.file} declares no structure",
+            f"{parsed.file} declares no structure" + ("" if parsed.text.strip() else " (it is empty)"),
+            end,
             hint="add one, e.g. `structure m = monarch(d = 1024)`",
         )
     for name in names or []:
@@ -111,6 +141,7 @@ def load(
     Keyword arguments override parameters: ``load("btt.ein", d=4096)``.
     """
     parsed = read_spec(spec)
+    _check_name_argument("structure", structure)
     if structure is None:
         if len(parsed.declarations) > 1:
             raise StructureNotFoundError(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lark import Lark, Token, Transformer, v_args
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+from lark.exceptions import UnexpectedInput
 
 from ..errors import EinstructError, ParameterError, Span, SpecSyntaxError
 from ..expressions import FUNCTIONS, BinOp, Call, Expr, Name, Neg, Num
@@ -36,16 +36,9 @@ from .spec import (
     StructureDecl,
     TensorRef,
 )
+from .syntax_errors import syntax_error
 
 __all__ = ["parse_text", "parse_file", "parse_value", "source_lines"]
-
-# How terminals are named in "expected ..." messages.
-_TERMINAL_WORDS = {
-    "NAME": "a name",
-    "NUMBER": "a number",
-    "_NL": "a line break",
-    "$END": "the end of the file",
-}
 
 
 @cache
@@ -62,12 +55,31 @@ def parse_file(path: str | Path) -> SpecFile:
     """Read and parse a ``.ein`` file (``-`` is not handled here: read it yourself)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
-        raise EinstructError(f"cannot read '{path}': {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise EinstructError(f"'{path}' is not UTF-8 text") from None
+        raise EinstructError(
+            f"cannot read '{path}': {exc.strerror or exc}",
+            hint="check the file name (the command's input is a .ein file, or - for standard input)",
+        ) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise _encoding_error(data, exc.start, str(path)) from None
     return parse_text(text, str(path))
+
+
+def _encoding_error(data: bytes, start: int, file: str) -> EinstructError:
+    """Where the first byte that is not UTF-8 stands, as a located error."""
+    line_start = data.rfind(b"\n", 0, start) + 1
+    line_end = data.find(b"\n", start)
+    line = data.count(b"\n", 0, start) + 1
+    column = len(data[line_start:start].decode("utf-8")) + 1
+    text = data[line_start : line_end if line_end >= 0 else len(data)].decode("utf-8", errors="replace")
+    return EinstructError(
+        f"byte 0x{data[start]:02x} is not UTF-8 text",
+        Span(file=file, line=line, column=column, source_line=text),
+        "save the file as UTF-8",
+    )
 
 
 def parse_text(text: str, file: str = "<string>") -> SpecFile:
@@ -77,7 +89,7 @@ def parse_text(text: str, file: str = "<string>") -> SpecFile:
     try:
         tree = _parser("start").parse(source)
     except UnexpectedInput as exc:
-        raise _syntax_error(exc, lines, file, source) from None
+        raise syntax_error(exc, lines, file, source, _parser("start")) from None
     check_tree(tree, file, lines)
     try:
         declarations = _ToSpec(file, lines).transform(tree)
@@ -130,59 +142,6 @@ def _check_unique_names(declarations: list[Declaration]) -> None:
                 "give each structure in a file its own name",
             )
         seen[decl.name.name] = decl.name
-
-
-def _describe_expected(expected: set[str]) -> str:
-    words = []
-    for name in sorted(expected):
-        if name in _TERMINAL_WORDS:
-            words.append(_TERMINAL_WORDS[name])
-            continue
-        try:
-            pattern = _parser("start").get_terminal(name).pattern
-        except KeyError:
-            words.append(name)
-            continue
-        words.append(f"'{pattern.value}'" if pattern.type == "str" else name.lower())
-    words = sorted(set(words))
-    if len(words) > 6:
-        words = words[:6] + ["..."]
-    return ", ".join(words)
-
-
-def _syntax_error(exc: UnexpectedInput, lines: list[str], file: str, source: str) -> SpecSyntaxError:
-    line = getattr(exc, "line", None) or len(lines) or 1
-    column = getattr(exc, "column", None) or 1
-    if isinstance(exc, UnexpectedEOF) or line > len(lines):
-        line = max(1, len(lines))
-        column = len(lines[line - 1]) + 1 if lines else 1
-        return SpecSyntaxError(
-            "the file ends in the middle of a declaration",
-            _span(file, lines, line, column),
-            f"expected {_describe_expected(set(getattr(exc, 'expected', ())))}",
-        )
-    span = _span(file, lines, line, column)
-    if isinstance(exc, UnexpectedCharacters):
-        pos = exc.pos_in_stream
-        char = source[pos] if pos is not None and pos < len(source) else "?"
-        return SpecSyntaxError(
-            f"unexpected character {char!r}",
-            span,
-            f"expected {_describe_expected(set(exc.allowed or ()))}"
-            if exc.allowed
-            else "names are letters, digits and _; sizes use + - * / ^ ( )",
-        )
-    assert isinstance(exc, UnexpectedToken)
-    token = exc.token
-    shown = "end of line" if token.type == "_NL" else f"'{token.value}'"
-    if token.type == "$END":
-        shown = "end of file"
-    span = _span(file, lines, line, column, max(1, len(str(token.value).strip()) or 1))
-    return SpecSyntaxError(
-        f"unexpected {shown}",
-        span,
-        f"expected {_describe_expected(set(exc.expected))}",
-    )
 
 
 def _span(file: str, lines: list[str], line: int, column: int, length: int = 1) -> Span:

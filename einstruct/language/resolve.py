@@ -25,7 +25,8 @@ from ..errors import (
     UnknownNameError,
     WidthError,
 )
-from ..expressions import Expr, evaluate, has_rounding, is_exact, names_in, to_text, value_text
+from ..evaluation import evaluate
+from ..expressions import Expr, has_rounding, is_exact, names_in, to_text, value_text
 from ..ir import Index, Parameter, Role, Route, Structure, Tensor
 from ..limits import ENVIRONMENT, current
 from .catalog import CATALOG, THETA_ALIASES, expand, form_parameters
@@ -321,7 +322,11 @@ def _check_width(
             f"make the {side}put sizes multiply to {declared_name}",
         )
     if not (isinstance(declared, int) and declared >= 1):
-        raise WidthError(f"the layer width {where} is not a positive integer", span)
+        raise WidthError(
+            f"the layer width {where} is not a positive integer",
+            span,
+            f"give {declared_name} a whole number of features, e.g. {declared_name} = 1024",
+        )
     if product == declared:
         return declared
     if product > declared and rounded:
@@ -362,7 +367,11 @@ def _resolve_route(
     size = structure.size(name)
     if not is_symbolic(k):
         if not (isinstance(k, int) and k >= 1):
-            raise RouteError(f"top k = {k} is not a positive integer", _span_of(rd.top_k))
+            raise RouteError(
+                f"top k = {k} is not a positive integer",
+                _span_of(rd.top_k),
+                "route a whole number of experts per token, e.g. `route r top 2`",
+            )
         if isinstance(size, int) and k > size:
             raise RouteError(
                 f"top k = {k} is larger than the {size} experts of '{name}'",

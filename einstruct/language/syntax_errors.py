@@ -1,0 +1,123 @@
+"""Lark's parse errors turned into located, friendly syntax errors.
+
+Each error points at the offending token with the line and a caret, says what
+was found and what would fit there, and suggests the keyword a misspelt word
+was probably meant to be (``wher`` -> ``where``, ``ｗｈｅｒｅ`` -> ``where``).
+
+    >>> parse_text("structre s = btt(d = 16)\\n")
+    Traceback (most recent call last):
+    einstruct.errors.SpecSyntaxError: <string>:1:1: error: unexpected 'structre'
+    ...
+    hint: did you mean `structure`? expected 'structure', a line break
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+from lark import Lark
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from ..errors import Span, SpecSyntaxError
+from .names import normalize_name
+
+__all__ = ["KEYWORDS", "syntax_error", "keyword_suggestion"]
+
+#: The language's keywords, which a misspelt word is compared with.
+KEYWORDS = ("structure", "where", "route", "top")
+
+# How terminals are named in "expected ..." messages.
+_TERMINAL_WORDS = {
+    "NAME": "a name",
+    "NUMBER": "a number",
+    "_NL": "a line break",
+    "$END": "the end of the file",
+}
+
+
+def _describe_expected(expected: set[str], parser: Lark) -> str:
+    words = []
+    for name in sorted(expected):
+        if name in _TERMINAL_WORDS:
+            words.append(_TERMINAL_WORDS[name])
+            continue
+        try:
+            pattern = parser.get_terminal(name).pattern
+        except KeyError:
+            words.append(name)
+            continue
+        words.append(f"'{pattern.value}'" if pattern.type == "str" else name.lower())
+    words = sorted(set(words))
+    if len(words) > 6:
+        words = words[:6] + ["..."]
+    return ", ".join(words)
+
+
+def keyword_suggestion(word: str) -> str | None:
+    """The keyword ``word`` looks like (NFKC, case, a slip of the fingers), or ``None``."""
+    norm = normalize_name(word)
+    if norm in KEYWORDS and norm == word:
+        return None
+    if norm.lower() in KEYWORDS:
+        return norm.lower()
+    close = difflib.get_close_matches(norm.lower(), KEYWORDS, n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def _leading_word(text: str, column: int) -> tuple[str, int] | None:
+    """The one word before ``column`` on the line, and its column, when it is all there is."""
+    match = re.fullmatch(r"(\s*)(\w+)\s*", text[: column - 1])
+    return (match.group(2), len(match.group(1)) + 1) if match else None
+
+
+def syntax_error(
+    exc: UnexpectedInput, lines: list[str], file: str, source: str, parser: Lark
+) -> SpecSyntaxError:
+    """A located SpecSyntaxError for Lark's ``exc``: the spot, what was found, what would fit."""
+    line = getattr(exc, "line", None) or len(lines) or 1
+    column = getattr(exc, "column", None) or 1
+    if isinstance(exc, UnexpectedEOF) or line > len(lines):
+        line = max(1, len(lines))
+        column = len(lines[line - 1]) + 1 if lines else 1
+        return SpecSyntaxError(
+            "the file ends in the middle of a declaration",
+            _span(file, lines, line, column),
+            f"expected {_describe_expected(set(getattr(exc, 'expected', ())), parser)}",
+        )
+    span = _span(file, lines, line, column)
+    if isinstance(exc, UnexpectedCharacters):
+        pos = exc.pos_in_stream
+        char = source[pos] if pos is not None and pos < len(source) else "?"
+        return SpecSyntaxError(
+            f"unexpected character {char!r}",
+            span,
+            f"expected {_describe_expected(set(exc.allowed or ()), parser)}"
+            if exc.allowed
+            else "names are letters, digits and _; sizes use + - * / ^ ( )",
+        )
+    assert isinstance(exc, UnexpectedToken)
+    token = exc.token
+    shown = "end of line" if token.type == "_NL" else f"'{token.value}'"
+    if token.type == "$END":
+        shown = "end of file"
+    span = _span(file, lines, line, column, max(1, len(str(token.value).strip()) or 1))
+    expected = f"expected {_describe_expected(set(exc.expected), parser)}"
+    # a misspelt keyword: the unexpected word itself, or the word that opened the line
+    # (read as a tensor name, so the parser wanted '[' after it)
+    if token.type == "NAME" and (keyword := keyword_suggestion(str(token.value))):
+        return SpecSyntaxError(f"unexpected {shown}", span, f"did you mean `{keyword}`? {expected}")
+    leading = _leading_word(lines[line - 1] if line <= len(lines) else "", column)
+    if leading and "LSQB" in exc.expected and (keyword := keyword_suggestion(leading[0])):
+        word, at = leading
+        return SpecSyntaxError(
+            f"'{word}' is not a keyword, and as a tensor name it needs '[' after it",
+            _span(file, lines, line, at, len(word)),
+            f"did you mean `{keyword}`?",
+        )
+    return SpecSyntaxError(f"unexpected {shown}", span, expected)
+
+
+def _span(file: str, lines: list[str], line: int, column: int, length: int = 1) -> Span:
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
+    return Span(file=file, line=line, column=column, length=length, source_line=text)
