@@ -221,7 +221,14 @@ def _sympy_eval(expr: Expr, env: Mapping[str, Value]) -> Any:
 
 
 def _real(value: Any, expr: Expr) -> Any:
-    """``value``, unless it is a number that is not real (a negative base to a fractional power)."""
+    """``value``, unless it is a number that is infinite (a division by zero) or not real
+    (a negative base to a fractional power)."""
+    if getattr(value, "is_number", False) and value.is_finite is False:
+        raise SizeError(
+            f"{to_text(expr)} divides by zero",
+            expr.span,
+            "check the divisors: every size must be a positive integer",
+        )
     if getattr(value, "is_number", False) and value.is_extended_real is False:
         raise SizeError(
             f"{to_text(expr)} is not a real number",

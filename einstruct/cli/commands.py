@@ -25,6 +25,7 @@ from ..analysis.report import (
     render_terminal,
 )
 from ..errors import ParameterError, StructureNotFoundError
+from ..expressions import names_in
 from ..ir import CLASS_NAMES, Structure
 from ..language.load import load, load_all, read_spec
 from ..language.parser import parse_text, parse_value
@@ -141,7 +142,11 @@ def cmd_theta(args: argparse.Namespace) -> int:
             hint='e.g. einstruct theta "1/2,0,1/2,0,1/2,1/2,0" --d 4096',
         )
     for name, part in zip(CLASS_NAMES, parts):
-        parse_value(part, f"theta {name}")
+        if names_in(parse_value(part, f"theta {name}")):
+            raise ParameterError(
+                f"theta {name}: '{part}' is not a number",
+                hint="give each exponent as a number between 0 and 1, such as 1/2 or 0",
+            )
     if args.d is not None and (args.d_in is not None or args.d_out is not None):
         raise ParameterError(
             "give --d, or --d-in and --d-out, not both",

@@ -42,6 +42,8 @@ class Form:
     sizes: str
     parameters: tuple[str, ...] = ()
     defaults: Mapping[str, int] = field(default_factory=dict)
+    #: What the arguments must satisfy, for the hint when an expansion fails.
+    requires: str = "choose other values (the sizes it expands to must be positive integers)"
 
 
 def _split(width: str, outer: str) -> str:
@@ -98,6 +100,7 @@ CATALOG: dict[str, Form] = {
             "y[k, o] = x[k, i] * W[k, i, o]",
             "k = blocks, i = {din} / blocks, o = {dout} / blocks",
             ("blocks",),
+            requires="blocks must divide the width (d, or d_in and d_out)",
         ),
     )
 }
@@ -146,7 +149,8 @@ def expand(call: ShorthandDecl, values: Mapping[str, Any]) -> StructureDecl:
         raise UnknownNameError(
             f"unknown structure form '{form}'",
             call.form.span,
-            f"the forms are {_FORMS_TEXT}; or write the einsum out in a `structure name(...):` block",
+            f"the forms are {_FORMS_TEXT}; or write the einsum out in a block "
+            "such as `structure m(d = 1024):`",
         )
     text = f"structure {call.name.name}({header}):\n{body}"
     decl = parse_text(text, f"<{form} expansion>").declarations[0]

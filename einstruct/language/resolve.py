@@ -63,10 +63,15 @@ def resolve(
             return _resolve_explicit(expanded, own, source)
         except EinstructError as exc:
             if exc.span is not None and exc.span.file.endswith(" expansion>"):
+                # the user did not write the expanded text: point at the shorthand, and say
+                # what its arguments must satisfy rather than how to edit the expansion
+                form = CATALOG.get(decl.form.name)
                 raise type(exc)(
                     f"{exc.message} (in {decl.form.name}() as expanded at these values)",
                     decl.span,
-                    exc.hint,
+                    form.requires
+                    if form
+                    else "choose other values: each side's classes must give integer sizes",
                 ) from None
             raise
     values = parameter_values(decl, decl.params, overrides, symbolic)
