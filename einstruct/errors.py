@@ -28,6 +28,7 @@ __all__ = [
     "StructureNotFoundError",
     "ParameterError",
     "CompileError",
+    "MissingExtraError",
 ]
 
 
@@ -129,3 +130,7 @@ class ParameterError(EinstructError, ValueError):
 
 class CompileError(EinstructError, ValueError):
     """A structure that the compiler cannot turn into a layer, or a bad option."""
+
+
+class MissingExtraError(EinstructError, ImportError):
+    """An optional dependency is not installed (the hint names the extra to install)."""

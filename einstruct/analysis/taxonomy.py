@@ -85,8 +85,9 @@ def _min(a: Size, b: Size) -> Size:
     return sympy.Min(a, b)
 
 
+@lru_cache(maxsize=65536)
 def exact_log(size: int, base: int) -> Fraction | None:
-    """log_base(size) as a fraction p/q with size^q == base^p exactly, if one exists."""
+    """log_base(size) as a fraction p/q with size^q == base^p exactly, if one exists (cached)."""
     if size == 1:
         return Fraction(0)
     if base <= 1:
