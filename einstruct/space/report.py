@@ -43,7 +43,8 @@ def summary_lines(report: SearchReport) -> list[str]:
         f"search d_in = {q.d_in}, d_out = {q.d_out}: {_constraints(report)}",
         f"{s['points']:,} grid points (step 1/{q.grid}, {space}): {s['distinct']:,} distinct structures,",
         f"{s['feasible']:,} meet the constraints, {s['front']:,} on the Pareto front",
-        f"showing {shown}, ranked by {q.rank} ({RANKINGS[q.rank]})",
+        f"showing {shown}, ranked by {q.rank}:",
+        f"  {RANKINGS[q.rank]}",
     ]
     if report.measured is not None:
         m = report.measured
