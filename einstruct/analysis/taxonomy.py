@@ -110,6 +110,7 @@ def _constant(expr: Expr) -> Fraction | None:
     return Fraction(value) if isinstance(value, int | Fraction) else None
 
 
+@lru_cache(maxsize=4096)
 def _scaled_power(expr: Expr) -> Fraction | None:
     """p for a size written ``c * (w / W)^p``: c at width W, growing as w^p.
 

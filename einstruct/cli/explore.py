@@ -75,6 +75,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=2))
     else:
         render_search(report, console())
+    sys.stdout.flush()  # the table before the note on standard error
     if args.emit:
         command = "einstruct " + " ".join(shlex.quote(a) for a in args.argv if a not in ("--json", "--force"))
         paths = emit(report, args.emit, args.force, command)

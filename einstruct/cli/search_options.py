@@ -88,7 +88,7 @@ def add_search_options(p: argparse.ArgumentParser, required: bool) -> None:
         f"(default 1/{DEFAULT_GRID[2]}, 1/{DEFAULT_GRID[3]} with --factors 3)",
     )
     p.add_argument(
-        "--jobs", type=positive, metavar="N", help="worker processes (default: the CPUs available)"
+        "--jobs", type=positive, metavar="N", help="worker processes (default: the CPUs not already busy)"
     )
 
 

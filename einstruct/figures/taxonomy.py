@@ -31,8 +31,8 @@ from .mpl import new_figure, save_figure
 
 __all__ = ["Point", "TaxonomyPlot", "plot_taxonomy", "LABELLED"]
 
-#: How many of a search's results get a label.
-LABELLED = 5
+#: How many of a search's results (the first on its Pareto front) get a label.
+LABELLED = 3
 
 
 @dataclass(frozen=True)
@@ -130,10 +130,18 @@ def plot_taxonomy(
     return TaxonomyPlot(figure, files + found, dense, staircase, path)
 
 
+def _grouped(points: Sequence[Point], where: Any) -> list[tuple[Any, str]]:
+    """One label per place: the names of the points that coincide there, joined."""
+    places: dict[Any, list[str]] = {}
+    for p in points:
+        places.setdefault(where(p), []).append(p.label)
+    return [(place, ", ".join(names)) for place, names in places.items()]
+
+
 def _labelled(found: tuple[Point, ...], search: SearchReport | None) -> set[str]:
     if search is None:
         return set()
-    return {r.name for r in search.results[:LABELLED]}
+    return {r.name for r in [r for r in search.candidates if r.pareto][:LABELLED]}
 
 
 def _draw_3d(
@@ -161,9 +169,9 @@ def _draw_3d(
             depthshade=False,
         )
         sc.set_gid("points:search")
-        for p in found:
-            if p.label in _labelled(found, search):
-                ax.text(float(p.omega), float(p.psi), float(p.nu), p.label, fontsize=6)
+        top = [p for p in found if p.label in _labelled(found, search)]
+        for (x, y, z), label in _grouped(top, lambda p: (p.omega, p.psi, p.nu)):
+            ax.text(float(x), float(y), float(z), " " + label.replace(", ", "\n "), fontsize=6)
     if files:
         sc = ax.scatter(
             [float(p.omega) for p in files],
@@ -174,8 +182,8 @@ def _draw_3d(
             depthshade=False,
         )
         sc.set_gid("points:files")
-        for p in files:
-            ax.text(float(p.omega), float(p.psi), float(p.nu), " " + p.label, fontsize=7)
+        for (x, y, z), label in _grouped(files, lambda p: (p.omega, p.psi, p.nu)):
+            ax.text(float(x), float(y), float(z), " " + label, fontsize=7)
     ax.set_xlim(0, top_omega)
     ax.set_ylim(0, 1)
     ax.set_zlim(0, top_nu)
@@ -203,15 +211,15 @@ def _draw_2d(
             label="search: on its Pareto front (orange), dominated (gray)",
         )
         sc.set_gid("points:search")
-        for p in found:
-            if p.label in _labelled(found, search):
-                ax.annotate(
-                    p.label,
-                    (float(p.flops), float(p.params)),
-                    fontsize=6,
-                    xytext=(3, -8),
-                    textcoords="offset points",
-                )
+        top = [p for p in found if p.label in _labelled(found, search)]
+        for (x, y), label in _grouped(top, lambda p: (p.flops, p.params)):
+            ax.annotate(
+                label.replace(", ", "\n"),
+                (float(x), float(y)),
+                fontsize=6,
+                xytext=(3, -8),
+                textcoords="offset points",
+            )
     if files:
         sc = ax.scatter(
             [float(p.flops) for p in files],
@@ -221,10 +229,10 @@ def _draw_2d(
             label="structures",
         )
         sc.set_gid("points:files")
-        for p in files:
+        for (x, y), label in _grouped(files, lambda p: (p.flops, p.params)):
             ax.annotate(
-                p.label,
-                (float(p.flops), float(p.params)),
+                label,
+                (float(x), float(y)),
                 fontsize=7,
                 xytext=(3, 3),
                 textcoords="offset points",
@@ -238,7 +246,10 @@ def _draw_2d(
         label="dense",
     )
     sc.set_gid("dense")
+    taken = {(p.flops, p.params) for p in files}
     for p in dense:
+        if (p.flops, p.params) in taken:  # a file's dense layer is labelled already
+            continue
         ax.annotate(
             p.label,
             (float(p.flops), float(p.params)),

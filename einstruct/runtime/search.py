@@ -62,7 +62,7 @@ def search(
         include_dominated: return every feasible candidate, not only the Pareto front.
         measure: compile the results and time them against dense on ``device``.
         batch, repeats: tokens per timed call and interleaved rounds.
-        jobs: worker processes for the analysis (default: the CPUs available).
+        jobs: worker processes for the analysis (default: the CPUs not already busy).
         progress: ``progress(done, total)`` as candidates are analyzed.
         emit, force: write one ``.ein`` per result into this directory.
 

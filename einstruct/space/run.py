@@ -136,11 +136,17 @@ def _analyze_range(bounds: tuple[int, int]) -> list[Numbers | None]:
 
 
 def default_jobs() -> int:
-    """The CPUs this process may use."""
+    """Worker processes by default: the CPUs this process may use that are not already busy
+    (by the 1-minute load average); on a shared machine under load, workers only add overhead."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+        cpus = os.cpu_count() or 1
+    try:
+        busy = int(os.getloadavg()[0] + 0.5)
+    except (AttributeError, OSError):
+        busy = 0
+    return max(1, min(cpus, cpus - busy + 1))
 
 
 def _analyze_all(
