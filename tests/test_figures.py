@@ -175,3 +175,9 @@ def test_without_matplotlib_the_error_names_the_extra(args, tmp_path):
     assert result.returncode == 2, result.stderr
     assert "pip install 'einstruct[plot]'" in result.stderr and "Traceback" not in result.stderr
     assert not (ROOT / "x.png").exists()
+
+
+@pytest.mark.parametrize("args", [["draw", "nope"], ["plot", "taxonomy", "examples"]], ids=["draw", "plot"])
+def test_a_missing_spec_file_is_named(args, tmp_path, capsys):
+    assert main([*args, "-o", str(tmp_path / "x.png")]) == 2
+    assert "no such spec file" in capsys.readouterr().err

@@ -117,3 +117,27 @@ def test_measure_on_cpu_times_every_result(capsys):
 def test_help(command):
     result = run(*command, "--help")
     assert result.returncode == 0 and "usage: einstruct" in result.stdout
+
+
+def test_measuring_without_torch_names_the_extra():
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "from einstruct.cli import main\n"
+        "sys.exit(main(['search', '--d-in', '64', '--d-out', '64', '--grid', '1/2', '--measure']))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'einstruct[torch]'" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_python_api_stays_light():
+    code = (
+        "import sys, einstruct\n"
+        "report = einstruct.search(64, grid=2, top=1)\n"
+        "assert report[0].source and einstruct.plot_taxonomy and einstruct.draw\n"
+        "sys.exit(1 if {'torch', 'matplotlib'} & set(sys.modules) else 0)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr

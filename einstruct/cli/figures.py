@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..errors import ParameterError
@@ -54,6 +55,14 @@ def add_figure_commands(sub: Any) -> None:
     d.set_defaults(handler=cmd_draw)
 
 
+def _spec_path(text: str) -> Path:
+    """A spec file named on the command line (never read as source text)."""
+    path = Path(text)
+    if not path.is_file():
+        raise ParameterError(f"no such spec file: '{text}'", hint="check the path")
+    return path
+
+
 def _overrides(pairs: list[str] | None) -> dict[str, str]:
     out = {}
     for pair in pairs or []:
@@ -78,7 +87,7 @@ def cmd_plot_taxonomy(args: argparse.Namespace) -> int:
     if not args.search and not args.files:
         raise ParameterError("nothing to plot", hint="give .ein files, or --search with --d-in and --d-out")
     overrides = _overrides(args.set)
-    structures = [s for path in args.files for s in load_all(path, overrides, strict=False)]
+    structures = [s for path in args.files for s in load_all(_spec_path(path), overrides, strict=False)]
     report = run_query(args, query_from(args, None, "guidance", True)) if args.search else None
     result = plot_taxonomy(structures, search=report, output=args.output, force=args.force, title=args.title)
     shown = len(result.points)
@@ -93,7 +102,7 @@ def cmd_draw(args: argparse.Namespace) -> int:
 
     matplotlib()
     drawing = draw(
-        args.file,
+        _spec_path(args.file),
         args.structure,
         output=args.output,
         force=args.force,

@@ -6,7 +6,8 @@
 - :mod:`.pareto`: the Pareto front and the rankings;
 - :mod:`.model`: the query, the results and the report;
 - :mod:`.run`: the search itself (the analyzer's numbers, optionally in parallel);
-- :mod:`.report`: the results for people (terminal table) and files (``--emit``).
+- :mod:`.report`: the results for people (the terminal table);
+- :mod:`.emit`: the results as ``.ein`` files (``--emit``) and the overwrite rule.
 
 Nothing here imports torch; measuring candidates lives in :mod:`einstruct.runtime.measure`.
 """
