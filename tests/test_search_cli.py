@@ -141,3 +141,17 @@ def test_the_python_api_stays_light():
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
+
+
+def test_emit_never_follows_a_link(tmp_path, capsys):
+    out = tmp_path / "c"
+    assert main([*SMALL, "--top", "1", "--emit", str(out)]) == 0
+    (emitted,) = out.iterdir()
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me")
+    emitted.unlink()
+    emitted.symlink_to(precious)
+    capsys.readouterr()
+    assert main([*SMALL, "--top", "1", "--emit", str(out), "--force"]) == 2
+    assert "is a link" in capsys.readouterr().err
+    assert precious.read_text() == "keep me"

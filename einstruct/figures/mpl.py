@@ -9,12 +9,13 @@ Output is reproducible: no dates in the metadata, fixed SVG ids.
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
 from .._version import __version__
 from ..errors import MissingExtraError, ParameterError
-from ..space.emit import check_writable
+from ..space.emit import check_writable, write_atomic
 
 __all__ = ["FORMATS", "matplotlib", "new_figure", "save_figure", "written_by_einstruct"]
 
@@ -76,11 +77,7 @@ def save_figure(figure: Any, output: str | Path, force: bool = False) -> Path:
         "svg": {"Creator": _MARK, "Date": None},
         "pdf": {"Creator": _MARK, "Producer": _MARK, "CreationDate": None},
     }[kind]
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        figure.savefig(tmp, format=kind, metadata=metadata, dpi=110)
-        tmp.replace(path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise ParameterError(f"cannot write '{output}': {exc.strerror or exc}") from None
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=kind, metadata=metadata, dpi=110)
+    write_atomic(path, buffer.getvalue())
     return path

@@ -3,15 +3,20 @@
 The rule, for every file einstruct writes outside ``compile``: a path that
 does not exist is written; an existing file is replaced only if einstruct
 wrote it (an emitted ``.ein`` starts with :data:`STAMP`) or the user passed
-``--force`` (``force=True``); anything else is refused before a single file is
-written, with the list of paths in the way. Files are written through a
-temporary file and renamed, so an interrupted run leaves no half-written file.
+``--force`` (``force=True``); a link or anything that is not a regular file is
+never replaced; anything else is refused before a single file is written,
+with the list of paths in the way. Files are written to a new temporary file
+(created exclusively) and renamed, so an interrupted run leaves no
+half-written file, and a replaced file keeps its permission bits.
 
     >>> paths = emit(report, "candidates")          # doctest: +SKIP
 """
 
 from __future__ import annotations
 
+import os
+import stat
+import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -46,11 +51,15 @@ def emitted_text(result: SearchResult, command: str | None = None) -> str:
 def check_writable(
     paths: Iterable[Path], force: bool, ours: Callable[[Path], bool], flag: str = "--force"
 ) -> None:
-    """Refuse (before writing anything) if a path exists and is neither ours nor forced."""
+    """Refuse (before writing anything) a path that is a link or not a regular file, or an
+    existing file that is neither ours nor forced."""
     blocked = []
     for path in paths:
-        if path.is_dir():
-            raise ParameterError(f"'{path}' is a directory", hint="give a file name")
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise ParameterError(
+                f"will not write '{path}': it is a link, a directory or another special file",
+                hint="give the path of a regular file (or of a new one)",
+            )
         if path.exists() and not force and not ours(path):
             blocked.append(str(path))
     if blocked:
@@ -62,17 +71,24 @@ def check_writable(
 
 
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write through a temporary file next to ``path``, then rename it into place."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write to a new, exclusively created temporary file next to ``path``, then rename it into
+    place: no half-written file is ever left, and a replaced file keeps its permission bits."""
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    tmp: str | None = None
     try:
-        if isinstance(data, bytes):
-            tmp.write_bytes(data)
-        else:
-            tmp.write_text(data, encoding="utf-8")
-        tmp.replace(path)
+        mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else None
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise EinstructError(f"cannot write '{path}': {exc.strerror or exc}") from None
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        raise EinstructError(
+            f"cannot write '{path}': {exc.strerror or exc}", hint="check the folder exists and is writable"
+        ) from None
 
 
 def _is_emitted(path: Path) -> bool:
@@ -95,7 +111,9 @@ def emit(
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise EinstructError(f"cannot create '{folder}': {exc.strerror or exc}") from None
+        raise EinstructError(
+            f"cannot create '{folder}': {exc.strerror or exc}", hint="check the parent folder is writable"
+        ) from None
     for path, text in files:
         write_atomic(path, text)
     return [p for p, _ in files]

@@ -38,7 +38,7 @@ def _fraction(value: Any, what: str) -> Fraction | None:
             f"{what} must be a number, got '{value}'", hint="e.g. 0.05, 1/20 or 1e6"
         ) from None
     if result < 0:
-        raise ParameterError(f"{what} must not be negative, got {value}")
+        raise ParameterError(f"{what} must not be negative, got {value}", hint="give 0 or more")
     return result
 
 
@@ -86,9 +86,12 @@ class SearchQuery:
         if self.grid is None:
             object.__setattr__(self, "grid", DEFAULT_GRID[self.factors])
         if not isinstance(self.grid, int) or self.grid < 1:
-            raise ParameterError(f"the grid step must be 1/n for an integer n >= 1, got n = {self.grid}")
+            raise ParameterError(
+                f"the grid step must be 1/n for an integer n >= 1, got n = {self.grid}",
+                hint="e.g. --grid 1/12 (grid=12 in Python)",
+            )
         if self.top is not None and self.top < 1:
-            raise ParameterError(f"top must be at least 1, got {self.top}")
+            raise ParameterError(f"top must be at least 1, got {self.top}", hint="e.g. --top 10")
         if self.rank not in RANKINGS:
             raise ParameterError(
                 f"unknown ranking '{self.rank}'", hint=f"choose one of {', '.join(RANKINGS)}"
