@@ -15,15 +15,20 @@ Public API (``spec`` is a path to a ``.ein`` file or the source text itself)::
                                                                       -> nn.Module subclass
     einstruct.replace_linear(model, spec, select=None, **params) -> list of replaced names
     einstruct.param_groups(model, lr, weight_decay=0.0) -> optimizer parameter groups
+    einstruct.search(d_in, d_out=None, flops_ratio=None, ..., measure=False) -> SearchReport
+    einstruct.plot_taxonomy(specs, search=None, output=None) -> TaxonomyPlot      (matplotlib)
+    einstruct.draw(spec, structure=None, output=None, **params) -> NetworkDrawing   (matplotlib)
     einstruct.EinstructError                                         the one error root
 
-``analyze`` never imports torch; ``compile``, ``replace_linear`` and
-``param_groups`` need it.
+``analyze`` and ``search`` never import torch (``search(measure=True)`` does);
+``compile``, ``replace_linear`` and ``param_groups`` need it; ``plot_taxonomy``
+and ``draw`` need matplotlib (``pip install 'einstruct[plot]'``).
 
 The package follows the pipeline: :mod:`einstruct.language` (text -> IR),
 :mod:`einstruct.planner` (IR -> plan), :mod:`einstruct.analysis` (the report),
 :mod:`einstruct.backends` (plan -> module text), :mod:`einstruct.runtime`
-(classes in this process, model conversion) and :mod:`einstruct.cli`.
+(classes in this process, model conversion, measuring), :mod:`einstruct.space`
+(the structure search), :mod:`einstruct.figures` (pictures) and :mod:`einstruct.cli`.
 """
 
 from __future__ import annotations
@@ -45,6 +50,9 @@ __all__ = [
     "compile",
     "replace_linear",
     "param_groups",
+    "search",
+    "plot_taxonomy",
+    "draw",
 ]
 
 _LAZY = {
@@ -52,6 +60,9 @@ _LAZY = {
     "compile": ("runtime.build", "compile"),
     "replace_linear": ("runtime.replace", "replace_linear"),
     "param_groups": ("runtime.replace", "param_groups"),
+    "search": ("runtime.search", "search"),
+    "plot_taxonomy": ("figures.taxonomy", "plot_taxonomy"),
+    "draw": ("figures.network", "draw"),
 }
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "ParameterError",
     "CompileError",
     "OutputError",
+    "MissingExtraError",
 ]
 
 
@@ -139,6 +140,17 @@ class CompileError(EinstructError, ValueError):
     """A structure that the compiler cannot turn into a layer, or a bad option."""
 
 
+class OutputError(EinstructError, OSError):
+    """An output file einstruct will not write (it would destroy something) or cannot write."""
+
+    def __str__(self) -> str:  # OSError has its own __str__; use ours
+        return EinstructError.__str__(self)
+
+
+class MissingExtraError(EinstructError, ImportError):
+    """An optional dependency is not installed (the hint names the extra to install)."""
+
+
 def _printable(text: str) -> str:
     """``text`` with each character that is not printable shown as ``?`` (columns stay aligned)."""
     return "".join(ch if ch.isprintable() else "?" for ch in text)
@@ -152,10 +164,3 @@ def _width(text: str) -> int:
         0 if unicodedata.combining(ch) else 2 if unicodedata.east_asian_width(ch) in "WF" else 1
         for ch in text
     )
-
-
-class OutputError(EinstructError, OSError):
-    """An output file einstruct will not write (it would destroy something) or cannot write."""
-
-    def __str__(self) -> str:  # OSError has its own __str__; use ours
-        return EinstructError.__str__(self)

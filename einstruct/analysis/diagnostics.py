@@ -13,6 +13,7 @@ from typing import Any
 
 from ..numbers import exponent_text
 from .model import Analysis, Diagnostic
+from .taxonomy import degenerate
 
 __all__ = ["CODES", "Diagnostic", "diagnose"]
 
@@ -36,7 +37,7 @@ def diagnose(a: Analysis) -> list[Diagnostic]:
     if t.theta is not None and _known(t.theta["rho"]):
         th = t.theta
         useful = min(th["alpha"], th["epsilon"])
-        if th["rho"] > useful:
+        if degenerate(th):
             width = a.useful_rank()
             out.append(
                 Diagnostic(

@@ -23,14 +23,25 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
+from functools import lru_cache
 from typing import Any
 
 from ..evaluation import evaluate, sympy_round
+from ..expressions import BinOp, Expr, Name, names_in
 from ..ir import CLASS_NAMES, Size, Structure
 from ..planner.order import choose_optimizer, import_opt_einsum
 from .rank import cut_weight, min_cut_indices
 
-__all__ = ["Taxonomy", "index_exponents", "taxonomy", "theta_vector", "orient", "closed_forms"]
+__all__ = [
+    "Taxonomy",
+    "index_exponents",
+    "taxonomy",
+    "theta_vector",
+    "orient",
+    "degenerate",
+    "closed_forms",
+    "exact_log",
+]
 
 Exponent = Any  # Fraction when exact, else a float or a sympy expression
 
@@ -75,8 +86,9 @@ def _min(a: Size, b: Size) -> Size:
     return sympy.Min(a, b)
 
 
-def _exact_log(size: int, base: int) -> Fraction | None:
-    """log_base(size) as a fraction p/q with size^q == base^p exactly, if one exists."""
+@lru_cache(maxsize=65536)
+def exact_log(size: int, base: int) -> Fraction | None:
+    """log_base(size) as a fraction p/q with size^q == base^p exactly, if one exists (cached)."""
     if size == 1:
         return Fraction(0)
     if base <= 1:
@@ -88,22 +100,70 @@ def _exact_log(size: int, base: int) -> Fraction | None:
     return guess if size**q == base**p else None
 
 
-def _exponent_from_expr(structure: Structure, index: str, base: Size) -> Exponent | None:
-    """The exponent of a size written as round(w^p) (or floor/ceil) of the width parameter w."""
-    import sympy
+_WIDTHS = frozenset({"d", "d_in", "d_out"})
 
+
+def _constant(expr: Expr) -> Fraction | None:
+    """The value of an expression without names, if it is rational."""
+    if names_in(expr):
+        return None
+    value = evaluate(expr, {})
+    return Fraction(value) if isinstance(value, int | Fraction) else None
+
+
+@lru_cache(maxsize=4096)
+def _scaled_power(expr: Expr) -> Fraction | None:
+    """p for a size written ``c * (w / W)^p``: c at width W, growing as w^p.
+
+    ``w`` is a width parameter (d, d_in, d_out) and c, W, p are numbers; this is
+    how ``einstruct search`` writes an exact factorization of the width that
+    stands for the class exponent p (24 * (d_in / 768)^(1/2) is 24 at d_in =
+    768 and grows as the square root of the width).
+    """
+    if not (isinstance(expr, BinOp) and expr.op == "*"):
+        return None
+    for coeff, power in ((expr.left, expr.right), (expr.right, expr.left)):
+        if not (isinstance(power, BinOp) and power.op == "^"):
+            continue
+        ratio, p = power.left, _constant(power.right)
+        if not (isinstance(ratio, BinOp) and ratio.op == "/" and isinstance(ratio.left, Name)):
+            continue
+        c, width = _constant(coeff), _constant(ratio.right)
+        if ratio.left.id in _WIDTHS and c is not None and c > 0 and width is not None and width > 0:
+            return p if p is not None and p > 0 else None
+    return None
+
+
+def _exponent_from_expr(structure: Structure, index: str, base: Size) -> Exponent | None:
+    """The exponent of a size written as round(w^p) (or floor/ceil) of the width parameter w,
+    or as ``c * (w / W)^p`` (see :func:`_scaled_power`)."""
     idx = structure.index(index)
     if idx.expr is None:
         return None
-    widths = {"d", "d_in", "d_out"}
+    scaled = _scaled_power(idx.expr)
+    if scaled is not None:
+        return scaled
+    env = tuple((p.name, p.value) for p in structure.parameters)
+    try:
+        return _power_of_width(idx.expr, env)
+    except TypeError:  # an unhashable parameter value: no caching
+        return _power_of_width.__wrapped__(idx.expr, env)
+
+
+@lru_cache(maxsize=4096)
+def _power_of_width(expr: Expr, parameters: tuple[tuple[str, Any], ...]) -> Exponent | None:
+    """p when ``expr`` is w^p once rounding is ignored (cached: sympy is slow, and a search
+    analyzes thousands of structures that share a few size expressions)."""
+    import sympy
+
     d = sympy.Symbol("d", positive=True)  # every width scales as the same d (the paper's convention)
-    env = {p.name: d if p.name in widths else p.value for p in structure.parameters}
-    value = evaluate(idx.expr, env)
+    env = {name: d if name in _WIDTHS else value for name, value in parameters}
+    value = evaluate(expr, env)
     value = sympy.sympify(value)
     value = value.replace(lambda e: isinstance(e, sympy.floor | sympy.ceiling), lambda e: e.args[0])
     value = value.replace(lambda e: isinstance(e, sympy_round()), lambda e: e.args[0])
     value = sympy.powsimp(sympy.simplify(value), force=True)
-    if widths & set(env):
+    if _WIDTHS & set(env):
         coeff, power = value.as_coeff_exponent(d)
         if coeff == 1 and power != 0 and not power.free_symbols:
             return Fraction(int(power.p), int(power.q))
@@ -120,7 +180,7 @@ def index_exponents(structure: Structure) -> dict[str, Exponent]:
             continue
         exact: Exponent = None
         if isinstance(size, int) and isinstance(base, int):
-            exact = _exact_log(size, base)
+            exact = exact_log(size, base)
         if exact is None:
             exact = _exponent_from_expr(structure, index.name, base)
         if exact is None:
@@ -214,6 +274,13 @@ def orient(vec: dict[str, Exponent]) -> dict[str, Exponent]:
     swapped["alpha"], swapped["beta"] = vec["beta"], vec["alpha"]
     swapped["delta"], swapped["epsilon"] = vec["epsilon"], vec["delta"]
     return swapped
+
+
+def degenerate(vec: dict[str, Exponent]) -> bool:
+    """The paper's degenerate theta: the rank axis is wider than min(alpha, epsilon) of the
+    oriented classes (it costs compute and parameters without adding expressivity)."""
+    oriented = orient(vec)
+    return bool(oriented["rho"] > min(oriented["alpha"], oriented["epsilon"]))
 
 
 def closed_forms(vec: dict[str, Exponent]) -> tuple[Exponent, Exponent, Exponent]:

@@ -1,13 +1,15 @@
-"""The ``einstruct`` command line: ``analyze``, ``compare``, ``theta``, ``plan``, ``compile``.
+"""The ``einstruct`` command line: ``analyze``, ``compare``, ``theta``, ``plan``, ``compile``,
+``search``, ``plot``, ``draw``.
 
 User mistakes (any :class:`~einstruct.errors.EinstructError`) print as
 ``file:line:column: error: ...`` with the line and a caret, and exit with
 status 2; there is no traceback. A bug in einstruct itself prints one line and
 exits with :data:`INTERNAL_ERROR` (``EINSTRUCT_DEBUG=1`` shows the traceback).
-``analyze`` never imports torch.
+``analyze`` and ``search`` (without ``--measure``) never import torch.
 
 - :mod:`.arguments`: the parser, options and help texts;
-- :mod:`.commands`: what each command does.
+- :mod:`.commands`: what each command does;
+- :mod:`.explore`, :mod:`.figures`, :mod:`.search_options`: ``search``, ``plot`` and ``draw``.
 """
 
 from __future__ import annotations

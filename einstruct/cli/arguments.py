@@ -18,6 +18,7 @@ from ..backends import BACKENDS
 from ..limits import current
 from ..planner.plan import DEFAULT_BATCH, STRATEGIES
 from .commands import cmd_analyze, cmd_compare, cmd_compile, cmd_plan, cmd_theta
+from .explore import add_explore_commands
 
 __all__ = ["ArgumentParser", "build_parser", "positive_int"]
 
@@ -150,4 +151,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan_arguments(p)
     p.add_argument("--json", action="store_true", help="print what was written as JSON (needs -o FILE)")
     p.set_defaults(handler=cmd_compile)
+
+    add_explore_commands(sub)  # search, plot, draw
     return parser

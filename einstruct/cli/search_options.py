@@ -1,0 +1,147 @@
+"""Options shared by ``search`` and ``plot taxonomy --search``, and running the static search.
+
+The search runs with a progress bar on standard error when it is long and
+standard error is a terminal (never in pipes or tests).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from fractions import Fraction
+from typing import Any
+
+from ..space.model import DEFAULT_GRID
+
+__all__ = [
+    "PROGRESS_FROM",
+    "positive",
+    "grid_denominator",
+    "add_search_options",
+    "query_from",
+    "run_query",
+    "console",
+]
+
+#: Below this many candidates no progress bar is drawn.
+PROGRESS_FROM = 2000
+
+
+def grid_denominator(text: str) -> int:
+    """An argparse type: ``1/n`` (or ``n``) -> n."""
+    value = text.strip()
+    try:
+        step = Fraction(value)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a grid step; write 1/n, e.g. 1/12") from None
+    if step > 1 and step.denominator == 1:  # "12" means 1/12
+        step = 1 / step
+    if step <= 0 or step.numerator != 1:
+        raise argparse.ArgumentTypeError(f"the grid step must be 1/n for an integer n, got '{text}'")
+    return step.denominator
+
+
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def console() -> Any:
+    """A rich console on standard output, at least 100 columns wide when piped."""
+    import shutil
+
+    from rich.console import Console
+
+    return Console(highlight=False, width=max(100, shutil.get_terminal_size((120, 24)).columns))
+
+
+def add_search_options(p: argparse.ArgumentParser, required: bool) -> None:
+    """The options that say what to search (``search``, and ``plot taxonomy --search``)."""
+    p.add_argument("--d-in", type=positive, required=required, metavar="N", help="the input width")
+    p.add_argument("--d-out", type=positive, required=required, metavar="M", help="the output width")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--max-flops", metavar="F", help="at most F forward FLOPs per vector")
+    budget.add_argument(
+        "--flops-ratio", metavar="R", help="at most R x the FLOPs of a dense layer, e.g. 0.05 or 1/20"
+    )
+    p.add_argument("--max-params", metavar="P", help="at most P parameters")
+    p.add_argument("--min-psi", metavar="P", help="rank exponent psi at least P (1: full rank)")
+    p.add_argument("--max-omega", metavar="W", help="parameter sharing omega at most W (0: none)")
+    p.add_argument(
+        "--factors",
+        type=int,
+        choices=[2, 3],
+        default=2,
+        help="2: the paper's two-factor space; 3: also three-factor chains (default 2)",
+    )
+    p.add_argument(
+        "--grid",
+        type=grid_denominator,
+        metavar="1/N",
+        help=f"grid step of every class exponent "
+        f"(default 1/{DEFAULT_GRID[2]}, 1/{DEFAULT_GRID[3]} with --factors 3)",
+    )
+    p.add_argument(
+        "--jobs", type=positive, metavar="N", help="worker processes (default: the CPUs not already busy)"
+    )
+
+
+class _Bar:
+    """A progress bar on standard error for long runs in a terminal (nothing otherwise)."""
+
+    def __init__(self) -> None:
+        self.progress: Any = None
+        self.task: Any = None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.progress is None:
+            if total < PROGRESS_FROM or not sys.stderr.isatty():
+                return
+            from rich.console import Console
+            from rich.progress import Progress
+
+            self.progress = Progress(console=Console(file=sys.stderr), transient=True)
+            self.progress.start()
+            self.task = self.progress.add_task("analyzing candidates", total=total)
+        self.progress.update(self.task, completed=done)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def query_from(args: argparse.Namespace, top: int | None, rank: str, include_dominated: bool) -> Any:
+    """The :class:`~einstruct.space.model.SearchQuery` the options describe."""
+    from ..space.model import SearchQuery
+
+    return SearchQuery(
+        args.d_in,
+        args.d_out,
+        max_flops=args.max_flops,
+        flops_ratio=args.flops_ratio,
+        max_params=args.max_params,
+        min_psi=args.min_psi,
+        max_omega=args.max_omega,
+        factors=args.factors,
+        grid=args.grid,
+        top=top,
+        rank=rank,
+        include_dominated=include_dominated,
+    )
+
+
+def run_query(args: argparse.Namespace, query: Any) -> Any:
+    """Run the static search with a progress bar on long runs."""
+    from ..space.run import run_search
+
+    bar = _Bar()
+    try:
+        return run_search(query, bar, args.jobs)
+    finally:
+        bar.close()

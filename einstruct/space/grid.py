@@ -1,0 +1,114 @@
+"""The points a search enumerates: theta vectors on a rational grid.
+
+Two spaces:
+
+- the paper's two-factor space (BACKGROUND §2): seven classes alpha..rho, the
+  input classes (alpha, beta, gamma) and the output classes (delta, epsilon,
+  phi) each summing to 1, rho in [0, 1]. Degenerate points (rho wider than
+  min(alpha, epsilon)) and redundant ones (the mirror of an oriented twin, the
+  same structure with the factors' roles swapped) are left out, by the
+  analyzer's own :func:`~einstruct.analysis.taxonomy.degenerate` and
+  :func:`~einstruct.analysis.taxonomy.orient`;
+- three-factor chains ``x -> A -> B -> C -> y``: every index is held by a
+  contiguous run of the chain that does not hold both x and y. Input classes
+  ``in_A`` (x, A), ``in_AB`` (x, A, B), ``in_ABC`` (x, A, B, C); output
+  classes ``out_C``, ``out_BC``, ``out_ABC``; rank classes ``rank_AB`` and
+  ``rank_BC``. (Monarch and BTT are the two-factor chains; the run A, B, C,
+  a rank axis shared by all three factors, is left out to keep the grid
+  small.) Points where a factor holds no class are two-factor structures and
+  are left to the two-factor space.
+
+A grid of step 1/n puts every class on {0, 1/n, ..., 1}.
+
+    >>> len(two_factor_points(2))
+    16
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+
+from ..analysis.taxonomy import degenerate, orient
+from ..ir import CLASS_NAMES
+
+__all__ = [
+    "Point",
+    "CHAIN_CLASSES",
+    "CHAIN_TENSORS",
+    "TWO_TENSORS",
+    "two_factor_points",
+    "chain_points",
+]
+
+#: Tensors of the two-factor space and the classes each holds, in storage order
+#: (the layout of the ``theta(...)`` shorthand).
+TWO_TENSORS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("x", ("gamma", "alpha", "beta")),
+    ("A", ("gamma", "alpha", "phi", "delta", "rho")),
+    ("B", ("phi", "gamma", "beta", "rho", "epsilon")),
+    ("y", ("phi", "delta", "epsilon")),
+)
+
+#: The chain's classes: input side, output side, ranks.
+CHAIN_CLASSES = ("in_A", "in_AB", "in_ABC", "out_C", "out_BC", "out_ABC", "rank_AB", "rank_BC")
+
+#: Tensors of a three-factor chain and the classes each holds, in storage order.
+CHAIN_TENSORS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("x", ("in_ABC", "in_AB", "in_A")),
+    ("A", ("in_ABC", "in_AB", "in_A", "out_ABC", "rank_AB")),
+    ("B", ("in_ABC", "in_AB", "out_ABC", "rank_AB", "rank_BC", "out_BC")),
+    ("C", ("in_ABC", "out_ABC", "rank_BC", "out_BC", "out_C")),
+    ("y", ("out_ABC", "out_BC", "out_C")),
+)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point: which space (``two`` or ``chain``) and each class's exponent."""
+
+    space: str
+    theta: tuple[tuple[str, Fraction], ...]
+
+    def classes(self) -> dict[str, Fraction]:
+        """Class name -> exponent, every class of the space (zeros included)."""
+        return dict(self.theta)
+
+
+def _splits(n: int) -> Iterator[tuple[int, int, int]]:
+    """Every (a, b, c) of non-negative integers with a + b + c = n."""
+    for a in range(n + 1):
+        for b in range(n + 1 - a):
+            yield a, b, n - a - b
+
+
+def two_factor_points(n: int) -> list[Point]:
+    """The two-factor space on the grid of step 1/n, without degenerate or redundant points."""
+    points = []
+    for alpha, beta, gamma in _splits(n):
+        for delta, epsilon, phi in _splits(n):
+            for rho in range(n + 1):
+                # integer numerators: orientation and degeneracy do not depend on the scale
+                vec = dict(zip(CLASS_NAMES, (alpha, beta, gamma, delta, epsilon, phi, rho)))
+                if orient(vec) != vec or degenerate(vec):
+                    continue
+                theta = tuple((c, Fraction(v, n)) for c, v in vec.items())
+                points.append(Point("two", theta))
+    return points
+
+
+def chain_points(n: int) -> list[Point]:
+    """Three-factor chains on the grid of step 1/n in which every factor holds some class."""
+    holds = {name: classes for name, classes in CHAIN_TENSORS if name in ("A", "B", "C")}
+    points = []
+    for ins in _splits(n):
+        for outs in _splits(n):
+            for rank_ab in range(n + 1):
+                for rank_bc in range(n + 1):
+                    values = dict(zip(CHAIN_CLASSES, (*ins, *outs, rank_ab, rank_bc)))
+                    if any(all(values[c] == 0 for c in classes) for classes in holds.values()):
+                        continue
+                    theta = tuple((c, Fraction(v, n)) for c, v in values.items())
+                    points.append(Point("chain", theta))
+    return points
