@@ -185,8 +185,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     from ..backends import get_backend
     from ..backends.common import comment_text, default_class_name, spec_hash
+    from ..files import write_output
     from ..planner.format import plan_to_dict
-    from .files import write_output
 
     if args.json and args.output == "-":
         raise ParameterError(

@@ -15,7 +15,7 @@ from typing import Any
 
 from .._version import __version__
 from ..errors import MissingExtraError, ParameterError
-from ..space.emit import check_writable, write_atomic
+from ..files import write_files
 
 __all__ = ["FORMATS", "matplotlib", "new_figure", "save_figure", "written_by_einstruct"]
 
@@ -70,7 +70,6 @@ def _target(output: str | Path) -> Path:
 def save_figure(figure: Any, output: str | Path, force: bool = False) -> Path:
     """Save ``figure`` to ``output`` (type from the suffix) under the overwrite rule."""
     path = _target(output)
-    check_writable([path], force, written_by_einstruct)
     kind = path.suffix.lower()[1:]
     metadata = {
         "png": {"Software": _MARK},
@@ -79,5 +78,5 @@ def save_figure(figure: Any, output: str | Path, force: bool = False) -> Path:
     }[kind]
     buffer = io.BytesIO()
     figure.savefig(buffer, format=kind, metadata=metadata, dpi=110)
-    write_atomic(path, buffer.getvalue())
+    write_files([(path, buffer.getvalue())], force=force, ours=written_by_einstruct)
     return path
