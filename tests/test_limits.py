@@ -150,3 +150,23 @@ def test_a_compiled_module_refuses_to_allocate_beyond_the_parameter_limit():
     expected = "S has 1,099,511,627,776 parameters, more than EINSTRUCT_MAX_PARAMS = 2,147,483,648"
     assert lines[0] == expected + "; set that variable to allow it", result.stderr
     assert lines[1].startswith("T has 1,024 parameters, more than EINSTRUCT_MAX_PARAMS = 100")
+
+
+def test_symbolic_sizes_that_outgrow_the_stand_in_take_a_smaller_one_or_are_refused():
+    """Symbolic analysis picks its order at a stand-in value; a steep size must not hang it."""
+
+    def spec(size: str) -> str:
+        return f"structure s(k):\n    y[o] = x[i] * W[i, o]\n    where i = {size}, o = 4\n"
+
+    import sympy
+
+    for size in ("2^k", "k^k^k", "k^k^k^k"):
+        a = einstruct.analyze(spec(size), symbolic=True)
+        assert sympy.simplify(a.params - 4 * a.structure.size("i")) == 0  # still the exact formula in k
+    code = "import einstruct; einstruct.analyze(" + repr(spec("k^k^k^k^k")) + ", symbolic=True)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert (
+        "even with the stand-in values k = 2" in result.stderr and "is larger than the limit" in result.stderr
+    )

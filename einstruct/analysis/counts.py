@@ -24,7 +24,9 @@ from dataclasses import dataclass, replace
 from fractions import Fraction
 from typing import Any
 
+from ..errors import SizeError
 from ..ir import Size, Structure
+from ..limits import current
 from ..planner.order import BATCH, ContractionOrder, contraction_order
 
 __all__ = ["STAND_IN", "PathStep", "Counts", "count", "concrete_stand_in"]
@@ -59,26 +61,63 @@ class Counts:
 def concrete_stand_in(structure: Structure, value: int = STAND_IN, values: dict | None = None) -> Structure:
     """The structure with every free parameter set to ``value`` (sizes rounded to >= 1).
 
-    ``values`` maps parameter names to other stand-in values.
+    ``values`` maps parameter names to other stand-in values. Without them, a
+    size that would pass the size limit at ``value`` (``2^k`` at k = 4096) makes
+    the stand-in smaller (256, 16, 4, 2) until every size fits: the stand-in only
+    picks the contraction order.
+
+    Raises:
+        SizeError: no stand-in keeps every size within the limit (``k^k^k``).
     """
     if not structure.is_symbolic:
         return structure
+    free = sorted(
+        {sym for i in structure.indices if not isinstance(i.size, int) for sym in i.size.free_symbols},
+        key=str,
+    )
+    trials = [value] if values else [value, 256, 16, 4, 2]
+    for k, scale in enumerate(trials):
+        symbols = {sym: (values or {}).get(str(sym), scale) for sym in free}
+        sizes = _sizes_at(structure, symbols, raise_if_too_large=k == len(trials) - 1)
+        if sizes is not None:
+            indices = tuple(replace(i, size=sizes.get(i.name, i.size)) for i in structure.indices)
+            return replace(structure, indices=indices)
+    raise AssertionError("unreachable: the last trial raises")
+
+
+def _sizes_at(
+    structure: Structure, symbols: dict[Any, int], raise_if_too_large: bool
+) -> dict[str, int] | None:
+    """Every symbolic size at ``symbols``, or ``None`` if one passes the size limit."""
     import sympy
 
-    values = values or {}
-    symbols = {
-        sym: values.get(str(sym), value)
-        for i in structure.indices
-        if not isinstance(i.size, int)
-        for sym in i.size.free_symbols
-    }
-    indices = []
+    floats = {sym: sympy.Float(v) for sym, v in symbols.items()}
+    limit = current().max_size
+    sizes = {}
     for index in structure.indices:
-        size = index.size
-        if not isinstance(size, int):
-            size = max(1, int(sympy.floor(sympy.sympify(size).subs(symbols) + sympy.Rational(1, 2))))
-        indices.append(replace(index, size=size))
-    return replace(structure, indices=tuple(indices))
+        if isinstance(index.size, int):
+            continue
+        # estimate first, in floating point (arbitrary exponent range, instant), so a
+        # tower such as k^k^k is refused instead of computed exactly
+        try:
+            estimate = sympy.sympify(index.size).subs(floats).evalf(15)
+            too_large = not estimate.is_finite or abs(estimate) > limit
+        except (OverflowError, ValueError):  # past even mpmath's exponent range
+            too_large = True
+        if too_large:
+            if not raise_if_too_large:
+                return None
+            stand_ins = ", ".join(f"{sym} = {v}" for sym, v in symbols.items())
+            raise SizeError(
+                f"even with the stand-in values {stand_ins}, the size of '{index.name}' = "
+                f"{index.expr_text} is larger than the limit {limit:,}",
+                index.expr.span if index.expr is not None else index.span,
+                "symbolic analysis picks the contraction order at stand-in values: give the "
+                "parameters values (--set), or write a size that grows less steeply",
+            )
+        exact = sympy.floor(sympy.sympify(index.size).subs(symbols) + sympy.Rational(1, 2))
+        sizes[index.name] = max(1, int(exact))
+    return sizes
 
 
 def _prod(values: Iterable[Size]) -> Size:
