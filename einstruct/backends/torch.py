@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._version import __version__
-from ..analysis.mup import factor_fans
+from ..analysis.mup import application_order, factor_fans
 from ..planner.model import Plan
 from ..planner.order import BATCH
 from .common import (
@@ -42,7 +42,7 @@ ROUTED_TEMPLATE = "torch/routed_layer.py.j2"
 def _factors(plan: Plan) -> list[dict[str, Any]]:
     """Name, stored axes, shape and muP numbers of every factor, as source text."""
     s = plan.structure
-    fans = factor_fans(s, plan.order.factor_sequence)
+    fans = factor_fans(s)
     sizes = sizes_of(plan)
     out = []
     for f in s.factors:
@@ -128,7 +128,7 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
         "factors": factors,
         "unpack": ", ".join(names) if len(names) > 1 else f"({names[0]},)",
         "factor_attrs": tuple_code(f"self.{n}" for n in names),
-        "last_factor": plan.order.factor_sequence[-1],
+        "last_factor": application_order(s)[-1],
         "forward_lines": forward_lines,
         "backward_lines": backward_lines,
         "operands": tuple_code(operands),
