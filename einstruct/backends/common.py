@@ -38,7 +38,7 @@ RESERVED_NAMES = frozenset(
     {
         "bias", "forward", "to_dense", "reset_parameters", "lr_multipliers", "param_groups",
         "extra_repr", "in_features", "out_features", "input_axes", "output_axes", "factor_axes",
-        "index_sizes", "init_std", "lr_mult", "normalize", "zero_init_last", "training",
+        "index_sizes", "init_std", "lr_mult", "normalize", "zero_init_last", "gain", "training",
         "strategy", "default_strategy", "save_intermediate", "dense_weight", "ctx", "operands",
         "g_out", "g_x", "g_y", "factors", "w", "eye", "router", "aux_loss", "gate", "experts",
         "top_k", "sparse_experts", "rows", "part", "e",
