@@ -14,7 +14,8 @@ Public API (``spec`` is a path to a ``.ein`` file or the source text itself)::
     einstruct.compile(spec, structure=None, class_name=None, backend="torch", **params)
                                                                       -> nn.Module subclass
     einstruct.replace_linear(model, spec, select=None, **params) -> list of replaced names
-    einstruct.param_groups(model, lr, weight_decay=0.0) -> optimizer parameter groups
+    einstruct.param_groups(model, lr, weight_decay=0.0, base_width=64, fixed=None)
+                                                                      -> optimizer parameter groups
     einstruct.EinstructError                                         the one error root
 
 ``analyze`` never imports torch; ``compile``, ``replace_linear`` and
@@ -51,7 +52,7 @@ _LAZY = {
     "analyze": ("analysis.analyze", "analyze"),
     "compile": ("runtime.build", "compile"),
     "replace_linear": ("runtime.replace", "replace_linear"),
-    "param_groups": ("runtime.replace", "param_groups"),
+    "param_groups": ("runtime.groups", "param_groups"),
 }
 
 
