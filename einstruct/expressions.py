@@ -24,6 +24,7 @@ from functools import lru_cache
 from typing import Any
 
 from .errors import Span, UnknownNameError
+from .splits import split
 
 #: The binary operators other than ``^`` (whose exact form needs care).
 _ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
@@ -47,6 +48,8 @@ __all__ = [
     "has_rounding",
     "sympy_to_text",
     "sympy_round",
+    "sympy_split",
+    "SPLIT_FUNCTIONS",
 ]
 
 #: A value: ``int`` or ``Fraction`` when exact and rational (the fast path, no
@@ -71,9 +74,38 @@ def sympy_round() -> Any:
     return Round
 
 
+#: ``sqrt_lo(w)``, ``sqrt_hi(w)``: the two parts of a width, exact where a balanced split
+#: exists (see :mod:`einstruct.splits`); their product covers w. Part 0 or 1 of the split.
+SPLIT_FUNCTIONS = {"sqrt_lo": 0, "sqrt_hi": 1}
+
+
+def _split_part(value: Fraction, part: int) -> int:
+    """Part ``part`` of the split of ``value`` rounded up to a whole width (at least 1)."""
+    return split(max(1, math.ceil(value)))[part]
+
+
+@lru_cache(maxsize=2)
+def sympy_split(name: str) -> Any:
+    """The sympy function ``sqrt_lo`` or ``sqrt_hi`` (built on first use; unevaluated when symbolic)."""
+    import sympy
+
+    part = SPLIT_FUNCTIONS[name]
+
+    def eval_(cls: Any, arg: Any) -> Any:
+        if arg.is_number and arg.is_real:
+            return sympy.Integer(_split_part(Fraction(str(sympy.ceiling(arg))), part))
+        return None
+
+    return type(
+        name, (sympy.Function,), {"eval": classmethod(eval_), "is_integer": True, "is_positive": True}
+    )
+
+
 def _sympy_function(name: str) -> Callable[..., Any]:
     import sympy
 
+    if name in SPLIT_FUNCTIONS:
+        return sympy_split(name)
     return {
         "round": sympy_round(),
         "floor": sympy.floor,
@@ -85,10 +117,12 @@ def _sympy_function(name: str) -> Callable[..., Any]:
 
 
 #: Functions the language knows, by name, with their arity.
-FUNCTIONS: dict[str, int] = {"round": 1, "floor": 1, "ceil": 1, "sqrt": 1, "min": 2, "max": 2}
+FUNCTIONS: dict[str, int] = {
+    "round": 1, "floor": 1, "ceil": 1, "sqrt": 1, "min": 2, "max": 2, "sqrt_lo": 1, "sqrt_hi": 1,
+}  # fmt: skip
 
 #: Functions whose result is an integer by construction (they opt in to padding).
-ROUNDING_FUNCTIONS = frozenset({"round", "floor", "ceil"})
+ROUNDING_FUNCTIONS = frozenset({"round", "floor", "ceil", "sqrt_lo", "sqrt_hi"})
 
 
 class _Inexact(Exception):
@@ -292,6 +326,8 @@ def _exact_eval(expr: Expr, env: Mapping[str, Value]) -> Fraction:
             return Fraction(math.ceil(args[0]))
         if expr.func == "sqrt":
             return _power(args[0], Fraction(1, 2))
+        if expr.func in SPLIT_FUNCTIONS:
+            return Fraction(_split_part(args[0], SPLIT_FUNCTIONS[expr.func]))
         return min(args) if expr.func == "min" else max(args)
     left, right = _exact_eval(expr.left, env), _exact_eval(expr.right, env)
     if expr.op == "/" and right == 0:
