@@ -15,6 +15,7 @@ from ..analysis.mup import OPTIMIZERS
 from ..backends import BACKENDS
 from ..planner.plan import DEFAULT_BATCH, STRATEGIES
 from .commands import cmd_analyze, cmd_compare, cmd_compile, cmd_plan, cmd_theta
+from .experiment import add_experiment_parser
 
 __all__ = ["build_parser", "positive_int"]
 
@@ -130,4 +131,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_plan_arguments(p)
     p.add_argument("--json", action="store_true", help="print what was written as JSON (needs -o FILE)")
     p.set_defaults(handler=cmd_compile)
+
+    add_experiment_parser(sub)
     return parser

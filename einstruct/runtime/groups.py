@@ -20,6 +20,12 @@ The papers parameterize the whole model, not just the structured layers
 
 ``base_width=None`` turns width scaling off: structured factors get ``lr *
 lr_mult`` and every other parameter ``lr``.
+
+``base=`` (a copy of the model built at the base width, structured or not)
+is the papers' exact rule instead of ``base_width / n``: each layer gets
+(its in_features in ``base``) / (its in_features), so a 4d -> d layer gets
+4 * 64 / (4d), not 64 / (4d), and input layers, whose fan-in is the same in
+both models, keep ``lr`` without being named.
 """
 
 from __future__ import annotations
@@ -65,6 +71,17 @@ def width_multiplier(in_features: int, base_width: int | None, fixed: bool = Fal
     return base_width / in_features
 
 
+def _in_features(base: Any) -> dict[str, int]:
+    """in_features of every Linear and structured layer of ``base``, by qualified name."""
+    import torch.nn as nn
+
+    return {
+        name: module.in_features
+        for name, module in base.named_modules()
+        if is_structured(module) or isinstance(module, nn.Linear)
+    }
+
+
 def _check_base_width(base_width: Any) -> None:
     if base_width is None:
         return
@@ -82,6 +99,7 @@ def param_groups(
     *,
     base_width: int | None = 64,
     fixed: Selector = None,
+    base: Any = None,
 ) -> list[dict]:
     """Optimizer groups for ``model`` (Adam): structured muP in the layers, width muP around them.
 
@@ -94,6 +112,9 @@ def param_groups(
         fixed: the layers whose fan-in does not grow with the width (input layers),
             which keep ``lr``; a selector as in :func:`einstruct.replace_linear`.
             Default: the layers with fewer than ``base_width`` input features.
+        base: the same model built at the base width: each layer's multiplier is
+            then its in_features there over its in_features here (the papers'
+            ``cola_parameterize``); ``base_width`` is not used.
 
     Returns:
         One group per distinct (lr, weight decay), in order of first appearance;
@@ -103,6 +124,7 @@ def param_groups(
 
     _check_base_width(base_width)
     is_fixed = selector(fixed, default=False)
+    base_in = None if base is None else _in_features(base)
     by_setting: dict[tuple[float, float], list[Any]] = {}
     seen: set[int] = set()
 
@@ -115,7 +137,17 @@ def param_groups(
 
     for name, module in model.named_modules():
         if is_structured(module) or isinstance(module, nn.Linear):
-            width = width_multiplier(module.in_features, base_width, is_fixed(name, module))
+            if is_fixed(name, module):
+                width = 1.0
+            elif base_in is not None:
+                if name not in base_in:
+                    raise ParameterError(
+                        f"layer '{name}' has no counterpart in the base model",
+                        hint="build base with the same code as the model, at the base width",
+                    )
+                width = base_in[name] / module.in_features
+            else:
+                width = width_multiplier(module.in_features, base_width)
             mults = module.lr_multipliers() if is_structured(module) else {"weight": 1.0}
             for pname, mult in mults.items():
                 param = module.get_parameter(pname)
