@@ -197,11 +197,11 @@ def test_json_has_every_key():
     assert (d["omega"], d["psi"], d["nu"]) == (0, 1, 0.5)
 
 
-def test_analyze_imports_no_torch():
+def test_analyze_imports_no_torch_and_no_matplotlib():
     code = (
         "import sys; from einstruct.cli import main; "
         "main(['analyze', 'examples/btt.ein', '--json']); "
-        "sys.exit(1 if 'torch' in sys.modules else 0)"
+        "sys.exit(1 if {'torch', 'matplotlib'} & set(sys.modules) else 0)"
     )
     from conftest import ROOT
 
