@@ -14,7 +14,7 @@ Public API (``spec`` is a path to a ``.ein`` file or the source text itself)::
     einstruct.compile(spec, structure=None, class_name=None, backend="torch", **params)
                                                                       -> nn.Module subclass
     einstruct.replace_linear(model, spec, select=None, **params) -> list of replaced names
-    einstruct.param_groups(model, lr, weight_decay=0.0, base_width=64, fixed=None)
+    einstruct.param_groups(model, lr, weight_decay=0.0, base_width=64, fixed=None, base=None)
                                                                       -> optimizer parameter groups
     einstruct.EinstructError                                         the one error root
 
@@ -24,7 +24,8 @@ Public API (``spec`` is a path to a ``.ein`` file or the source text itself)::
 The package follows the pipeline: :mod:`einstruct.language` (text -> IR),
 :mod:`einstruct.planner` (IR -> plan), :mod:`einstruct.analysis` (the report),
 :mod:`einstruct.backends` (plan -> module text), :mod:`einstruct.runtime`
-(classes in this process, model conversion) and :mod:`einstruct.cli`.
+(classes in this process, model conversion, optimizer groups),
+:mod:`einstruct.experiments` (the scaling experiment) and :mod:`einstruct.cli`.
 """
 
 from __future__ import annotations

@@ -37,7 +37,7 @@ def test_normalize_with_zero_init_last_trains_with_finite_gradients(dtype):
 
 def test_gains_scale_the_normalized_factors():
     Layer = einstruct.compile("structure b = btt(rank = 2, d = 16)")
-    with pytest.raises(ValueError, match="pass normalize=True"):
+    with pytest.raises(ValueError, match="gain=True needs normalize=True"):
         Layer(gain=True)
     layer = Layer(normalize=True, gain=True, dtype=torch.float64)
     assert layer.gain.tolist() == [1.0, 1.0] and layer.lr_multipliers()["gain"] == 1.0
@@ -147,3 +147,19 @@ def test_monarch_with_blocks_is_the_papers_monarch(d_in, d_out):
     B = layer.B.permute(*(layer.factor_axes["B"].index(i) for i in "fegr")).reshape(b, out_blk, mid)
     x = torch.randn(5, d_in, dtype=torch.float64)
     torch.testing.assert_close(layer(x), _butterfly(x, A.detach(), B.detach()))
+
+
+def test_param_groups_with_a_base_model_is_the_papers_rule():
+    """cola_parameterize: a matrix's multiplier is its fan-in in the base model over its fan-in."""
+    width, base_width, lr = 256, 64, 1e-2
+    model = _model(width, "structure b = btt(rank = 2, d_in = 1, d_out = 1)")
+    base = _model(base_width, "structure b = btt(rank = 2, d_in = 1, d_out = 1)")
+    got = _lr_of(einstruct.param_groups(model, lr, base=base))
+    _, adam, _ = papers_numbers(papers_cores("btt", width, 4 * width, rank=2), width, 4 * width)
+    assert got[id(model.up.A)][0] == pytest.approx(lr * adam[0] * base_width / width)
+    assert got[id(model.down.weight)][0] == pytest.approx(lr * (4 * base_width) / (4 * width))
+    assert got[id(model.head.weight)][0] == pytest.approx(lr * base_width / width)
+    assert got[id(model.inp.weight)][0] == lr  # 8 inputs in both models
+    with pytest.raises(ParameterError, match="layer 'extra' has no counterpart in the base model"):
+        model.add_module("extra", nn.Linear(width, width))
+        einstruct.param_groups(model, lr, base=base)

@@ -1,4 +1,4 @@
-"""The ``einstruct`` command line: ``analyze``, ``compare``, ``theta``, ``plan``, ``compile``.
+"""The ``einstruct`` command line: ``analyze``, ``compare``, ``theta``, ``plan``, ``compile``, ``experiment``.
 
 User mistakes (any :class:`~einstruct.errors.EinstructError`) print as
 ``file:line:column: error: ...`` with the line and a caret, and exit with
@@ -7,7 +7,8 @@ exits with :data:`INTERNAL_ERROR` (``EINSTRUCT_DEBUG=1`` shows the traceback).
 ``analyze`` never imports torch.
 
 - :mod:`.arguments`: the parser, options and help texts;
-- :mod:`.commands`: what each command does.
+- :mod:`.commands`: what each command does;
+- :mod:`.experiment`: ``experiment scaling`` (imports torch when it runs).
 """
 
 from __future__ import annotations
