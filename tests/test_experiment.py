@@ -31,6 +31,10 @@ def test_the_smoke_sweep_runs_resumes_and_reports(tmp_path, capsys):
     assert main([*args, "--workers", "0"]) == 0
     assert capsys.readouterr().out == first
     assert len(results.read_text().splitlines()) == len(rows)
+    # other steps make other runs: nothing of the first sweep is reused for them
+    assert main([*args, "--workers", "0", "--steps", "3"]) == 0
+    more = [json.loads(line) for line in results.read_text().splitlines()]
+    assert len(more) == 2 * len(rows) and {r["steps"] for r in more[len(rows) :]} == {3}
 
 
 def test_a_structure_without_d_in_and_d_out_is_refused(tmp_path, capsys):

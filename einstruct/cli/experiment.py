@@ -18,14 +18,19 @@ from typing import Any
 __all__ = ["add_experiment_parser", "cmd_scaling"]
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
+def _at_least(minimum: int) -> Any:
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
 
 
 def _rate(text: str) -> float:
@@ -55,15 +60,17 @@ def add_experiment_parser(sub: Any) -> None:
     preset = s.add_mutually_exclusive_group()
     preset.add_argument("--quick", action="store_true", help="1000 steps, 3 widths, 2 lrs: under 5 minutes")
     preset.add_argument("--smoke", action="store_true", help="a tiny task that runs in seconds (CI)")
-    s.add_argument("--steps", type=_positive, help="training steps per run")
-    s.add_argument("--seeds", type=_positive, nargs="+", metavar="SEED", help="seeds (default 0 1 2)")
-    s.add_argument("--widths", type=_positive, nargs="+", metavar="D", help="widths of the structures")
+    s.add_argument("--steps", type=_at_least(1), help="training steps per run")
+    s.add_argument("--seeds", type=_at_least(0), nargs="+", metavar="SEED", help="seeds (default 0 1 2)")
+    s.add_argument("--widths", type=_at_least(1), nargs="+", metavar="D", help="widths of the structures")
     s.add_argument(
-        "--dense-widths", type=_positive, nargs="+", metavar="D", help="widths of the dense baseline"
+        "--dense-widths", type=_at_least(1), nargs="+", metavar="D", help="widths of the dense baseline"
     )
     s.add_argument("--lrs", type=_rate, nargs="+", metavar="LR", help="learning rates (at the base width 64)")
     s.add_argument("--no-dense", action="store_true", help="leave out the dense baseline")
-    s.add_argument("--workers", type=_positive, default=2, help="single-thread worker processes (default 2)")
+    s.add_argument(
+        "--workers", type=_at_least(0), default=2, help="single-thread worker processes (default 2)"
+    )
     s.add_argument("--results", metavar="FILE", help="JSON-lines results (default scaling-PRESET.jsonl)")
     s.add_argument("--table", metavar="FILE", help="also write the markdown table here")
     s.add_argument("--plot", metavar="FILE", help="draw the frontier into this PNG (needs matplotlib)")
@@ -93,7 +100,7 @@ def cmd_scaling(args: argparse.Namespace) -> int:
 
     name = "smoke" if args.smoke else "quick" if args.quick else "full"
     preset = PRESETS[name]
-    task = replace(preset.task, steps=args.steps) if args.steps else preset.task
+    task = replace(preset.task, steps=args.steps) if args.steps is not None else preset.task
     specs = structures(args.files, dense=not args.no_dense)
     widths = {
         label: tuple(args.dense_widths or preset.dense_widths)

@@ -27,6 +27,7 @@ structure, width).
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import warnings
@@ -62,10 +63,12 @@ class Run:
     lr: float
     seed: int
 
-    @property
-    def key(self) -> str:
-        """A stable identity for resuming (independent of the order runs are listed)."""
-        return f"{self.structure}|{self.width}|{self.lr!r}|{self.seed}|{zlib.crc32(self.spec.encode()):08x}"
+    def key(self, task: Task) -> str:
+        """A stable identity for resuming: the run and the task (a run of another task,
+        say with other steps, is another run)."""
+        setup = zlib.crc32(json.dumps(asdict(task), sort_keys=True).encode())
+        spec = zlib.crc32(self.spec.encode())
+        return f"{self.structure}|{self.width}|{self.lr!r}|{self.seed}|{spec:08x}|{setup:08x}"
 
 
 def build_teacher(task: Task, seed: int) -> Any:
@@ -216,7 +219,7 @@ def train_run(task: Task, run: Run, data: dict[str, Any]) -> dict[str, Any]:
         eval_loss = torch.nn.functional.mse_loss(model(data["x_eval"]), data["y_eval"]).item()
     per_sample = train_flops(task, run.spec, run.width)
     return {
-        "key": run.key,
+        "key": run.key(task),
         "structure": run.structure,
         "width": run.width,
         "lr": run.lr,

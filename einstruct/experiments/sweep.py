@@ -105,9 +105,9 @@ def run_sweep(
     """
     import torch
 
-    keys = {r.key for r in runs}
+    keys = {r.key(task) for r in runs}
     done = {row["key"]: row for row in read_results(results) if row.get("key") in keys}
-    todo = _ordered(task, [r for r in runs if r.key not in done])
+    todo = _ordered(task, [r for r in runs if r.key(task) not in done])
     if progress:
         progress(len(done), len(runs), None)
     results.parent.mkdir(parents=True, exist_ok=True)
@@ -139,4 +139,4 @@ def run_sweep(
             with multiprocessing.get_context("spawn").Pool(workers, initializer=_init_worker) as pool:
                 for row in pool.imap_unordered(_work, jobs):
                     record(row)
-    return [done[r.key] for r in runs]
+    return [done[r.key(task)] for r in runs]
