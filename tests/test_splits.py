@@ -83,3 +83,10 @@ def test_monarch_blocks_must_hold_at_least_as_many_features_as_there_are_blocks(
     # 4 blocks of 256 x 256, twice: 2 * 4 * 256^2 parameters, 2 FLOPs per multiply-add
     assert s.params == 2 * 4 * 256**2
     assert analyze_structure(s).counts.flops == 2 * 2 * 4 * 256**2
+
+
+def test_symbolic_exponents_that_cannot_be_ordered_stay_as_written():
+    # theta of a, e is log(ceiling(d/blocks))/log(d): orient cannot compare them, and must not crash
+    s = einstruct.load("structure m = monarch(blocks = 4, d = 1024)", symbolic=True)
+    t = analyze_structure(s).taxonomy
+    assert t.theta is not None and t.theta == t.theta_written

@@ -219,8 +219,16 @@ def theta_vector(
 
 
 def orient(vec: dict[str, Exponent]) -> dict[str, Exponent]:
-    """Swap the roles of A and B when min(alpha, epsilon) < min(beta, delta)."""
-    if min(vec["alpha"], vec["epsilon"]) >= min(vec["beta"], vec["delta"]):
+    """Swap the roles of A and B when min(alpha, epsilon) < min(beta, delta).
+
+    Symbolic exponents that cannot be ordered (``log(ceiling(d/blocks))/log(d)``)
+    stay as written.
+    """
+    try:
+        as_written = bool(min(vec["alpha"], vec["epsilon"]) >= min(vec["beta"], vec["delta"]))
+    except TypeError:
+        as_written = True
+    if as_written:
         return dict(vec)
     swapped = dict(vec)
     swapped["alpha"], swapped["beta"] = vec["beta"], vec["alpha"]
