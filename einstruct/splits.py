@@ -14,7 +14,8 @@ The rule, in order:
    the papers' rule gives 8 x 40.
 3. Otherwise **ceil(sqrt(w)) and ceil(w / ceil(sqrt(w)))**: the axes cover a
    little more than w and the layer pads (1018 = 2 x 509 becomes 32 x 32).
-   Never fewer features than w: einstruct does not truncate.
+   Never fewer features than w: einstruct does not truncate. Widths above
+   10^12 go straight to this rule (finding their factors would be slow).
 
     >>> split(768), split(2048), split(320), split(1018)
     ((16, 48), (32, 64), (16, 20), (32, 32))
@@ -25,10 +26,13 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
-__all__ = ["MAX_RATIO", "split", "papers_split", "even_split", "padded_split"]
+__all__ = ["MAX_RATIO", "LARGEST_SEARCHED", "split", "papers_split", "even_split", "padded_split"]
 
 #: The most lopsided exact split a catalog form takes (larger part / smaller part).
 MAX_RATIO = 4
+
+#: Widths above this are split by rule 3 at once (no search for factors: it would be slow).
+LARGEST_SEARCHED = 10**12
 
 
 def _prime_factors(n: int) -> list[int]:
@@ -70,6 +74,8 @@ def split(width: int) -> tuple[int, int]:
     """The two parts ``(lo, hi)`` of a width, ``lo <= hi``, ``lo * hi >= width`` (see the module)."""
     if width < 1:
         raise ValueError(f"a width must be a positive integer, got {width}")
+    if width > LARGEST_SEARCHED:
+        return padded_split(width)
     for rule in (papers_split, even_split):
         lo, hi = rule(width)
         if hi <= MAX_RATIO * lo:
