@@ -111,7 +111,7 @@ def test_init_std_matches_mup(path):
 def test_zero_init_last_and_normalize():
     _, layer = _layer("structure b = btt(rank = 2, d = 64)")
     fresh = compile_structure(einstruct.load("structure b = btt(rank = 2, d = 64)"))(zero_init_last=True)
-    # the last factor as written (B), whatever order the planner evaluates in
+    # the last factor applied (B, as written), whatever order the planner evaluates in
     assert torch.count_nonzero(fresh.B) == 0 and torch.count_nonzero(fresh.A) > 0
     # normalize divides each factor by max(1, rms / init_std): big factors shrink to the init scale
     norm = compile_structure(einstruct.load("structure b = btt(rank = 2, d = 64)"))(
