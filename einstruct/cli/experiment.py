@@ -58,7 +58,7 @@ def add_experiment_parser(sub: Any) -> None:
     )
     s.add_argument("files", nargs="*", metavar="FILE", help=".ein files (default: btt, kronecker, low_rank)")
     preset = s.add_mutually_exclusive_group()
-    preset.add_argument("--quick", action="store_true", help="1000 steps, 3 widths, 2 lrs: under 5 minutes")
+    preset.add_argument("--quick", action="store_true", help="3 widths, 2 lrs, fewer steps")
     preset.add_argument("--smoke", action="store_true", help="a tiny task that runs in seconds (CI)")
     s.add_argument("--steps", type=_at_least(1), help="training steps per run")
     s.add_argument("--seeds", type=_at_least(0), nargs="+", metavar="SEED", help="seeds (default 0 1 2)")

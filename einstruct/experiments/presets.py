@@ -2,7 +2,7 @@
 
 - ``full``: the pilot's scale (3000 steps, four widths per structure, four
   learning rates, three seeds): roughly 40 to 60 minutes on 2 cores (not run).
-- ``quick``: 1000 steps, three widths, two learning rates, three seeds: under
+- ``quick``: 800 steps, three widths, two learning rates, three seeds: under
   5 minutes on 2 cores (``docs/experiments.md`` has the timings).
 - ``smoke``: a tiny teacher and 20 steps, for CI: seconds.
 
@@ -50,7 +50,7 @@ class Preset:
 
 PRESETS = {
     "full": Preset(Task(steps=3000), (16, 28, 52, 96), (36, 64, 144, 256), (1e-3, 3e-3, 1e-2, 3e-2)),
-    "quick": Preset(Task(steps=1000), (16, 28, 40), (36, 64, 100), (3e-3, 1e-2)),
+    "quick": Preset(Task(steps=800), (16, 28, 40), (36, 64, 100), (3e-3, 1e-2)),
     "smoke": Preset(
         Task(steps=20, batch=32, teacher_width=32, teacher_depth=2, eval_samples=256, base_width=16),
         (8,),

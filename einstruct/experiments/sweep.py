@@ -107,7 +107,8 @@ def run_sweep(
 
     keys = {r.key(task) for r in runs}
     done = {row["key"]: row for row in read_results(results) if row.get("key") in keys}
-    todo = _ordered(task, [r for r in runs if r.key(task) not in done])
+    unique = {r.key(task): r for r in runs}  # a run listed twice is trained once
+    todo = _ordered(task, [r for key, r in unique.items() if key not in done])
     if progress:
         progress(len(done), len(runs), None)
     results.parent.mkdir(parents=True, exist_ok=True)
