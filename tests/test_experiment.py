@@ -45,6 +45,17 @@ def test_a_structure_without_d_in_and_d_out_is_refused(tmp_path, capsys):
     assert "structure 'sq' has no d_in and d_out parameters" in err and "hint:" in err
 
 
+def test_a_structure_that_does_not_fit_a_width_is_refused_before_training(tmp_path, capsys):
+    spec = tmp_path / "blocks.ein"
+    spec.write_text("structure bd = block_diagonal(blocks = 4, d_in = 64, d_out = 256)\n")
+    results = tmp_path / "r.jsonl"
+    args = ["experiment", "scaling", "--smoke", str(spec), "--widths", "10", "--results", str(results)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "structure 'bd' at width 10 (10 -> 40): size of 'i' = d_in / blocks = 5/2" in err
+    assert not results.exists() or not results.read_text()
+
+
 @pytest.mark.parametrize("label", ["btt", "low_rank"])
 def test_training_flops_are_what_torch_counts(label):
     """train_flops (from analyze) against torch's FLOP counter on one training step of the student.

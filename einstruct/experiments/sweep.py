@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ..errors import ParameterError
+from ..errors import EinstructError, ParameterError
 from .scaling import Run, Task, make_data, train_flops, train_run
 
 __all__ = ["plan_runs", "read_results", "run_sweep"]
@@ -82,8 +82,19 @@ def _work(job: tuple[Task, Run, str]) -> dict[str, Any]:
 
 
 def _ordered(task: Task, runs: Iterable[Run]) -> list[Run]:
-    """Largest runs first, so the workers finish together (cheapest-last scheduling)."""
-    cost = {(r.spec, r.width): train_flops(task, r.spec, r.width) for r in runs}
+    """Largest runs first, so the workers finish together (cheapest-last scheduling).
+
+    Costing every run first also checks, before any training, that each
+    structure resolves at each of its widths.
+    """
+    cost = {}
+    for r in runs:
+        if (r.spec, r.width) not in cost:
+            try:
+                cost[(r.spec, r.width)] = train_flops(task, r.spec, r.width)
+            except EinstructError as exc:
+                message = f"structure '{r.structure}' at width {r.width} ({r.width} -> {4 * r.width}): "
+                raise type(exc)(message + exc.message, exc.span, exc.hint) from None
     return sorted(runs, key=lambda r: -cost[(r.spec, r.width)])
 
 
