@@ -1,7 +1,7 @@
 """The scaling experiment's presets and default structures.
 
 - ``full``: the pilot's scale (3000 steps, four widths per structure, four
-  learning rates, three seeds): roughly 40 to 60 minutes on 2 cores (not run).
+  learning rates, three seeds): roughly 30 minutes on 2 free cores (estimated).
 - ``quick``: 800 steps, three widths, two learning rates, three seeds: under
   5 minutes on 2 cores (``docs/experiments.md`` has the timings).
 - ``smoke``: a tiny teacher and 20 steps, for CI: seconds.
