@@ -14,7 +14,8 @@ Public API (``spec`` is a path to a ``.ein`` file or the source text itself)::
     einstruct.compile(spec, structure=None, class_name=None, backend="torch", **params)
                                                                       -> nn.Module subclass
     einstruct.replace_linear(model, spec, select=None, **params) -> list of replaced names
-    einstruct.param_groups(model, lr, weight_decay=0.0) -> optimizer parameter groups
+    einstruct.param_groups(model, lr, weight_decay=0.0, base_width=64, fixed=None, base=None)
+                                                                      -> optimizer parameter groups
     einstruct.search(d_in, d_out=None, flops_ratio=None, ..., measure=False) -> SearchReport
     einstruct.plot_taxonomy(specs, search=None, output=None) -> TaxonomyPlot      (matplotlib)
     einstruct.draw(spec, structure=None, output=None, **params) -> NetworkDrawing   (matplotlib)
@@ -27,8 +28,9 @@ and ``draw`` need matplotlib (``pip install 'einstruct[plot]'``).
 The package follows the pipeline: :mod:`einstruct.language` (text -> IR),
 :mod:`einstruct.planner` (IR -> plan), :mod:`einstruct.analysis` (the report),
 :mod:`einstruct.backends` (plan -> module text), :mod:`einstruct.runtime`
-(classes in this process, model conversion, measuring), :mod:`einstruct.space`
-(the structure search), :mod:`einstruct.figures` (pictures) and :mod:`einstruct.cli`.
+(classes in this process, model conversion, optimizer groups, measuring),
+:mod:`einstruct.space` (the structure search), :mod:`einstruct.figures` (pictures),
+:mod:`einstruct.experiments` (the scaling experiment) and :mod:`einstruct.cli`.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ _LAZY = {
     "analyze": ("analysis.analyze", "analyze"),
     "compile": ("runtime.build", "compile"),
     "replace_linear": ("runtime.replace", "replace_linear"),
-    "param_groups": ("runtime.replace", "param_groups"),
+    "param_groups": ("runtime.groups", "param_groups"),
     "search": ("runtime.search", "search"),
     "plot_taxonomy": ("figures.taxonomy", "plot_taxonomy"),
     "draw": ("figures.network", "draw"),

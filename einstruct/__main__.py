@@ -6,4 +6,5 @@ from .cli import main
 
 __all__: list[str] = []
 
-sys.exit(main())
+if __name__ == "__main__":  # not when a spawned worker process imports this module
+    sys.exit(main())

@@ -25,10 +25,23 @@ from functools import lru_cache
 from typing import Any
 
 from .errors import SizeError, Span, UnknownNameError
-from .expressions import Call, Expr, Name, Neg, Num, Value, exact, is_exact, names_in, to_text
+from .expressions import (
+    SPLIT_FUNCTIONS,
+    Call,
+    Expr,
+    Name,
+    Neg,
+    Num,
+    Value,
+    exact,
+    is_exact,
+    names_in,
+    to_text,
+)
 from .limits import ENVIRONMENT, current
+from .splits import split
 
-__all__ = ["evaluate", "check_magnitude", "sympy_round"]
+__all__ = ["evaluate", "check_magnitude", "sympy_round", "sympy_split"]
 
 _ARITHMETIC = {"+": operator.add, "-": operator.sub, "*": operator.mul, "/": operator.truediv}
 
@@ -50,9 +63,33 @@ def sympy_round() -> Any:
     return Round
 
 
+def _split_part(value: Fraction, part: int) -> int:
+    """Part ``part`` of the split of ``value`` rounded up to a whole width (at least 1)."""
+    return split(max(1, math.ceil(value)))[part]
+
+
+@lru_cache(maxsize=2)
+def sympy_split(name: str) -> Any:
+    """The sympy function ``sqrt_lo`` or ``sqrt_hi`` (built on first use; unevaluated when symbolic)."""
+    import sympy
+
+    part = SPLIT_FUNCTIONS[name]
+
+    def eval_(cls: Any, arg: Any) -> Any:
+        if arg.is_number and arg.is_real:
+            return sympy.Integer(_split_part(Fraction(str(sympy.ceiling(arg))), part))
+        return None
+
+    return type(
+        name, (sympy.Function,), {"eval": classmethod(eval_), "is_integer": True, "is_positive": True}
+    )
+
+
 def _sympy_function(name: str) -> Callable[..., Any]:
     import sympy
 
+    if name in SPLIT_FUNCTIONS:
+        return sympy_split(name)
     return {
         "round": sympy_round(),
         "floor": sympy.floor,
@@ -181,6 +218,8 @@ def _exact_eval(expr: Expr, env: Mapping[str, Value]) -> Fraction:
             return Fraction(math.ceil(args[0]))
         if expr.func == "sqrt":
             return _power(args[0], Fraction(1, 2), expr)
+        if expr.func in SPLIT_FUNCTIONS:
+            return Fraction(_split_part(args[0], SPLIT_FUNCTIONS[expr.func]))
         return min(args) if expr.func == "min" else max(args)
     left, right = _exact_eval(expr.left, env), _exact_eval(expr.right, env)
     if expr.op == "/" and right == 0:

@@ -37,6 +37,7 @@ __all__ = [
     "names_in",
     "has_rounding",
     "sympy_to_text",
+    "SPLIT_FUNCTIONS",
 ]
 
 #: A value: ``int`` or ``Fraction`` when exact and rational (the fast path, no
@@ -44,10 +45,17 @@ __all__ = [
 Value = Any
 
 
-FUNCTIONS: dict[str, int] = {"round": 1, "floor": 1, "ceil": 1, "sqrt": 1, "min": 2, "max": 2}
+#: Functions the language knows, by name, with their arity.
+FUNCTIONS: dict[str, int] = {
+    "round": 1, "floor": 1, "ceil": 1, "sqrt": 1, "min": 2, "max": 2, "sqrt_lo": 1, "sqrt_hi": 1,
+}  # fmt: skip
+
+#: ``sqrt_lo(w)``, ``sqrt_hi(w)``: the two parts of a width, exact where a balanced split
+#: exists (see :mod:`einstruct.splits`); their product covers w. Part 0 or 1 of the split.
+SPLIT_FUNCTIONS = {"sqrt_lo": 0, "sqrt_hi": 1}
 
 #: Functions whose result is an integer by construction (they opt in to padding).
-ROUNDING_FUNCTIONS = frozenset({"round", "floor", "ceil"})
+ROUNDING_FUNCTIONS = frozenset({"round", "floor", "ceil", "sqrt_lo", "sqrt_hi"})
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,9 @@ import os
 import subprocess
 import sys
 
+import matplotlib  # noqa: F401 - a test dependency: without it these tests must fail, not skip
 import pytest
 from conftest import EXAMPLES, ROOT
-
-pytest.importorskip("matplotlib")
 
 import einstruct  # noqa: E402
 from einstruct.analysis import analyze_structure  # noqa: E402

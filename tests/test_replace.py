@@ -29,9 +29,9 @@ def test_replace_keeps_shape_and_trains():
     assert model(x).shape == (256, 1)
     groups = einstruct.param_groups(model, lr=1e-2)
     lrs = sorted({g["lr"] for g in groups})
-    # BTT d=64 rank 2 (g=a=f=e=8, r=2): A sums a (fan_in 8) -> lr_mult 64/8;
-    # B sums g and r (fan_in 16) -> 64/16; everything else keeps lr
-    assert lrs == pytest.approx([1e-2, 1e-2 * 4, 1e-2 * 8])
+    # BTT d=64 rank 2 (g=a=f=e=8, r=2): A sums a (fan_in 8) -> lr_mult 64/8/2 factors;
+    # B sums g and r (fan_in 16) -> 64/16/2; everything else keeps lr (width 64 = the base width)
+    assert lrs == pytest.approx([1e-2, 1e-2 * 2, 1e-2 * 4])
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     opt = torch.optim.Adam(groups)
     first = None

@@ -19,9 +19,7 @@ from ..ir import Structure
 from ..language.load import load
 from ..language.spec import SpecFile
 from ..limits import checked_batch
-from ..planner.order import contraction_order
-from ..planner.plan import DEFAULT_BATCH
-from .counts import concrete_stand_in, count
+from .counts import count
 from .diagnostics import diagnose
 from .model import Analysis, FactorReport, IndexReport
 from .mup import OPTIMIZERS, factor_fans
@@ -39,8 +37,7 @@ def analyze_structure(structure: Structure, batch: int = 1, optimizer: str = "ad
             f"unknown optimizer '{optimizer}'", hint=f"choose one of {', '.join(OPTIMIZERS)}"
         )
     tax = taxonomy(structure)
-    sequence = contraction_order(concrete_stand_in(structure), DEFAULT_BATCH).factor_sequence
-    fans = factor_fans(structure, sequence, optimizer)
+    fans = factor_fans(structure, optimizer)
     indices = tuple(
         IndexReport(i.name, i.size, i.expr_text, structure.index_class(i.name), tax.exponents[i.name])
         for i in structure.indices

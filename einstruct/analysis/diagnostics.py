@@ -59,9 +59,10 @@ def diagnose(a: Analysis) -> list[Diagnostic]:
                 "factors' roles swapped; the taxonomy uses the oriented form",
             )
         )
-    if (_known(t.psi) and t.psi < 1) or (
-        isinstance(a.rank_bound, int) and isinstance(a.min_width, int) and a.rank_bound < a.min_width
-    ):
+    # at concrete sizes the rank bound decides (psi mixes the bases d_in, d_out and
+    # min(d_in, d_out) for constant sizes such as Monarch's block count)
+    numeric = isinstance(a.rank_bound, int) and isinstance(a.min_width, int)
+    if (a.rank_bound < a.min_width) if numeric else (_known(t.psi) and t.psi < 1):
         out.append(
             Diagnostic(
                 "rank_deficient",

@@ -1,36 +1,51 @@
 """Structured muP (BACKGROUND §4): per-factor fans, init scale and learning rates.
 
-Along the evaluation order, each factor acts as a batch of dense matrices: its
-``fan_in`` is the product of the indices it sums away at its step, its
-``fan_out`` the product of the indices it brings in; indices it shares with the
-running activation and keeps (gamma, phi) are batch axes and count for neither.
+The conventions are the papers' (their code, compared on the same weights):
 
-    >>> fans = factor_fans(load("examples/btt.ein"), ("A", "B"))
+- **Order.** Factors are applied in the order they are written, the first one
+  meeting the input; a factor that shares no index with the running activation
+  waits until one does (``y = x * A[r, o] * B[i, r]`` applies B, then A). The
+  planner may evaluate in another order for speed; init and learning rates do
+  not change with it.
+- **Fans.** At its step a factor acts as a batch of dense matrices: ``fan_in``
+  is the product of the indices it sums away, ``fan_out`` of the indices it
+  brings in; indices it shares with the activation and keeps (gamma, phi) are
+  batch axes and count for neither.
+- **Init.** ``std = sqrt(min(fan_in, fan_out)) / fan_in`` (spectral scaling).
+- **Learning rates**, against a dense layer of the same shape, divided by the
+  number of factors (the papers' tuned base learning rates assume it):
+  Adam ``d_in / fan_in / n``; SGD ``(fan_out / fan_in) / (d_out / d_in) / n``,
+  with ``d_in``, ``d_out`` the layer's declared widths (padding is no feature).
+- **Routed (BTT-MoE).** The top-k gates of a token sum to one, so per token
+  the routed index acts as one expert: it counts as size 1 in every fan.
+
+    >>> fans = factor_fans(load("examples/btt.ein"))
     >>> fans["A"].fan_in, fans["A"].fan_out, fans["A"].init_std, fans["A"].lr_mult
-    (32, 32, 0.1767766952966369, 32)
+    (32, 32, 0.1767766952966369, 16)
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ..ir import Size, Structure
+from ..ir import Size, Structure, Tensor
 
-__all__ = ["OPTIMIZERS", "FactorFans", "factor_fans"]
+__all__ = ["OPTIMIZERS", "FactorFans", "application_order", "factor_fans"]
 
-#: Learning-rate rules by optimizer: lr_mult from (d_in, fan_in, fan_out).
-OPTIMIZERS = {
-    "adam": lambda d_in, fan_in, fan_out: d_in / fan_in,
-    "sgd": lambda d_in, fan_in, fan_out: fan_out / fan_in,
+#: Learning-rate rules by optimizer, before dividing by the number of factors:
+#: lr_mult from (d_in, d_out, fan_in, fan_out), against a dense layer of shape d_in x d_out.
+OPTIMIZERS: dict[str, Callable[[Size, Size, Size, Size], Any]] = {
+    "adam": lambda d_in, d_out, fan_in, fan_out: d_in / fan_in,
+    "sgd": lambda d_in, d_out, fan_in, fan_out: (fan_out / fan_in) / (d_out / d_in),
 }
 
 
 @dataclass(frozen=True)
 class FactorFans:
-    """muP numbers of one factor at its step."""
+    """muP numbers of one factor at its step (``step`` counts from 0 in application order)."""
 
     name: str
     step: int
@@ -48,19 +63,45 @@ def _prod(values: list[Size]) -> Size:
     return sympy.Mul(*values)
 
 
-def factor_fans(
-    structure: Structure, sequence: Sequence[str], optimizer: str = "adam"
-) -> dict[str, FactorFans]:
-    """Fans, init std and lr multiplier of each factor, applied in ``sequence``.
+def application_order(structure: Structure) -> tuple[str, ...]:
+    """Factor names in the order they meet the input: as written, a factor that
+    shares no index with the running activation waiting until one does."""
+    live = set(structure.input.indices)
+    pending = list(structure.factors)
+    order: list[Tensor] = []
+    while pending:
+        factor = next((f for f in pending if live & set(f.indices)), pending[0])
+        pending.remove(factor)
+        later = set(structure.output.indices).union(*(f.indices for f in pending))
+        live = (live | set(factor.indices)) - {i for i in factor.indices if i in live and i not in later}
+        order.append(factor)
+    return tuple(f.name for f in order)
+
+
+def _number(value: Any) -> Any:
+    """An exact-looking number: integral floats as int, sympy expressions simplified."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else value
+    if isinstance(value, int):
+        return value
+    import sympy
+
+    return sympy.simplify(value)
+
+
+def factor_fans(structure: Structure, optimizer: str = "adam") -> dict[str, FactorFans]:
+    """Fans, init std and lr multiplier of each factor, in application order.
 
     Args:
         structure: the structure.
-        sequence: factor names in the order they meet the input
-            (``contraction_order(...).factor_sequence``).
         optimizer: ``adam`` (lr ~ 1/fan_in) or ``sgd`` (lr ~ fan_out/fan_in).
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer '{optimizer}'; choose one of {', '.join(OPTIMIZERS)}")
+    routed = structure.route.index if structure.route is not None else None
+    size = lambda index: 1 if index == routed else structure.size(index)  # noqa: E731
+    sequence = application_order(structure)
+    n = len(sequence)
     live = set(structure.input.indices)
     out: dict[str, FactorFans] = {}
     for step, name in enumerate(sequence):
@@ -70,22 +111,16 @@ def factor_fans(
             later |= set(structure.tensor(other).indices)
         consumed = [i for i in factor.indices if i in live and i not in later]
         brought = [i for i in factor.indices if i not in live]
-        fan_in = _prod([structure.size(i) for i in consumed])
-        fan_out = _prod([structure.size(i) for i in brought])
+        fan_in = _prod([size(i) for i in consumed])
+        fan_out = _prod([size(i) for i in brought])
         if isinstance(fan_in, int) and isinstance(fan_out, int):
             std: Any = math.sqrt(min(fan_in, fan_out)) / fan_in
         else:
             import sympy
 
             std = sympy.sqrt(sympy.Min(fan_in, fan_out)) / fan_in
-        # against a dense layer of the layer's own width (padding is not a feature)
-        lr = OPTIMIZERS[optimizer](structure.in_features, fan_in, fan_out)
-        if not isinstance(lr, int | float):
-            import sympy
-
-            lr = sympy.simplify(lr)
-        elif isinstance(lr, float) and lr.is_integer():
-            lr = int(lr)
+        rule = OPTIMIZERS[optimizer](structure.in_features, structure.out_features, fan_in, fan_out)
+        lr = _number(rule / n)
         out[name] = FactorFans(name, step, fan_in, fan_out, std, lr)
         live = (live | set(factor.indices)) - set(consumed)
     return out

@@ -113,7 +113,7 @@ def render_terminal(a: Analysis, console: Any) -> None:
         table.add_row(i.name, _fmt(i.size), i.expr, i.index_class, exponent_text(i.exponent))
     console.print(table)
 
-    table = Table(title=f"factors (muP for {a.optimizer}, in evaluation order)", title_justify="left")
+    table = Table(title=f"factors (muP for {a.optimizer})", title_justify="left")
     for col in FACTOR_HEADER:
         _column(table, col, numeric=col not in ("factor", "axes", "shape"), symbolic=s.is_symbolic)
     for row in _factor_rows(a):

@@ -26,8 +26,8 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
-from ..evaluation import evaluate, sympy_round
-from ..expressions import BinOp, Expr, Name, names_in
+from ..evaluation import evaluate, sympy_round, sympy_split
+from ..expressions import SPLIT_FUNCTIONS, BinOp, Expr, Name, has_rounding, names_in
 from ..ir import CLASS_NAMES, Size, Structure
 from ..planner.order import choose_optimizer, import_opt_einsum
 from .rank import cut_weight, min_cut_indices
@@ -162,6 +162,8 @@ def _power_of_width(expr: Expr, parameters: tuple[tuple[str, Any], ...]) -> Expo
     value = sympy.sympify(value)
     value = value.replace(lambda e: isinstance(e, sympy.floor | sympy.ceiling), lambda e: e.args[0])
     value = value.replace(lambda e: isinstance(e, sympy_round()), lambda e: e.args[0])
+    splits = tuple(sympy_split(name) for name in SPLIT_FUNCTIONS)
+    value = value.replace(lambda e: isinstance(e, splits), lambda e: sympy.sqrt(e.args[0]))
     value = sympy.powsimp(sympy.simplify(value), force=True)
     if _WIDTHS & set(env):
         coeff, power = value.as_coeff_exponent(d)
@@ -171,7 +173,14 @@ def _power_of_width(expr: Expr, parameters: tuple[tuple[str, Any], ...]) -> Expo
 
 
 def index_exponents(structure: Structure) -> dict[str, Exponent]:
-    """theta_i = log_d(size_i) per index, exact where possible."""
+    """theta_i = log_d(size_i) per index, exact where possible.
+
+    A size written with rounding (``round(d^(1/3))``, ``ceil(d / ...)``,
+    ``sqrt_lo(d)``: every theta and catalog form) reports its nominal exponent,
+    the one written, not the log of the rounded number: theta 0.33 stays 0.33 at
+    d = 4096 although round(4096^0.33) = 16 = 4096^(1/3), and the 32 x 64 split
+    of 2048 stays 1/2 + 1/2, not 5/11 + 6/11.
+    """
     out: dict[str, Exponent] = {}
     for index in structure.indices:
         size, base = index.size, _base(structure, index.name)
@@ -179,9 +188,12 @@ def index_exponents(structure: Structure) -> dict[str, Exponent]:
             out[index.name] = None  # a layer of width 1 has no scaling exponents
             continue
         exact: Exponent = None
-        if isinstance(size, int) and isinstance(base, int):
+        rounded = index.expr is not None and has_rounding(index.expr)
+        if rounded:
+            exact = _exponent_from_expr(structure, index.name, base)
+        if exact is None and isinstance(size, int) and isinstance(base, int):
             exact = exact_log(size, base)
-        if exact is None:
+        if exact is None and not rounded:
             exact = _exponent_from_expr(structure, index.name, base)
         if exact is None:
             import sympy
@@ -267,8 +279,16 @@ def theta_vector(
 
 
 def orient(vec: dict[str, Exponent]) -> dict[str, Exponent]:
-    """Swap the roles of A and B when min(alpha, epsilon) < min(beta, delta)."""
-    if min(vec["alpha"], vec["epsilon"]) >= min(vec["beta"], vec["delta"]):
+    """Swap the roles of A and B when min(alpha, epsilon) < min(beta, delta).
+
+    Symbolic exponents that cannot be ordered (``log(ceiling(d/blocks))/log(d)``)
+    stay as written.
+    """
+    try:
+        as_written = bool(min(vec["alpha"], vec["epsilon"]) >= min(vec["beta"], vec["delta"]))
+    except TypeError:
+        as_written = True
+    if as_written:
         return dict(vec)
     swapped = dict(vec)
     swapped["alpha"], swapped["beta"] = vec["beta"], vec["alpha"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._version import __version__
-from ..analysis.mup import factor_fans
+from ..analysis.mup import application_order, factor_fans
 from ..limits import current
 from ..planner.model import Plan
 from ..planner.order import BATCH
@@ -53,7 +53,7 @@ def _factors(plan: Plan) -> list[dict[str, Any]]:
     """Each factor: its attribute name (the user's, checked), its key (quoted), its
     generated local, stored axes, shape and muP numbers, all as source text."""
     s = plan.structure
-    fans = factor_fans(s, plan.order.factor_sequence)
+    fans = factor_fans(s)
     sizes = sizes_of(plan)
     out = []
     for f, local in zip(s.factors, factor_locals(plan), strict=True):
@@ -144,9 +144,10 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
         "index_sizes": [{"key": quoted(i), "size": sizes[i]} for i in sizes],
         "factors": factors,
         "factor_names": factor_names,
+        "factor_count": len(factors),
         "unpack": ", ".join(locals_) if len(locals_) > 1 else f"({locals_[0]},)",
         "factor_attrs": tuple_code(f"self.{f['attr']}" for f in factors),
-        "last_factor": plan.order.factor_sequence[-1],
+        "last_factor": application_order(s)[-1],
         "forward_lines": forward_lines,
         "backward_lines": backward_lines,
         "operands": tuple_code(operands),

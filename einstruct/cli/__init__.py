@@ -1,5 +1,5 @@
 """The ``einstruct`` command line: ``analyze``, ``compare``, ``theta``, ``plan``, ``compile``,
-``search``, ``plot``, ``draw``.
+``search``, ``plot``, ``draw``, ``experiment``.
 
 User mistakes (any :class:`~einstruct.errors.EinstructError`) print as
 ``file:line:column: error: ...`` with the line and a caret, and exit with
@@ -10,6 +10,7 @@ exits with :data:`INTERNAL_ERROR` (``EINSTRUCT_DEBUG=1`` shows the traceback).
 - :mod:`.arguments`: the parser, options and help texts;
 - :mod:`.commands`: what each command does;
 - :mod:`.explore`, :mod:`.figures`, :mod:`.search_options`: ``search``, ``plot`` and ``draw``.
+- :mod:`.experiment`: ``experiment scaling`` (imports torch when it runs).
 """
 
 from __future__ import annotations

@@ -18,6 +18,7 @@ from ..backends import BACKENDS
 from ..limits import current
 from ..planner.plan import DEFAULT_BATCH, STRATEGIES
 from .commands import cmd_analyze, cmd_compare, cmd_compile, cmd_plan, cmd_theta
+from .experiment import add_experiment_parser
 from .explore import add_explore_commands
 
 __all__ = ["ArgumentParser", "build_parser", "positive_int"]
@@ -153,4 +154,5 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_compile)
 
     add_explore_commands(sub)  # search, plot, draw
+    add_experiment_parser(sub)
     return parser

@@ -7,8 +7,11 @@ which is parsed like anything the user writes. So every catalog entry is just
 ``.ein`` text you could have typed (``einstruct analyze`` can print it).
 
 Widths: every form takes ``d`` or both ``d_in`` and ``d_out``. Catalog forms
-split a width into ``ceil`` factors, so any width works (the layer pads when
-the split overshoots). ``theta`` rounds each class to the nearest integer as
+split a width w into ``sqrt_lo(w) x sqrt_hi(w)``: exactly, as the papers do,
+when w has a split no more lopsided than 4:1 (768 = 16 x 48), else into
+``ceil`` factors that cover it (the layer pads); see :mod:`einstruct.splits`.
+The factor that meets the input consumes the smaller part, as in the papers'
+code. ``theta`` rounds each class to the nearest integer as
 the paper does, except the innermost class of each side, which takes
 ``ceil(width / the others)`` so that the axes always cover the width (for exact
 powers this is the same number; at d = 3072, theta 1/2 gives 55 x 56, not the
@@ -17,6 +20,7 @@ powers this is the same number; at d = 3072, theta 1/2 gives 55 x 56, not the
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -44,11 +48,21 @@ class Form:
     defaults: Mapping[str, int] = field(default_factory=dict)
     #: What the arguments must satisfy, for the hint when an expansion fails.
     requires: str = "choose other values (the sizes it expands to must be positive integers)"
+    #: Variants taken when an optional parameter is given, by parameter name.
+    variants: Mapping[str, Form] = field(default_factory=dict)
 
 
-def _split(width: str, outer: str) -> str:
-    """Sizes of a two-way split of ``width``: outer = ceil(sqrt), inner = the rest."""
-    return f"ceil({width}^(1/2))" if outer else f"ceil({width} / ceil({width}^(1/2)))"
+#: Monarch with a chosen number of blocks (compute-better-spent's default is 4):
+#: b blocks of (d_in/b -> m) then b blocks of (m -> d_out/b), m = min of the block
+#: sizes, the permutation between them written as the rank axis r = m / b.
+_MONARCH_BLOCKS = Form(
+    "monarch",
+    "Monarch with `blocks` diagonal blocks per factor",
+    "y[f, e] = x[g, a] * A[g, a, f, r] * B[f, g, r, e]",
+    "g = f = blocks, a = ceil({din} / blocks), e = ceil({dout} / blocks), "
+    "r = ceil(min(ceil({din} / blocks), ceil({dout} / blocks)) / blocks)",
+    ("blocks",),
+)
 
 
 CATALOG: dict[str, Form] = {
@@ -71,26 +85,27 @@ CATALOG: dict[str, Form] = {
             "kronecker",
             "Kronecker product A (x) B of two sqrt-sized factors",
             "y[o1, o2] = x[i1, i2] * A[i1, o1] * B[i2, o2]",
-            "i1 = {in_outer}, i2 = {in_inner}, o1 = {out_outer}, o2 = {out_inner}",
+            "i1 = {in_lo}, i2 = {in_hi}, o1 = {out_lo}, o2 = {out_hi}",
         ),
         Form(
             "tensor_train",
             "Tensor-Train of two cores joined by a rank axis",
             "y[o1, o2] = x[i1, i2] * A[i1, o1, r] * B[i2, r, o2]",
-            "i1 = {in_outer}, i2 = {in_inner}, o1 = {out_outer}, o2 = {out_inner}, r = rank",
+            "i1 = {in_lo}, i2 = {in_hi}, o1 = {out_lo}, o2 = {out_hi}, r = rank",
             ("rank",),
         ),
         Form(
             "monarch",
             "Monarch: two block-diagonal factors with a permutation between",
             "y[f, e] = x[g, a] * A[g, a, f] * B[f, g, e]",
-            "g = {in_outer}, a = {in_inner}, f = {out_outer}, e = {out_inner}",
+            "g = {in_hi}, a = {in_lo}, f = {out_lo}, e = {out_hi}",
+            variants={"blocks": _MONARCH_BLOCKS},
         ),
         Form(
             "btt",
             "Block Tensor-Train: Monarch with a rank axis (rank 1 is Monarch)",
             "y[f, e] = x[g, a] * A[g, a, f, r] * B[f, g, r, e]",
-            "g = {in_outer}, a = {in_inner}, f = {out_outer}, e = {out_inner}, r = rank",
+            "g = {in_hi}, a = {in_lo}, f = {out_lo}, e = {out_hi}, r = rank",
             ("rank",),
             {"rank": 1},
         ),
@@ -144,7 +159,9 @@ def expand(call: ShorthandDecl, values: Mapping[str, Any]) -> StructureDecl:
     if form == "theta":
         header, body = _theta_text(call, names, values)
     elif form in CATALOG:
-        header, body = _catalog_text(call, CATALOG[form], names, values)
+        chosen = CATALOG[form]
+        chosen = next((v for p, v in chosen.variants.items() if p in names), chosen)
+        header, body = _catalog_text(call, chosen, names, values)
     else:
         raise UnknownNameError(
             f"unknown structure form '{form}'",
@@ -197,7 +214,8 @@ def _header(names: list[str], values: Mapping[str, Any]) -> str:
 def _catalog_text(
     call: ShorthandDecl, form: Form, names: Mapping[str, Ident], values: Mapping[str, Any]
 ) -> tuple[str, str]:
-    allowed = {"d", "d_in", "d_out", *form.parameters}
+    optional = {p for p, v in CATALOG[form.name].variants.items()}
+    allowed = {"d", "d_in", "d_out", *form.parameters, *optional}
     for arg, _ in call.args:
         if arg.name not in allowed:
             raise UnknownNameError(
@@ -211,17 +229,44 @@ def _catalog_text(
                 f"{form.name}() needs '{p}'", call.span, f"add it, e.g. `{form.name}({p} = 4, d = 1024)`"
             )
     din, dout = _widths(call, names)
+    if form is _MONARCH_BLOCKS:
+        _check_blocks(call, names, values, din, dout)
     fields = {
         "din": din,
         "dout": dout,
-        "in_outer": _split(din, "outer"),
-        "in_inner": _split(din, ""),
-        "out_outer": _split(dout, "outer"),
-        "out_inner": _split(dout, ""),
+        "in_lo": f"sqrt_lo({din})",
+        "in_hi": f"sqrt_hi({din})",
+        "out_lo": f"sqrt_lo({dout})",
+        "out_hi": f"sqrt_hi({dout})",
     }
     order = [arg.name for arg, _ in call.args] + [p for p in form.defaults if p not in names]
     body = f"    {form.equation}\n    where {form.sizes.format(**fields)}\n"
     return _header(order, values), body
+
+
+def _check_blocks(
+    call: ShorthandDecl, names: Mapping[str, Ident], values: Mapping[str, Any], din: str, dout: str
+) -> None:
+    """Monarch's blocks must each hold at least ``blocks`` features (else r < 1)."""
+    b, w_in, w_out = values["blocks"], values[din], values[dout]
+    if not all(is_exact(v) for v in (b, w_in, w_out)):
+        return
+    if not (b == int(b) and b >= 1):
+        raise ParameterError(
+            f"monarch() needs a positive whole number of blocks, got {value_text(b)}",
+            names["blocks"].span,
+            "e.g. `monarch(blocks = 4, d = 1024)`",
+        )
+    block = min(-(-int(w_in) // int(b)), -(-int(w_out) // int(b)))
+    if block < b:
+        limit = math.isqrt(min(int(w_in), int(w_out))) + 1
+        most = max(k for k in range(1, limit + 1) if min(-(-int(w_in) // k), -(-int(w_out) // k)) >= k)
+        raise ParameterError(
+            f"monarch() with {b} blocks has blocks of {block} features, fewer than the {b} blocks "
+            "the permutation spreads them over",
+            names["blocks"].span,
+            f"use at most {most} blocks, or leave blocks out for the sqrt(d)-block Monarch",
+        )
 
 
 def _theta_text(

@@ -1,12 +1,14 @@
 """What users call from Python with torch installed: compile a layer, convert a model.
 
 - :mod:`.build`: render a spec and load the generated class in this process;
-- :mod:`.replace`: swap a model's linear layers, structure-aware optimizer groups.
+- :mod:`.replace`: swap a model's linear layers for structured ones;
+- :mod:`.groups`: optimizer groups, structured muP in the layers and width muP around them.
 """
 
 from __future__ import annotations
 
 from .build import compile, compile_structure, module_source
-from .replace import is_structured, param_groups, replace_linear
+from .groups import is_structured, param_groups
+from .replace import replace_linear
 
 __all__ = ["compile", "compile_structure", "is_structured", "module_source", "param_groups", "replace_linear"]
