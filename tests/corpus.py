@@ -42,6 +42,12 @@ class Bad:
     files: dict[str, str] = field(default_factory=dict)
 
 
+def _model() -> Any:
+    import torch
+
+    return torch.nn.Sequential(torch.nn.Linear(8, 8))
+
+
 def _cases() -> list[Bad]:
     import einstruct  # noqa: F401 - the api cases call it
 
@@ -196,6 +202,11 @@ def _cases() -> list[Bad]:
         Bad("api: strategy not a string", "strategy must be a string, got list", api=lambda: ein.compile(btt, strategy=["dense"])),
         Bad("api: symbolic structure compiled", "has symbolic sizes", api=lambda: ein.compile("structure s(d):\n    y[o] = x[i] * W[i, o]\n    where i = o = d\n")),
         Bad("api: structure not in the spec", "has no structure 't'", api=lambda: ein.load(btt, structure="t")),
+        Bad("api: param_groups of no model", "param_groups needs a torch.nn.Module, got NoneType", api=lambda: ein.param_groups(None, lr=1e-3)),
+        Bad("api: param_groups lr as text", "lr must be a finite number, got str", api=lambda: ein.param_groups(_model(), lr="1e-3")),
+        Bad("api: param_groups lr NaN", "lr must be a finite number, got float nan", api=lambda: ein.param_groups(_model(), lr=float("nan"))),
+        Bad("api: param_groups negative weight decay", "weight_decay must be at least 0, got -0.1", api=lambda: ein.param_groups(_model(), lr=1e-3, weight_decay=-0.1)),
+        Bad("api: plot_taxonomy of None", "plot_taxonomy takes a list of specs", api=lambda: ein.plot_taxonomy(None)),
     ]  # fmt: skip
 
 

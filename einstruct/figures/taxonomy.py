@@ -61,6 +61,13 @@ class TaxonomyPlot:
 
 
 def _analyses(items: Iterable[Any]) -> list[Analysis]:
+    if isinstance(items, str | Path | Analysis | Structure):
+        items = [items]  # one spec, structure or analysis
+    if not isinstance(items, Iterable):
+        raise ParameterError(
+            f"plot_taxonomy takes a list of specs, structures or analyses, got {type(items).__name__}",
+            hint="e.g. plot_taxonomy(['examples/btt.ein', 'examples/kronecker.ein'])",
+        )
     out: list[Analysis] = []
     for item in items:
         if isinstance(item, Analysis):

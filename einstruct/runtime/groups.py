@@ -31,6 +31,8 @@ both models, keep ``lr`` without being named.
 from __future__ import annotations
 
 import fnmatch
+import math
+import numbers
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -92,6 +94,19 @@ def _check_base_width(base_width: Any) -> None:
         )
 
 
+def _check_rate(what: str, value: Any, positive: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ParameterError(
+            f"{what} must be a finite number, got {type(value).__name__} {value!r:.40}",
+            hint=f"e.g. {what}=1e-3",
+        )
+    if value < 0 or (positive and value == 0):
+        raise ParameterError(
+            f"{what} must be {'positive' if positive else 'at least 0'}, got {value!r}",
+            hint=f"e.g. {what}=1e-3",
+        )
+
+
 def param_groups(
     model: Any,
     lr: float,
@@ -122,6 +137,13 @@ def param_groups(
     """
     import torch.nn as nn
 
+    if not isinstance(model, nn.Module):
+        raise ParameterError(
+            f"param_groups needs a torch.nn.Module, got {type(model).__name__}",
+            hint="pass the model whose parameters the optimizer will train",
+        )
+    _check_rate("lr", lr, positive=True)
+    _check_rate("weight_decay", weight_decay, positive=False)
     _check_base_width(base_width)
     is_fixed = selector(fixed, default=False)
     base_in = None if base is None else _in_features(base)
