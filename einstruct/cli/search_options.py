@@ -11,7 +11,7 @@ import sys
 from fractions import Fraction
 from typing import Any
 
-from ..space.model import DEFAULT_GRID
+from ..space.grid import DEFAULT_GRID
 
 __all__ = [
     "PROGRESS_FROM",

@@ -34,6 +34,7 @@ from ..analysis.taxonomy import degenerate, orient
 from ..ir import CLASS_NAMES
 
 __all__ = [
+    "DEFAULT_GRID",
     "Point",
     "CHAIN_CLASSES",
     "CHAIN_TENSORS",
@@ -41,6 +42,10 @@ __all__ = [
     "two_factor_points",
     "chain_points",
 ]
+
+#: The grid denominator when none is given, by ``factors``: two factors on 1/12;
+#: with three-factor chains (a grid in 8 classes) on 1/4.
+DEFAULT_GRID = {2: 12, 3: 4}
 
 #: Tensors of the two-factor space and the classes each holds, in storage order
 #: (the layout of the ``theta(...)`` shorthand).

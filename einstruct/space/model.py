@@ -17,13 +17,11 @@ from typing import Any
 from ..errors import ParameterError
 from ..ir import Structure
 from ..numbers import json_number
+from .grid import DEFAULT_GRID
 from .pareto import OBJECTIVES, RANKINGS
 
-__all__ = ["DEFAULT_GRID", "MAX_POINTS", "SearchQuery", "SearchResult", "SearchReport"]
+__all__ = ["MAX_POINTS", "SearchQuery", "SearchResult", "SearchReport"]
 
-#: The grid denominator when none is given, by ``factors``: two factors on 1/12;
-#: with three-factor chains (a grid in 8 classes) on 1/4.
-DEFAULT_GRID = {2: 12, 3: 4}
 #: More grid points than this is refused (the hint says how to narrow the search).
 MAX_POINTS = 2_000_000
 
