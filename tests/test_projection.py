@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import test_hostile
 import torch
 from conftest import EXAMPLES
 from hypothesis import given
@@ -204,7 +205,7 @@ def test_normalized_layers_compute_the_projection():
     )
     assert big > best + 0.1
     for name in capped.factor_axes:  # stored like a rescaled init, never above it
-        factor = getattr(capped, name)
+        factor = getattr(capped, name).detach()
         assert float(factor.pow(2).mean().sqrt()) <= capped.init_std[name] * 1.0001
 
 
@@ -230,3 +231,18 @@ def test_a_routed_layer_refuses():
     layer = einstruct.compile(EXAMPLES / "btt_moe.ein", d=64)()
     with pytest.raises(RuntimeError, match="no single dense matrix"):
         layer.from_dense(torch.randn(64, 64))
+
+
+@given(spec=test_hostile.hostile_specs())
+def test_hostile_names_project_exactly(spec):
+    """Names drawn from the generator's own locals, builtins and look-alikes: from_dense's
+    generated lines use only generated names, so a representable W comes back exactly."""
+    try:
+        structure = einstruct.load(spec[0])
+        layer_cls = compile_structure(structure)
+    except einstruct.EinstructError:
+        return
+    if projection_kind(structure) != "exact":
+        return
+    target = torch.from_numpy(dense_from_factors(layer_cls(dtype=torch.float64)))
+    assert layer_cls(dtype=torch.float64).from_dense(target) < 1e-9

@@ -77,7 +77,7 @@ def test_all_or_nothing_when_a_layer_fails_midway():
         einstruct.replace_linear(model, "structure k = block_diagonal(blocks = 8)")
     _same_model(model, state, types)
     with pytest.raises(
-        ParameterError, match="layer 'up' maps 16 -> 64 features, but the spec has one width d"
+        ParameterError, match=r"layer 'up' \(16 -> 64\): a rectangular layer, but the spec has one width d"
     ):
         einstruct.replace_linear(model, "structure b = btt(d = 16)")
     _same_model(model, state, types)

@@ -37,7 +37,7 @@ INITS = ("project", "random")
 WIDTHS = ("d", "d_in", "d_out")
 
 
-def bind_widths(declared: list[str], fixed: Structure, d_in: int, d_out: int, name: str) -> dict[str, int]:
+def bind_widths(declared: list[str], fixed: Structure, d_in: int, d_out: int) -> dict[str, int]:
     """The width parameters to give the spec for a ``d_in -> d_out`` layer.
 
     ``declared`` are the spec's parameter names; ``fixed`` is the structure as
@@ -48,15 +48,15 @@ def bind_widths(declared: list[str], fixed: Structure, d_in: int, d_out: int, na
     if "d" in declared:
         if d_in != d_out:
             raise ParameterError(
-                f"layer '{name}' maps {d_in} -> {d_out} features, but the spec has one width d",
+                "a rectangular layer, but the spec has one width d",
                 hint="leave the widths out to take each layer's (`btt(rank = 2)`), or declare d_in and d_out",
             )
         return {"d": d_in}
     if not fixed.is_symbolic and (int(fixed.in_features), int(fixed.out_features)) == (d_in, d_out):
         return {}
     raise ParameterError(
-        f"layer '{name}' maps {d_in} -> {d_out} features; the spec declares no width parameter "
-        f"(d, or d_in and d_out) and is {fixed.in_features} -> {fixed.out_features}",
+        "the spec declares no width parameter (d, or d_in and d_out) and is "
+        f"{fixed.in_features} -> {fixed.out_features}",
         hint="leave a catalog form's widths out (`btt(rank = 2)`) or add `d_in, d_out` to the header",
     )
 
@@ -104,7 +104,7 @@ def _build(
     weight, bias = target.adapter.dense(target.module)
     d_out, d_in = (int(n) for n in weight.shape)
     try:
-        structure, cls = make(d_in, d_out, target.names[0])
+        structure, cls = make(d_in, d_out)
         if structure.route is not None and init == "project":
             raise ParameterError(
                 "a routed (BTT-MoE) structure has no single dense matrix to project the weight onto",
@@ -204,8 +204,8 @@ def replace_linear(
     targets, skipped = find_targets(model, select, exclude, skip_tied)
     cache: dict[tuple[int, int], tuple[Structure, type]] = {}
 
-    def make(d_in: int, d_out: int, name: str) -> tuple[Structure, type]:
-        widths = bind_widths(declared, fixed, d_in, d_out, name)
+    def make(d_in: int, d_out: int) -> tuple[Structure, type]:
+        widths = bind_widths(declared, fixed, d_in, d_out)
         key = (d_in, d_out) if widths else (0, 0)
         if key not in cache:
             resolved = load(parsed, structure, **{**params, **widths})
