@@ -120,7 +120,7 @@ def test_a_layer_from_a_generated_file_is_described_by_its_header(tmp_path):
         sys.path.remove(str(tmp_path))
     model = Block()
     model.mix = layer16.Btt()
-    entry = einstruct.runtime.manifest(model)["layers"][0]
+    entry = einstruct.runtime.model_manifest(model)["layers"][0]
     assert (
         entry["names"] == ["mix"] and entry["spec"] == einstruct.load(EXAMPLES / "btt.ein", d=16).to_source()
     )

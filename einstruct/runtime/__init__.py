@@ -14,7 +14,7 @@ from __future__ import annotations
 from .adapters import register_adapter
 from .build import compile, compile_structure, module_source
 from .groups import is_structured, param_groups
-from .manifest import manifest, restore, save_manifest
+from .manifest import model_manifest, restore, save_manifest
 from .replace import replace_linear
 from .report import ModelReport, summary
 
@@ -22,7 +22,7 @@ __all__ = [
     "compile",
     "compile_structure",
     "is_structured",
-    "manifest",
+    "model_manifest",
     "module_source",
     "ModelReport",
     "param_groups",

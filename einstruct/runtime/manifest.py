@@ -33,7 +33,7 @@ from .groups import is_structured
 from .replace import swap_layers
 from .report import ModelReport, Skipped, layer_structure, record, record_skipped, skipped_in, summary
 
-__all__ = ["MANIFEST_NAME", "manifest", "save_manifest", "restore", "read_state_dict"]
+__all__ = ["MANIFEST_NAME", "model_manifest", "save_manifest", "restore", "read_state_dict"]
 
 #: The file name ``save_manifest`` uses inside a directory (next to ``save_pretrained``'s files).
 MANIFEST_NAME = "einstruct.json"
@@ -42,7 +42,7 @@ _MARK = "@generated"
 _OPTIONS = ("normalize", "zero_init_last", "strategy", "save_intermediate", "sparse_experts")
 
 
-def manifest(model: Any) -> dict[str, Any]:
+def model_manifest(model: Any) -> dict[str, Any]:
     """The manifest of ``model``'s structured layers, as data."""
     names: dict[int, list[str]] = {}
     layers: dict[int, Any] = {}
@@ -112,7 +112,7 @@ def save_manifest(model: Any, path: str | os.PathLike, *, force: bool = False) -
             f"path must be a file or directory path, got {type(path).__name__}", hint="e.g. 'ckpt'"
         )
     target = _manifest_path(path)
-    text = json.dumps(manifest(model), indent=2) + "\n"
+    text = json.dumps(model_manifest(model), indent=2) + "\n"
     write_files([(target, text)], force=force, ours=_is_manifest, flag="force=True")
     return target
 
@@ -130,7 +130,7 @@ def _read_manifest(source: Any) -> dict[str, Any]:
             ) from None
     else:
         raise ParameterError(
-            f"manifest must be a path or the dict manifest() returns, got {type(source).__name__}",
+            f"manifest must be a path or the dict model_manifest() returns, got {type(source).__name__}",
             hint="e.g. einstruct.restore(model, 'ckpt')",
         )
     if data.get("format") != FORMAT or not isinstance(data.get("layers"), list):
@@ -239,7 +239,7 @@ def restore(model: Any, manifest: Any, state_dict: Any = None) -> ModelReport:
     Args:
         model: the model as built before ``replace_linear`` (same architecture and config).
         manifest: a path (a manifest file, or a directory holding ``einstruct.json``)
-            or the dict :func:`manifest` returns.
+            or the dict :func:`model_manifest` returns.
         state_dict: optional: a mapping, a ``.pt``/``.safetensors`` file, or a
             ``save_pretrained`` directory; loaded after the replacements, strictly
             (only keys tied to a present key may be missing).
