@@ -19,7 +19,7 @@ from __future__ import annotations
 import io
 import json
 import weakref
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -73,7 +73,6 @@ class ModelReport:
     layers: tuple[LayerReport, ...]
     skipped: tuple[Skipped, ...] = ()
     model_params: int = 0  # every parameter of the model now (tied ones once)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def names(self) -> list[str]:
