@@ -13,7 +13,12 @@ Public API (``spec`` is a path to a ``.ein`` file or the source text itself)::
     einstruct.analyze(spec, structure=None, batch=1, optimizer="adam", **params) -> Analysis
     einstruct.compile(spec, structure=None, class_name=None, backend="torch", **params)
                                                                       -> nn.Module subclass
-    einstruct.replace_linear(model, spec, select=None, **params) -> list of replaced names
+    einstruct.replace_linear(model, spec, select=None, *, exclude=None, init="project", ...)
+                                                                      -> ModelReport (printable)
+    einstruct.summary(model) -> ModelReport                          what is structured, params, FLOPs
+    einstruct.save_manifest(model, path) / einstruct.restore(model, manifest, state_dict=None)
+                                                                      reload in a new process
+    einstruct.register_adapter(name, matches, dense)                 another linear layer contract
     einstruct.param_groups(model, lr, weight_decay=0.0, base_width=64, fixed=None, base=None)
                                                                       -> optimizer parameter groups
     einstruct.search(d_in, d_out=None, flops_ratio=None, ..., measure=False) -> SearchReport
@@ -22,7 +27,7 @@ Public API (``spec`` is a path to a ``.ein`` file or the source text itself)::
     einstruct.EinstructError                                         the one error root
 
 ``analyze`` and ``search`` never import torch (``search(measure=True)`` does);
-``compile``, ``replace_linear`` and ``param_groups`` need it; ``plot_taxonomy``
+``compile``, ``replace_linear``, ``summary``, ``restore`` and ``param_groups`` need it; ``plot_taxonomy``
 and ``draw`` need matplotlib (``pip install 'einstruct[plot]'``).
 
 The package follows the pipeline: :mod:`einstruct.language` (text -> IR),
@@ -51,6 +56,10 @@ __all__ = [
     "analyze",
     "compile",
     "replace_linear",
+    "summary",
+    "save_manifest",
+    "restore",
+    "register_adapter",
     "param_groups",
     "search",
     "plot_taxonomy",
@@ -61,6 +70,10 @@ _LAZY = {
     "analyze": ("analysis.analyze", "analyze"),
     "compile": ("runtime.build", "compile"),
     "replace_linear": ("runtime.replace", "replace_linear"),
+    "summary": ("runtime.report", "summary"),
+    "save_manifest": ("runtime.manifest", "save_manifest"),
+    "restore": ("runtime.manifest", "restore"),
+    "register_adapter": ("runtime.adapters", "register_adapter"),
     "param_groups": ("runtime.groups", "param_groups"),
     "search": ("runtime.search", "search"),
     "plot_taxonomy": ("figures.taxonomy", "plot_taxonomy"),

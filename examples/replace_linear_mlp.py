@@ -27,10 +27,11 @@ with torch.no_grad():
     y = teacher(x)
 
 before = sum(p.numel() for p in student.parameters())
-# the two square hidden layers become BTT rank 2 (d = 256: blocks of 16)
-replaced = einstruct.replace_linear(student, "structure b = btt(rank = 2, d = 256)", select=["2", "4"])
+# the two square hidden layers become BTT rank 2 (d = 256: blocks of 16), from the
+# structured muP init (the student is untrained: nothing to project)
+report = einstruct.replace_linear(student, "structure b = btt(rank = 2)", select=["2", "4"], init="random")
 after = sum(p.numel() for p in student.parameters())
-print(f"replaced {replaced}: {before:,} -> {after:,} parameters")
+print(f"replaced {report.names}: {before:,} -> {after:,} parameters")
 
 opt = torch.optim.Adam(einstruct.param_groups(student, lr=3e-3))
 for step in range(201):

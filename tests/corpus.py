@@ -145,7 +145,7 @@ def _cases() -> list[Bad]:
         Bad("unknown catalog form", "unknown structure form 'montgomery'", "structure m = montgomery(d = 16)\n", (1, "montgomery")),
         Bad("catalog form with a foreign parameter", "btt() has no parameter 'blocks'", "structure b = btt(blocks = 4, d = 16)\n", (1, "blocks")),
         Bad("catalog form missing its parameter", "low_rank() needs 'rank'", "structure l = low_rank(d = 16)\n", (1, "structure")),
-        Bad("catalog form without a width", "btt() needs the layer width: d is missing", "structure b = btt(rank = 2)\n", (1, "structure")),
+        Bad("catalog form without a width, compiled", "has symbolic sizes; give every parameter a value to compile it (unset: d_in, d_out)", "structure b = btt(rank = 2)\n", (1, "structure"), run=("compile", "bad.ein", "-o", "-")),
         Bad("both d and d_in", "btt() takes either d or d_in and d_out, not both", "structure b = btt(d = 16, d_in = 16, d_out = 16)\n", (1, "d =")),
         Bad("d_in without d_out", "btt() needs the layer width: d_out is missing", "structure b = btt(d_in = 16)\n", (1, "structure")),
         Bad("blocks not dividing the width", "blocks must divide", "structure k = block_diagonal(blocks = 3, d = 16)\n", (1, "structure"), nth=1),

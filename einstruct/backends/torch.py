@@ -14,6 +14,7 @@ hashes of Python objects).
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 from .._version import __version__
@@ -31,6 +32,7 @@ from .common import (
     strategy_note,
     tuple_code,
 )
+from .projection import projection_code, projection_note
 from .pycode import (
     dense_code,
     factor_locals,
@@ -47,6 +49,8 @@ __all__ = ["render_context", "render"]
 #: The template of a plain layer and of a routed one.
 LAYER_TEMPLATE = "torch/layer.py.j2"
 ROUTED_TEMPLATE = "torch/routed_layer.py.j2"
+#: The iterative fit's helpers, included only in modules whose from_dense needs them.
+FIT_TEMPLATE = "torch/fit.py.j2"
 
 
 def _factors(plan: Plan) -> list[dict[str, Any]]:
@@ -119,6 +123,8 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
     command = command or f"einstruct.compile(<spec>, structure={s.name!r})"
     factor_names = ", ".join(f"{f['local']} = {f['attr']}" for f in factors)
     router = int(s.in_features) * int(s.size(s.route.index)) if s.route is not None else 0
+    projection, projection_lines = projection_code(plan)
+    fit = environment().get_template(FIT_TEMPLATE).render() if projection == "iterative" else ""
     param_count = sum(int(s.factor_params(f)) for f in s.factors) + router
     return {
         "version": __version__,
@@ -168,6 +174,9 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
         "dense_equation": plan.dense.equation if plan.dense else None,
         "dense_lines": [] if routed else dense_code(plan),
         "route": _route_context(plan) if routed else None,
+        "projection_note": textwrap.wrap(comment_text(projection_note(s)), 80),
+        "projection_lines": projection_lines,
+        "fit_lines": ["", "", *fit.rstrip("\n").splitlines()] if fit else [],
         "batch_axis": BATCH,
     }
 

@@ -57,8 +57,8 @@ NN_MODULE_ATTRIBUTES = frozenset(
 #: routed; a test checks a generated instance has no others).
 LAYER_ATTRIBUTES = frozenset(
     {
-        "aux_loss", "bias", "default_strategy", "dense_weight", "experts", "factor_axes", "gain",
-        "in_features", "index_sizes", "init_std", "input_axes", "lr_mult", "lr_multipliers",
+        "aux_loss", "bias", "default_strategy", "dense_weight", "experts", "factor_axes", "from_dense",
+        "gain", "in_features", "index_sizes", "init_std", "input_axes", "lr_mult", "lr_multipliers",
         "normalize", "out_features", "output_axes", "param_count", "param_groups",
         "reset_parameters", "router", "save_intermediate", "sparse_experts", "strategy", "to_dense",
         "top_k", "zero_init_last",

@@ -30,7 +30,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -165,9 +164,7 @@ def build_student(task: Task, run: Run) -> Any:
 
     torch.manual_seed(zlib.crc32(f"{run.seed}|{run.structure}|{run.width}".encode()))
     model = _student_class()(task, run.width)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "weights cannot be copied": they are fresh
-        replace_linear(model, run.spec, select="blocks.*")
+    replace_linear(model, run.spec, select="blocks.*", init="random")  # structured muP init, as the papers
     for module in model.modules():
         if is_structured(module):
             module.strategy = "structured"  # run the counted steps, not a materialized W

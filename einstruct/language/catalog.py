@@ -6,7 +6,10 @@ expanded, once their argument values are known, into ordinary structure source,
 which is parsed like anything the user writes. So every catalog entry is just
 ``.ein`` text you could have typed (``einstruct analyze`` can print it).
 
-Widths: every form takes ``d`` or both ``d_in`` and ``d_out``. Catalog forms
+Widths: every form takes ``d`` or both ``d_in`` and ``d_out``; a form given
+neither leaves ``d_in`` and ``d_out`` unset (``btt(rank = 2)``): it analyzes
+symbolically, and ``einstruct.replace_linear`` binds them to each layer's own
+widths, so one spec converts square and rectangular layers alike. Catalog forms
 split a width w into ``sqrt_lo(w) x sqrt_hi(w)``: exactly, as the papers do,
 when w has a split no more lopsided than 4:1 (768 = 16 x 48), else into
 ``ceil`` factors that cover it (the layer pads); see :mod:`einstruct.splits`.
@@ -138,6 +141,7 @@ _INPUT_CLASSES = ("alpha", "beta", "gamma")
 _OUTPUT_CLASSES = ("delta", "epsilon", "phi")
 
 _FORMS_TEXT = ", ".join(["theta", *CATALOG])
+_WIDTHS = frozenset({"d", "d_in", "d_out"})
 
 
 def form_parameters(call: ShorthandDecl) -> list[str]:
@@ -145,6 +149,8 @@ def form_parameters(call: ShorthandDecl) -> list[str]:
     names = [arg.name for arg, _ in call.args]
     if call.form.name in CATALOG:
         names += [p for p in CATALOG[call.form.name].defaults if p not in names]
+    if not _WIDTHS.intersection(names):
+        names += ["d_in", "d_out"]  # widths left unset: free parameters, bound per layer
     return names
 
 
@@ -194,11 +200,13 @@ def _widths(call: ShorthandDecl, names: Mapping) -> tuple[str, str]:
         return "d", "d"
     if "d_in" in names and "d_out" in names:
         return "d_in", "d_out"
-    missing = "d_out" if "d_in" in names else "d_in" if "d_out" in names else "d"
+    if not _WIDTHS.intersection(names):
+        return "d_in", "d_out"  # both unset (see form_parameters)
+    missing = "d_out" if "d_in" in names else "d_in"
     raise ParameterError(
         f"{call.form.name}() needs the layer width: {missing} is missing",
         call.span,
-        f"add it, e.g. `{call.form.name}(..., d = 1024)` or `d_in = 768, d_out = 3072`",
+        "add it, e.g. `d_in = 768, d_out = 3072`, or leave both out to take each layer's widths",
     )
 
 
@@ -240,6 +248,7 @@ def _catalog_text(
         "out_hi": f"sqrt_hi({dout})",
     }
     order = [arg.name for arg, _ in call.args] + [p for p in form.defaults if p not in names]
+    order += [w for w in (din, dout) if w not in order]
     body = f"    {form.equation}\n    where {form.sizes.format(**fields)}\n"
     return _header(order, values), body
 

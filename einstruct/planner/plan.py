@@ -53,10 +53,14 @@ def make_plan(structure: Structure, batch: int = DEFAULT_BATCH, strategy: str = 
     if strategy not in STRATEGIES:
         raise CompileError(f"unknown strategy '{strategy}'", hint=f"use one of: {', '.join(STRATEGIES)}")
     if structure.is_symbolic:
+        unset = [p.name for p in structure.parameters if p.is_symbolic]
+        example = " ".join(f"--set {n}=1024" for n in unset[:2])
         raise CompileError(
-            f"structure '{structure.name}' has symbolic sizes; give every parameter a value to compile it",
+            f"structure '{structure.name}' has symbolic sizes; give every parameter a value to compile it"
+            + (f" (unset: {', '.join(unset)})" if unset else ""),
             structure.span,
-            "use --set NAME=VALUE, or keyword arguments in einstruct.compile",
+            f"use --set NAME=VALUE{f' (e.g. {example})' if unset else ''}, or keyword arguments in "
+            "einstruct.compile; einstruct.replace_linear binds d, or d_in and d_out, to each layer",
         )
     if structure.route is not None:
         order = routed_order(structure, batch)

@@ -1,14 +1,34 @@
 """What users call from Python with torch installed: compile a layer, convert a model.
 
 - :mod:`.build`: render a spec and load the generated class in this process;
-- :mod:`.replace`: swap a model's linear layers for structured ones;
+- :mod:`.adapters`: which modules are linear layers (``nn.Linear``, Hugging Face ``Conv1D``, yours);
+- :mod:`.targets`: which layers of a model to convert (select, exclude, tied weights);
+- :mod:`.replace`: swap a model's linear layers for structured ones, all or nothing;
+- :mod:`.report`: what changed (``einstruct.summary``);
+- :mod:`.manifest`: save the replacements and re-apply them in a new process;
 - :mod:`.groups`: optimizer groups, structured muP in the layers and width muP around them.
 """
 
 from __future__ import annotations
 
+from .adapters import register_adapter
 from .build import compile, compile_structure, module_source
 from .groups import is_structured, param_groups
+from .manifest import model_manifest, restore, save_manifest
 from .replace import replace_linear
+from .report import ModelReport, summary
 
-__all__ = ["compile", "compile_structure", "is_structured", "module_source", "param_groups", "replace_linear"]
+__all__ = [
+    "compile",
+    "compile_structure",
+    "is_structured",
+    "model_manifest",
+    "module_source",
+    "ModelReport",
+    "param_groups",
+    "register_adapter",
+    "replace_linear",
+    "restore",
+    "save_manifest",
+    "summary",
+]

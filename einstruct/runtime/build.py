@@ -14,6 +14,8 @@ from __future__ import annotations
 import builtins
 import sys
 import types
+import weakref
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -27,7 +29,25 @@ from ..language.spec import SpecFile
 from ..limits import checked_batch
 from ..planner.plan import DEFAULT_BATCH, make_plan
 
-__all__ = ["compile", "compile_structure", "module_source"]
+__all__ = ["Built", "built_from", "compile", "compile_structure", "module_source"]
+
+
+@dataclass(frozen=True)
+class Built:
+    """What a class built in this process was compiled from (for reports and manifests)."""
+
+    structure: Structure
+    batch: int
+    strategy: str
+    backend: str
+
+
+_BUILT: weakref.WeakKeyDictionary[type, Built] = weakref.WeakKeyDictionary()
+
+
+def built_from(cls: type) -> Built | None:
+    """How ``cls`` was compiled, if :func:`compile` built it in this process."""
+    return _BUILT.get(cls)
 
 
 def module_source(
@@ -57,6 +77,7 @@ def _build(structure: Structure, class_name: str | None, batch: int, strategy: s
     exec(code, module.__dict__)  # noqa: S102 - our own generated code
     cls = next(v for k, v in module.__dict__.items() if isinstance(v, type) and k in module.__all__)
     cls.__module__ = module.__name__
+    _BUILT[cls] = Built(structure, batch, strategy, backend)
     return cls
 
 

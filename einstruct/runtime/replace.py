@@ -1,43 +1,148 @@
-"""Use structures in an existing model: swap ``nn.Linear`` layers (optimizer groups: :mod:`.groups`).
+"""Convert a model: swap its linear layers for structured ones, all or nothing (groups: :mod:`.groups`).
 
-    >>> replaced = einstruct.replace_linear(model, "structure b = btt(d = 64)",
-    ...                                     select=lambda name, m: name.startswith("mlp."))
+    >>> report = einstruct.replace_linear(model, "structure b = btt(rank = 2)")
+    >>> print(report)
     >>> opt = torch.optim.AdamW(einstruct.param_groups(model, lr=1e-3))
 
-Each chosen layer gets a structured layer compiled for its own width (the spec's
-``d``, or ``d_in``/``d_out``, bound to the layer's features; rounded sizes pad).
-Weights cannot be carried over into a structure, so factors start from the
-structured muP init; the bias is copied. A warning says which layers changed.
+Each chosen layer (``nn.Linear``, Hugging Face ``Conv1D``, or any layer an
+adapter knows, :mod:`.adapters`) gets the structure compiled at its own widths:
+a spec that leaves its widths unset (``btt(rank = 2)``, or ``d_in``/``d_out``
+declared without values) takes ``d_in`` and ``d_out`` from each layer, one
+with a single width ``d`` converts square layers only. The factors start from
+the old weight's projection (``init="project"``, :meth:`from_dense`) or the
+structured muP init (``init="random"``); the bias is copied.
+
+All or nothing: every replacement is resolved, compiled, built and projected
+before the first swap, so any error leaves the model untouched (at the cost of
+holding the new layers next to the old ones until the swap).
 """
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
+from ..backends.projection import projection_kind
 from ..errors import EinstructError, ParameterError
+from ..ir import Structure
 from ..language.load import load, read_spec
 from .build import compile_structure
-from .groups import Selector, is_structured, param_groups, selector
+from .groups import Selector, is_structured, param_groups
+from .report import ModelReport, layer_report, record, record_skipped
+from .targets import Target, check_selector, find_targets
 
-__all__ = ["replace_linear", "param_groups", "is_structured"]
+__all__ = ["replace_linear", "param_groups", "is_structured", "bind_widths", "swap_layers"]
+
+INITS = ("project", "random")
+WIDTHS = ("d", "d_in", "d_out")
 
 
-def _widths(structure_params: list[str], d_in: int, d_out: int, name: str) -> dict[str, int]:
-    if "d_in" in structure_params and "d_out" in structure_params:
+def bind_widths(declared: list[str], fixed: Structure, d_in: int, d_out: int) -> dict[str, int]:
+    """The width parameters to give the spec for a ``d_in -> d_out`` layer.
+
+    ``declared`` are the spec's parameter names; ``fixed`` is the structure as
+    written (for a spec without width parameters, whose widths must match).
+    """
+    if "d_in" in declared and "d_out" in declared:
         return {"d_in": d_in, "d_out": d_out}
-    if "d" in structure_params:
+    if "d" in declared:
         if d_in != d_out:
             raise ParameterError(
-                f"layer '{name}' maps {d_in} -> {d_out} features, but the spec has one width d",
-                hint="write the structure with d_in and d_out, e.g. `btt(d_in = 768, d_out = 3072)`",
+                "a rectangular layer, but the spec has one width d",
+                hint="leave the widths out to take each layer's (`btt(rank = 2)`), or declare d_in and d_out",
             )
         return {"d": d_in}
+    if not fixed.is_symbolic and (int(fixed.in_features), int(fixed.out_features)) == (d_in, d_out):
+        return {}
     raise ParameterError(
-        "the spec declares no width parameter (d, or d_in and d_out) to bind to each layer",
-        hint="add `d` or `d_in, d_out` to the structure's parameters",
+        "the spec declares no width parameter (d, or d_in and d_out) and is "
+        f"{fixed.in_features} -> {fixed.out_features}",
+        hint="leave a catalog form's widths out (`btt(rank = 2)`) or add `d_in, d_out` to the header",
     )
+
+
+def _check_options(init: Any, flags: dict[str, Any], strategy: Any, params: dict[str, Any]) -> None:
+    if init not in INITS:
+        raise ParameterError(
+            f"init must be 'project' or 'random', got {init!r:.40}", hint="e.g. init='random'"
+        )
+    for what, value in flags.items():
+        if not isinstance(value, bool):
+            raise ParameterError(f"{what} must be True or False, got {value!r:.40}", hint=f"e.g. {what}=True")
+    if strategy not in (None, "structured", "dense"):
+        raise ParameterError(
+            f"strategy must be None, 'structured' or 'dense', got {strategy!r:.40}",
+            hint="None keeps the planner's choice per layer",
+        )
+    if flags["gain"] and not flags["normalize"]:
+        raise ParameterError("gain=True needs normalize=True", hint="pass normalize=True as well")
+    if flags["zero_init_last"] and init == "project":
+        raise ParameterError(
+            "zero_init_last=True would throw the projected weights away (the layer would start at 0)",
+            hint="pass init='random' with zero_init_last=True, or drop zero_init_last",
+        )
+    given = [w for w in WIDTHS if w in params]
+    if given:
+        raise ParameterError(
+            f"replace_linear binds the widths to each layer; do not pass {given[0]}",
+            hint="leave d, d_in and d_out out of the call (and, for rectangular layers, of the spec)",
+        )
+
+
+def _layer_error(target: Target, exc: EinstructError, shape: tuple[int, int]) -> EinstructError:
+    return type(exc)(
+        f"layer '{target.names[0]}' ({shape[0]} -> {shape[1]}): {exc.message}", exc.span, exc.hint
+    )
+
+
+def _build(
+    target: Target, make: Any, init: str, options: dict[str, Any]
+) -> tuple[Any, str | None, float | None]:
+    """The new layer for ``target``: compiled at its widths, built like its weight, projected or not."""
+    import torch
+
+    weight, bias = target.adapter.dense(target.module)
+    d_out, d_in = (int(n) for n in weight.shape)
+    try:
+        structure, cls = make(d_in, d_out)
+        if structure.route is not None and init == "project":
+            raise ParameterError(
+                "a routed (BTT-MoE) structure has no single dense matrix to project the weight onto",
+                hint="pass init='random'",
+            )
+        try:
+            new = cls(bias=bias is not None, device=weight.device, dtype=weight.dtype, **options)
+        except ValueError as exc:  # the generated constructor's own checks
+            raise ParameterError(str(exc), hint="check the options passed to replace_linear") from None
+    except EinstructError as exc:
+        raise _layer_error(target, exc, (d_in, d_out)) from None
+    new.train(target.module.training)
+    error = projection = None
+    if init == "project":
+        projection = projection_kind(structure)
+        error = new.from_dense(weight, bias)
+    elif bias is not None:
+        with torch.no_grad():
+            new.bias.copy_(bias)
+    for p in new.parameters():
+        p.requires_grad_(weight.requires_grad)
+    return new, projection, error
+
+
+def swap_layers(model: Any, swaps: list[tuple[tuple[str, ...], Any]]) -> None:
+    """Put each new layer at every name of its target; on any failure put the old ones back."""
+    done: list[tuple[Any, str, Any]] = []
+    try:
+        for names, new in swaps:
+            for name in names:
+                parent_name, _, child = name.rpartition(".")
+                parent = model.get_submodule(parent_name) if parent_name else model
+                done.append((parent, child, getattr(parent, child)))
+                setattr(parent, child, new)
+    except BaseException:
+        for parent, child, old in reversed(done):
+            setattr(parent, child, old)
+        raise
 
 
 def replace_linear(
@@ -45,57 +150,73 @@ def replace_linear(
     spec: str | Path,
     select: Selector = None,
     *,
+    exclude: Selector = None,
     structure: str | None = None,
+    init: str = "project",
+    normalize: bool = False,
+    zero_init_last: bool = False,
+    gain: bool = False,
+    strategy: str | None = None,
+    skip_tied: bool = True,
     **params: Any,
-) -> list[str]:
-    """Replace the chosen ``nn.Linear`` layers of ``model`` in place.
+) -> ModelReport:
+    """Replace the chosen linear layers of ``model`` in place, all or nothing.
 
     Args:
         model: any ``nn.Module``.
         spec: structure-language text or a ``.ein`` path (one structure, or name it).
-        select: which layers: ``None`` (every Linear), a callable ``(name, module) -> bool``,
-            a glob on qualified names (``"blocks.*.mlp.*"``), or a list of names.
+            Widths left unset are taken from each layer.
+        select: which layers: ``None`` (every layer an adapter knows), a list of
+            qualified names, a glob (``"*.mlp.*"``) or a callable ``(name, module) -> bool``.
+        exclude: layers to leave alone, in the same forms (e.g. ``["lm_head"]``).
         structure: the structure to use when the spec has several.
+        init: ``"project"`` (the best approximation of each old weight, see the
+            generated ``from_dense``) or ``"random"`` (structured muP init).
+        normalize, zero_init_last, gain, strategy: passed to each new layer
+            (``zero_init_last`` needs ``init="random"``).
+        skip_tied: leave layers whose weight is tied to another module (listed
+            in the report); ``False`` replaces them, untying the weight.
         **params: other parameter overrides (e.g. ``rank=4``).
 
     Returns:
-        The qualified names of the replaced layers.
+        The report (:class:`~einstruct.runtime.report.ModelReport`): per layer its
+        structure, params and FLOPs before/after, strategy and projection error;
+        ``print`` it, or ``.to_dict()``.
+
+    Raises:
+        EinstructError: a bad argument, a selector matching nothing, a layer the
+            structure cannot fit (named); the model is then unchanged.
     """
     import torch.nn as nn
 
-    parsed = read_spec(spec)
-    choose = selector(select)
-    targets = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and not is_structured(module) and choose(name, module)
-    ]
-    replaced = []
-    for name, linear in targets:
-        probe = load(parsed, structure, symbolic=True)
-        widths = _widths([p.name for p in probe.parameters], linear.in_features, linear.out_features, name)
-        try:
-            resolved = load(parsed, structure, **{**params, **widths})
-            layer_cls = compile_structure(resolved)
-        except EinstructError as exc:
-            raise type(exc)(
-                f"layer '{name}' ({linear.in_features} -> {linear.out_features}): {exc.message}",
-                exc.span,
-                exc.hint,
-            ) from None
-        new = layer_cls(bias=linear.bias is not None, device=linear.weight.device, dtype=linear.weight.dtype)
-        if linear.bias is not None:
-            with __import__("torch").no_grad():
-                new.bias.copy_(linear.bias)
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, new)
-        replaced.append(name)
-    if replaced:
-        warnings.warn(
-            f"einstruct replaced {len(replaced)} Linear layer(s) ({', '.join(replaced)}): "
-            "their weights cannot be copied into a structure, so the factors start from the "
-            "structured muP init; biases were copied",
-            stacklevel=2,
+    if not isinstance(model, nn.Module):
+        raise ParameterError(
+            f"replace_linear needs a torch.nn.Module, got {type(model).__name__}",
+            hint="pass the model itself",
         )
-    return replaced
+    flags = {"normalize": normalize, "zero_init_last": zero_init_last, "gain": gain, "skip_tied": skip_tied}
+    _check_options(init, flags, strategy, params)
+    select, exclude = check_selector("select", select), check_selector("exclude", exclude)
+    parsed = read_spec(spec)
+    probe = load(parsed, structure, symbolic=True, **params)  # unknown parameters fail here, early
+    declared = [p.name for p in probe.parameters]
+    fixed = load(parsed, structure, **params) if not set(WIDTHS) & set(declared) else probe
+    targets, skipped = find_targets(model, select, exclude, skip_tied)
+    cache: dict[tuple[int, int], tuple[Structure, type]] = {}
+
+    def make(d_in: int, d_out: int) -> tuple[Structure, type]:
+        widths = bind_widths(declared, fixed, d_in, d_out)
+        key = (d_in, d_out) if widths else (0, 0)
+        if key not in cache:
+            resolved = load(parsed, structure, **{**params, **widths})
+            cache[key] = (resolved, compile_structure(resolved))
+        return cache[key]
+
+    options = {"normalize": normalize, "zero_init_last": zero_init_last, "gain": gain, "strategy": strategy}
+    built = [(t, *_build(t, make, init, options)) for t in targets]
+    swap_layers(model, [(t.names, new) for t, new, _, _ in built])
+    for t, new, projection, error in built:
+        record(new, t.adapter.name, projection, error)
+    record_skipped(model, tuple(skipped))
+    layers = tuple(layer_report(t.names[0], new) for t, new, _, _ in built)
+    return ModelReport(layers, tuple(skipped), sum(p.numel() for p in model.parameters()))

@@ -1,0 +1,270 @@
+"""What changed in a model: per structured layer its structure, shape, params and FLOPs before and
+after, strategy and projection error; totals. ``einstruct.summary(model)`` and ``replace_linear``'s
+return value.
+
+    >>> report = einstruct.summary(model)
+    >>> print(report)                 # a table
+    >>> report.to_dict()["totals"]    # the same as data (``to_json()`` for text)
+
+"Before" is the dense layer of the same shape (``in * out`` weights plus the
+bias; ``2 * in * out`` FLOPs per token, the analyzer's convention); "after" is
+what the layer holds (every parameter: factors, bias, gains, router) and what
+its strategy runs per token: the structure's FLOPs along its planned order, or,
+for a layer running the dense strategy, the dense matmul over its padded axes
+(W is also rebuilt once per call, which the per-token number leaves out).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import weakref
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Any
+
+from ..ir import Structure
+from ..numbers import count_text, float_text
+from .groups import is_structured
+
+__all__ = [
+    "LayerReport",
+    "Skipped",
+    "ModelReport",
+    "summary",
+    "record",
+    "record_skipped",
+    "skipped_in",
+    "layer_report",
+    "layer_structure",
+]
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One structured layer of a model."""
+
+    name: str
+    structure: str
+    in_features: int
+    out_features: int
+    params_before: int
+    params_after: int
+    flops_before: int
+    flops_after: int
+    strategy: str
+    replaces: str | None = None  # the adapter of the layer it replaced ("linear", "conv1d")
+    projection: str | None = None  # "exact" or "iterative" if projected from the old weight
+    error: float | None = None  # ||W - to_dense()|| / ||W|| if projected
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A layer ``replace_linear`` left alone, and why."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class ModelReport:
+    """The structured layers of a model, what each replaced, and totals (printable, or as data)."""
+
+    layers: tuple[LayerReport, ...]
+    skipped: tuple[Skipped, ...] = ()
+    model_params: int = 0  # every parameter of the model now (tied ones once)
+
+    @property
+    def names(self) -> list[str]:
+        """The qualified names of the structured layers."""
+        return [layer.name for layer in self.layers]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def totals(self) -> dict[str, Any]:
+        """Sums over the layers, and the model's parameters before and after."""
+        sums = {
+            key: sum(getattr(layer, key) for layer in self.layers)
+            for key in ("params_before", "params_after", "flops_before", "flops_after")
+        }
+        before = self.model_params - sums["params_after"] + sums["params_before"]
+        return {
+            "layers": len(self.layers),
+            **sums,
+            "model_params_before": before,
+            "model_params_after": self.model_params,
+            "dense_strategy": sum(layer.strategy == "dense" for layer in self.layers),
+            "skipped": len(self.skipped),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as plain data (what ``to_json`` prints)."""
+        return {
+            "layers": [asdict(layer) for layer in self.layers],
+            "skipped": [asdict(s) for s in self.skipped],
+            "totals": self.totals(),
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def __rich__(self) -> Any:
+        from rich.console import Group
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(title="structured layers", title_justify="left")
+        for header in ("layer", "structure", "shape", "params", "FLOPs/token", "strategy", "error"):
+            table.add_column(header, justify="left" if header in ("layer", "structure") else "right")
+        for layer in self.layers:
+            table.add_row(
+                layer.name + (f" ({layer.replaces})" if layer.replaces else ""),
+                layer.structure,
+                f"{layer.in_features} -> {layer.out_features}",
+                f"{count_text(layer.params_before)} -> {count_text(layer.params_after)}",
+                f"{count_text(layer.flops_before)} -> {count_text(layer.flops_after)}",
+                layer.strategy,
+                _error_text(layer),
+            )
+        t = self.totals()
+        lines = [
+            f"{t['layers']} layers: params {count_text(t['params_before'])} -> "
+            f"{count_text(t['params_after'])}, FLOPs/token {count_text(t['flops_before'])} -> "
+            f"{count_text(t['flops_after'])}",
+            f"model params {count_text(t['model_params_before'])} -> {count_text(t['model_params_after'])}",
+        ]
+        if t["dense_strategy"]:
+            lines.append(
+                f"{t['dense_strategy']} layer(s) run the dense strategy (W rebuilt per call, one dense "
+                "matmul): the planner found it faster at these sizes; strategy='structured' forces the steps"
+            )
+        lines += [f"skipped {s.name}: {s.reason}" for s in self.skipped]
+        return Group(table, Text("\n".join(lines)))
+
+    def __str__(self) -> str:
+        from rich.console import Console
+
+        console = Console(width=160, record=True, file=io.StringIO())
+        console.print(self)
+        return console.export_text().rstrip("\n")
+
+
+def _error_text(layer: LayerReport) -> str:
+    if layer.error is None:
+        return "-"
+    shown = float_text(layer.error, 3) if layer.error >= 1e-4 else "< 0.0001"
+    return f"{shown} ({layer.projection})" if layer.projection == "iterative" else shown
+
+
+# what replace_linear recorded about each layer it made, and about each model it converted
+_RECORDS: weakref.WeakKeyDictionary[Any, tuple[str, str | None, float | None]] = weakref.WeakKeyDictionary()
+_SKIPPED: weakref.WeakKeyDictionary[Any, tuple[Skipped, ...]] = weakref.WeakKeyDictionary()
+
+
+def record(layer: Any, replaces: str, projection: str | None, error: float | None) -> None:
+    """Remember what ``layer`` replaced and its projection error, for :func:`summary`."""
+    _RECORDS[layer] = (replaces, projection, error)
+
+
+def layer_structure(layer: Any) -> Structure | None:
+    """The resolved structure a generated layer was compiled from: from this process's
+    builds, or from the ``# spec:`` lines of the generated file its class came from."""
+    from .build import built_from
+
+    built = built_from(type(layer))
+    if built is not None:
+        return built.structure
+    return _structure_from_header(type(layer).__module__)
+
+
+@lru_cache(maxsize=64)
+def _structure_from_header(module_name: str) -> Structure | None:
+    import inspect
+    import sys
+
+    from ..errors import EinstructError
+    from ..language.load import load
+
+    module = sys.modules.get(module_name)
+    try:
+        text = inspect.getsource(module) if module is not None else ""
+    except (OSError, TypeError):
+        return None
+    lines = text.splitlines()
+    if "# spec:" not in lines:
+        return None
+    spec = []
+    for line in lines[lines.index("# spec:") + 1 :]:
+        if not line.startswith("#   "):
+            break
+        spec.append(line[4:])
+    try:
+        return load("\n".join(spec) + "\n")
+    except EinstructError:
+        return None
+
+
+@lru_cache(maxsize=256)
+def _structure_flops(structure: Structure) -> int:
+    from ..analysis.counts import count
+
+    return int(count(structure, 1).flops)
+
+
+def layer_report(name: str, layer: Any) -> LayerReport:
+    """The report line of one generated layer."""
+    structure = layer_structure(layer)
+    d_in, d_out = layer.in_features, layer.out_features
+    strategy = str(getattr(layer, "strategy", "structured"))
+    if structure is None:
+        flops, title = 0, type(layer).__name__
+    else:
+        title = structure.name
+        padded = int(structure.d_in) * int(structure.d_out)
+        flops = 2 * padded if strategy == "dense" else _structure_flops(structure)
+    replaces, projection, error = _RECORDS.get(layer, (None, None, None))
+    bias = getattr(layer, "bias", None)
+    return LayerReport(
+        name=name,
+        structure=title,
+        in_features=d_in,
+        out_features=d_out,
+        params_before=d_in * d_out + (d_out if bias is not None else 0),
+        params_after=sum(p.numel() for p in layer.parameters()),
+        flops_before=2 * d_in * d_out,
+        flops_after=flops,
+        strategy=strategy,
+        replaces=replaces,
+        projection=projection,
+        error=error,
+    )
+
+
+def summary(model: Any) -> ModelReport:
+    """The report of every einstruct layer in ``model`` (see :class:`ModelReport`).
+
+    Layers that ``replace_linear`` made carry what they replaced and their
+    projection error; the layers it skipped in ``model`` are listed.
+    """
+    import torch.nn as nn
+
+    from ..errors import ParameterError
+
+    if not isinstance(model, nn.Module):
+        raise ParameterError(
+            f"summary needs a torch.nn.Module, got {type(model).__name__}", hint="pass the model itself"
+        )
+    layers = tuple(layer_report(name, m) for name, m in model.named_modules() if is_structured(m))
+    params = sum(p.numel() for p in model.parameters())
+    return ModelReport(layers, _SKIPPED.get(model, ()), params)
+
+
+def skipped_in(model: Any) -> tuple[Skipped, ...]:
+    """The layers ``replace_linear`` skipped in ``model``."""
+    return _SKIPPED.get(model, ())
+
+
+def record_skipped(model: Any, skipped: tuple[Skipped, ...]) -> None:
+    """Remember the layers ``replace_linear`` skipped in ``model`` (listed by :func:`summary`)."""
+    _SKIPPED[model] = tuple(_SKIPPED.get(model, ())) + skipped
