@@ -227,6 +227,28 @@ def test_from_dense_copies_the_bias_checks_its_input_and_keeps_dtype():
         no_bias.from_dense(w, b)
 
 
+@pytest.mark.parametrize(
+    ("weight", "extras", "error", "message"),
+    [
+        (torch.ones(6, 8, dtype=torch.int64), {}, TypeError, "real floating-point W, got dtype torch.int64"),
+        (torch.randn(6, 8, dtype=torch.complex64), {}, TypeError, "real floating-point W"),
+        (torch.randn(6, 8), {"bias": torch.randn(3)}, ValueError, r"bias must have shape \(6,\), got \(3,\)"),
+        (torch.randn(6, 8), {"bias": [0.0] * 6}, TypeError, "bias must be a real floating-point tensor"),
+        (torch.randn(6, 8), {"bias": torch.full((6,), float("inf"))}, ValueError, "bias has NaN"),
+        (torch.randn(6, 8), {"max_iter": 0}, ValueError, "max_iter must be a positive integer"),
+        (torch.randn(6, 8), {"max_iter": "10"}, ValueError, "max_iter must be a positive integer"),
+        (torch.randn(6, 8), {"max_iter": True}, ValueError, "max_iter must be a positive integer"),
+    ],
+)
+def test_from_dense_refuses_bad_arguments_even_when_it_would_not_use_them(weight, extras, error, message):
+    """An exact projection never reads max_iter; a wrong one is still an error, before any factor changes."""
+    layer = einstruct.compile("structure l = low_rank(rank = 2, d_in = 8, d_out = 6)")()
+    before = [p.detach().clone() for p in layer.parameters()]
+    with pytest.raises(error, match=message):
+        layer.from_dense(weight, **extras)
+    assert all(torch.equal(a, p) for a, p in zip(before, layer.parameters()))
+
+
 def test_a_routed_layer_refuses():
     layer = einstruct.compile(EXAMPLES / "btt_moe.ein", d=64)()
     with pytest.raises(RuntimeError, match="no single dense matrix"):

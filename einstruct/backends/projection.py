@@ -155,6 +155,7 @@ def projection_code(plan: Plan) -> tuple[str, list[str]]:
         ]
     first = f"self.{s.factors[0].name}"
     head = [
+        "_check_extras(self, bias, max_iter)",
         f"target = _padded_target(weight, {tuple_code([str(int(s.out_features)), str(int(s.in_features))])}, "
         f"{tuple_code([str(int(s.d_out)), str(int(s.d_in))])}, {first})",
     ]
