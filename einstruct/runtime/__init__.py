@@ -1,6 +1,7 @@
 """What users call from Python with torch installed: compile a layer, convert a model.
 
 - :mod:`.build`: render a spec and load the generated class in this process;
+- :mod:`.pickling`: in-memory modules whose layers pickle across processes;
 - :mod:`.replace`: swap a model's linear layers for structured ones;
 - :mod:`.groups`: optimizer groups, structured muP in the layers and width muP around them.
 """
