@@ -76,6 +76,7 @@ def test_compile_fullgraph_matches_eager(routed, strategy):
             torch.testing.assert_close(p.grad, expected)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")  # inductor's own use of torch.jit
 def test_inductor_compiles_a_routed_layer_with_the_same_numbers():
     torch._dynamo.reset()
     layer = _layer(True)
