@@ -1,9 +1,9 @@
 """The routed (BTT-MoE) part of the torch backend's render context.
 
 A routed layer has two paths. The *sparse* one, an autograd Function with a
-planned backward, sorts the (token, expert) slots by expert, gathers the input
-rows once, scales each by its gate and runs the one-expert plan on every
-expert's block of slots; it saves the input, the gates, the slot order and the
+planned backward, sorts the (token, expert) slots by expert; each expert
+gathers its block of input rows, scales each by its gate and runs the
+one-expert plan on them. It saves the input, the gates, the slot order and the
 experts' intermediates, and rebuilds the matmul operands from those in the
 backward. Its shapes depend on the router, so under tracing, compiling and
 torch.func the layer takes the *masked* path instead (every expert computed,
