@@ -1,6 +1,7 @@
 """Routed (BTT-MoE) layers against plain BTT of rank k: forward + backward time and saved memory.
 
 Run: python benchmarks/bench_routed.py [--d 1024] [--batch 2048] [--experts 8] [--ks 1 2 4 8] [--repeats 15]
+     [--threads N]
 
 For each k, a BTT-MoE layer with E experts keeping the top k per token (the
 sparse path: each expert on its own tokens, planned backward) and a plain BTT
@@ -56,7 +57,10 @@ def main() -> None:
     parser.add_argument("--experts", type=int, default=8)
     parser.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     layers = _layers(args.d, args.experts, args.ks, args.batch)
     x = torch.randn(args.batch, args.d, requires_grad=True)
