@@ -1,7 +1,8 @@
-"""Independent references for the tests: dense matrices from plain einsums.
+"""Independent references for the tests: dense matrices and routed layers from plain einsums.
 
 Nothing here uses einstruct's planner or generated code: the dense matrix of a
-layer is computed with opt_einsum from its parameters and its declared axes.
+layer is computed with opt_einsum from its parameters and its declared axes,
+a routed layer's output from its router's top-k gate and one einsum.
 """
 
 from __future__ import annotations
@@ -42,3 +43,58 @@ def dense_torch(layer, factors: dict):
     eq += "->" + "".join(sym[i] for i in ("__n", *layer.output_axes))
     full = torch.einsum(eq, eye, *factors.values()).reshape(d_in, -1)
     return full[: layer.in_features, : layer.out_features].T
+
+
+def routed_reference(layer, x: np.ndarray):
+    """A routed (BTT-MoE) layer's output and aux loss for ``x`` (tokens, in_features),
+    computed with numpy and one opt_einsum call over the input, the gate and the factors."""
+    experts, k = layer.experts, layer.top_k
+    logits = x @ layer.router.weight.detach().numpy().T
+    chosen = np.argsort(-logits, axis=1)[:, :k]
+    top = np.take_along_axis(logits, chosen, axis=1)
+    weights = np.exp(top - top.max(axis=1, keepdims=True))
+    weights /= weights.sum(axis=1, keepdims=True)
+    gate = np.zeros_like(logits)
+    np.put_along_axis(gate, chosen, weights, axis=1)
+    sizes = dict(layer.index_sizes)
+    width = int(np.prod([sizes[i] for i in layer.input_axes]))
+    xs = np.pad(x, ((0, 0), (0, width - x.shape[1]))).reshape(len(x), *(sizes[i] for i in layer.input_axes))
+    letters = {name: opt_einsum.get_symbol(j) for j, name in enumerate(["__n", *sizes])}
+    subs = [("__n", *layer.input_axes), ("__n", "r")]
+    ops = [xs, gate]
+    for name, axes in layer.factor_axes.items():
+        subs.append(axes)
+        ops.append(getattr(layer, name).detach().numpy())
+    eq = ",".join("".join(letters[i] for i in s) for s in subs)
+    eq += "->" + "".join(letters[i] for i in ("__n", *layer.output_axes))
+    y = opt_einsum.contract(eq, *ops).reshape(len(x), -1)[:, : layer.out_features]
+    y = y + layer.bias.detach().numpy()
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs /= probs.sum(axis=1, keepdims=True)
+    slots = np.zeros_like(logits)
+    np.put_along_axis(slots, chosen, 1.0, axis=1)
+    balance = experts * np.sum(probs.mean(axis=0) * slots.mean(axis=0) / k)
+    log_z = np.log(np.exp(logits - logits.max(axis=1, keepdims=True)).sum(axis=1)) + logits.max(axis=1)
+    return y, balance + 0.1 * np.mean(log_z**2)
+
+
+def routed_torch(layer, params: dict, x):
+    """A routed layer's output for ``x`` (tokens, in_features) as a differentiable torch
+    expression of ``params`` (name -> tensor, as ``named_parameters``): the top-k gate
+    of the router's logits and one ``torch.einsum`` over the input, the gate and the
+    factors (every expert computed, then gated)."""
+    import torch
+
+    logits = x @ params["router.weight"].T
+    top, chosen = logits.topk(layer.top_k, dim=-1)
+    gate = torch.zeros_like(logits).scatter(-1, chosen, top.softmax(dim=-1))
+    sizes = dict(layer.index_sizes)
+    width = int(np.prod([sizes[i] for i in layer.input_axes]))
+    xs = torch.nn.functional.pad(x, (0, width - x.shape[1]))
+    xs = xs.reshape(len(x), *(sizes[i] for i in layer.input_axes))
+    letters = {name: opt_einsum.get_symbol(j) for j, name in enumerate(["__n", *sizes])}
+    subs = [("__n", *layer.input_axes), ("__n", "r"), *layer.factor_axes.values()]
+    eq = ",".join("".join(letters[i] for i in s) for s in subs)
+    eq += "->" + "".join(letters[i] for i in ("__n", *layer.output_axes))
+    y = torch.einsum(eq, xs, gate, *(params[name] for name in layer.factor_axes))
+    return y.reshape(len(x), -1)[:, : layer.out_features] + params["bias"]

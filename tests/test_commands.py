@@ -153,8 +153,9 @@ def test_compile_is_byte_identical():
 
 def test_generated_file_is_ruff_clean(tmp_path):
     out = tmp_path / "layer.py"
-    for strategy in ("structured", "dense"):
-        run("compile", "examples/theta.ein", "--structure", "wide", "--strategy", strategy, "-o", str(out))
+    wide = ("examples/theta.ein", "--structure", "wide", "--strategy")
+    for command in [(*wide, "structured"), (*wide, "dense"), ("examples/btt_moe.ein",)]:
+        run("compile", *command, "-o", str(out))
         for args in (["check", "--isolated", str(out)], ["format", "--isolated", "--check", str(out)]):
             result = subprocess.run([sys.executable, "-m", "ruff", *args], capture_output=True, text=True)
             assert result.returncode == 0, result.stdout + result.stderr

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
-import opt_einsum
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from reference import routed_reference, routed_torch
 
 import einstruct
 from einstruct.errors import CompileError
@@ -36,38 +36,6 @@ def _layer(seed: int = 0, sparse: bool = True, spec: str = SPEC):
     return layer
 
 
-def _reference(layer, x: np.ndarray):
-    """Output and aux loss computed with numpy and one opt_einsum call."""
-    experts, k = layer.experts, layer.top_k
-    logits = x @ layer.router.weight.detach().numpy().T
-    chosen = np.argsort(-logits, axis=1)[:, :k]
-    top = np.take_along_axis(logits, chosen, axis=1)
-    weights = np.exp(top - top.max(axis=1, keepdims=True))
-    weights /= weights.sum(axis=1, keepdims=True)
-    gate = np.zeros_like(logits)
-    np.put_along_axis(gate, chosen, weights, axis=1)
-    sizes = dict(layer.index_sizes)
-    width = int(np.prod([sizes[i] for i in layer.input_axes]))
-    xs = np.pad(x, ((0, 0), (0, width - x.shape[1]))).reshape(len(x), *(sizes[i] for i in layer.input_axes))
-    letters = {name: opt_einsum.get_symbol(j) for j, name in enumerate(["__n", *sizes])}
-    subs = [("__n", *layer.input_axes), ("__n", "r")]
-    ops = [xs, gate]
-    for name, axes in layer.factor_axes.items():
-        subs.append(axes)
-        ops.append(getattr(layer, name).detach().numpy())
-    eq = ",".join("".join(letters[i] for i in s) for s in subs)
-    eq += "->" + "".join(letters[i] for i in ("__n", *layer.output_axes))
-    y = opt_einsum.contract(eq, *ops).reshape(len(x), -1)[:, : layer.out_features]
-    y = y + layer.bias.detach().numpy()
-    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probs /= probs.sum(axis=1, keepdims=True)
-    slots = np.zeros_like(logits)
-    np.put_along_axis(slots, chosen, 1.0, axis=1)
-    balance = experts * np.sum(probs.mean(axis=0) * slots.mean(axis=0) / k)
-    log_z = np.log(np.exp(logits - logits.max(axis=1, keepdims=True)).sum(axis=1)) + logits.max(axis=1)
-    return y, balance + 0.1 * np.mean(log_z**2)
-
-
 @pytest.mark.parametrize("sparse", [True, False], ids=["top-k experts", "every expert, masked"])
 @pytest.mark.parametrize("seed, spec", [(0, SPEC), (1, SPEC), (2, PADDED)])
 def test_routed_forward_and_aux_loss_match_reference(seed, spec, sparse):
@@ -75,7 +43,7 @@ def test_routed_forward_and_aux_loss_match_reference(seed, spec, sparse):
     assert spec is SPEC or int(np.prod([layer.index_sizes[i] for i in layer.input_axes])) > layer.in_features
     x = np.random.default_rng(seed).standard_normal((7, layer.in_features))
     y = layer(torch.from_numpy(x))
-    y_ref, aux_ref = _reference(layer, x)
+    y_ref, aux_ref = routed_reference(layer, x)
     np.testing.assert_allclose(y.detach().numpy(), y_ref, rtol=1e-10, atol=1e-10)
     assert layer.aux_loss.item() == pytest.approx(aux_ref, rel=1e-10)
 
@@ -122,7 +90,7 @@ def test_random_routed_btts_match_reference(sizes, experts, data):
     sparse = data.draw(st.booleans(), label="sparse")
     layer = _layer(data.draw(st.integers(0, 2**16), label="seed"), sparse, spec)
     x = np.random.default_rng(0).standard_normal((5, layer.in_features))
-    y_ref, aux_ref = _reference(layer, x)
+    y_ref, aux_ref = routed_reference(layer, x)
     np.testing.assert_allclose(layer(torch.from_numpy(x)).detach().numpy(), y_ref, rtol=1e-9, atol=1e-9)
     assert layer.aux_loss.item() == pytest.approx(aux_ref, rel=1e-9)
 
@@ -138,5 +106,69 @@ def test_routed_structure_whose_cheapest_order_sums_the_expert_axis_first():
     for sparse in (True, False):
         layer = _layer(5, sparse, spec)
         x = np.random.default_rng(1).standard_normal((4, 1))
-        y_ref, _ = _reference(layer, x)
+        y_ref, _ = routed_reference(layer, x)
         np.testing.assert_allclose(layer(torch.from_numpy(x)).detach().numpy(), y_ref, rtol=1e-10)
+
+
+#: Three factors, one shared by every expert (C), and an expert slice stored in another
+#: axis order than the full factor (B), so the sparse path permutes slices and gradients.
+SHARED = """structure moe3(k = 2):
+    y[f, e] = x[g, a] * A[r, g, a, f] * B[f, g, r, e] * C[e]
+    where g = 4, a = 4, f = 4, e = 4, r = 3
+    route r top k
+"""
+
+
+def _gradients(layer, x: torch.Tensor):
+    """Gradients of a fixed weighting of the output: the layer's, and autograd's through
+    the float64 einsum reference of the same parameters."""
+    weights = torch.linspace(-1, 1, len(x) * layer.out_features, dtype=torch.float64)
+    weights = weights.reshape(len(x), -1)
+    x = x.clone().requires_grad_()
+    layer.zero_grad()
+    (layer(x) * weights).sum().backward()
+    got = {"x": x.grad, **{k: v.grad for k, v in layer.named_parameters()}}
+    params = {k: v.detach().clone().requires_grad_() for k, v in layer.named_parameters()}
+    x_ref = x.detach().clone().requires_grad_()
+    (routed_torch(layer, params, x_ref) * weights).sum().backward()
+    return got, {"x": x_ref.grad, **{k: v.grad for k, v in params.items()}}
+
+
+@pytest.mark.parametrize("save", [True, False], ids=["saved", "recomputed"])
+@pytest.mark.parametrize("sparse", [True, False], ids=["top-k experts", "every expert, masked"])
+@pytest.mark.parametrize("spec", [SPEC, PADDED, SHARED], ids=["btt", "padded", "shared factor"])
+def test_routed_gradients_match_the_einsum_reference(spec, sparse, save):
+    layer = compile_structure(einstruct.load(spec))(
+        dtype=torch.float64, sparse_experts=sparse, save_intermediate=save
+    )
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
+    x = torch.randn(9, layer.in_features, generator=gen, dtype=torch.float64)
+    np.testing.assert_allclose(layer(x).detach().numpy(), routed_reference(layer, x.numpy())[0], rtol=1e-10)
+    got, expected = _gradients(layer, x)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], msg=name)
+
+
+def test_the_shared_structure_permutes_expert_slices():
+    source = einstruct.runtime.module_source(einstruct.load(SHARED))
+    assert ".narrow(2, e, 1).permute(" in source and "g_f3.add_(g_p3)" in source
+
+
+def test_experts_without_tokens_and_empty_batches():
+    layer = _layer(4)
+    with torch.no_grad():  # expert 0 scores lowest on every positive input
+        layer.router.weight[0] = -10.0
+        layer.router.weight[1:] = torch.rand(layer.experts - 1, layer.in_features)
+    x = torch.rand(6, layer.in_features, dtype=torch.float64)
+    got, expected = _gradients(layer, x)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], msg=name)
+    assert torch.count_nonzero(got["A"].narrow(layer.factor_axes["A"].index("r"), 0, 1)) == 0
+    empty = torch.zeros(0, layer.in_features, dtype=torch.float64, requires_grad=True)
+    y = layer(empty)
+    assert y.shape == (0, layer.out_features)
+    y.sum().backward()
+    assert empty.grad.shape == empty.shape

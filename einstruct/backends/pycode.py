@@ -26,6 +26,8 @@ __all__ = [
     "local_names",
     "factor_locals",
     "step_code",
+    "intermediate_names",
+    "operand_code",
     "dense_code",
     "output_code",
     "output_grad_code",
@@ -71,7 +73,7 @@ def _call(op: str) -> str:
     return "torch.bmm" if op == "bmm" else "torch.mm"
 
 
-def step_code(plan: Plan) -> tuple[list[str], list[str], list[str]]:
+def step_code(plan: Plan, guards: dict[str, str] | None = None) -> tuple[list[str], list[str], list[str]]:
     """Source lines of the planned forward and backward, and the saved operand names.
 
     Forward step k: ``l<k>``/``r<k>`` are the matmul operands (views where the
@@ -80,6 +82,10 @@ def step_code(plan: Plan) -> tuple[list[str], list[str], list[str]]:
     ``grad left = grad @ right^T`` and ``grad right = left^T @ grad``, each
     mapped back to its source's layout (computed as the transposed product when
     that keeps the source's innermost axis innermost).
+
+    ``guards`` maps the input's and the factors' locals (``x``, ``f<k>``) to the
+    condition under which their gradient is computed; by default
+    ``ctx.needs_input_grad`` of an autograd Function called as ``(x, f1, f2, ...)``.
     """
     sizes = sizes_of(plan)
     local = local_names(plan)
@@ -89,6 +95,7 @@ def step_code(plan: Plan) -> tuple[list[str], list[str], list[str]]:
     needs = {"x": "ctx.needs_input_grad[0]"}
     for k, name in enumerate(factor_locals(plan), start=1):
         needs[name] = f"ctx.needs_input_grad[{k}]"
+    needs.update(guards or {})
     for st in plan.steps:
         n = st.number
         forward.append(f"# step {n}: {st.einsum}  ({st.op}, {st.flops // plan.batch} FLOPs/token)")
@@ -121,6 +128,23 @@ def step_code(plan: Plan) -> tuple[list[str], list[str], list[str]]:
                 backward.append(f"if {guard}:")
                 backward.append(f"    {code}")
     return forward, backward, operands
+
+
+def intermediate_names(plan: Plan) -> list[str]:
+    """The locals of the steps' results before the last (``t<k>``), in step order."""
+    return [f"t{st.number}" for st in plan.steps[:-1]]
+
+
+def operand_code(plan: Plan) -> list[str]:
+    """Lines that rebuild every step's matmul operands (``l<k>``, ``r<k>``) from the
+    input, the factors and the intermediates (``t<k>``), without a matmul: what a
+    backward needs when it saved the intermediates rather than the operands."""
+    local = local_names(plan)
+    lines: list[str] = []
+    for st in plan.steps:
+        lines.append(f"l{st.number} = {_operand(st.left, local[st.left.name])}")
+        lines.append(f"r{st.number} = {_operand(st.right, local[st.right.name])}")
+    return lines
 
 
 def _grad_back(product: str, view: OperandView, sizes: dict[str, int]) -> str:

@@ -43,6 +43,7 @@ from .pycode import (
     with_gate,
 )
 from .torch_names import checked_names
+from .torch_routed import route_context
 
 __all__ = ["render_context", "render"]
 
@@ -75,31 +76,6 @@ def _factors(plan: Plan) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def _route_context(plan: Plan) -> dict[str, Any]:
-    """Names, sizes and the one-expert forward of a routed (BTT-MoE) plan."""
-    route = plan.structure.route
-    expert = plan.expert_plan
-    assert route is not None and expert is not None
-    forward, _, _ = step_code(expert)
-    slices = []
-    for f, local in zip(plan.structure.factors, factor_locals(plan), strict=True):
-        full, mine = plan.factor_layouts[f.name], expert.factor_layouts[f.name]
-        code = local
-        if route.index in full:
-            code += f".narrow({full.index(route.index)}, e, 1)"
-        if full != mine:
-            code += f".permute{tuple_code(str(full.index(i)) for i in mine)}"
-        slices.append(code)
-    return {
-        "index": route.index,
-        "experts": int(plan.structure.size(route.index)),
-        "top_k": int(route.top_k),
-        "expert_lines": forward,
-        "expert_output": output_code(expert),
-        "expert_slices": slices,
-    }
 
 
 def render_context(plan: Plan, class_name: str | None = None, command: str | None = None) -> dict[str, Any]:
@@ -173,10 +149,11 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
         "strategy_note": strategy_note(plan),
         "dense_equation": plan.dense.equation if plan.dense else None,
         "dense_lines": [] if routed else dense_code(plan),
-        "route": _route_context(plan) if routed else None,
+        "route": route_context(plan, f"_{name}Experts") if routed else None,
         "projection_note": textwrap.wrap(comment_text(projection_note(s)), 80),
         "projection_lines": projection_lines,
         "fit_lines": ["", "", *fit.rstrip("\n").splitlines()] if fit else [],
+        "check_factor": factors[0]["attr"],
         "batch_axis": BATCH,
     }
 

@@ -1,6 +1,7 @@
 """What users call from Python with torch installed: compile a layer, convert a model.
 
 - :mod:`.build`: render a spec and load the generated class in this process;
+- :mod:`.pickling`: in-memory modules whose layers pickle across processes;
 - :mod:`.adapters`: which modules are linear layers (``nn.Linear``, Hugging Face ``Conv1D``, yours);
 - :mod:`.targets`: which layers of a model to convert (select, exclude, tied weights);
 - :mod:`.replace`: swap a model's linear layers for structured ones, all or nothing;

@@ -6,21 +6,19 @@
     torch.Size([8, 256])
 
 The module text is rendered once per (structure, options) and cached; the class
-is built by executing that text, exactly what ``einstruct compile`` writes.
+is built by executing that text, exactly what ``einstruct compile`` writes, in
+a module made in memory whose instances pickle across processes
+(:mod:`einstruct.runtime.pickling`).
 """
 
 from __future__ import annotations
 
-import builtins
-import sys
-import types
 import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 from ..backends import get_backend
-from ..backends.common import spec_hash
 from ..errors import CompileError
 from ..ir import Structure
 from ..language.load import load
@@ -28,6 +26,7 @@ from ..language.resolve import Override
 from ..language.spec import SpecFile
 from ..limits import checked_batch
 from ..planner.plan import DEFAULT_BATCH, make_plan
+from .pickling import load_module, module_name
 
 __all__ = ["Built", "built_from", "compile", "compile_structure", "module_source"]
 
@@ -66,17 +65,9 @@ def module_source(
 @lru_cache(maxsize=256)
 def _build(structure: Structure, class_name: str | None, batch: int, strategy: str, backend: str) -> type:
     renderer = get_backend(backend)
-    plan = make_plan(structure, batch, strategy)
-    text = renderer.render(plan, class_name)
-    plan_hash = spec_hash(plan)
-    module = types.ModuleType(f"einstruct_generated_{structure.name}_{plan_hash}")
-    module.__file__ = f"<einstruct {structure.name} {plan_hash}>"
-    module.__dict__["__source__"] = text
-    sys.modules[module.__name__] = module  # so pickling and inspect can find the class
-    code = builtins.compile(text, module.__file__, "exec")  # the builtin: this module's compile shadows it
-    exec(code, module.__dict__)  # noqa: S102 - our own generated code
+    text = renderer.render(make_plan(structure, batch, strategy), class_name)
+    module = load_module(module_name(structure.name, text), text)
     cls = next(v for k, v in module.__dict__.items() if isinstance(v, type) and k in module.__all__)
-    cls.__module__ = module.__name__
     _BUILT[cls] = Built(structure, batch, strategy, backend)
     return cls
 

@@ -1,0 +1,103 @@
+"""Distributed training with generated layers: DDP and FSDP2 on 2 gloo processes equal one process.
+
+A small model (a plain BTT, a routed BTT-MoE, nn.Linear) trains a few steps on
+a global batch split between two ranks; its parameters must equal those of
+the same model trained in this process on the whole batch. The model reaches
+the workers pickled by ``torch.multiprocessing.spawn``, which also checks that
+in-memory classes survive spawning.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from test_routed import SPEC
+
+import einstruct
+
+STEPS = 3
+BATCH = 8
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    plain = einstruct.compile("structure b = btt(rank = 2, d = 16)", strategy="structured")
+    model = torch.nn.Sequential(plain(), torch.nn.Tanh(), einstruct.compile(SPEC)(), torch.nn.Linear(16, 4))
+    with torch.no_grad():
+        model[2].router.weight.normal_()
+    return model
+
+
+def _batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(1)
+    return [
+        (torch.randn(BATCH, 16, generator=gen), torch.randn(BATCH, 4, generator=gen)) for _ in range(STEPS)
+    ]
+
+
+def _train(model, batches, rows: slice, world: int) -> None:
+    """SGD on the rows of each batch; the loss is the global batch's mean, times the
+    world size (DDP and FSDP average gradients over the ranks)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for x, target in batches:
+        opt.zero_grad()
+        y = model(x[rows])
+        loss = ((y - target[rows]) ** 2).sum() / BATCH * world + 0.01 * _aux(model)
+        loss.backward()
+        opt.step()
+
+
+def _aux(model) -> torch.Tensor:
+    return next(m.aux_loss for m in model.modules() if hasattr(m, "aux_loss"))
+
+
+def _worker(rank: int, model: torch.nn.Module, store: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    rows = slice(rank * BATCH // 2, (rank + 1) * BATCH // 2)
+    # the aux loss is a mean over this rank's tokens: both ranks' means, averaged,
+    # are not the global one, so the reference below trains each half's aux loss too
+    ddp_model = copy.deepcopy(model)  # spawn shares tensors between the workers; train a copy
+    _train(torch.nn.parallel.DistributedDataParallel(ddp_model), _batches(), rows, 2)
+    from torch.distributed.fsdp import fully_shard
+
+    fsdp_model = copy.deepcopy(model)
+    for layer in fsdp_model:
+        if list(layer.parameters()):
+            fully_shard(layer)
+    fully_shard(fsdp_model)
+    _train(fsdp_model, _batches(), rows, 2)
+    fsdp_params = {k: v.full_tensor() for k, v in fsdp_model.named_parameters()}
+    if rank == 0:
+        torch.save({"ddp": dict(ddp_model.named_parameters()), "fsdp": fsdp_params}, out)
+    dist.destroy_process_group()
+
+
+def _reference(model: torch.nn.Module) -> dict:
+    """One process, the whole batch; the aux loss as the ranks see it (the mean of each half's)."""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for x, target in _batches():
+        opt.zero_grad()
+        aux = 0.0
+        for half in (slice(0, BATCH // 2), slice(BATCH // 2, BATCH)):
+            model(x[half])
+            aux = aux + _aux(model) / 2
+        loss = ((model(x) - target) ** 2).sum() / BATCH + 0.01 * aux
+        loss.backward()
+        opt.step()
+    return dict(model.named_parameters())
+
+
+def test_ddp_and_fsdp2_train_like_one_process(tmp_path):
+    model = _model()
+    out = tmp_path / "params.pt"
+    mp.spawn(_worker, args=(model, str(tmp_path / "store"), str(out)), nprocs=2)
+    expected = _reference(copy.deepcopy(model))
+    trained = torch.load(out)
+    for kind in ("ddp", "fsdp"):
+        assert trained[kind].keys() == expected.keys()
+        for name, value in expected.items():
+            torch.testing.assert_close(trained[kind][name], value.detach(), msg=f"{kind} {name}")
+    assert not torch.equal(expected["0.A"], model[0].A)  # training moved the parameters
