@@ -166,4 +166,6 @@ def plan_fusion(plan: Plan) -> Fusion | NotFused:
         default, reason = "fused", f"{numbers}, within {limits}"
     else:
         default, reason = "torch", f"{numbers}; fused needs {limits}"
-    return Fusion(chain, *kernels, default, bytes_ratio, flops_ratio, reason)
+    return Fusion(
+        chain, forward, grad_input, grad_first, grad_second, default, bytes_ratio, flops_ratio, reason
+    )

@@ -11,10 +11,11 @@ present class a power-of-two block:
   padding), then halves blocks until the tiles a program holds fit
   :data:`REGISTERS_PER_THREAD` fp32 values per thread. ``tests/test_triton_aot.py``
   compiles every configuration for sm_80 and sm_90 and checks ptxas spills nothing.
-- **Interpreter** (:func:`interpreter_tiles`): blocks of at most
-  :data:`INTERPRETER_BLOCK` (tokens: :data:`INTERPRETER_BLOCK_N`): the
-  interpreter's cost grows with programs x loop iterations x tile size, and
-  small blocks exercise the masks and every loop at test sizes.
+- **Interpreter** (:func:`interpreter_tiles`): blocks of :data:`INTERPRETER_BLOCK`
+  (tokens: :data:`INTERPRETER_BLOCK_N`), or larger where a class would need more
+  than :data:`INTERPRETER_CHUNKS` chunks: the interpreter's cost grows with
+  programs x loop iterations, and at test sizes these blocks still leave partial
+  chunks, so every mask and loop runs.
 
     >>> [t.num_warps for t in gpu_tiles({"alpha": 64, "gamma": 64, "phi": 64, "epsilon": 64}, "chain_stream")]
     [4, 4, 8, 8]
@@ -31,8 +32,10 @@ __all__ = [
     "MAX_WHOLE",
     "MIN_DOT_K",
     "REGISTERS_PER_THREAD",
+    "LOAD_WEIGHT",
     "INTERPRETER_BLOCK",
     "INTERPRETER_BLOCK_N",
+    "INTERPRETER_CHUNKS",
     "SPLIT_TOKENS",
     "MAX_SPLIT",
     "Tiles",
@@ -57,17 +60,28 @@ MAX_BLOCK = 64
 MAX_WHOLE = 256
 #: The smallest reduction of a ``tl.dot`` on a GPU (fp16/bf16 tensor cores need 16).
 MIN_DOT_K = 16
-#: fp32 values per thread the tiles of one program may hold (of 255 registers).
-REGISTERS_PER_THREAD = 96
+#: Registers per thread (of 255) the tiles of one program may take, by :func:`footprint`.
+#: Set so that every configuration compiles without spills (tests/test_triton_aot.py).
+REGISTERS_PER_THREAD = 128
+#: A loaded tile costs its values, their 64-bit addresses and masks.
+LOAD_WEIGHT = 3
 #: Interpreter policy: blocks of at most this many entries per class, and of tokens.
 INTERPRETER_BLOCK = 8
 INTERPRETER_BLOCK_N = 16
+INTERPRETER_CHUNKS = 4
 #: A factor gradient's programs each take at least SPLIT_TOKENS tokens, in at most MAX_SPLIT shares
 #: (summed afterwards): enough programs to fill a GPU when the gradient has few blocks.
 SPLIT_TOKENS = 512
 MAX_SPLIT = 64
 #: (num_warps, BLOCK_N) of the GPU configurations tried, in order.
 _GPU_SHAPES = ((4, 32), (4, 64), (8, 64), (8, 128))
+#: The classes that are a batch axis of a family's 3-D ``tl.dot`` s: a batch block of 2 made
+#: ptxas spill at 72 registers (sm_90), so blocks of 4 halve straight to 1.
+_BATCHES = {
+    "chain_stream": ("gamma", "phi"),
+    "chain_stationary": ("gamma", "phi"),
+    "factor_stream": ("gamma", "phi"),
+}
 _SHRINK_ORDER = ("alpha", "delta", "phi", "gamma", "beta", "epsilon", "n")
 
 
@@ -90,15 +104,14 @@ def pow2(n: int) -> int:
 
 
 def footprint(blocks: dict[str, int], family: str) -> int:
-    """fp32 values one program holds in registers: its operand tiles, intermediate and accumulator."""
+    """Registers one program's tiles need: the intermediate and the accumulator once, every tile
+    loaded from memory :data:`LOAD_WEIGHT` times (its values, 64-bit addresses, masks)."""
     b = {c: blocks.get(c, 1) for c in ("n", "alpha", "beta", "gamma", "delta", "epsilon", "phi", "rho")}
-    n, a, bb, g, d, e, f, r = (
-        b[c] for c in ("n", "alpha", "beta", "gamma", "delta", "epsilon", "phi", "rho")
-    )
+    n, a, bb, g, d, e, f, r = (b[c] for c in ("n", "alpha", "beta", "gamma", "delta", "epsilon", "phi", "rho"))
     x_tile, p_tile, t_tile = g * n * bb * a, g * a * f * d * r, g * n * bb * f * d * r
-    if family == "factor_stream":
-        return x_tile + p_tile + t_tile + f * n * d * e + f * g * bb * r * e
-    return x_tile + p_tile + t_tile + f * g * bb * r * e + f * n * d * e
+    if family == "factor_stream":  # loads x, p, dy; holds t and the gradient block
+        return t_tile + f * g * bb * r * e + LOAD_WEIGHT * (x_tile + p_tile + f * n * d * e)
+    return t_tile + f * n * d * e + LOAD_WEIGHT * (x_tile + p_tile + f * g * bb * r * e)
 
 
 def _reductions(family: str) -> tuple[tuple[str, ...], ...]:
@@ -159,7 +172,8 @@ def _fit(sizes: dict[str, int], family: str, block_n: int, budget: int) -> dict[
         for cls in _SHRINK_ORDER:
             if cls not in blocks or cls in fixed or blocks[cls] == 1 or (cls == "n" and blocks[cls] <= 16):
                 continue
-            trial = {**blocks, cls: blocks[cls] // 2}
+            smaller = 1 if cls in _BATCHES[family] and blocks[cls] == 4 else blocks[cls] // 2
+            trial = {**blocks, cls: smaller}
             if not _fits_k(trial, family, sizes):
                 continue
             saved = footprint(blocks, family) - footprint(trial, family)
@@ -167,7 +181,8 @@ def _fit(sizes: dict[str, int], family: str, block_n: int, budget: int) -> dict[
                 best = (saved, cls)
         if best is None:
             return None
-        blocks[best[1]] //= 2
+        cls = best[1]
+        blocks[cls] = 1 if cls in _BATCHES[family] and blocks[cls] == 4 else blocks[cls] // 2
     return blocks
 
 
@@ -185,10 +200,13 @@ def gpu_tiles(sizes: dict[str, int], family: str) -> tuple[Tiles, ...]:
 
 
 def interpreter_tiles(sizes: dict[str, int], family: str) -> Tiles:
-    """The interpreter's configuration: small blocks, whole where the family needs it."""
-    start = _start(sizes, family) or {}
+    """The interpreter's configuration: small blocks (a wide class in at most
+    :data:`INTERPRETER_CHUNKS` chunks), whole where the family needs it."""
     _, _, whole = FAMILIES[family]
     blocks = {"n": INTERPRETER_BLOCK_N}
-    for cls, block in start.items():
-        blocks[cls] = block if cls in whole else min(block, INTERPRETER_BLOCK)
+    for cls, size in sizes.items():
+        if size == 1 or cls not in (c for group in FAMILIES[family] for c in group):
+            continue
+        small = max(INTERPRETER_BLOCK, pow2(-(-size // INTERPRETER_CHUNKS)))
+        blocks[cls] = pow2(size) if cls in whole else min(pow2(size), small)
     return Tiles(tuple(sorted(blocks.items())), num_warps=1, num_stages=1)

@@ -12,6 +12,7 @@ is built by executing that text, exactly what ``einstruct compile`` writes.
 from __future__ import annotations
 
 import builtins
+import linecache
 import sys
 import types
 from functools import lru_cache
@@ -53,6 +54,8 @@ def _build(structure: Structure, class_name: str | None, batch: int, strategy: s
     module.__file__ = f"<einstruct {structure.name} {plan_hash}>"
     module.__dict__["__source__"] = text
     sys.modules[module.__name__] = module  # so pickling and inspect can find the class
+    # inspect.getsource (tracebacks, Triton's JIT reading its kernels) finds the text here
+    linecache.cache[module.__file__] = (len(text), None, text.splitlines(True), module.__file__)
     code = builtins.compile(text, module.__file__, "exec")  # the builtin: this module's compile shadows it
     exec(code, module.__dict__)  # noqa: S102 - our own generated code
     cls = next(v for k, v in module.__dict__.items() if isinstance(v, type) and k in module.__all__)

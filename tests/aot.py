@@ -1,0 +1,116 @@
+"""Ahead-of-time compilation of generated Triton kernels, without a GPU: registers, spills, shared memory.
+
+Triton compiles for a ``GPUTarget`` on any machine: its bundled ptxas assembles
+the PTX for sm_80 or sm_90 and reports, per kernel, the registers it used and
+the bytes it spilled. :func:`compile_report` compiles every GPU configuration a
+generated module ships (``_CONFIGS``) and reads those numbers from ptxas' own
+log (``TRITON_DUMP_PTXAS_LOG``, a fresh compile forced); ``tests/aot_long.py``
+sweeps many structures, ``tests/test_triton_aot.py`` checks a representative set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import io
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+#: The largest shared memory one block may use on sm_80 (A100: 163 KiB); sm_90 allows more.
+MAX_SHARED = 163 * 1024
+_REGISTERS = re.compile(r"Used (\d+) registers")
+_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """One kernel configuration compiled for one target."""
+
+    kernel: str
+    config: tuple
+    arch: int
+    dtype: str
+    registers: int
+    spill_stores: int
+    spill_loads: int
+    shared: int
+
+    def line(self) -> str:
+        spills = f"spills {self.spill_stores}/{self.spill_loads} B"
+        return (
+            f"{self.kernel} {self.config} sm_{self.arch} {self.dtype}: {self.registers} registers, "
+            f"{spills}, {self.shared} B shared"
+        )
+
+
+def _signature(fn, dtype: str) -> dict[str, str]:
+    sig = {}
+    for p in fn.params:
+        if p.is_constexpr:
+            sig[p.name] = "constexpr"
+        elif p.name == "g_ptr":  # a factor gradient's partial sums are kept in fp32
+            sig[p.name] = "*fp64" if dtype == "fp64" else "*fp32"
+        elif p.name.endswith("_ptr"):
+            sig[p.name] = f"*{dtype}"
+        else:
+            sig[p.name] = "i32"
+    return sig
+
+
+def compile_report(layer_class, archs=(80, 90), dtypes=("bf16",), seen: set | None = None) -> list[Compiled]:
+    """Compile every GPU configuration of ``layer_class``'s kernels for each arch and dtype.
+
+    ``seen`` (kernel source + configuration + target) skips what an earlier call compiled.
+    """
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+    from triton.runtime.jit import JITFunction
+
+    module = sys.modules[layer_class.__module__]
+    seen = set() if seen is None else seen
+    out = []
+    for kernel, (blocks, configs, _) in getattr(module, "_CONFIGS", {}).items():
+        fn = kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn)
+        body = inspect.getsource(fn.fn).split(":", 1)[1]  # the source without the kernel's name
+        for row in configs:
+            for arch in archs:
+                for dtype in dtypes:
+                    key = hashlib.sha256(f"{body}{row}{arch}{dtype}".encode()).hexdigest()
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    out.append(_compile(fn, blocks, row, arch, dtype, triton, tl, GPUTarget))
+    return out
+
+
+def _compile(fn, blocks, row, arch, dtype, triton, tl, target_type) -> Compiled:
+    constants = dict(zip(blocks, row))
+    constants["ACC_DTYPE"] = tl.float64 if dtype == "fp64" else tl.float32
+    constants["DOT_PRECISION"] = "tf32" if dtype == "fp32" else "ieee"
+    source = triton.compiler.ASTSource(fn=fn, signature=_signature(fn, dtype), constexprs=constants)
+    log = io.StringIO()
+    saved = {k: os.environ.get(k) for k in ("TRITON_DUMP_PTXAS_LOG", "TRITON_ALWAYS_COMPILE")}
+    os.environ.update({"TRITON_DUMP_PTXAS_LOG": "1", "TRITON_ALWAYS_COMPILE": "1"})
+    try:
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(
+                source,
+                target=target_type("cuda", arch, 32),
+                options={"num_warps": row[-2], "num_stages": row[-1]},
+            )
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    text = log.getvalue()
+    registers, spills = _REGISTERS.search(text), _SPILLS.search(text)
+    assert registers and spills, f"no ptxas report for {fn.__name__} {row} sm_{arch}:\n{text[-2000:]}"
+    stores, loads = (int(v) for v in spills.groups())
+    shared = compiled.metadata.shared
+    return Compiled(fn.__name__, tuple(row), arch, dtype, int(registers.group(1)), stores, loads, shared)
