@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import inspect
 import io
+import math
 import os
 import re
 import sys
@@ -60,35 +61,70 @@ def _signature(fn, dtype: str) -> dict[str, str]:
     return sig
 
 
+def launch_arguments(layer_class, tokens: int = 8192) -> dict:
+    """Each kernel's arguments as its launcher passes them (strides are compile-time constants),
+    found by running the layer's ops on meta tensors with the launch intercepted."""
+    import torch
+
+    module = sys.modules[layer_class.__module__]
+    found = {}
+
+    def record(kernel, grid, args, dtype, config):
+        found[kernel] = args
+
+    layer = layer_class(device="meta")
+    factors = [getattr(layer, name) for name in layer_class.factor_axes]
+    width = {
+        side: math.prod(layer.index_sizes[i] for i in axes)
+        for side, axes in (("in", layer.input_axes), ("out", layer.output_axes))
+    }  # the padded widths the ops take
+    x = torch.empty(tokens, width["in"], device="meta")
+    g = torch.empty(tokens, width["out"], device="meta")
+    saved, module._launch = module._launch, record
+    try:
+        module._fused_forward._init_fn(x, *factors)
+        module._fused_grad_input._init_fn(g, *factors)
+        module._fused_grad_factors._init_fn(x, g, *factors, *(True for _ in factors))
+    finally:
+        module._launch = saved
+    return found
+
+
 def compile_report(layer_class, archs=(80, 90), dtypes=("bf16",), seen: set | None = None) -> list[Compiled]:
     """Compile every GPU configuration of ``layer_class``'s kernels for each arch and dtype.
 
-    ``seen`` (kernel source + configuration + target) skips what an earlier call compiled.
+    ``seen`` (kernel source + constants + target) skips what an earlier call compiled.
     """
-    import triton
-    import triton.language as tl
-    from triton.backends.compiler import GPUTarget
     from triton.runtime.jit import JITFunction
 
     module = sys.modules[layer_class.__module__]
+    if not getattr(module, "_CONFIGS", None):
+        return []
+    arguments = launch_arguments(layer_class)
     seen = set() if seen is None else seen
     out = []
-    for kernel, (blocks, configs, _) in getattr(module, "_CONFIGS", {}).items():
+    for kernel, (blocks, configs, _) in module._CONFIGS.items():
         fn = kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn)
+        names = [p.name for p in fn.params]
+        constants = {n: v for n, v in zip(names, arguments[kernel]) if n.startswith("stride_")}
         body = inspect.getsource(fn.fn).split(":", 1)[1]  # the source without the kernel's name
         for row in configs:
             for arch in archs:
                 for dtype in dtypes:
-                    key = hashlib.sha256(f"{body}{row}{arch}{dtype}".encode()).hexdigest()
+                    key = hashlib.sha256(f"{body}{constants}{row}{arch}{dtype}".encode()).hexdigest()
                     if key in seen:
                         continue
                     seen.add(key)
-                    out.append(_compile(fn, blocks, row, arch, dtype, triton, tl, GPUTarget))
+                    out.append(_compile(fn, {**constants, **dict(zip(blocks, row))}, row, arch, dtype))
     return out
 
 
-def _compile(fn, blocks, row, arch, dtype, triton, tl, target_type) -> Compiled:
-    constants = dict(zip(blocks, row))
+def _compile(fn, constants: dict, row: tuple, arch: int, dtype: str) -> Compiled:
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+
+    constants = dict(constants)
     constants["ACC_DTYPE"] = tl.float64 if dtype == "fp64" else tl.float32
     constants["DOT_PRECISION"] = "tf32" if dtype == "fp32" else "ieee"
     source = triton.compiler.ASTSource(fn=fn, signature=_signature(fn, dtype), constexprs=constants)
@@ -99,7 +135,7 @@ def _compile(fn, blocks, row, arch, dtype, triton, tl, target_type) -> Compiled:
         with contextlib.redirect_stdout(log):
             compiled = triton.compile(
                 source,
-                target=target_type("cuda", arch, 32),
+                target=GPUTarget("cuda", arch, 32),
                 options={"num_warps": row[-2], "num_stages": row[-1]},
             )
     finally:
