@@ -115,11 +115,12 @@ def compile_report(layer_class, archs=(80, 90), dtypes=("bf16",), seen: set | No
                     if key in seen:
                         continue
                     seen.add(key)
-                    out.append(_compile(fn, {**constants, **dict(zip(blocks, row))}, row, arch, dtype))
+                    constexprs = {**constants, **dict(zip(blocks, row))}
+                    out.append(_compile(fn, constexprs, row, arch, dtype, module._MAX_REGISTERS))
     return out
 
 
-def _compile(fn, constants: dict, row: tuple, arch: int, dtype: str) -> Compiled:
+def _compile(fn, constants: dict, row: tuple, arch: int, dtype: str, maxnreg: int) -> Compiled:
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -129,14 +130,16 @@ def _compile(fn, constants: dict, row: tuple, arch: int, dtype: str) -> Compiled
     constants["DOT_PRECISION"] = "tf32" if dtype == "fp32" else "ieee"
     source = triton.compiler.ASTSource(fn=fn, signature=_signature(fn, dtype), constexprs=constants)
     log = io.StringIO()
-    saved = {k: os.environ.get(k) for k in ("TRITON_DUMP_PTXAS_LOG", "TRITON_ALWAYS_COMPILE")}
-    os.environ.update({"TRITON_DUMP_PTXAS_LOG": "1", "TRITON_ALWAYS_COMPILE": "1"})
+    # a fresh compile with ptxas' report printed, and outside the interpreter (CI sets TRITON_INTERPRET)
+    settings = {"TRITON_DUMP_PTXAS_LOG": "1", "TRITON_ALWAYS_COMPILE": "1", "TRITON_INTERPRET": "0"}
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
     try:
         with contextlib.redirect_stdout(log):
             compiled = triton.compile(
                 source,
                 target=GPUTarget("cuda", arch, 32),
-                options={"num_warps": row[-2], "num_stages": row[-1]},
+                options={"num_warps": row[-2], "num_stages": row[-1], "maxnreg": maxnreg},
             )
     finally:
         for k, v in saved.items():

@@ -24,7 +24,7 @@ from typing import Any
 from ..errors import CompileError
 from ..planner.fusion import Fusion, KernelPlan, NotFused, plan_fusion
 from ..planner.model import Plan
-from ..planner.tiles import MAX_SPLIT, SPLIT_TOKENS
+from ..planner.tiles import MAX_REGISTERS, MAX_SPLIT, SPLIT_TOKENS
 from .common import environment, quoted
 from .torch import render_context as torch_context
 from .triton_kernels import TEMPLATES, kernel_context
@@ -153,6 +153,7 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
             "op": f"fused_{digest}",
             "split_tokens": SPLIT_TOKENS,
             "max_split": MAX_SPLIT,
+            "max_registers": MAX_REGISTERS,
             **_factor_context(plan, fusion),
         }
     )

@@ -33,6 +33,7 @@ __all__ = [
     "MIN_DOT_K",
     "REGISTERS_PER_THREAD",
     "LOAD_WEIGHT",
+    "MAX_REGISTERS",
     "INTERPRETER_BLOCK",
     "INTERPRETER_BLOCK_N",
     "INTERPRETER_CHUNKS",
@@ -65,6 +66,9 @@ MIN_DOT_K = 16
 REGISTERS_PER_THREAD = 128
 #: A loaded tile costs its values, their 64-bit addresses and masks.
 LOAD_WEIGHT = 3
+#: Every configuration launches with ``maxnreg`` this high: without a bound, ptxas (sm_90 most
+#: often) chose 48 or 64 registers and spilled 4-32 bytes to reach a higher occupancy.
+MAX_REGISTERS = 255
 #: Interpreter policy: blocks of at most this many entries per class, and of tokens.
 INTERPRETER_BLOCK = 8
 INTERPRETER_BLOCK_N = 16
@@ -106,8 +110,8 @@ def pow2(n: int) -> int:
 def footprint(blocks: dict[str, int], family: str) -> int:
     """Registers one program's tiles need: the intermediate and the accumulator once, every tile
     loaded from memory :data:`LOAD_WEIGHT` times (its values, 64-bit addresses, masks)."""
-    b = {c: blocks.get(c, 1) for c in ("n", "alpha", "beta", "gamma", "delta", "epsilon", "phi", "rho")}
-    n, a, bb, g, d, e, f, r = (b[c] for c in ("n", "alpha", "beta", "gamma", "delta", "epsilon", "phi", "rho"))
+    names = ("n", "alpha", "beta", "gamma", "delta", "epsilon", "phi", "rho")
+    n, a, bb, g, d, e, f, r = (blocks.get(c, 1) for c in names)
     x_tile, p_tile, t_tile = g * n * bb * a, g * a * f * d * r, g * n * bb * f * d * r
     if family == "factor_stream":  # loads x, p, dy; holds t and the gradient block
         return t_tile + f * g * bb * r * e + LOAD_WEIGHT * (x_tile + p_tile + f * n * d * e)
