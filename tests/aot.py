@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 #: The largest shared memory one block may use on sm_80 (A100: 163 KiB); sm_90 allows more.
 MAX_SHARED = 163 * 1024
+#: Bytes per entry of each dtype: which of a kernel's GPU tables ships for it.
+_ITEMSIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
 _REGISTERS = re.compile(r"Used (\d+) registers")
 _SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
 
@@ -103,14 +105,14 @@ def compile_report(layer_class, archs=(80, 90), dtypes=("bf16",), seen: set | No
     arguments = launch_arguments(layer_class)
     seen = set() if seen is None else seen
     out = []
-    for kernel, (blocks, configs, _) in module._CONFIGS.items():
+    for kernel, (blocks, tables, _) in module._CONFIGS.items():
         fn = kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn)
         names = [p.name for p in fn.params]
         constants = {n: v for n, v in zip(names, arguments[kernel]) if n.startswith("stride_")}
         body = inspect.getsource(fn.fn).split(":", 1)[1]  # the source without the kernel's name
-        for row in configs:
-            for arch in archs:
-                for dtype in dtypes:
+        for dtype in dtypes:
+            for row in tables.get(_ITEMSIZE[dtype], ()):
+                for arch in archs:
                     key = hashlib.sha256(f"{body}{constants}{row}{arch}{dtype}".encode()).hexdigest()
                     if key in seen:
                         continue

@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import einstruct  # noqa: E402
 from einstruct.analysis import analyze_structure  # noqa: E402
+from einstruct.backends.torch_names import LAYER_ATTRIBUTES  # noqa: E402
 from einstruct.planner.chain import chain_of, transposed  # noqa: E402
 from einstruct.planner.plan import make_plan  # noqa: E402
 from einstruct.planner.tiles import FAMILIES, pow2  # noqa: E402
@@ -316,6 +317,7 @@ def test_the_same_contract_as_the_torch_backend():
     a, b = torch_class(dtype=torch.float64), triton_class(dtype=torch.float64)
     b.load_state_dict(a.state_dict())
     extra = {"default_kernels", "kernel_families", "kernels"}
+    assert extra <= LAYER_ATTRIBUTES  # so no factor can take these names
     assert {n for n in dir(b) if not n.startswith("_")} == {
         n for n in dir(a) if not n.startswith("_")
     } | extra

@@ -105,6 +105,14 @@ def _factor_context(plan: Plan, fusion: Fusion) -> dict[str, Any]:
     }
 
 
+def _gpu_dtypes(fusion: Fusion) -> str:
+    """The input dtypes every kernel has GPU configurations for, as a tuple display."""
+    dtypes = ["torch.float16", "torch.bfloat16"]
+    if all(k.gpu_fp32 for k in fusion.kernels if k.family != "gemm"):
+        dtypes.append("torch.float32")
+    return "(" + ", ".join(dtypes) + ")"
+
+
 def _wrapped(text: str) -> list[str]:
     """A docstring note as lines that fit the generated file's width."""
     return textwrap.wrap(text, width=80)
@@ -154,6 +162,7 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
             "split_tokens": SPLIT_TOKENS,
             "max_split": MAX_SPLIT,
             "max_registers": MAX_REGISTERS,
+            "gpu_dtypes": _gpu_dtypes(fusion),
             **_factor_context(plan, fusion),
         }
     )

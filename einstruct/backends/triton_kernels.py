@@ -208,7 +208,11 @@ def kernel_context(kernel: KernelPlan, name: str, launcher: str) -> dict[str, An
         "d_in": chain.width("x"),
         "d_out": chain.width("y"),
         "out_view": _view(chain, "y"),
-        "gpu_configs": [config_code(t, chain) for t in kernel.gpu],
+        "gpu_tables": [
+            {"itemsize": itemsize, "rows": [config_code(t, chain) for t in tiles]}
+            for itemsize, tiles in ((2, kernel.gpu), (4, kernel.gpu_fp32))
+            if tiles
+        ],
         "interpreter_config": config_code(kernel.interpreter, chain, with_launch=False)
         if kernel.interpreter
         else "()",

@@ -56,7 +56,9 @@ class KernelPlan:
         family: ``chain_stream``, ``chain_stationary``, ``factor_stream``, or
             ``gemm`` (no kernel: the planned torch steps).
         chain: the chain it runs on (transposed for ``grad_input`` and ``grad_first``).
-        gpu: the configurations autotuning chooses from.
+        gpu: the configurations autotuning chooses from for fp16 and bf16 inputs.
+        gpu_fp32: the same for fp32 inputs (smaller tiles: twice the bytes per entry);
+            empty when none fits, and then fp32 on a GPU runs the planned torch steps.
         interpreter: the configuration under ``TRITON_INTERPRET=1``.
     """
 
@@ -64,6 +66,7 @@ class KernelPlan:
     family: str
     chain: Chain
     gpu: tuple[Tiles, ...] = ()
+    gpu_fp32: tuple[Tiles, ...] = ()
     interpreter: Tiles | None = None
 
     def flops_per_token(self) -> int:
@@ -123,7 +126,8 @@ def _chain_kernel(role: str, chain: Chain) -> KernelPlan | None:
     for family in ("chain_stream", "chain_stationary"):
         configs = gpu_tiles(chain.sizes, family)
         if configs:
-            return KernelPlan(role, family, chain, configs, interpreter_tiles(chain.sizes, family))
+            wide = gpu_tiles(chain.sizes, family, itemsize=4)
+            return KernelPlan(role, family, chain, configs, wide, interpreter_tiles(chain.sizes, family))
     return None
 
 
@@ -131,7 +135,9 @@ def _grad_kernel(role: str, chain: Chain) -> KernelPlan:
     configs = gpu_tiles(chain.sizes, "factor_stream")
     if not configs:
         return KernelPlan(role, "gemm", chain)
-    return KernelPlan(role, "factor_stream", chain, configs, interpreter_tiles(chain.sizes, "factor_stream"))
+    wide = gpu_tiles(chain.sizes, "factor_stream", itemsize=4)
+    interpreter = interpreter_tiles(chain.sizes, "factor_stream")
+    return KernelPlan(role, "factor_stream", chain, configs, wide, interpreter)
 
 
 def plan_fusion(plan: Plan) -> Fusion | NotFused:

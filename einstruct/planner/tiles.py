@@ -59,7 +59,7 @@ FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = 
 MAX_BLOCK = 64
 #: The largest class a family may hold whole, or give one block (epsilon in the stream families).
 MAX_WHOLE = 256
-#: The smallest reduction of a ``tl.dot`` on a GPU (fp16/bf16 tensor cores need 16).
+#: The smallest reduction of a ``tl.dot`` on a GPU for 16-bit inputs (fp32: half of it).
 MIN_DOT_K = 16
 #: Registers per thread (of 255) the tiles of one program may take, by :func:`footprint`.
 #: Set so that every configuration compiles without spills (tests/test_triton_aot.py).
@@ -144,31 +144,33 @@ def _start(sizes: dict[str, int], family: str) -> dict[str, int] | None:
     return blocks
 
 
-def _raise_reductions(blocks: dict[str, int], family: str, sizes: dict[str, int]) -> None:
-    """Pad every dot's reduction to :data:`MIN_DOT_K` (masked), growing its largest member."""
+def _raise_reductions(blocks: dict[str, int], family: str, sizes: dict[str, int], min_k: int) -> None:
+    """Pad every dot's reduction to ``min_k`` (masked), growing its largest member."""
     for group in _reductions(family):
         members = [c for c in group if c == "n" or sizes.get(c, 1) > 1]
         if not members:
             continue
-        while math.prod(blocks.get(c, 1) for c in members) < MIN_DOT_K:
+        while math.prod(blocks.get(c, 1) for c in members) < min_k:
             grow = max(members, key=lambda c: (sizes.get(c, 1), -group.index(c)))
             blocks[grow] = blocks.get(grow, 1) * 2
 
 
-def _fits_k(blocks: dict[str, int], family: str, sizes: dict[str, int]) -> bool:
+def _fits_k(blocks: dict[str, int], family: str, sizes: dict[str, int], min_k: int) -> bool:
     for group in _reductions(family):
         members = [c for c in group if c == "n" or sizes.get(c, 1) > 1]
-        if members and math.prod(blocks.get(c, 1) for c in members) < MIN_DOT_K:
+        if members and math.prod(blocks.get(c, 1) for c in members) < min_k:
             return False
     return True
 
 
-def _fit(sizes: dict[str, int], family: str, block_n: int, budget: int) -> dict[str, int] | None:
+def _fit(
+    sizes: dict[str, int], family: str, block_n: int, budget: int, min_k: int
+) -> dict[str, int] | None:
     start = _start(sizes, family)
     if start is None:
         return None
     blocks = {"n": block_n, **start}
-    _raise_reductions(blocks, family, sizes)
+    _raise_reductions(blocks, family, sizes, min_k)
     _, _, whole = FAMILIES[family]
     fixed = set(whole) | ({"epsilon"} if family != "chain_stationary" else set())
     while footprint(blocks, family) > budget:
@@ -178,7 +180,7 @@ def _fit(sizes: dict[str, int], family: str, block_n: int, budget: int) -> dict[
                 continue
             smaller = 1 if cls in _BATCHES[family] and blocks[cls] == 4 else blocks[cls] // 2
             trial = {**blocks, cls: smaller}
-            if not _fits_k(trial, family, sizes):
+            if not _fits_k(trial, family, sizes, min_k):
                 continue
             saved = footprint(blocks, family) - footprint(trial, family)
             if best is None or saved > best[0]:
@@ -190,11 +192,14 @@ def _fit(sizes: dict[str, int], family: str, block_n: int, budget: int) -> dict[
     return blocks
 
 
-def gpu_tiles(sizes: dict[str, int], family: str) -> tuple[Tiles, ...]:
-    """The GPU configurations to autotune over (empty when no tile fits the register budget)."""
+def gpu_tiles(sizes: dict[str, int], family: str, itemsize: int = 2) -> tuple[Tiles, ...]:
+    """The GPU configurations to autotune over for inputs of ``itemsize`` bytes (2: fp16 and
+    bf16, 4: fp32), empty when no tile fits. 4-byte operands take twice the registers, so
+    their budget is half; their ``tl.dot`` needs a reduction of 8, not 16."""
     out: list[Tiles] = []
+    budget = REGISTERS_PER_THREAD * 2 // itemsize
     for warps, block_n in _GPU_SHAPES:
-        blocks = _fit(sizes, family, block_n, REGISTERS_PER_THREAD * 32 * warps)
+        blocks = _fit(sizes, family, block_n, budget * 32 * warps, MIN_DOT_K * 2 // itemsize)
         if blocks is None:
             continue
         tiles = Tiles(tuple(sorted(blocks.items())), num_warps=warps, num_stages=2)
