@@ -11,7 +11,18 @@ warm-up, and reports medians of:
 - ``einsum1``: a single ``torch.einsum`` call over input and factors
   (torch hands the path to opt_einsum);
 - ``bmm``: for BTT/Monarch, the paper-style custom path (bmm with batch-first
-  copies between the steps; our re-implementation).
+  copies between the steps; our re-implementation);
+- ``triton`` (``--device cuda`` only): the module ``einstruct.compile(...,
+  backend="triton")`` builds, with ``kernels="fused"`` and the structured
+  strategy, so its fused Triton kernels run whatever the planner's default
+  (marked ``[torch default]`` where the planner would not choose them).
+
+On CUDA each case also gets its two floors: the FLOP floor (analytic FLOPs at
+the GPU's dense bf16 peak) and the byte floor (the tensors every
+implementation must touch once, at the GPU's memory bandwidth: x and y
+forward; dy, x, dx, the factors and their gradients backward), and each
+variant's gap to the larger floor (its time / floor). Peaks come from
+:data:`GPU_PEAKS` by device name, or ``--peak-tflops`` / ``--bandwidth-gbs``.
 
 Usage::
 
@@ -19,6 +30,7 @@ Usage::
     python benchmarks/bench_layers.py --quick              # smoke test (seconds)
     python benchmarks/bench_layers.py --sizes 1024 --structures btt1 lowrank --repeats 7
     python benchmarks/bench_layers.py --out docs/benchmarks_table.md
+    python benchmarks/bench_layers.py --device cuda --dtype bfloat16 --batch 8192 --sizes 4096
 
 FLOPs are analytic: the forward's cheapest contraction order
 (``einstruct.planner.order.contraction_order``), 3x that for forward + backward.
@@ -64,6 +76,18 @@ STRUCTURES: dict[str, str] = {
 
 #: The strategy the planner chose for each (structure, d), for the table.
 strategy: dict[tuple[str, int], str] = {}
+#: The triton backend's default kernels for each (structure, d) ("fused" or "torch").
+kernels_default: dict[tuple[str, int], str] = {}
+
+#: Dense bf16 tensor-core peak (TFLOP/s, no sparsity) and memory bandwidth (GB/s) from the vendors'
+#: data sheets, by a substring of torch.cuda.get_device_name(); the first match wins.
+GPU_PEAKS: dict[str, tuple[float, float]] = {
+    "H200": (989.0, 4800.0),
+    "H100 PCIe": (756.0, 2000.0),
+    "H100": (989.0, 3350.0),
+    "A100-SXM4-80GB": (312.0, 2039.0),
+    "A100": (312.0, 1555.0),
+}
 
 #: Extra variants by name: (structure, x_padded, factors) -> callable, registered by prototypes.
 EXTRA: dict[str, Callable] = {}
@@ -79,6 +103,15 @@ class Row:
     ms: dict[str, float]
     saved_mb: dict[str, float]
     peak_mb: dict[str, float]
+    floor_bytes: int = 0
+
+
+def floor_bytes(n: int, d_in: int, d_out: int, params: int, mode: str, itemsize: int) -> int:
+    """Bytes every implementation moves at least: x, y forward; dy, x, dx, factors, grads backward."""
+    fwd = n * (d_in + d_out) + params
+    if mode == "fwd":
+        return fwd * itemsize
+    return (fwd + n * (2 * d_in + d_out) + 2 * params) * itemsize
 
 
 def _letters(structure) -> dict[str, str]:
@@ -177,6 +210,14 @@ def bench_one(name: str, d: int, n: int, repeats: int, device: str, dtype, modes
         strategy[name, d] = module.strategy
     except Exception as exc:  # the compiler is optional for this script
         print(f"  [{name} d={d}] generated module skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
+    if device == "cuda":
+        try:
+            Fused = einstruct.compile(src, batch=n, backend="triton")
+            if Fused.kernel_families:
+                layers["triton"] = Fused(bias=False, kernels="fused", strategy="structured", **kw)
+                kernels_default[name, d] = Fused.default_kernels
+        except Exception as exc:  # triton is optional for this script
+            print(f"  [{name} d={d}] triton module skipped: {type(exc).__name__}: {exc}", file=sys.stderr)
     layers["einsum2"] = structured(einsum_steps(s, n))
     layers["einsum1"] = structured(einsum_one(s))
     b = bmm_btt(s)
@@ -225,6 +266,7 @@ def bench_one(name: str, d: int, n: int, repeats: int, device: str, dtype, modes
                     torch.cuda.synchronize()
                     peak[key] = (torch.cuda.max_memory_allocated() - held) / 2**20
         mult = 1 if mode == "fwd" else 3
+        n_params = sum(int(s.factor_params(f)) for f in s.factors)
         rows.append(
             Row(
                 name,
@@ -235,6 +277,7 @@ def bench_one(name: str, d: int, n: int, repeats: int, device: str, dtype, modes
                 {k: median_ms(v) for k, v in times.items()},
                 saved,
                 peak,
+                floor_bytes(n, int(s.d_in), int(s.d_out), n_params, mode, x.element_size()),
             )
         )
         print(_row_text(rows[-1]), flush=True)
@@ -253,10 +296,11 @@ def _row_text(r: Row) -> str:
 BASELINES = ("einsum2", "einsum1", "bmm")
 
 
-def markdown(rows: list[Row], header: str) -> str:
-    """The results as a markdown table (one line per structure, size and mode)."""
-    extra = sorted({k for r in rows for k in r.ms} - {"dense", "generated", *BASELINES})
-    cols = ["generated", *BASELINES, *extra]
+def markdown(rows: list[Row], header: str, peaks: tuple[float, float] | None = None) -> str:
+    """The results as a markdown table (one line per structure, size and mode); with ``peaks``
+    (TFLOP/s, GB/s) the two floors and each variant's gap to them."""
+    extra = sorted({k for r in rows for k in r.ms} - {"dense", "generated", "triton", *BASELINES})
+    cols = ["generated", *(["triton"] if any("triton" in r.ms for r in rows) else []), *BASELINES, *extra]
     lines = [header, ""]
     head = ["structure", "d", "mode", "dense ms (GFLOP/s)"]
     head += [f"{c} ms (x dense)" for c in cols]
@@ -264,11 +308,14 @@ def markdown(rows: list[Row], header: str) -> str:
     with_peak = any(r.peak_mb for r in rows)
     if with_peak:
         head.append("peak MB gen / einsum2 / dense")
+    if peaks:
+        head += ["FLOP floor ms", "byte floor ms", "gap to floor: " + " / ".join(["dense", *cols])]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in rows:
         dense_rate = r.dense_flops / r.ms["dense"]
         name = r.structure + (" (dense W)" if strategy.get((r.structure, r.d)) == "dense" else "")
+        name += " [torch default]" if kernels_default.get((r.structure, r.d)) == "torch" else ""
         cells = [name, str(r.d), r.mode, f"{r.ms['dense']:.1f} ({dense_rate / 1e6:.0f})"]
         for c in cols:
             ms = r.ms.get(c)
@@ -284,6 +331,12 @@ def markdown(rows: list[Row], header: str) -> str:
         ):
             if wanted:
                 cells.append(" / ".join(f"{mb[k]:.1f}" for k in keys if k in mb) if mb else "")
+        if peaks:
+            flop_floor = r.flops / (peaks[0] * 1e9)
+            byte_floor = r.floor_bytes / (peaks[1] * 1e6)
+            floor = max(flop_floor, byte_floor)
+            gaps = [f"{r.ms[k] / floor:.1f}x" if k in r.ms else "–" for k in ("dense", *cols)]
+            cells += [f"{flop_floor:.3f}", f"{byte_floor:.3f}", " / ".join(gaps)]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -291,6 +344,9 @@ def markdown(rows: list[Row], header: str) -> str:
         "cheapest order; 3x forward for forward+backward) over dense nn.Linear's FLOP/s in the same run.",
         "Speed-up: best baseline time / generated time. gen-recompute: the generated module with",
         "save_intermediate=False. '(dense W)': the planner chose to materialize W and run one dense matmul.",
+        "triton: the triton backend's module with kernels='fused' ('[torch default]': the planner would run",
+        "the torch steps). Floors: FLOPs at the dense bf16 peak, and the bytes of x, y (and dy, dx, x, the",
+        "factors and their gradients) at the memory bandwidth; gap: time / the larger floor.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -311,6 +367,22 @@ def machine_header(device: str, n: int, repeats: int, dtype) -> str:
     )
 
 
+def gpu_peaks(args: argparse.Namespace) -> tuple[float, float] | None:
+    """(TFLOP/s, GB/s) for the floors: the flags, else the data sheet of a known GPU; None on CPU."""
+    if args.peak_tflops and args.bandwidth_gbs:
+        return args.peak_tflops, args.bandwidth_gbs
+    if args.device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    found = next((v for k, v in GPU_PEAKS.items() if k in name), None)
+    if found is None:
+        print(
+            f"no peaks known for {name}: pass --peak-tflops and --bandwidth-gbs for the floors",
+            file=sys.stderr,
+        )
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4096])
@@ -323,6 +395,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="smoke test: d=256, N=256, 2 repeats")
     ap.add_argument("--out", help="write the markdown table here")
     ap.add_argument("--extra", nargs="*", default=[], help="modules registering EXTRA variants")
+    ap.add_argument("--peak-tflops", type=float, help="dense bf16 peak for the FLOP floor (CUDA)")
+    ap.add_argument("--bandwidth-gbs", type=float, help="memory bandwidth for the byte floor (CUDA)")
     args = ap.parse_args(argv)
     if args.quick:
         args.sizes, args.batch, args.repeats = [256], 256, 2
@@ -333,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     for d in args.sizes:
         for name in args.structures:
             rows += bench_one(name, d, args.batch, args.repeats, args.device, dtype, args.modes)
-    text = markdown(rows, machine_header(args.device, args.batch, args.repeats, dtype))
+    text = markdown(rows, machine_header(args.device, args.batch, args.repeats, dtype), gpu_peaks(args))
     if args.out:
         with open(args.out, "w") as fh:
             fh.write(text)

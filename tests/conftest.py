@@ -3,6 +3,11 @@
 CI runs the ``ci`` profile: derandomized, no example database, and a fixed
 example budget from ``HYPOTHESIS_MAX_EXAMPLES`` (default 25). Locally the
 ``dev`` profile runs more examples; ``HYPOTHESIS_PROFILE=long`` runs many.
+
+``TRITON_INTERPRET=1`` is set here, before any test module is collected: Triton
+reads it when it is first imported, and other test modules (transformers, torch's
+inductor) import Triton before ``tests/test_triton.py`` would set it, after which
+the generated kernels' helpers would not run in the interpreter.
 """
 
 from __future__ import annotations
@@ -11,6 +16,8 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from hypothesis import HealthCheck, settings
 

@@ -247,12 +247,12 @@ def test_compile_json_describes_the_written_file(tmp_path):
 def test_backends_come_from_the_registry():
     from einstruct.backends import BACKENDS
 
-    assert list(BACKENDS) == ["torch"]
+    assert list(BACKENDS) == ["torch", "triton"]
     result = run("compile", "examples/btt.ein", "--backend", "nope", "-o", "-")
     assert result.returncode == 2 and "invalid choice: 'nope'" in result.stderr and "torch" in result.stderr
     with pytest.raises(einstruct.EinstructError, match="unknown backend 'nope'") as info:
         einstruct.compile("examples/btt.ein", backend="nope")
-    assert "choose one of: torch" in str(info.value)
+    assert "choose one of: torch, triton" in str(info.value)
     assert einstruct.compile("examples/btt.ein", d=64, backend="torch")().in_features == 64
 
 

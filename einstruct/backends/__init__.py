@@ -5,7 +5,7 @@ Backends are looked up by name in a small registry, so ``einstruct compile
 the registered ones; a backend's module is imported only when it renders.
 
     >>> backend_names()
-    ('torch',)
+    ('torch', 'triton')
     >>> get_backend("torch").description
     'a standalone torch.nn.Module: planned forward, planned backward'
 
@@ -72,3 +72,4 @@ def get_backend(name: str) -> Backend:
 register_backend(
     "torch", "einstruct.backends.torch", "a standalone torch.nn.Module: planned forward, planned backward"
 )
+register_backend("triton", "einstruct.backends.triton", "the torch module, with fused Triton kernels on GPUs")

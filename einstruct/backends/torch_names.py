@@ -62,6 +62,7 @@ LAYER_ATTRIBUTES = frozenset(
         "normalize", "out_features", "output_axes", "param_count", "param_groups",
         "reset_parameters", "router", "save_intermediate", "sparse_experts", "strategy", "to_dense",
         "top_k", "zero_init_last",
+        "default_kernels", "kernel_families", "kernels",  # the triton backend's
     }
 )  # fmt: skip
 

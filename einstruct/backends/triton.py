@@ -1,0 +1,176 @@
+"""The triton backend: the torch module's contract, with fused Triton kernels for two-factor chains.
+
+The planner decides (:func:`einstruct.planner.fusion.plan_fusion`): a two-factor
+chain gets four kernels (forward, the input's gradient, each factor's
+gradient), each of a family with its tiles, and a default (``fused`` or
+``torch``); any other structure keeps the planned torch steps and says why.
+This module only lays the decision out: the kernels from the family templates
+(:mod:`.triton_kernels`), then the layer (``codegen_templates/triton/``), which
+extends the torch backend's templates, so everything the torch module offers
+(constructor options, ``to_dense``, ``param_groups``, the dense strategy, the
+planned torch steps on CPU) is the same code.
+
+    >>> text = render(make_plan(load("examples/btt.ein")), command="...")
+    >>> "def _forward_kernel(" in text, "einstruct::fused_" in text
+    (True, True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import textwrap
+from typing import Any
+
+from ..errors import CompileError
+from ..planner.fusion import Fusion, KernelPlan, NotFused, plan_fusion
+from ..planner.model import Plan
+from ..planner.tiles import MAX_REGISTERS, MAX_SPLIT, SPLIT_TOKENS
+from .common import environment, quoted
+from .torch import render_context as torch_context
+from .triton_kernels import TEMPLATES, kernel_context
+
+__all__ = ["MODULE_GLOBALS", "render_context", "render"]
+
+#: Names the module binds at its top level besides the torch backend's (a class may not take them).
+MODULE_GLOBALS = frozenset({"triton", "tl", "os"})
+#: The templates: a chain with fused kernels, and any other structure.
+LAYER_TEMPLATE = "triton/layer.py.j2"
+BASE_TEMPLATE = "triton/base.py.j2"
+#: Each kernel's stem: ``_<stem>_kernel``, ``_<stem>_launch``, ``_<STEM>_CONFIGS``.
+STEMS = {
+    "forward": "forward",
+    "grad_input": "grad_input",
+    "grad_first": "grad_first",
+    "grad_second": "grad_second",
+}
+
+
+def _kernel_text(kernel: KernelPlan) -> str:
+    stem = STEMS[kernel.role]
+    context = kernel_context(kernel, f"_{stem}_kernel", f"_{stem}_launch")
+    context["configs_name"] = f"_{stem.upper()}_CONFIGS"
+    context["interpreter_name"] = f"_{stem.upper()}_INTERPRETER"
+    return environment().get_template(TEMPLATES[kernel.family]).render(**context).rstrip("\n")
+
+
+def _module_doc(fused: bool, default: str) -> list[str]:
+    if not fused:
+        return [
+            "Needs only torch. The forward runs the planned contraction steps, each one",
+            "matmul (the planner found no fused Triton path for this structure, see",
+            "`kernels` below); `to_dense()` gives the equivalent dense matrix.",
+        ]
+    return [
+        "Needs torch; runs its Triton kernels where triton is installed. With",
+        f'kernels="fused" (default here: "{default}") the forward and backward run the',
+        "fused kernels below on CUDA tensors, and on CPU tensors in Triton's",
+        "interpreter when TRITON_INTERPRET=1 is set before import; otherwise the",
+        "planned torch steps. `to_dense()` gives the equivalent dense matrix.",
+    ]
+
+
+def _factor_context(plan: Plan, fusion: Fusion) -> dict[str, Any]:
+    """Which local is which factor, the gradient lines and the FLOP constants."""
+    factors = [f.name for f in plan.structure.factors]
+    local = {name: f"f{k}" for k, name in enumerate(factors, start=1)}
+    first, second = local[fusion.chain.first], local[fusion.chain.second]
+    step1, step2 = fusion.chain.flops_per_token()
+    by_factor = {
+        first: (fusion.grad_first, f"_grad_first_launch(g, {second}, x)", step1),
+        second: (fusion.grad_second, f"_grad_second_launch(x, {first}, g)", step2),
+    }
+    locals_ = list(local.values())
+    gemm = [name for name in locals_ if by_factor[name][0].family == "gemm"]
+    lines = []
+    if gemm:
+        needs = ", ".join(["False", *(f"need_{n}" if n in gemm else "False" for n in locals_)])
+        lines.append(f"planned = _planned_factor_grads({', '.join(locals_)}, x, g, ({needs}))")
+    for k, name in enumerate(locals_):
+        kernel, call, _ = by_factor[name]
+        source = f"planned[{k + 1}]" if kernel.family == "gemm" else call
+        lines.append(f"g_{name} = {source} if need_{name} else {name}.new_empty(0)")
+    flops = " + ".join(f"{by_factor[n][2]} * int(args[{k}])" for k, n in enumerate(locals_, start=2))
+    return {
+        "first_local": first,
+        "second_local": second,
+        "factor_params": [f"{n}: torch.Tensor" for n in locals_],
+        "need_params": [f"need_{n}: bool" for n in locals_],
+        "need_args": ", ".join(f"need_{n}" for n in locals_),
+        "tensor_types": ", ".join("torch.Tensor" for _ in locals_),
+        "grad_lines": lines,
+        "fake_grads": [f"torch.empty_like({n}) if need_{n} else {n}.new_empty(0)" for n in locals_],
+        "none_grads": " = ".join([*(f"g_{n}" for n in locals_), "None"]),
+        "flops_forward": step1 + step2,
+        "factor_flops": flops,
+    }
+
+
+def _gpu_dtypes(fusion: Fusion) -> str:
+    """The input dtypes every kernel has GPU configurations for, as a tuple display."""
+    dtypes = ["torch.float16", "torch.bfloat16"]
+    if all(k.gpu_fp32 for k in fusion.kernels if k.family != "gemm"):
+        dtypes.append("torch.float32")
+    return "(" + ", ".join(dtypes) + ")"
+
+
+def _wrapped(text: str) -> list[str]:
+    """A docstring note as lines that fit the generated file's width."""
+    return textwrap.wrap(text, width=80)
+
+
+def _check_class_name(name: str) -> None:
+    if name in MODULE_GLOBALS:
+        raise CompileError(
+            f"class name '{name}' cannot be used: the generated module imports that name",
+            hint="choose another class name, e.g. --class-name " + name.capitalize() + "Layer",
+        )
+
+
+def render_context(plan: Plan, class_name: str | None = None, command: str | None = None) -> dict[str, Any]:
+    """The torch backend's context plus the fused path: kernels, ops, the default and why."""
+    context = torch_context(plan, class_name, command)
+    _check_class_name(context["class_name"])
+    fusion = plan_fusion(plan)
+    routed = plan.gate_step is not None
+    context["parent"] = "torch/routed_layer.py.j2" if routed else "torch/layer.py.j2"
+    if isinstance(fusion, NotFused):
+        context.update(
+            {
+                "module_doc": _module_doc(False, "torch"),
+                "default_kernels": "torch",
+                "kernels_note": _wrapped(f"no fused kernels: {fusion.reason}."),
+                "kernel_families": "{}",
+                "kernel_choices": '(None, "torch")',
+                "kernel_choices_text": "'torch'",
+            }
+        )
+        return context
+    texts = [_kernel_text(k) for k in fusion.kernels if k.family != "gemm"]
+    digest = hashlib.sha256("\n".join([context["spec_hash"], *texts]).encode()).hexdigest()[:16]
+    context.update(
+        {
+            "module_doc": _module_doc(True, fusion.default),
+            "default_kernels": fusion.default,
+            "kernels_note": _wrapped(fusion.reason + "."),
+            "kernel_families": "{\n"
+            + "".join(f"        {quoted(k.role)}: {quoted(k.family)},\n" for k in fusion.kernels)
+            + "    }",
+            "kernel_choices": '(None, "fused", "torch")',
+            "kernel_choices_text": "'fused', 'torch'",
+            "kernel_texts": texts,
+            "op": f"fused_{digest}",
+            "split_tokens": SPLIT_TOKENS,
+            "max_split": MAX_SPLIT,
+            "max_registers": MAX_REGISTERS,
+            "gpu_dtypes": _gpu_dtypes(fusion),
+            **_factor_context(plan, fusion),
+        }
+    )
+    return context
+
+
+def render(plan: Plan, class_name: str | None = None, command: str | None = None) -> str:
+    """The generated module for ``plan``: fused kernels where the planner found a fused path."""
+    context = render_context(plan, class_name, command)
+    template = BASE_TEMPLATE if "op" not in context else LAYER_TEMPLATE
+    return environment().get_template(template).render(**context)

@@ -1,0 +1,157 @@
+"""Ahead-of-time compilation of generated Triton kernels, without a GPU: registers, spills, shared memory.
+
+Triton compiles for a ``GPUTarget`` on any machine: its bundled ptxas assembles
+the PTX for sm_80 or sm_90 and reports, per kernel, the registers it used and
+the bytes it spilled. :func:`compile_report` compiles every GPU configuration a
+generated module ships (``_CONFIGS``) and reads those numbers from ptxas' own
+log (``TRITON_DUMP_PTXAS_LOG``, a fresh compile forced); ``tests/aot_long.py``
+sweeps many structures, ``tests/test_triton_aot.py`` checks a representative set.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import inspect
+import io
+import math
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+#: The largest shared memory one block may use on sm_80 (A100: 163 KiB); sm_90 allows more.
+MAX_SHARED = 163 * 1024
+#: Bytes per entry of each dtype: which of a kernel's GPU tables ships for it.
+_ITEMSIZE = {"bf16": 2, "fp16": 2, "fp32": 4}
+_REGISTERS = re.compile(r"Used (\d+) registers")
+_SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """One kernel configuration compiled for one target."""
+
+    kernel: str
+    config: tuple
+    arch: int
+    dtype: str
+    registers: int
+    spill_stores: int
+    spill_loads: int
+    shared: int
+
+    def line(self) -> str:
+        spills = f"spills {self.spill_stores}/{self.spill_loads} B"
+        return (
+            f"{self.kernel} {self.config} sm_{self.arch} {self.dtype}: {self.registers} registers, "
+            f"{spills}, {self.shared} B shared"
+        )
+
+
+def _signature(fn, dtype: str) -> dict[str, str]:
+    sig = {}
+    for p in fn.params:
+        if p.is_constexpr:
+            sig[p.name] = "constexpr"
+        elif p.name == "g_ptr":  # a factor gradient's partial sums are kept in fp32
+            sig[p.name] = "*fp64" if dtype == "fp64" else "*fp32"
+        elif p.name.endswith("_ptr"):
+            sig[p.name] = f"*{dtype}"
+        else:
+            sig[p.name] = "i32"
+    return sig
+
+
+def launch_arguments(layer_class, tokens: int = 8192) -> dict:
+    """Each kernel's arguments as its launcher passes them (strides are compile-time constants),
+    found by running the layer's ops on meta tensors with the launch intercepted."""
+    import torch
+
+    module = sys.modules[layer_class.__module__]
+    found = {}
+
+    def record(kernel, grid, args, dtype, config):
+        found[kernel] = args
+
+    layer = layer_class(device="meta")
+    factors = [getattr(layer, name) for name in layer_class.factor_axes]
+    width = {
+        side: math.prod(layer.index_sizes[i] for i in axes)
+        for side, axes in (("in", layer.input_axes), ("out", layer.output_axes))
+    }  # the padded widths the ops take
+    x = torch.empty(tokens, width["in"], device="meta")
+    g = torch.empty(tokens, width["out"], device="meta")
+    saved, module._launch = module._launch, record
+    try:
+        module._fused_forward._init_fn(x, *factors)
+        module._fused_grad_input._init_fn(g, *factors)
+        module._fused_grad_factors._init_fn(x, g, *factors, *(True for _ in factors))
+    finally:
+        module._launch = saved
+    return found
+
+
+def compile_report(layer_class, archs=(80, 90), dtypes=("bf16",), seen: set | None = None) -> list[Compiled]:
+    """Compile every GPU configuration of ``layer_class``'s kernels for each arch and dtype.
+
+    ``seen`` (kernel source + constants + target) skips what an earlier call compiled.
+    """
+    from triton.runtime.jit import JITFunction
+
+    module = sys.modules[layer_class.__module__]
+    if not getattr(module, "_CONFIGS", None):
+        return []
+    arguments = launch_arguments(layer_class)
+    seen = set() if seen is None else seen
+    out = []
+    for kernel, (blocks, tables, _) in module._CONFIGS.items():
+        fn = kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn)
+        names = [p.name for p in fn.params]
+        constants = {n: v for n, v in zip(names, arguments[kernel]) if n.startswith("stride_")}
+        body = inspect.getsource(fn.fn).split(":", 1)[1]  # the source without the kernel's name
+        for dtype in dtypes:
+            for row in tables.get(_ITEMSIZE[dtype], ()):
+                for arch in archs:
+                    key = hashlib.sha256(f"{body}{constants}{row}{arch}{dtype}".encode()).hexdigest()
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    constexprs = {**constants, **dict(zip(blocks, row))}
+                    out.append(_compile(fn, constexprs, row, arch, dtype, module._MAX_REGISTERS))
+    return out
+
+
+def _compile(fn, constants: dict, row: tuple, arch: int, dtype: str, maxnreg: int) -> Compiled:
+    import triton
+    import triton.language as tl
+    from triton.backends.compiler import GPUTarget
+
+    constants = dict(constants)
+    constants["ACC_DTYPE"] = tl.float64 if dtype == "fp64" else tl.float32
+    constants["DOT_PRECISION"] = "tf32" if dtype == "fp32" else "ieee"
+    source = triton.compiler.ASTSource(fn=fn, signature=_signature(fn, dtype), constexprs=constants)
+    log = io.StringIO()
+    # a fresh compile with ptxas' report printed, and outside the interpreter (CI sets TRITON_INTERPRET)
+    settings = {"TRITON_DUMP_PTXAS_LOG": "1", "TRITON_ALWAYS_COMPILE": "1", "TRITON_INTERPRET": "0"}
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
+    try:
+        with contextlib.redirect_stdout(log):
+            compiled = triton.compile(
+                source,
+                target=GPUTarget("cuda", arch, 32),
+                options={"num_warps": row[-2], "num_stages": row[-1], "maxnreg": maxnreg},
+            )
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    text = log.getvalue()
+    registers, spills = _REGISTERS.search(text), _SPILLS.search(text)
+    assert registers and spills, f"no ptxas report for {fn.__name__} {row} sm_{arch}:\n{text[-2000:]}"
+    stores, loads = (int(v) for v in spills.groups())
+    shared = compiled.metadata.shared
+    return Compiled(fn.__name__, tuple(row), arch, dtype, int(registers.group(1)), stores, loads, shared)

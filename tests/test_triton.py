@@ -1,0 +1,489 @@
+"""The triton backend's kernels, run in Triton's interpreter, against dense references.
+
+CI sets ``TRITON_INTERPRET=1`` (``.ci/run``); this file sets it too, before any
+generated module is imported, so CPU tensors run the generated kernels.
+Every check compares with an independent reference: the layer's dense matrix
+from one einsum of its parameters (``tests/reference.py``), its gradients by
+autograd through that einsum. Sizes are ragged (not multiples of any block),
+so every mask and every partial chunk is exercised.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from hypothesis import assume, given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from reference import dense_torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
+
+import einstruct  # noqa: E402
+from einstruct.analysis import analyze_structure  # noqa: E402
+from einstruct.backends.torch_names import LAYER_ATTRIBUTES  # noqa: E402
+from einstruct.planner.chain import chain_of, transposed  # noqa: E402
+from einstruct.planner.plan import make_plan  # noqa: E402
+from einstruct.planner.tiles import FAMILIES, pow2  # noqa: E402
+from einstruct.runtime import compile_structure  # noqa: E402
+
+#: Two-factor catalog forms and theta points at ragged widths (class sizes 3 to 8, none a
+#: multiple of the interpreter's blocks everywhere), with the kernel families they exercise.
+CASES = [
+    "btt(d_in = 40, d_out = 24)",
+    "btt(d_in = 40, d_out = 24, rank = 3)",
+    "monarch(d_in = 40, d_out = 24)",
+    "monarch(d = 48, blocks = 2)",
+    "kronecker(d_in = 40, d_out = 24)",
+    "kronecker(d = 46)",  # 46 has no split within 4:1, so the layer pads to 7 x 7
+    "tensor_train(d_in = 40, d_out = 24, rank = 3)",
+    "low_rank(d_in = 40, d_out = 24, rank = 3)",
+    "low_rank(d_in = 40, d_out = 300, rank = 3)",  # forward chain_stationary, grad of V by the planned steps
+    "low_rank(d_in = 300, d_out = 40, rank = 5)",  # input's gradient chain_stationary
+    "theta(alpha = 1/2, beta = 1/4, gamma = 1/4, delta = 1/4, epsilon = 1/2, phi = 1/4, d = 60)",
+    "theta(alpha = 1/2, gamma = 1/2, epsilon = 1/2, phi = 1/2, rho = 1/4, d = 50)",
+    "theta(alpha = 1/3, beta = 1/3, gamma = 1/3, delta = 1/3, epsilon = 1/3, phi = 1/3, d = 64)",
+]
+#: A chain whose classes hold two indices each (merged into one in the kernels).
+MERGED = """structure merged:
+    y[f, e1, e2] = x[g, a1, a2] * A[g, a1, a2, f] * B[f, g, e1, e2]
+    where g = 3, a1 = 2, a2 = 3, f = 5, e1 = 3, e2 = 2
+"""
+#: Tolerances against the float64 reference, by dtype (docs/triton.md): fp32 products
+#: accumulate in fp32 (TF32 off, as torch's default); fp16 rounds the operands and the
+#: intermediate to 11 bits, accumulating in fp32.
+#: The token count layers are planned for (at 2048, small layers of rank 3 would multiply the
+#: factors first, which is no chain), and the ragged count they run with.
+BATCH = 8
+TOKENS = 37
+TOLERANCE = {
+    torch.float64: {"rtol": 1e-10, "atol": 1e-10},
+    torch.float32: {"rtol": 1e-4, "atol": 1e-4},
+    torch.float16: {"rtol": 2e-2, "atol": 2e-2},
+}
+
+
+def _layer(source: str, dtype=torch.float64, seed: int = 0, **kwargs):
+    structure = einstruct.load(
+        source if source.startswith("structure") and ":" in source else f"structure s = {source}"
+    )
+    layer_class = compile_structure(structure, batch=BATCH, backend="triton")
+    layer = layer_class(dtype=dtype, strategy="structured", **kwargs)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64).to(dtype))
+    return structure, layer
+
+
+def _einstruct_ops(counter: FlopCounterMode) -> set[str]:
+    """The fused ops a counted run dispatched: forward, grad_input, grad_factors."""
+    names = [str(op) for op in counter.get_flop_counts()["Global"] if str(op).startswith("einstruct.")]
+    return {kind for kind in ("forward", "grad_input", "grad_factors") for n in names if n.endswith(kind)}
+
+
+def _check(layer, n: int, dtype) -> set[str]:
+    """Forward and every gradient against the dense reference; returns the fused ops that ran."""
+    tol = TOLERANCE[dtype]
+    x = torch.randn(n, layer.in_features, dtype=torch.float64).to(dtype).requires_grad_()
+    probe = torch.randn(n, layer.out_features, dtype=torch.float64)
+    with FlopCounterMode(display=False) as counter:
+        y = layer(x)
+        (y.double() * probe).sum().backward()
+    factors = {k: getattr(layer, k).detach().double().clone().requires_grad_() for k in layer.factor_axes}
+    xr = x.detach().double().clone().requires_grad_()
+    expected = xr @ dense_torch(layer, factors).T + layer.bias.detach().double()
+    (expected * probe).sum().backward()
+    torch.testing.assert_close(y.double(), expected, **tol)
+    torch.testing.assert_close(x.grad.double(), xr.grad, **tol)
+    for name, ref in factors.items():
+        torch.testing.assert_close(getattr(layer, name).grad.double(), ref.grad, **tol)
+    return _einstruct_ops(counter)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+@pytest.mark.parametrize(
+    "source", [*CASES, MERGED], ids=lambda s: "merged" if ":" in s else s.replace(" ", "")
+)
+def test_every_two_factor_form_runs_its_fused_kernels(source, dtype):
+    _, layer = _layer(source, dtype, kernels="fused")
+    assert layer.kernel_families, "a two-factor chain gets fused kernels"
+    ran = _check(layer, TOKENS, dtype)
+    assert ran == {"forward", "grad_input", "grad_factors"}, ran
+
+
+def test_the_cases_cover_every_kernel_family():
+    families = set()
+    for source in CASES:
+        families |= set(
+            compile_structure(
+                einstruct.load(f"structure s = {source}"), backend="triton"
+            ).kernel_families.values()
+        )
+    assert families == {"chain_stream", "chain_stationary", "factor_stream", "gemm"}
+
+
+def test_half_precision_and_autocast():
+    _, layer = _layer(CASES[1], torch.float16, kernels="fused")
+    _check(layer, 21, torch.float16)
+    _, wide = _layer(CASES[1], torch.float32, kernels="fused")
+    x = torch.randn(21, wide.in_features)
+    with torch.autocast("cpu", dtype=torch.float16), FlopCounterMode(display=False) as counter:
+        y = wide(x)
+        wide.kernels = "torch"
+        planned = wide(x)
+    assert _einstruct_ops(counter) == {"forward"}
+    assert y.dtype == planned.dtype  # the bias is added after the kernels, as in the torch path
+    expected = x.double() @ wide.to_dense().double().T + wide.bias.double()
+    torch.testing.assert_close(y.double(), expected, **TOLERANCE[torch.float16])
+
+
+def test_bfloat16_in_the_interpreter_runs_the_planned_steps():
+    """The interpreter's bfloat16 tl.dot multiplies bit patterns: under bfloat16 autocast on
+    CPU the layer must not dispatch its kernels, and its output must stay near float64's."""
+    _, layer = _layer(CASES[1], torch.float32, kernels="fused")
+    x = torch.randn(21, layer.in_features)
+    with torch.autocast("cpu", dtype=torch.bfloat16), FlopCounterMode(display=False) as counter:
+        y = layer(x)
+    assert _einstruct_ops(counter) == set()
+    assert y.dtype == torch.bfloat16
+    expected = x.double() @ layer.to_dense().double().T + layer.bias.double()
+    scale = expected.abs().max()
+    assert (y.double() - expected).abs().max() <= 2**-5 * scale
+
+
+def test_torch_func_transforms_run_the_planned_steps():
+    """Custom ops have no functorch rules: grad and vmap over a fused layer fall back to the
+    planned Function and give the dense reference's gradients."""
+    from torch.func import functional_call, grad, vmap
+
+    _, layer = _layer(CASES[1], kernels="fused")
+    x = torch.randn(TOKENS, layer.in_features, dtype=torch.float64)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    grads = grad(lambda p: functional_call(layer, p, (x,)).square().sum())(params)
+    factors = {k: getattr(layer, k).detach().clone().requires_grad_() for k in layer.factor_axes}
+    bias = layer.bias.detach().clone().requires_grad_()
+    (x @ dense_torch(layer, factors).T + bias).square().sum().backward()
+    for name, ref in factors.items():
+        torch.testing.assert_close(grads[name], ref.grad, **TOLERANCE[torch.float64])
+    torch.testing.assert_close(grads["bias"], bias.grad, **TOLERANCE[torch.float64])
+    rows = vmap(lambda row: layer(row[None])[0])(x)
+    torch.testing.assert_close(rows, x @ layer.to_dense().T + layer.bias, **TOLERANCE[torch.float64])
+
+
+def test_flop_counter_counts_what_analyze_reports():
+    for source in (CASES[1], CASES[8], MERGED):
+        structure, layer = _layer(source, kernels="fused")
+        analysis = analyze_structure(structure, batch=BATCH)
+        x = torch.randn(TOKENS, layer.in_features, dtype=torch.float64, requires_grad=True)
+        with FlopCounterMode(display=False) as forward:
+            layer(x)
+        assert forward.get_total_flops() == analysis.counts.flops * TOKENS
+        with FlopCounterMode(display=False) as both:
+            layer(x).sum().backward()
+        assert both.get_total_flops() == analysis.counts.train_flops * TOKENS
+
+
+def test_compile_and_export_trace_the_fused_ops():
+    _, layer = _layer(CASES[1], kernels="fused")
+    x = torch.randn(9, layer.in_features, dtype=torch.float64, requires_grad=True)
+    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager")
+    y = compiled(x)
+    torch.testing.assert_close(y, layer(x))
+    (g,) = torch.autograd.grad(y.sum(), x)
+    (want,) = torch.autograd.grad(layer(x).sum(), x)
+    torch.testing.assert_close(g, want)
+    exported = torch.export.export(layer, (x.detach(),))
+    assert "torch.ops.einstruct.fused_" in exported.graph_module.code
+    torch.testing.assert_close(exported.module()(x.detach()), layer(x.detach()))
+
+
+# -- Hypothesis: random chains, random tiles --------------------------------------------------
+
+_CLASS_TENSORS = {
+    "alpha": ("x", "A"),
+    "beta": ("x", "B"),
+    "gamma": ("x", "A", "B"),
+    "delta": ("A", "y"),
+    "epsilon": ("B", "y"),
+    "phi": ("A", "B", "y"),
+    "rho": ("A", "B"),
+}
+
+
+@st.composite
+def chains(draw):
+    """A random two-factor chain x -> A -> B -> y: which classes it has, their sizes, every axis order."""
+    present = {c for c in _CLASS_TENSORS if draw(st.booleans())} | {"alpha", "epsilon"}
+    if not present & {"gamma", "beta", "rho"}:
+        present.add(draw(st.sampled_from(["gamma", "beta", "rho"])))
+    if not present & {"phi", "delta", "rho"}:
+        present.add(draw(st.sampled_from(["phi", "delta", "rho"])))
+    sizes = {c: draw(st.integers(2, 6)) for c in sorted(present)}
+    axes = {t: [c for c in sorted(present) if t in _CLASS_TENSORS[c]] for t in ("x", "A", "B", "y")}
+    axes = {t: draw(st.permutations(v)) for t, v in axes.items()}
+    ref = lambda t: f"{t}[{', '.join(axes[t])}]"  # noqa: E731
+    return (
+        "structure chain:\n"
+        f"    {ref('y')} = {ref('x')} * {ref('A')} * {ref('B')}\n"
+        f"    where {', '.join(f'{c} = {v}' for c, v in sizes.items())}\n"
+    )
+
+
+_LETTERS = {
+    "N": "n",
+    "A": "alpha",
+    "B": "beta",
+    "G": "gamma",
+    "D": "delta",
+    "E": "epsilon",
+    "F": "phi",
+    "R": "rho",
+}
+
+
+def _tiles(draw, module, role: str, family: str, sizes: dict[str, int]) -> dict[str, int]:
+    """A random configuration of one kernel: each class in one or two chunks (so the
+    interpreter's work stays small), whole where the family holds a class whole; tokens
+    in blocks of 8 or 16."""
+    blocks, _, _ = module._CONFIGS[getattr(module, f"_{role}_kernel")]
+    config = {}
+    for block in blocks:
+        cls = _LETTERS[block.split("_")[1]]
+        full = 16 if cls == "n" else pow2(sizes[cls])
+        if cls in FAMILIES[family][2]:
+            config[block] = full
+        else:
+            config[block] = draw(st.sampled_from([full // 2, full]), label=block)
+    return config
+
+
+@given(source=chains(), data=st.data())
+def test_two_factor_kernels_match_the_reference_for_any_tiles(source, data):
+    structure = einstruct.load(source)
+    chain = chain_of(make_plan(structure, batch=BATCH))
+    cls = compile_structure(structure, batch=BATCH, backend="triton")
+    module = sys.modules[cls.__module__]
+    assume(cls.kernel_families)  # tiny factors may be multiplied first, which is no chain
+    families = cls.kernel_families
+    layer = cls(dtype=torch.float64, strategy="structured")
+    gen = torch.Generator().manual_seed(1)
+    factors = {
+        k: torch.randn(getattr(layer, k).shape, generator=gen, dtype=torch.float64) for k in cls.factor_axes
+    }
+    p, q = factors[chain.first], factors[chain.second]
+    n = data.draw(st.integers(1, 24), label="tokens")
+    x = torch.randn(n, layer.in_features, generator=gen, dtype=torch.float64)
+    gy = torch.randn(n, layer.out_features, generator=gen, dtype=torch.float64)
+    leaves = {k: v.clone().requires_grad_() for k, v in factors.items()}
+    xr = x.clone().requires_grad_()
+    expected = xr @ dense_torch(layer, leaves).T
+    (expected * gy).sum().backward()
+    sizes, back = chain.sizes, transposed(chain).sizes
+
+    def tiles(role, chain_sizes):
+        return _tiles(data.draw, module, role, families[role], chain_sizes)
+
+    torch.testing.assert_close(module._forward_launch(x, p, q, config=tiles("forward", sizes)), expected)
+    torch.testing.assert_close(module._grad_input_launch(gy, q, p, config=tiles("grad_input", back)), xr.grad)
+    split = data.draw(st.integers(1, 3), label="split")
+    if families["grad_second"] == "factor_stream":
+        got = module._grad_second_launch(x, p, gy, split=split, config=tiles("grad_second", sizes))
+        torch.testing.assert_close(got, leaves[chain.second].grad)
+    if families["grad_first"] == "factor_stream":
+        got = module._grad_first_launch(gy, q, x, split=split, config=tiles("grad_first", back))
+        torch.testing.assert_close(got, leaves[chain.first].grad)
+
+
+# -- the module contract ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path, structure, params",
+    [
+        ("examples/btt_moe.ein", None, {}),  # routed: the gate sits between the factors
+        ("examples/three_factor.ein", None, {}),  # three factors
+        ("structure s = block_diagonal(d = 16, blocks = 4)", None, {}),  # one factor
+    ],
+)
+def test_structures_without_a_chain_run_the_planned_steps(path, structure, params):
+    from conftest import ROOT
+
+    spec = ROOT / path if path.startswith("examples") else path
+    layer_class = einstruct.compile(spec, structure, backend="triton", **params)
+    assert layer_class.default_kernels == "torch" and layer_class.kernel_families == {}
+    assert "no fused kernels:" in layer_class.__doc__
+    with pytest.raises(ValueError, match="kernels must be one of 'torch'"):
+        layer_class(kernels="fused")
+    layer = layer_class(dtype=torch.float64)
+    x = torch.randn(5, layer.in_features, dtype=torch.float64)
+    assert layer(x).shape == (5, layer.out_features)
+
+
+def test_the_kernels_option():
+    _, layer = _layer(CASES[0])
+    assert layer.kernels == layer.default_kernels
+    with pytest.raises(ValueError, match="kernels must be one of 'fused', 'torch'"):
+        _layer(CASES[0], kernels="cuda")
+    _, fused = _layer(CASES[0], kernels="fused")
+    _, planned = _layer(CASES[0], kernels="torch")
+    x = torch.randn(7, fused.in_features, dtype=torch.float64)
+    with FlopCounterMode(display=False) as counter:
+        torch.testing.assert_close(fused(x), planned(x))
+    assert _einstruct_ops(counter) == {"forward"}
+
+
+def test_the_same_contract_as_the_torch_backend():
+    """Every public attribute and constructor option of the torch module, with the same values."""
+    import inspect
+
+    structure = einstruct.load("structure s = btt(d = 64, rank = 2)")
+    torch_class = compile_structure(structure)
+    triton_class = compile_structure(structure, backend="triton")
+    torch_args = inspect.signature(torch_class.__init__).parameters
+    triton_args = inspect.signature(triton_class.__init__).parameters
+    assert list(triton_args) == [*torch_args, "kernels"]
+    a, b = torch_class(dtype=torch.float64), triton_class(dtype=torch.float64)
+    b.load_state_dict(a.state_dict())
+    extra = {"default_kernels", "kernel_families", "kernels"}
+    assert extra <= LAYER_ATTRIBUTES  # so no factor can take these names
+    assert {n for n in dir(b) if not n.startswith("_")} == {
+        n for n in dir(a) if not n.startswith("_")
+    } | extra
+    for name in (
+        "factor_axes",
+        "index_sizes",
+        "init_std",
+        "lr_mult",
+        "param_count",
+        "input_axes",
+        "output_axes",
+    ):
+        assert getattr(a, name) == getattr(b, name), name
+    torch.testing.assert_close(a.to_dense(), b.to_dense())
+    assert a.lr_multipliers() == b.lr_multipliers()
+    x = torch.randn(3, 64, dtype=torch.float64)
+    torch.testing.assert_close(a(x), b(x))
+    for option in ({"normalize": True, "gain": True}, {"zero_init_last": True}, {"bias": False}):
+        layer = triton_class(dtype=torch.float64, strategy="structured", kernels="fused", **option)
+        torch.testing.assert_close(
+            layer(x), x @ layer.to_dense().T + (0 if layer.bias is None else layer.bias)
+        )
+
+
+def test_hostile_names_through_the_fused_kernels():
+    """Names taken from the generated module's own locals, kernels included, compile to kernels that
+    compute the dense matrix."""
+    x, p, q, g, a, f, e = "p", "q", "x", "tl", "acc", "offs_n", "BLOCK_N"
+    source = (
+        "structure s:\n"
+        f"    y[{f}, {e}] = {x}[{g}, {a}] * {p}[{g}, {a}, {f}] * {q}[{f}, {g}, {e}]\n"
+        f"    where {g} = 3, {a} = 5, {f} = 4, {e} = 6\n"
+    )
+    _, layer = _layer(source, kernels="fused")
+    assert _check(layer, 9, torch.float64) == {"forward", "grad_input", "grad_factors"}
+
+
+def test_class_names_the_triton_module_imports_are_refused():
+    with pytest.raises(einstruct.EinstructError, match="imports that name"):
+        compile_structure(einstruct.load("structure s = btt(d = 16)"), class_name="triton", backend="triton")
+
+
+def test_generated_files_are_stamped_deterministic_and_ruff_clean(tmp_path):
+    import subprocess
+
+    from conftest import ROOT
+
+    texts = []
+    for seed in ("0", "4242"):
+        (tmp_path / seed).mkdir()
+        out = tmp_path / seed / "layer.py"
+        env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)}
+        spec = str(ROOT / "examples" / "btt.ein")
+        args = [sys.executable, "-m", "einstruct", "compile", spec, "--backend", "triton", "-o", "layer.py"]
+        result = subprocess.run(args, cwd=tmp_path / seed, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        texts.append(out.read_text())
+    assert texts[0] == texts[1]
+    assert texts[0].startswith("# @generated by einstruct")
+    for args in (["check", "--isolated"], ["format", "--isolated", "--check"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", *args, str(tmp_path / "0" / "layer.py")],
+            capture_output=True,
+            text=True,
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_module_imports_and_runs_without_triton(tmp_path):
+    """Without Triton the module imports, CPU tensors run the planned steps, and a CUDA call
+    says what to install."""
+    import subprocess
+
+    from conftest import ROOT
+
+    out = tmp_path / "layer.py"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [
+        sys.executable,
+        "-m",
+        "einstruct",
+        "compile",
+        "examples/btt.ein",
+        "--backend",
+        "triton",
+        "-o",
+        str(out),
+    ]
+    assert subprocess.run(args, cwd=ROOT, env=env, capture_output=True).returncode == 0
+    script = f"""
+import sys, types
+sys.modules["triton"] = None        # import triton fails, as where it is not installed
+sys.modules["einstruct"] = None     # and the module needs no einstruct
+import importlib.util, torch
+spec = importlib.util.spec_from_file_location("layer", {str(out)!r})
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+layer = module.Btt(kernels="fused", strategy="structured")
+y = layer(torch.randn(3, 1024))
+try:
+    module._use_kernels("fused", types.SimpleNamespace(is_cuda=True))
+except RuntimeError as error:
+    print("refused:", error)
+print(module.triton, tuple(y.shape))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "refused: this layer runs fused Triton kernels on CUDA tensors: pip install triton" in result.stdout
+    )
+    assert "None (3, 1024)" in result.stdout
+
+
+def test_the_planner_default():
+    """Fused by default where the kernels move at most half the bytes; torch elsewhere."""
+    from einstruct.planner.fusion import NotFused, plan_fusion
+
+    def fusion(source):
+        return plan_fusion(make_plan(einstruct.load(f"structure s = {source}")))
+
+    btt = fusion("btt(d = 4096)")
+    assert (btt.forward.family, btt.grad_first.family, btt.default) == (
+        "chain_stream",
+        "factor_stream",
+        "fused",
+    )
+    assert btt.bytes_ratio <= 0.5 and btt.flops_ratio == pytest.approx(4 / 3)
+    low = fusion("low_rank(d = 4096, rank = 16)")
+    assert (low.forward.family, low.grad_second.family, low.default) == ("chain_stationary", "gemm", "torch")
+    assert isinstance(fusion("block_diagonal(d = 1024, blocks = 4)"), NotFused)
+    assert fusion("btt(d = 16)").default == "torch"  # padded to tensor-core tiles, 8x the FLOPs
