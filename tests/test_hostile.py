@@ -8,6 +8,7 @@ the forward and for every gradient.
 
 from __future__ import annotations
 
+import ast
 import keyword
 import os
 import subprocess
@@ -24,7 +25,7 @@ from reference import dense_torch
 import einstruct
 from einstruct.backends.torch_names import LAYER_ATTRIBUTES, NN_MODULE_ATTRIBUTES
 from einstruct.cli import main
-from einstruct.runtime import compile_structure
+from einstruct.runtime import compile_structure, module_source
 
 #: Names the generated code itself uses, today or plausibly: locals, helpers, imports.
 GENERATED = [
@@ -155,6 +156,47 @@ def test_bad_class_names_are_refused_with_the_rule(class_name):
     assert "not a keyword or builtin, not starting with _" in info.value.hint
     result = main(["compile", "examples/btt.ein", "--class-name", class_name, "-o", "-"])
     assert result == 2
+
+
+def _module_globals(text: str) -> set[str]:
+    """The names a generated module binds at its top level (imports, defs, classes, assignments)."""
+    names: set[str] = set()
+    for node in ast.parse(text).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, ast.Try):  # optional imports (the triton backend's)
+            names |= _module_globals(ast.unparse(ast.Module(body=node.body, type_ignores=[])))
+    return names
+
+
+@pytest.mark.parametrize(
+    ("spec", "backend"),
+    [
+        ("examples/btt.ein", "torch"),
+        ("examples/btt_moe.ein", "torch"),
+        ("examples/btt.ein", "triton"),
+        ("examples/btt_moe.ein", "triton"),
+    ],
+)
+def test_every_public_name_the_generated_module_binds_is_refused_as_a_class_name(spec, backend):
+    """Read from the generated text itself: a class named like any of the module's own
+    top-level names (other than the class) would rebind it and break the module."""
+    text = module_source(einstruct.load(ROOT / spec), backend=backend)
+    (exported,) = [
+        ast.literal_eval(node.value)
+        for node in ast.parse(text).body
+        if isinstance(node, ast.Assign) and [ast.unparse(t) for t in node.targets] == ["__all__"]
+    ]
+    taken = {n for n in _module_globals(text) if not n.startswith("_")} - set(exported)
+    assert taken, "the module imports at least torch"
+    for name in sorted(taken):
+        with pytest.raises(einstruct.EinstructError, match="cannot be used"):
+            einstruct.compile(ROOT / spec, class_name=name, backend=backend)
 
 
 SENTINEL = "EINSTRUCT_HOSTILE_SENTINEL"

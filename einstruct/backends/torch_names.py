@@ -67,8 +67,9 @@ LAYER_ATTRIBUTES = frozenset(
 )  # fmt: skip
 
 #: Names the generated module binds at its top level besides the class (its
-#: helpers all start with ``_``).
-MODULE_GLOBALS = frozenset({"torch", "nn", "ClassVar"})
+#: helpers all start with ``_``). ``tests/test_hostile.py`` reads them from
+#: generated text, so a template that imports a new name fails there first.
+MODULE_GLOBALS = frozenset({"torch", "nn", "ClassVar", "os", "contextlib"})
 
 
 def factor_clash(name: str) -> str | None:
@@ -86,7 +87,7 @@ def class_name_problem(name: str) -> str | None:
     The rule: a Python identifier as Python reads it (NFKC), not a keyword, not
     starting with ``_`` (the module's own helpers do), and not a name the
     module already uses at its top level (a builtin, ``torch``, ``nn``,
-    ``ClassVar``).
+    ``ClassVar``, ``os``, ``contextlib``).
     """
     if unicodedata.normalize("NFKC", name) != name:
         return f"Python reads it as '{unicodedata.normalize('NFKC', name)}' (NFKC); write that"
