@@ -67,6 +67,56 @@ TOLERANCE = {
 }
 
 
+def _np_itemsize(element_type) -> int:
+    """Bytes per element of a Triton pointer's element type."""
+    return element_type.primitive_bitwidth // 8
+
+
+@pytest.fixture(autouse=True)
+def _accesses_stay_inside_the_tensors(monkeypatch):
+    """Every load and store a kernel makes with its mask on must fall inside one of the
+    tensors it was launched with. A store past a tensor (a wrong mask) leaves correct
+    outputs and corrupts other memory, which no comparison of results would notice; the
+    interpreter runs on host memory, so this checks the addresses themselves."""
+    from triton.runtime import interpreter
+
+    ranges: list[tuple[int, int]] = []
+    builder = type(interpreter.interpreter_builder)
+    init_args, load, store = (
+        interpreter.GridExecutor._init_args_hst,
+        builder.create_masked_load,
+        builder.create_masked_store,
+    )
+
+    def _check(kind, ptrs, mask):
+        """Raise before the access (a stray store would corrupt memory, a stray load may crash)."""
+        on = ptrs.data[mask.data.astype(bool)]
+        if on.size:
+            itemsize = _np_itemsize(ptrs.get_element_ty())
+            lo, hi = int(on.min()), int(on.max()) + itemsize
+            assert any(a <= lo and hi <= b for a, b in ranges), (
+                f"{kind} of bytes [{lo:#x}, {hi:#x}) outside the kernel's tensors"
+            )
+
+    def _init_args(self, args, kwargs):
+        host = init_args(self, args, kwargs)
+        storages = [t.untyped_storage() for t in [*host[0], *host[1].values()] if isinstance(t, torch.Tensor)]
+        ranges[:] = [(s.data_ptr(), s.data_ptr() + s.nbytes()) for s in storages]
+        return host
+
+    def _load(self, ptrs, mask, *rest):
+        _check("load", ptrs, mask)
+        return load(self, ptrs, mask, *rest)
+
+    def _store(self, ptrs, value, mask, *rest):
+        _check("store", ptrs, mask)
+        return store(self, ptrs, value, mask, *rest)
+
+    monkeypatch.setattr(interpreter.GridExecutor, "_init_args_hst", _init_args)
+    monkeypatch.setattr(builder, "create_masked_load", _load)
+    monkeypatch.setattr(builder, "create_masked_store", _store)
+
+
 def _layer(source: str, dtype=torch.float64, seed: int = 0, **kwargs):
     structure = einstruct.load(
         source if source.startswith("structure") and ":" in source else f"structure s = {source}"
