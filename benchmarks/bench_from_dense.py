@@ -18,7 +18,7 @@ import time
 import torch
 
 import einstruct
-from einstruct.backends.projection import projection_kind
+from einstruct.backends.torch.projection import projection_kind
 
 STRUCTURES = {
     "dense": "structure s = dense()",

@@ -70,7 +70,7 @@ _LAZY = {
     "analyze": ("analysis.analyze", "analyze"),
     "compile": ("runtime.build", "compile"),
     "replace_linear": ("runtime.replace", "replace_linear"),
-    "summary": ("runtime.report", "summary"),
+    "summary": ("runtime.summary", "summary"),
     "save_manifest": ("runtime.manifest", "save_manifest"),
     "restore": ("runtime.manifest", "restore"),
     "register_adapter": ("runtime.adapters", "register_adapter"),

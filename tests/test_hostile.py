@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from reference import dense_torch
 
 import einstruct
-from einstruct.backends.torch_names import LAYER_ATTRIBUTES, NN_MODULE_ATTRIBUTES
+from einstruct.backends.torch.names import LAYER_ATTRIBUTES, NN_MODULE_ATTRIBUTES
 from einstruct.cli import main
 from einstruct.runtime import compile_structure, module_source
 

@@ -20,7 +20,7 @@ from reference import dense_from_factors, dense_torch
 from strategies import structure_specs
 
 import einstruct
-from einstruct.backends.projection import projection_kind
+from einstruct.backends.torch.projection import projection_kind
 from einstruct.runtime import compile_structure
 
 TOL = 1e-10

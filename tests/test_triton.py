@@ -25,7 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 import einstruct  # noqa: E402
 from einstruct.analysis import analyze_structure  # noqa: E402
-from einstruct.backends.torch_names import LAYER_ATTRIBUTES  # noqa: E402
+from einstruct.backends.torch.names import LAYER_ATTRIBUTES  # noqa: E402
 from einstruct.planner.chain import chain_of, transposed  # noqa: E402
 from einstruct.planner.plan import make_plan  # noqa: E402
 from einstruct.planner.tiles import FAMILIES, pow2  # noqa: E402

@@ -6,7 +6,7 @@
 - :mod:`.mup`: structured muP fans, init scales and learning-rate multipliers;
 - :mod:`.diagnostics`: what the numbers mean for someone choosing a layer;
 - :mod:`.analyze`: the :class:`Analysis` report object and the entry points;
-- :mod:`.report`: the report for people (terminal, markdown, compare tables).
+- :mod:`.render`: the report for people (terminal, markdown, compare tables).
 
 Nothing here imports torch.
 

@@ -4,7 +4,7 @@
     >>> a.params, a.counts.flops, a.rank_bound, (a.taxonomy.omega, a.taxonomy.psi, a.taxonomy.nu)
     (65536, 131072, 1024, (0, 1, Fraction(1, 2)))
 
-The :class:`~einstruct.analysis.model.Analysis` object is what ``einstruct
+The :class:`~einstruct.analysis.result.Analysis` object is what ``einstruct
 analyze`` prints; ``Analysis.to_dict()`` is exactly its ``--json`` output.
 """
 
@@ -21,9 +21,9 @@ from ..language.spec import SpecFile
 from ..limits import checked_batch
 from .counts import count
 from .diagnostics import diagnose
-from .model import Analysis, FactorReport, IndexReport
 from .mup import OPTIMIZERS, factor_fans
 from .rank import rank_bound
+from .result import Analysis, FactorReport, IndexReport
 from .taxonomy import taxonomy
 
 __all__ = ["Analysis", "analyze_structure", "analyze"]

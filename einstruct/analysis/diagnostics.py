@@ -12,7 +12,7 @@ from fractions import Fraction
 from typing import Any
 
 from ..numbers import exponent_text
-from .model import Analysis, Diagnostic
+from .result import Analysis, Diagnostic
 from .taxonomy import degenerate
 
 __all__ = ["CODES", "Diagnostic", "diagnose"]

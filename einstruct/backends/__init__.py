@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from ..errors import CompileError
 
 if TYPE_CHECKING:
-    from ..planner.model import Plan
+    from ..planner.plan_data import Plan
 
 __all__ = ["Backend", "BACKENDS", "register_backend", "get_backend", "backend_names"]
 

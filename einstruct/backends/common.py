@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 from ..analysis.analyze import analyze_structure
-from ..planner.model import Plan
+from ..planner.plan_data import Plan
 from ..resources import templates_dir
 
 if TYPE_CHECKING:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..analysis.analyze import analyze_structure
-from ..analysis.report import (
+from ..analysis.render import (
     COMPARE_COLUMNS,
     render_compare,
     render_compare_markdown,

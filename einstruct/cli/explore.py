@@ -58,7 +58,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from ..space.emit import emit
-    from ..space.report import render_search
+    from ..space.table import render_search
 
     if args.rank == "measured" and not args.measure:
         raise ParameterError("--rank measured needs --measure", hint="add --measure (and --device, --batch)")

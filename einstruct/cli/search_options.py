@@ -117,8 +117,8 @@ class _Bar:
 
 
 def query_from(args: argparse.Namespace, top: int | None, rank: str, include_dominated: bool) -> Any:
-    """The :class:`~einstruct.space.model.SearchQuery` the options describe."""
-    from ..space.model import SearchQuery
+    """The :class:`~einstruct.space.results.SearchQuery` the options describe."""
+    from ..space.results import SearchQuery
 
     return SearchQuery(
         args.d_in,

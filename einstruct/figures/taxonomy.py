@@ -25,8 +25,8 @@ from ..analysis.analyze import Analysis, analyze_structure
 from ..errors import ParameterError
 from ..ir import Structure
 from ..language.load import load, load_all
-from ..space.model import SearchReport
 from ..space.pareto import front
+from ..space.results import SearchReport
 from .mpl import new_figure, save_figure
 
 __all__ = ["Point", "TaxonomyPlot", "plot_taxonomy", "LABELLED"]

@@ -6,7 +6,7 @@
 - :mod:`.dense`: materializing W from the factors (the ``dense`` strategy);
 - :mod:`.cost`: the cost model that picks ``structured`` or ``dense``;
 - :mod:`.routed`: BTT-MoE's gated step and the plan of one expert;
-- :mod:`.model`: the plan's frozen data;
+- :mod:`.plan_data`: the plan's frozen data;
 - :mod:`.plan`: :func:`make_plan`, the entry point;
 - :mod:`.format`: the plan as text and as data.
 
@@ -19,9 +19,9 @@ backends render it.
 
 from __future__ import annotations
 
-from .model import Estimate, Plan, PlannedStep
 from .order import BATCH, ContractionOrder, contraction_order
 from .plan import DEFAULT_BATCH, STRATEGIES, make_plan
+from .plan_data import Estimate, Plan, PlannedStep
 
 __all__ = [
     "BATCH",

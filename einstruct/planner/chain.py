@@ -33,8 +33,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .model import Plan
 from .order import BATCH
+from .plan_data import Plan
 
 __all__ = ["CLASSES", "HOLDERS", "TRANSPOSE", "Chain", "chain_of", "transposed"]
 

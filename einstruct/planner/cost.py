@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 
 from .dense import DenseWeight
-from .model import Estimate, Plan, PlannedStep
 from .order import BATCH
+from .plan_data import Estimate, Plan, PlannedStep
 
 __all__ = ["DENSE_GFLOPS", "STEP_HALF", "COPY_GBPS", "CALL_MS", "estimate", "efficiency"]
 

@@ -10,8 +10,8 @@ from typing import Any
 
 from ..ir import Structure
 from ..numbers import json_number, plain_number
-from .model import Plan
 from .order import BATCH
+from .plan_data import Plan
 from .views import LOCAL_PENALTY, OperandView, axes_text
 
 __all__ = ["format_plan", "plan_to_dict"]

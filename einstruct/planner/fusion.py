@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from .chain import CLASSES, Chain, chain_of, transposed
-from .model import Plan
+from .plan_data import Plan
 from .tiles import Tiles, gpu_tiles, interpreter_tiles
 
 __all__ = ["BYTES_RATIO", "FLOPS_RATIO", "KernelPlan", "Fusion", "NotFused", "plan_fusion"]

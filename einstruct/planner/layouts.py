@@ -7,7 +7,7 @@ and result), N (right and result) and K (both operands, summed), so the step is
 layout then minimizes data movement: each factor is stored in exactly the
 order its step needs, and each step may run with tokens as the matmul's rows
 or its columns; every combination is tried (up to :data:`MAX_SEARCH` steps)
-and the plan with the least :attr:`~einstruct.planner.model.Plan.copy_cost`
+and the plan with the least :attr:`~einstruct.planner.plan_data.Plan.copy_cost`
 kept. Every copy that remains is recorded, with each operand's gradient
 orientation for the planned backward.
 """
@@ -19,8 +19,8 @@ import math
 from dataclasses import replace
 
 from ..ir import Structure
-from .model import Plan, PlannedStep
 from .order import BATCH, ContractionOrder
+from .plan_data import Plan, PlannedStep
 from .views import copy_weight, drop_batch, layout_einsum, view_operand
 
 __all__ = ["MAX_SEARCH", "best_layouts", "plan_layouts"]

@@ -9,7 +9,7 @@
 3. :mod:`.cost` estimates the planned steps against materializing W from the
    factors (:mod:`.dense`) and one dense matmul; ``auto`` takes the faster.
 
-The plan is plain frozen data (:mod:`.model`, no torch); :mod:`.format` prints it.
+The plan is plain frozen data (:mod:`.plan_data`, no torch); :mod:`.format` prints it.
 
     >>> plan = make_plan(load("examples/btt.ein"), batch=2048)
     >>> [s.op for s in plan.steps]
@@ -26,8 +26,8 @@ from ..limits import checked_batch
 from .cost import estimate
 from .dense import dense_weight
 from .layouts import best_layouts
-from .model import Plan
 from .order import contraction_order
+from .plan_data import Plan
 from .routed import plan_routed, routed_order
 
 __all__ = ["STRATEGIES", "DEFAULT_BATCH", "make_plan"]

@@ -13,8 +13,8 @@ from dataclasses import replace
 from ..errors import CompileError
 from ..ir import Structure
 from .layouts import best_layouts
-from .model import Plan
 from .order import BATCH, ContractionOrder, contraction_order
+from .plan_data import Plan
 
 __all__ = ["routed_order", "plan_routed"]
 

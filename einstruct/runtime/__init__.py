@@ -5,7 +5,7 @@
 - :mod:`.adapters`: which modules are linear layers (``nn.Linear``, Hugging Face ``Conv1D``, yours);
 - :mod:`.targets`: which layers of a model to convert (select, exclude, tied weights);
 - :mod:`.replace`: swap a model's linear layers for structured ones, all or nothing;
-- :mod:`.report`: what changed (``einstruct.summary``);
+- :mod:`.summary`: what changed (``einstruct.summary``);
 - :mod:`.manifest`: save the replacements and re-apply them in a new process;
 - :mod:`.groups`: optimizer groups, structured muP in the layers and width muP around them.
 """
@@ -17,7 +17,7 @@ from .build import compile, compile_structure, module_source
 from .groups import is_structured, param_groups
 from .manifest import model_manifest, restore, save_manifest
 from .replace import replace_linear
-from .report import ModelReport, summary
+from .summary import ModelReport, summary
 
 __all__ = [
     "compile",

@@ -31,7 +31,7 @@ from .adapters import adapter_for
 from .build import built_from, compile_structure
 from .groups import is_structured
 from .replace import swap_layers
-from .report import ModelReport, Skipped, layer_structure, record, record_skipped, skipped_in, summary
+from .summary import ModelReport, Skipped, layer_structure, record, record_skipped, skipped_in, summary
 
 __all__ = ["MANIFEST_NAME", "model_manifest", "save_manifest", "restore", "read_state_dict"]
 

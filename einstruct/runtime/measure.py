@@ -23,8 +23,8 @@ from dataclasses import replace
 from typing import Any
 
 from ..errors import MissingExtraError, ParameterError
-from ..space.model import SearchReport, SearchResult
 from ..space.pareto import rank_key
+from ..space.results import SearchReport, SearchResult
 from .build import compile_structure
 
 __all__ = ["DEVICES", "interleaved", "measure_report"]

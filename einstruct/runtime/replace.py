@@ -22,13 +22,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..backends.projection import projection_kind
+from ..backends.torch.projection import projection_kind
 from ..errors import EinstructError, ParameterError
 from ..ir import Structure
 from ..language.load import load, read_spec
 from .build import compile_structure
 from .groups import Selector, is_structured, param_groups
-from .report import ModelReport, layer_report, record, record_skipped
+from .summary import ModelReport, layer_report, record, record_skipped
 from .targets import Target, check_selector, find_targets
 
 __all__ = ["replace_linear", "param_groups", "is_structured", "bind_widths", "swap_layers"]
@@ -179,7 +179,7 @@ def replace_linear(
         **params: other parameter overrides (e.g. ``rank=4``).
 
     Returns:
-        The report (:class:`~einstruct.runtime.report.ModelReport`): per layer its
+        The report (:class:`~einstruct.runtime.summary.ModelReport`): per layer its
         structure, params and FLOPs before/after, strategy and projection error;
         ``print`` it, or ``.to_dict()``.
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import ParameterError
 from ..space.emit import emit as emit_files
-from ..space.model import SearchQuery, SearchReport
+from ..space.results import SearchQuery, SearchReport
 from ..space.run import Progress, run_search
 from .measure import measure_report
 
@@ -67,7 +67,7 @@ def search(
         emit, force: write one ``.ein`` per result into this directory.
 
     Returns:
-        A :class:`~einstruct.space.model.SearchReport`; iterate it (or index it) for
+        A :class:`~einstruct.space.results.SearchReport`; iterate it (or index it) for
         the results, ``.to_dict()`` for the JSON of ``einstruct search --json``.
     """
     query = SearchQuery(

@@ -28,7 +28,7 @@ from typing import Any
 from ..errors import ParameterError
 from .adapters import Adapter, adapter_for, adapter_names
 from .groups import Selector, is_structured
-from .report import Skipped
+from .summary import Skipped
 
 __all__ = ["Target", "find_targets", "check_selector"]
 

@@ -4,9 +4,9 @@
 - :mod:`.realize`: a point -> integer sizes (an exact factorization of the widths when
   one is near, else rounding with padding) -> a structure and its ``.ein`` source;
 - :mod:`.pareto`: the Pareto front and the rankings;
-- :mod:`.model`: the query, the results and the report;
+- :mod:`.results`: the query, the results and the report;
 - :mod:`.run`: the search itself (the analyzer's numbers, optionally in parallel);
-- :mod:`.report`: the results for people (the terminal table);
+- :mod:`.table`: the results for people (the terminal table);
 - :mod:`.emit`: the results as ``.ein`` files (``--emit``) and the overwrite rule.
 
 Importing the package is cheap (the CLI's parser reads the rankings and the grid

@@ -16,7 +16,7 @@ from .._version import __version__
 from ..errors import EinstructError, ParameterError
 from ..files import write_files
 from ..numbers import count_text, exponent_text, float_text
-from .model import SearchReport, SearchResult
+from .results import SearchReport, SearchResult
 
 __all__ = ["STAMP", "emitted_text", "emit"]
 

@@ -33,9 +33,9 @@ from ..errors import ParameterError
 from ..ir import CLASS_NAMES, Structure
 from ..language.load import load
 from .grid import CHAIN_CLASSES, Point, chain_points, two_factor_points
-from .model import MAX_POINTS, SearchQuery, SearchReport, SearchResult
 from .pareto import front, objectives, rank_key
 from .realize import Realized, Widths, realize
+from .results import MAX_POINTS, SearchQuery, SearchReport, SearchResult
 
 __all__ = [
     "Progress",

@@ -2,7 +2,7 @@
 
 Hygiene of the generated module rests on two rules. Inside its functions every
 Python name is generated (``x``, ``f1``, ``t1``..., see
-:mod:`einstruct.backends.pycode`), so no user name can shadow a local, a
+:mod:`einstruct.backends.torch.steps`), so no user name can shadow a local, a
 global or a builtin. A user name appears only as a quoted string, as the
 attribute holding a factor (``self.A``) and as the class name. Those two are
 checked here: a factor's attribute must not already be an attribute of
@@ -22,9 +22,9 @@ import builtins
 import keyword
 import unicodedata
 
-from ..errors import CompileError
-from ..planner.model import Plan
-from .common import default_class_name
+from ...errors import CompileError
+from ...planner.plan_data import Plan
+from ..common import default_class_name
 
 __all__ = [
     "NN_MODULE_ATTRIBUTES",

@@ -9,8 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..numbers import count_text, exponent_text, float_text
-from .model import SearchReport, SearchResult
 from .pareto import RANKINGS
+from .results import SearchReport, SearchResult
 
 __all__ = ["summary_lines", "table_rows", "render_search"]
 

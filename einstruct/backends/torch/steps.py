@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..planner.model import Plan
-from ..planner.order import BATCH
-from ..planner.views import OperandView
-from .common import tuple_code
+from ...planner.order import BATCH
+from ...planner.plan_data import Plan
+from ...planner.views import OperandView
+from ..common import tuple_code
 
 __all__ = [
     "local_names",

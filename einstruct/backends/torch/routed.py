@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..planner.model import Plan
-from .common import tuple_code
-from .pycode import factor_locals, intermediate_names, operand_code, output_code, output_grad_code, step_code
+from ...planner.plan_data import Plan
+from ..common import tuple_code
+from .steps import factor_locals, intermediate_names, operand_code, output_code, output_grad_code, step_code
 
 __all__ = ["route_context"]
 

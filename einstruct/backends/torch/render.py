@@ -17,12 +17,12 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from .._version import __version__
-from ..analysis.mup import application_order, factor_fans
-from ..limits import current
-from ..planner.model import Plan
-from ..planner.order import BATCH
-from .common import (
+from ..._version import __version__
+from ...analysis.mup import application_order, factor_fans
+from ...limits import current
+from ...planner.order import BATCH
+from ...planner.plan_data import Plan
+from ..common import (
     comment_text,
     environment,
     metrics,
@@ -32,8 +32,10 @@ from .common import (
     strategy_note,
     tuple_code,
 )
+from .names import checked_names
 from .projection import projection_code, projection_note
-from .pycode import (
+from .routed import route_context
+from .steps import (
     dense_code,
     factor_locals,
     output_code,
@@ -42,8 +44,6 @@ from .pycode import (
     step_code,
     with_gate,
 )
-from .torch_names import checked_names
-from .torch_routed import route_context
 
 __all__ = ["render_context", "render"]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..numbers import count_text, exponent_text, float_text
-from .model import Analysis
+from .result import Analysis
 
 __all__ = [
     "MEANINGS",

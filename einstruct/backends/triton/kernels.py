@@ -23,10 +23,10 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
-from ..planner.chain import CLASSES, HOLDERS, Chain
-from ..planner.fusion import KernelPlan
-from ..planner.tiles import Tiles
-from .common import tuple_code
+from ...planner.chain import CLASSES, HOLDERS, Chain
+from ...planner.fusion import KernelPlan
+from ...planner.tiles import Tiles
+from ..common import tuple_code
 
 __all__ = ["LETTERS", "TEMPLATES", "kernel_context", "config_code"]
 

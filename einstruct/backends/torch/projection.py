@@ -38,10 +38,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from ..ir import Structure
-from ..planner.model import Plan
-from .common import comment_text, tuple_code
-from .pycode import factor_locals, sizes_of
+from ...ir import Structure
+from ...planner.plan_data import Plan
+from ..common import comment_text, tuple_code
+from .steps import factor_locals, sizes_of
 
 __all__ = ["projection_kind", "projection_note", "projection_code"]
 

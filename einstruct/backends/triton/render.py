@@ -5,7 +5,7 @@ chain gets four kernels (forward, the input's gradient, each factor's
 gradient), each of a family with its tiles, and a default (``fused`` or
 ``torch``); any other structure keeps the planned torch steps and says why.
 This module only lays the decision out: the kernels from the family templates
-(:mod:`.triton_kernels`), then the layer (``codegen_templates/triton/``), which
+(:mod:`.kernels`), then the layer (``codegen_templates/triton/``), which
 extends the torch backend's templates, so everything the torch module offers
 (constructor options, ``to_dense``, ``param_groups``, the dense strategy, the
 planned torch steps on CPU) is the same code.
@@ -21,13 +21,13 @@ import hashlib
 import textwrap
 from typing import Any
 
-from ..errors import CompileError
-from ..planner.fusion import Fusion, KernelPlan, NotFused, plan_fusion
-from ..planner.model import Plan
-from ..planner.tiles import MAX_REGISTERS, MAX_SPLIT, SPLIT_TOKENS
-from .common import environment, quoted
-from .torch import render_context as torch_context
-from .triton_kernels import TEMPLATES, kernel_context
+from ...errors import CompileError
+from ...planner.fusion import Fusion, KernelPlan, NotFused, plan_fusion
+from ...planner.plan_data import Plan
+from ...planner.tiles import MAX_REGISTERS, MAX_SPLIT, SPLIT_TOKENS
+from ..common import environment, quoted
+from ..torch.render import render_context as torch_context
+from .kernels import TEMPLATES, kernel_context
 
 __all__ = ["MODULE_GLOBALS", "render_context", "render"]
 
