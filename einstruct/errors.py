@@ -46,6 +46,18 @@ class Span:
     length: int = 1
     source_line: str = ""
 
+    @classmethod
+    def at(cls, file: str, lines: list[str], line: int | None, column: int | None, length: int = 1) -> Span:
+        """The span at 1-based ``line`` and ``column`` of a source split into ``lines``
+        (missing positions count as 1; the one way einstruct builds a span from a place).
+
+        >>> Span.at("s.ein", ["structure s:"], 1, 11, 1).source_line
+        'structure s:'
+        """
+        line = line or 1
+        text = lines[line - 1] if 0 < line <= len(lines) else ""
+        return cls(file=file, line=line, column=column or 1, length=max(1, length), source_line=text)
+
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}"
 

@@ -21,6 +21,7 @@ from .errors import Span
 #: The binary operators other than ``^`` (whose exact form needs care).
 
 __all__ = [
+    "span_of",
     "Expr",
     "Num",
     "Name",
@@ -145,6 +146,15 @@ def _number_text(value: Fraction) -> str:
     sign, scaled = ("-", -scaled) if scaled < 0 else ("", scaled)
     whole, frac = divmod(scaled, 10**digits)
     return f"{sign}{whole}.{frac:0{digits}d}"
+
+
+def span_of(expr: Expr) -> Span | None:
+    """Where ``expr`` is written: its own span, else its first name's (for a value made
+    by evaluation)."""
+    if expr.span is not None:
+        return expr.span
+    names = names_in(expr)
+    return names[0].span if names else None
 
 
 def names_in(expr: Expr) -> list[Name]:

@@ -21,6 +21,7 @@ from fractions import Fraction
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
+from .classes import class_of
 from .errors import Span
 from .expressions import Expr, to_text, value_text
 
@@ -35,27 +36,12 @@ __all__ = [
     "Route",
     "Parameter",
     "Structure",
-    "CLASS_NAMES",
     "EINSUM_LETTERS",
     "einsum_symbol",
 ]
 
 #: A size or count: an ``int`` at concrete parameters, a sympy expression otherwise.
 Size = Any
-
-#: The paper's seven index classes of the two-factor space, in order.
-CLASS_NAMES = ("alpha", "beta", "gamma", "delta", "epsilon", "phi", "rho")
-
-# membership (in x, in A, in B, in y) -> class
-_CLASS_OF_MEMBERSHIP = {
-    (True, True, False, False): "alpha",
-    (True, False, True, False): "beta",
-    (True, True, True, False): "gamma",
-    (False, True, False, True): "delta",
-    (False, False, True, True): "epsilon",
-    (False, True, True, True): "phi",
-    (False, True, True, False): "rho",
-}
 
 
 class Role(enum.Enum):
@@ -228,14 +214,10 @@ class Structure:
         otherwise the comma-separated names of the tensors holding it."""
         if len(self.factors) == 2:
             a, b = self.factors
-            key = (
-                index in self.input.indices,
-                index in a.indices,
-                index in b.indices,
-                index in self.output.indices,
-            )
-            if key in _CLASS_OF_MEMBERSHIP:
-                return _CLASS_OF_MEMBERSHIP[key]
+            roles = {self.input.name: "x", a.name: "A", b.name: "B", self.output.name: "y"}
+            found = class_of(frozenset(roles[t.name] for t in self.tensors if index in t.indices))
+            if found is not None:
+                return found
         return ",".join(self.holders(index))
 
     # -- printing ----------------------------------------------------------------------

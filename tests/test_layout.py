@@ -18,7 +18,6 @@ from conftest import ROOT
 PACKAGE = ROOT / "einstruct"
 TEMPLATES = ROOT / "codegen_templates"
 MODULES = sorted(PACKAGE.rglob("*.py"))
-MAX_LINES = 400
 
 
 def _module_name(path) -> str:
@@ -146,21 +145,26 @@ def test_every_module_says_its_job_and_its_public_names(path):
     assert "__all__" in assigned, f"{path} does not declare __all__"
 
 
-@pytest.mark.parametrize("path", MODULES, ids=_module_name)
-def test_modules_stay_small(path):
-    lines = len(path.read_text(encoding="utf-8").splitlines())
-    assert lines <= MAX_LINES, f"{path} has {lines} lines; split it by job"
-
-
 def test_the_package_is_typed():
     assert (PACKAGE / "py.typed").is_file()
 
 
 @pytest.mark.parametrize("path", sorted(TEMPLATES.rglob("*.j2")), ids=lambda p: p.name)
 def test_templates_decide_nothing(path):
+    """Templates hold structure: loops, blocks, macros and conditions on a plain name the
+    render context computed (a plan boolean); no assignments, no comparisons or arithmetic
+    in a condition, no filters that compute."""
     text = path.read_text(encoding="utf-8")
-    decisions = re.findall(r"{%-?\s*(if|elif|else|set|macro|call)\b", text)
-    assert decisions == [], f"{path.name} decides in Jinja ({decisions}); compute it in the render context"
+    assigned = re.findall(r"{%-?\s*(set|call)\b", text)
+    assert assigned == [], f"{path.name} computes in Jinja ({assigned}); compute it in the render context"
+    for condition in re.findall(r"{%-?\s*(?:if|elif)\s+(.*?)\s*-?%}", text):
+        assert re.fullmatch(r"(not )?[A-Za-z_][A-Za-z_0-9.]*", condition), (
+            f"{path.name}: '{condition}' decides in Jinja; put the decision in the render context"
+        )
+    for expression in re.findall(r"{{(.*?)}}", text):
+        assert not re.search(r"[|+*/%<>=]|\bif\b", expression), (
+            f"{path.name}: '{{{{{expression}}}}}' computes in Jinja; compute it in the render context"
+        )
 
 
 def test_templates_live_in_one_folder_per_backend():

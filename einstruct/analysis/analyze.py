@@ -19,6 +19,7 @@ from ..ir import Structure
 from ..language.load import load
 from ..language.spec import SpecFile
 from ..limits import checked_batch
+from ..planner.order import ContractionOrder
 from .counts import count
 from .diagnostics import diagnose
 from .mup import OPTIMIZERS, factor_fans
@@ -29,8 +30,14 @@ from .taxonomy import taxonomy
 __all__ = ["Analysis", "analyze_structure", "analyze"]
 
 
-def analyze_structure(structure: Structure, batch: int = 1, optimizer: str = "adam") -> Analysis:
-    """Analyze one structure; ``batch`` vectors share the cost of factor-only steps."""
+def analyze_structure(
+    structure: Structure, batch: int = 1, optimizer: str = "adam", order: ContractionOrder | None = None
+) -> Analysis:
+    """Analyze one structure; ``batch`` vectors share the cost of factor-only steps.
+
+    ``order``: count along this contraction order (a compiled plan's, so the
+    analysis and the module agree) instead of the FLOP-minimal one at ``batch``.
+    """
     batch = checked_batch(batch)
     if not isinstance(optimizer, str) or optimizer not in OPTIMIZERS:
         raise ParameterError(
@@ -47,7 +54,7 @@ def analyze_structure(structure: Structure, batch: int = 1, optimizer: str = "ad
         for f in structure.factors
     )
     analysis = Analysis(
-        structure, indices, factors, count(structure, batch), tax, rank_bound(structure), optimizer
+        structure, indices, factors, count(structure, batch, order), tax, rank_bound(structure), optimizer
     )
     return replace(analysis, diagnostics=tuple(diagnose(analysis)))
 

@@ -137,9 +137,11 @@ def _per_vector(total: Size, batch: int) -> Size:
     return sympy.simplify(total / batch)
 
 
-def count(structure: Structure, batch: int = 1) -> Counts:
-    """Counts per input vector for a batch of ``batch`` vectors."""
-    order = contraction_order(concrete_stand_in(structure), batch)
+def count(structure: Structure, batch: int = 1, order: ContractionOrder | None = None) -> Counts:
+    """Counts per input vector for a batch of ``batch`` vectors, along ``order`` (a
+    compiled plan's) or the FLOP-minimal order at that batch."""
+    if order is None:
+        order = contraction_order(concrete_stand_in(structure), batch)
     size = lambda i: batch if i == BATCH else structure.size(i)  # noqa: E731
     path, total, peak = [], 0, 0
     for k, step in enumerate(order.steps):

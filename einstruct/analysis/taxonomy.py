@@ -26,9 +26,10 @@ from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
+from ..classes import CLASS_NAMES
 from ..evaluation import evaluate, sympy_round, sympy_split
 from ..expressions import SPLIT_FUNCTIONS, BinOp, Expr, Name, has_rounding, names_in
-from ..ir import CLASS_NAMES, Size, Structure
+from ..ir import Size, Structure
 from ..planner.order import choose_optimizer, import_opt_einsum
 from .rank import cut_weight, min_cut_indices
 

@@ -9,8 +9,9 @@ the registered ones; a backend's module is imported only when it renders.
     >>> get_backend("torch").description
     'a standalone torch.nn.Module: planned forward, planned backward'
 
-To add a backend, write ``einstruct/backends/<name>.py`` with
-``render(plan, class_name=None, command=None) -> str`` and its templates under
+To add a backend, write a package ``einstruct/backends/<name>/`` with
+``render(compiled, class_name=None, command=None, runtime="inline") -> str``
+(``compiled``: a :class:`~einstruct.backends.compilation.Compilation`) and its templates under
 ``codegen_templates/<name>/``, then add one :func:`register_backend` line below.
 """
 
@@ -23,7 +24,7 @@ from typing import TYPE_CHECKING
 from ..errors import CompileError
 
 if TYPE_CHECKING:
-    from ..planner.plan_data import Plan
+    from .compilation import Compilation
 
 __all__ = ["Backend", "BACKENDS", "register_backend", "get_backend", "backend_names"]
 
@@ -36,10 +37,17 @@ class Backend:
     module: str
     description: str
 
-    def render(self, plan: Plan, class_name: str | None = None, command: str | None = None) -> str:
-        """The generated module's text for ``plan``."""
+    def render(
+        self,
+        compiled: Compilation,
+        class_name: str | None = None,
+        command: str | None = None,
+        runtime: str = "inline",
+    ) -> str:
+        """The generated module's text for a compiled structure (see
+        :func:`einstruct.backends.compilation.render_module`)."""
         renderer = importlib.import_module(self.module)
-        text: str = renderer.render(plan, class_name, command)
+        text: str = renderer.render(compiled, class_name, command, runtime)
         return text
 
 

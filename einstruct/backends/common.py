@@ -26,6 +26,8 @@ __all__ = [
     "number_code",
     "tuple_code",
     "quoted",
+    "string_code",
+    "dict_code",
     "comment_text",
     "environment",
 ]
@@ -82,6 +84,44 @@ def tuple_code(items: Any) -> str:
 def quoted(name: str) -> str:
     """A name as a double-quoted string literal (JSON quoting is valid Python for any text)."""
     return json.dumps(name, ensure_ascii=False)
+
+
+def string_code(text: str, indent: int, taken: int, width: int = 88) -> str:
+    """A string literal as the right-hand side of an assignment that starts ``taken``
+    columns in, at ``indent``: one line when it fits in ``width``, else parenthesized
+    pieces split between words, each fitting (the form ruff format keeps).
+
+    >>> string_code("a b", 4, 10)
+    '"a b"'
+    """
+    whole = quoted(text)
+    if taken + len(whole) <= width:
+        return whole
+    room = width - indent - 4 - 2  # the inner indent and the quotes
+    pieces: list[str] = []
+    for word in text.split(" "):
+        if pieces and len(quoted(pieces[-1] + " " + word)) - 2 <= room:
+            pieces[-1] += " " + word
+        else:
+            pieces.append(word)
+    body = [quoted(p + " ") for p in pieces[:-1]] + [quoted(pieces[-1])]
+    inner = " " * (indent + 4)
+    return "(\n" + "".join(f"{inner}{line}\n" for line in body) + " " * indent + ")"
+
+
+def dict_code(rows: list[tuple[str, str]], indent: int, taken: int, width: int = 88) -> str:
+    """A dict display of rendered (key, value) pairs as the right-hand side of an
+    assignment starting ``taken`` columns in: one line when it fits, else one pair a
+    line with a trailing comma (both as ruff format leaves them).
+
+    >>> dict_code([('"a"', "1")], 4, 10)
+    '{"a": 1}'
+    """
+    flat = "{" + ", ".join(f"{k}: {v}" for k, v in rows) + "}"
+    if taken + len(flat) <= width:
+        return flat
+    inner = " " * (indent + 4)
+    return "{\n" + "".join(f"{inner}{k}: {v},\n" for k, v in rows) + " " * indent + "}"
 
 
 def comment_text(text: str) -> str:

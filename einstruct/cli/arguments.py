@@ -149,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--force", action="store_true", help="replace FILE even if einstruct did not generate it")
     p.add_argument("--class-name", metavar="NAME", help="name of the generated class")
+    p.add_argument(
+        "--runtime",
+        choices=["inline", "import"],
+        default="inline",
+        help="inline: copy einstruct's layer runtime into the file, which then needs only torch; "
+        "import: import it from einstruct (a shorter file that needs einstruct installed); "
+        "default inline",
+    )
     _add_plan_arguments(p)
     p.add_argument("--json", action="store_true", help="print what was written as JSON (needs -o FILE)")
     p.set_defaults(handler=cmd_compile)

@@ -24,9 +24,10 @@ from ..analysis.render import (
     render_markdown,
     render_terminal,
 )
+from ..classes import CLASS_NAMES
 from ..errors import ParameterError, StructureNotFoundError
 from ..expressions import names_in
-from ..ir import CLASS_NAMES, Structure
+from ..ir import Structure
 from ..language.load import load, load_all, read_spec
 from ..language.parser import parse_text, parse_value
 from ..language.spec import SpecFile
@@ -185,6 +186,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
     from ..backends import get_backend
     from ..backends.common import comment_text, default_class_name, spec_hash
+    from ..backends.compilation import compilation, render_module
     from ..files import write_output
     from ..planner.format import plan_to_dict
 
@@ -195,11 +197,12 @@ def cmd_compile(args: argparse.Namespace) -> int:
         )
     backend = get_backend(args.backend)
     structure = _one(args)
-    plan = make_plan(structure, args.batch, args.strategy)
+    compiled = compilation(structure, args.batch, args.strategy)
+    plan = compiled.plan
     # the header records how to regenerate the file; --json only changes what is printed
     recorded = [a for a in (args.argv or []) if a != "--json"]
     command = "einstruct " + " ".join(shlex.quote(a) for a in recorded)
-    text = backend.render(plan, args.class_name, command)
+    text = render_module(compiled, backend.name, args.class_name, command, args.runtime)
     if args.output == "-":
         sys.stdout.write(text)
         return 0
@@ -217,6 +220,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
                 "backend": backend.name,
                 "strategy": plan.strategy,
                 "batch": plan.batch,
+                "runtime": args.runtime,
                 "spec_sha256": spec_hash(plan),
                 "lines": lines,
                 "bytes": len(text.encode("utf-8")),

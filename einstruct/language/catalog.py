@@ -29,10 +29,10 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from ..classes import CLASS_NAMES, WRITTEN_AXES
 from ..errors import ParameterError, Span, UnknownNameError
 from ..evaluation import evaluate
 from ..expressions import BinOp, Call, Num, is_exact, value_text
-from ..ir import CLASS_NAMES
 from .parser import parse_text
 from .spec import Ident, ShorthandDecl, StructureDecl
 
@@ -131,12 +131,8 @@ THETA_ALIASES: dict[str, str] = {
 }  # fmt: skip
 
 # Theta layout: which classes each tensor holds, in storage order.
-_THETA_TENSORS = (
-    ("x", ("gamma", "alpha", "beta")),
-    ("A", ("gamma", "alpha", "phi", "delta", "rho")),
-    ("B", ("phi", "gamma", "beta", "rho", "epsilon")),
-)
-_THETA_OUTPUT = ("phi", "delta", "epsilon")
+_THETA_TENSORS = tuple((t, WRITTEN_AXES[t]) for t in ("x", "A", "B"))
+_THETA_OUTPUT = WRITTEN_AXES["y"]
 _INPUT_CLASSES = ("alpha", "beta", "gamma")
 _OUTPUT_CLASSES = ("delta", "epsilon", "phi")
 

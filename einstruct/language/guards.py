@@ -27,19 +27,13 @@ EXPRESSION_RULES = frozenset({"add", "sub", "mul", "div", "pow", "neg", "call"})
 _EXPRESSION_HOLDERS = frozenset({"size_assignment", "parameter", "argument", "route", "value"})
 
 
-def _span(file: str, lines: list[str], line: int | None, column: int | None, length: int = 1) -> Span:
-    line = line or 1
-    text = lines[line - 1] if 0 < line <= len(lines) else ""
-    return Span(file=file, line=line, column=column or 1, length=max(1, length), source_line=text)
-
-
 def _where(node: Tree | Token, file: str, lines: list[str]) -> Span:
     if isinstance(node, Token):
-        return _span(file, lines, node.line, node.column, len(node))
+        return Span.at(file, lines, node.line, node.column, len(node))
     meta = node.meta
     if getattr(meta, "empty", True):
-        return _span(file, lines, 1, 1)
-    return _span(file, lines, meta.line, meta.column)
+        return Span.at(file, lines, 1, 1)
+    return Span.at(file, lines, meta.line, meta.column)
 
 
 def check_tree(tree: Tree, file: str, lines: list[str]) -> None:

@@ -15,7 +15,7 @@ from collections.abc import Set as AbstractSet
 from fractions import Fraction
 from typing import Any
 
-from ..errors import InvalidNameError, ParameterError, Span
+from ..errors import InvalidNameError, ParameterError
 from ..evaluation import check_magnitude, evaluate
 from ..expressions import (
     BinOp,
@@ -27,6 +27,7 @@ from ..expressions import (
     exact,
     is_exact,
     names_in,
+    span_of,
 )
 from .names import check_name
 from .parser import parse_value
@@ -102,7 +103,7 @@ def parameter_values(
             if not is_finite(value):
                 raise ParameterError(
                     f"parameter {name} has no finite value",
-                    _span_of(p.default),
+                    span_of(p.default),
                     "check the default for a division by zero",
                 )
             values[name] = value
@@ -179,7 +180,3 @@ def _check_references(name: str, value: Expr, values: dict[str, Any], known: lis
             ref.span,
             f"a value may use the parameters declared before {name}: {', '.join(values) or 'none'}",
         )
-
-
-def _span_of(expr: Expr) -> Span | None:
-    return expr.span

@@ -20,7 +20,7 @@ from lark import Lark, Token, Transformer, v_args
 from lark.exceptions import UnexpectedInput
 
 from ..errors import EinstructError, ParameterError, Span, SpecSyntaxError
-from ..expressions import FUNCTIONS, BinOp, Call, Expr, Name, Neg, Num
+from ..expressions import FUNCTIONS, BinOp, Call, Expr, Name, Neg, Num, span_of
 from ..resources import grammar_file
 from .guards import check_tree
 from .names import normalize_name
@@ -144,11 +144,6 @@ def _check_unique_names(declarations: list[Declaration]) -> None:
         seen[decl.name.name] = decl.name
 
 
-def _span(file: str, lines: list[str], line: int, column: int, length: int = 1) -> Span:
-    text = lines[line - 1] if 0 < line <= len(lines) else ""
-    return Span(file=file, line=line, column=column, length=length, source_line=text)
-
-
 def _binop(op: str) -> Callable[..., BinOp]:
     """A transformer method that builds ``left op right``."""
 
@@ -170,13 +165,13 @@ class _ToSpec(Transformer):
 
     # -- spans -------------------------------------------------------------
     def _tok(self, token: Token) -> Span:
-        return _span(self._file, self._lines, token.line or 1, token.column or 1, len(token))
+        return Span.at(self._file, self._lines, token.line or 1, token.column or 1, len(token))
 
     def _meta(self, meta: Any) -> Span:
         if getattr(meta, "empty", False):
-            return _span(self._file, self._lines, 1, 1)
+            return Span.at(self._file, self._lines, 1, 1)
         length = meta.end_column - meta.column if meta.end_line == meta.line else 1
-        return _span(self._file, self._lines, meta.line, meta.column, max(1, length))
+        return Span.at(self._file, self._lines, meta.line, meta.column, max(1, length))
 
     def _ident(self, token: Token) -> Ident:
         return Ident(normalize_name(str(token)), self._tok(token))
@@ -258,7 +253,7 @@ class _ToSpec(Transformer):
             if not isinstance(target, Name):
                 raise SpecSyntaxError(
                     "only index names can stand left of '=' in a where clause",
-                    _expr_span(target),
+                    span_of(target),
                     "write `where a = b = 4`, with the size expression last",
                 )
             names.append(Ident(target.id, target.span))
@@ -307,7 +302,3 @@ class _ToSpec(Transformer):
     @v_args(meta=True)
     def neg(self, meta: Any, children: list[Expr]) -> Neg:
         return Neg(children[0], self._meta(meta))
-
-
-def _expr_span(expr: Expr) -> Span | None:
-    return expr.span

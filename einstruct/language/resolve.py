@@ -26,7 +26,7 @@ from ..errors import (
     WidthError,
 )
 from ..evaluation import evaluate
-from ..expressions import Expr, has_rounding, is_exact, names_in, to_text, value_text
+from ..expressions import Expr, has_rounding, is_exact, span_of, to_text, value_text
 from ..ir import Index, Parameter, Role, Route, Structure, Tensor
 from ..limits import ENVIRONMENT, current
 from .catalog import CATALOG, THETA_ALIASES, expand, form_parameters
@@ -242,7 +242,7 @@ def _resolve_explicit(decl: StructureDecl, values: dict[str, Any], source: str) 
 
 def _size_value(name: str, expr: Expr, values: dict[str, Any]) -> Any:
     value = evaluate(expr, values)
-    span = _span_of(expr)
+    span = span_of(expr)
     text = to_text(expr)
     if not is_finite(value):
         raise SizeError(
@@ -374,20 +374,13 @@ def _resolve_route(
         if not (isinstance(k, int) and k >= 1):
             raise RouteError(
                 f"top k = {k} is not a positive integer",
-                _span_of(rd.top_k),
+                span_of(rd.top_k),
                 "route a whole number of experts per token, e.g. `route r top 2`",
             )
         if isinstance(size, int) and k > size:
             raise RouteError(
                 f"top k = {k} is larger than the {size} experts of '{name}'",
-                _span_of(rd.top_k),
+                span_of(rd.top_k),
                 f"choose k between 1 and {size}",
             )
     return Route(name, k, rd.top_k, rd.span)
-
-
-def _span_of(expr: Expr) -> Span | None:
-    if expr.span is not None:
-        return expr.span
-    names = names_in(expr)
-    return names[0].span if names else None

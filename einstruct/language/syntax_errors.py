@@ -82,10 +82,10 @@ def syntax_error(
         column = len(lines[line - 1]) + 1 if lines else 1
         return SpecSyntaxError(
             "the file ends in the middle of a declaration",
-            _span(file, lines, line, column),
+            Span.at(file, lines, line, column),
             f"expected {_describe_expected(set(getattr(exc, 'expected', ())), parser)}",
         )
-    span = _span(file, lines, line, column)
+    span = Span.at(file, lines, line, column)
     if isinstance(exc, UnexpectedCharacters):
         pos = exc.pos_in_stream
         char = source[pos] if pos is not None and pos < len(source) else "?"
@@ -101,7 +101,7 @@ def syntax_error(
     shown = "end of line" if token.type == "_NL" else f"'{token.value}'"
     if token.type == "$END":
         shown = "end of file"
-    span = _span(file, lines, line, column, max(1, len(str(token.value).strip()) or 1))
+    span = Span.at(file, lines, line, column, max(1, len(str(token.value).strip()) or 1))
     expected = f"expected {_describe_expected(set(exc.expected), parser)}"
     # a misspelt keyword: the unexpected word itself, or the word that opened the line
     # (read as a tensor name, so the parser wanted '[' after it)
@@ -112,12 +112,7 @@ def syntax_error(
         word, at = leading
         return SpecSyntaxError(
             f"'{word}' is not a keyword, and as a tensor name it needs '[' after it",
-            _span(file, lines, line, at, len(word)),
+            Span.at(file, lines, line, at, len(word)),
             f"did you mean `{keyword}`?",
         )
     return SpecSyntaxError(f"unexpected {shown}", span, expected)
-
-
-def _span(file: str, lines: list[str], line: int, column: int, length: int = 1) -> Span:
-    text = lines[line - 1] if 0 < line <= len(lines) else ""
-    return Span(file=file, line=line, column=column, length=length, source_line=text)

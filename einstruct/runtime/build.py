@@ -19,13 +19,14 @@ from functools import lru_cache
 from pathlib import Path
 
 from ..backends import get_backend
+from ..backends.compilation import compilation, render_module
 from ..errors import CompileError
 from ..ir import Structure
 from ..language.load import load
 from ..language.resolve import Override
 from ..language.spec import SpecFile
 from ..limits import checked_batch
-from ..planner.plan import DEFAULT_BATCH, make_plan
+from ..planner.plan import DEFAULT_BATCH
 from .pickling import load_module, module_name
 
 __all__ = ["Built", "built_from", "compile", "compile_structure", "module_source"]
@@ -56,16 +57,19 @@ def module_source(
     command: str | None = None,
     strategy: str = "auto",
     backend: str = "torch",
+    runtime: str = "inline",
 ) -> str:
-    """The generated module text for a resolved structure."""
-    renderer = get_backend(backend)
-    return renderer.render(make_plan(structure, batch, strategy), class_name, command)
+    """The generated module text for a resolved structure (``runtime="inline"``: the file
+    ``einstruct compile -o`` writes, needing only torch)."""
+    get_backend(backend)  # an unknown backend is refused before planning
+    return render_module(compilation(structure, batch, strategy), backend, class_name, command, runtime)
 
 
 @lru_cache(maxsize=256)
 def _build(structure: Structure, class_name: str | None, batch: int, strategy: str, backend: str) -> type:
-    renderer = get_backend(backend)
-    text = renderer.render(make_plan(structure, batch, strategy), class_name)
+    get_backend(backend)
+    # in this process the classes share einstruct's runtime (one StructuredLinear)
+    text = render_module(compilation(structure, batch, strategy), backend, class_name, runtime="import")
     module = load_module(module_name(structure.name, text), text)
     cls = next(v for k, v in module.__dict__.items() if isinstance(v, type) and k in module.__all__)
     _BUILT[cls] = Built(structure, batch, strategy, backend)

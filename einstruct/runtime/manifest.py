@@ -63,7 +63,9 @@ def model_manifest(model: Any) -> dict[str, Any]:
                 "einstruct generated",
             )
         built = built_from(type(layer))
-        options = {k: getattr(layer, k) for k in _OPTIONS if hasattr(layer, k)}
+        # the options the layer's class declares (the runtime's constructor_options)
+        declared = getattr(type(layer), "constructor_options", _OPTIONS)
+        options = {k: getattr(layer, k) for k in declared if k != "gain" and hasattr(layer, k)}
         options["gain"] = getattr(layer, "gain", None) is not None
         entries.append(
             {

@@ -9,8 +9,9 @@ return value.
 "Before" is the dense layer of the same shape (``in * out`` weights plus the
 bias; ``2 * in * out`` FLOPs per token, the analyzer's convention); "after" is
 what the layer holds (every parameter: factors, bias, gains, router) and what
-its strategy runs per token: the structure's FLOPs along its planned order, or,
-for a layer running the dense strategy, the dense matmul over its padded axes
+its strategy runs per token: the structure's FLOPs along its planned order at
+the batch it was compiled for (what its header and extra_repr state), or, for
+a layer running the dense strategy, the dense matmul over its padded axes
 (W is also rebuilt once per call, which the per-token number leaves out).
 """
 
@@ -51,7 +52,7 @@ class LayerReport:
     params_before: int
     params_after: int
     flops_before: int
-    flops_after: int
+    flops_after: int | float
     strategy: str
     replaces: str | None = None  # the adapter of the layer it replaced ("linear", "conv1d")
     projection: str | None = None  # "exact" or "iterative" if projected from the old weight
@@ -205,11 +206,26 @@ def _structure_from_header(module_name: str) -> Structure | None:
         return None
 
 
-@lru_cache(maxsize=256)
-def _structure_flops(structure: Structure) -> int:
-    from ..analysis.counts import count
+def _planned_flops(layer: Any, structure: Structure) -> int | float:
+    """FLOPs per token along the layer's planned order at its compiled batch: the number
+    its class states (the same as its header, extra_repr and step comments), else
+    counted again for a file generated before classes stated it."""
+    from fractions import Fraction
 
-    return int(count(structure, 1).flops)
+    stated = getattr(type(layer), "layer_metrics", {}).get("flops")
+    if stated is None:
+        from ..analysis.counts import count
+
+        return _exact(count(structure, 1).flops)
+    return _exact(Fraction(stated))
+
+
+def _exact(value: Any) -> int | float:
+    """An int when the count is whole, else a float (a factor-only step shared by the batch)."""
+    from fractions import Fraction
+
+    value = Fraction(value)
+    return int(value) if value.denominator == 1 else float(value)
 
 
 def layer_report(name: str, layer: Any) -> LayerReport:
@@ -217,12 +233,13 @@ def layer_report(name: str, layer: Any) -> LayerReport:
     structure = layer_structure(layer)
     d_in, d_out = layer.in_features, layer.out_features
     strategy = str(getattr(layer, "strategy", "structured"))
+    flops: int | float
     if structure is None:
         flops, title = 0, type(layer).__name__
     else:
         title = structure.name
         padded = int(structure.d_in) * int(structure.d_out)
-        flops = 2 * padded if strategy == "dense" else _structure_flops(structure)
+        flops = 2 * padded if strategy == "dense" else _planned_flops(layer, structure)
     replaces, projection, error = _RECORDS.get(layer, (None, None, None))
     bias = getattr(layer, "bias", None)
     return LayerReport(

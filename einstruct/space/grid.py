@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 
 from ..analysis.taxonomy import degenerate, orient
-from ..ir import CLASS_NAMES
+from ..classes import CLASS_NAMES, WRITTEN_AXES
 
 __all__ = [
     "DEFAULT_GRID",
@@ -49,12 +49,7 @@ DEFAULT_GRID = {2: 12, 3: 4}
 
 #: Tensors of the two-factor space and the classes each holds, in storage order
 #: (the layout of the ``theta(...)`` shorthand).
-TWO_TENSORS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("x", ("gamma", "alpha", "beta")),
-    ("A", ("gamma", "alpha", "phi", "delta", "rho")),
-    ("B", ("phi", "gamma", "beta", "rho", "epsilon")),
-    ("y", ("phi", "delta", "epsilon")),
-)
+TWO_TENSORS: tuple[tuple[str, tuple[str, ...]], ...] = tuple(WRITTEN_AXES.items())
 
 #: The chain's classes: input side, output side, ranks.
 CHAIN_CLASSES = ("in_A", "in_AB", "in_ABC", "out_C", "out_BC", "out_ABC", "rank_AB", "rank_BC")

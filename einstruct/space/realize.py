@@ -33,6 +33,7 @@ from functools import lru_cache
 from typing import Any
 
 from ..analysis.taxonomy import exact_log
+from ..classes import LETTERS
 from ..evaluation import evaluate
 from ..expressions import Expr, value_text
 from ..ir import Index, Parameter, Role, Structure, Tensor
@@ -51,7 +52,7 @@ _TENSORS = {"two": TWO_TENSORS, "chain": CHAIN_TENSORS}
 
 #: Short codes of the classes for candidate names.
 _CODES = {
-    "alpha": "a", "beta": "b", "gamma": "g", "delta": "d", "epsilon": "e", "phi": "f", "rho": "r",
+    **LETTERS,
     "in_A": "xa", "in_AB": "xab", "in_ABC": "xabc", "out_C": "cy", "out_BC": "bcy",
     "out_ABC": "abcy", "rank_AB": "ab", "rank_BC": "bc",
 }  # fmt: skip

@@ -29,8 +29,9 @@ from typing import Any
 from ..analysis.counts import count
 from ..analysis.rank import rank_bound
 from ..analysis.taxonomy import taxonomy
+from ..classes import CLASS_NAMES
 from ..errors import ParameterError
-from ..ir import CLASS_NAMES, Structure
+from ..ir import Structure
 from ..language.load import load
 from .grid import CHAIN_CLASSES, Point, chain_points, two_factor_points
 from .pareto import front, objectives, rank_key

@@ -6,7 +6,7 @@ Python name is generated (``x``, ``f1``, ``t1``..., see
 global or a builtin. A user name appears only as a quoted string, as the
 attribute holding a factor (``self.A``) and as the class name. Those two are
 checked here: a factor's attribute must not already be an attribute of
-``nn.Module`` or of the generated class (the language already refuses names
+``nn.Module`` or of the runtime's layer classes (the language already refuses names
 starting with ``_``, which covers every private attribute), and the class, a
 module-level name, must not shadow a builtin or the module's imports.
 
@@ -25,6 +25,7 @@ import unicodedata
 from ...errors import CompileError
 from ...planner.plan_data import Plan
 from ..common import default_class_name
+from ..runtime_source import layer_attributes, runtime_globals
 
 __all__ = [
     "NN_MODULE_ATTRIBUTES",
@@ -53,29 +54,19 @@ NN_MODULE_ATTRIBUTES = frozenset(
     }
 )  # fmt: skip
 
-#: The public attributes the generated layer class defines itself (plain and
-#: routed; a test checks a generated instance has no others).
-LAYER_ATTRIBUTES = frozenset(
-    {
-        "aux_loss", "bias", "default_strategy", "dense_weight", "experts", "factor_axes", "from_dense",
-        "gain", "in_features", "index_sizes", "init_std", "input_axes", "lr_mult", "lr_multipliers",
-        "normalize", "out_features", "output_axes", "param_count", "param_groups",
-        "reset_parameters", "router", "save_intermediate", "sparse_experts", "strategy", "to_dense",
-        "top_k", "zero_init_last",
-        "default_kernels", "kernel_families", "kernels",  # the triton backend's
-    }
-)  # fmt: skip
+#: The public attributes of the runtime's layer classes (StructuredLinear and its
+#: routed and fused kinds), read from their source: a factor may not take one.
+LAYER_ATTRIBUTES = layer_attributes()
 
-#: Names the generated module binds at its top level besides the class (its
-#: helpers all start with ``_``). ``tests/test_hostile.py`` reads them from
-#: generated text, so a template that imports a new name fails there first.
-MODULE_GLOBALS = frozenset({"torch", "nn", "ClassVar", "os", "contextlib"})
+#: Names a generated module binds at its top level besides its own helpers (which
+#: all start with ``_``): the runtime's, read from its source, and torch.
+MODULE_GLOBALS = runtime_globals() | {"torch"}
 
 
 def factor_clash(name: str) -> str | None:
     """Why a factor cannot be stored as attribute ``name``, or ``None`` when it can."""
     if name in LAYER_ATTRIBUTES:
-        return "an attribute of the generated layer"
+        return "an attribute of the generated layer (einstruct's StructuredLinear)"
     if name in NN_MODULE_ATTRIBUTES:
         return "an attribute of torch.nn.Module"
     return None
@@ -86,8 +77,8 @@ def class_name_problem(name: str) -> str | None:
 
     The rule: a Python identifier as Python reads it (NFKC), not a keyword, not
     starting with ``_`` (the module's own helpers do), and not a name the
-    module already uses at its top level (a builtin, ``torch``, ``nn``,
-    ``ClassVar``, ``os``, ``contextlib``).
+    module already uses at its top level (a builtin, ``torch``, a name the
+    layer runtime binds such as ``nn`` or ``StructuredLinear``).
     """
     if unicodedata.normalize("NFKC", name) != name:
         return f"Python reads it as '{unicodedata.normalize('NFKC', name)}' (NFKC); write that"
@@ -98,7 +89,7 @@ def class_name_problem(name: str) -> str | None:
     if name.startswith("_"):
         return "names starting with _ are reserved for the generated module's own helpers"
     if name in MODULE_GLOBALS:
-        return "the generated module imports that name"
+        return "the generated module (its layer runtime) already binds that name"
     if hasattr(builtins, name):
         return "it is a Python builtin, which the generated module would shadow"
     return None

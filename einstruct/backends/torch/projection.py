@@ -143,31 +143,15 @@ def _target_lines(plan: Plan) -> tuple[list[str], list[str]]:
 
 
 def projection_code(plan: Plan) -> tuple[str, list[str]]:
-    """The kind and the body of the generated ``from_dense`` (locals: ``target``, ``t``, ``u``,
-    ``s``, ``vh``, ``root``, ``f1``...; user names never become variables)."""
+    """The kind and, for an exact projection, the body of the generated ``_project``: the
+    factors closest to the padded ``target`` (locals: ``t``, ``u``, ``s``, ``vh``,
+    ``root``, ``f1``...; user names never become variables). The runtime's
+    ``from_dense`` checks W, stores the factors and measures the error; an iterative
+    fit and a routed layer's refusal are the runtime's too."""
     s = plan.structure
     kind = projection_kind(s)
-    if kind == "none":
-        return kind, [
-            "raise RuntimeError(",
-            '    "a routed layer has no single dense matrix to project onto: its gate is per token"',
-            ")",
-        ]
-    first = f"self.{s.factors[0].name}"
-    head = [
-        "_check_extras(self, bias, max_iter)",
-        f"target = _padded_target(weight, {tuple_code([str(int(s.out_features)), str(int(s.in_features))])}, "
-        f"{tuple_code([str(int(s.d_out)), str(int(s.d_in))])}, {first})",
-    ]
-    tail = ["return _relative_error(weight, self.to_dense())"]
-    if kind == "iterative":
-        finish = ["_assign(self, None, bias)", *tail]
-        return kind, [
-            *head,
-            "_fit(self, target, max_iter)",
-            "with torch.no_grad():",
-            *(f"    {x}" for x in finish),
-        ]
+    if kind != "exact":
+        return kind, []
     lines, axes = _target_lines(plan)
     sizes = sizes_of(plan)
     layouts = [plan.factor_layouts[f.name] for f in s.factors]
@@ -176,8 +160,7 @@ def projection_code(plan: Plan) -> tuple[str, list[str]]:
         body = [*lines, f"f1 = t{_permute(axes, layouts[0])}"]
     else:
         body = [*lines, *_svd_lines(axes, sizes, _two_factor_groups(s), layouts)]
-    body += [f"_assign(self, {tuple_code(names)}, bias)", *tail]
-    return kind, [*head, "with torch.no_grad():", *(f"    {line}" for line in body)]
+    return kind, [*body, f"return {tuple_code(names)}"]
 
 
 def _svd_lines(

@@ -16,6 +16,7 @@ names and quoted strings (see :mod:`einstruct.backends.torch`).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from fractions import Fraction
 
 from ...planner.order import BATCH
 from ...planner.plan_data import Plan
@@ -85,20 +86,20 @@ def step_code(plan: Plan, guards: dict[str, str] | None = None) -> tuple[list[st
 
     ``guards`` maps the input's and the factors' locals (``x``, ``f<k>``) to the
     condition under which their gradient is computed; by default
-    ``ctx.needs_input_grad`` of an autograd Function called as ``(x, f1, f2, ...)``.
+    ``needs[k]``, one flag per argument of ``(x, f1, f2, ...)`` (``ctx.needs_input_grad``).
     """
     sizes = sizes_of(plan)
     local = local_names(plan)
     forward: list[str] = []
     backward: list[str] = []
     operands: list[str] = []
-    needs = {"x": "ctx.needs_input_grad[0]"}
+    needs = {"x": "needs[0]"}
     for k, name in enumerate(factor_locals(plan), start=1):
-        needs[name] = f"ctx.needs_input_grad[{k}]"
+        needs[name] = f"needs[{k}]"
     needs.update(guards or {})
     for st in plan.steps:
         n = st.number
-        forward.append(f"# step {n}: {st.einsum}  ({st.op}, {st.flops // plan.batch} FLOPs/token)")
+        forward.append(f"# step {n}: {st.einsum}  ({st.op}, {Fraction(st.flops, plan.batch)} FLOPs/token)")
         forward.append(f"l{n} = {_operand(st.left, local[st.left.name])}")
         forward.append(f"r{n} = {_operand(st.right, local[st.right.name])}")
         forward.append(f"{local[st.result]} = {_call(st.op)}(l{n}, r{n}).view{_shape(st.result_shape)}")

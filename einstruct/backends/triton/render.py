@@ -21,18 +21,17 @@ import hashlib
 import textwrap
 from typing import Any
 
-from ...errors import CompileError
 from ...planner.fusion import Fusion, KernelPlan, NotFused, plan_fusion
 from ...planner.plan_data import Plan
-from ...planner.tiles import MAX_REGISTERS, MAX_SPLIT, SPLIT_TOKENS
-from ..common import environment, quoted
+from ..common import environment, quoted, string_code, tuple_code
+from ..compilation import Compilation
+from ..runtime_source import runtime_modules
 from ..torch.render import render_context as torch_context
+from ..torch.render import render_with_runtime, runtime_context
 from .kernels import TEMPLATES, kernel_context
 
-__all__ = ["MODULE_GLOBALS", "render_context", "render"]
+__all__ = ["render_context", "render"]
 
-#: Names the module binds at its top level besides the torch backend's (a class may not take them).
-MODULE_GLOBALS = frozenset({"triton", "tl", "os"})
 #: The templates: a chain with fused kernels, and any other structure.
 LAYER_TEMPLATE = "triton/layer.py.j2"
 BASE_TEMPLATE = "triton/base.py.j2"
@@ -56,16 +55,14 @@ def _kernel_text(kernel: KernelPlan) -> str:
 def _module_doc(fused: bool, default: str) -> list[str]:
     if not fused:
         return [
-            "Needs only torch. The forward runs the planned contraction steps, each one",
-            "matmul (the planner found no fused Triton path for this structure, see",
-            "`kernels` below); `to_dense()` gives the equivalent dense matrix.",
+            "The forward runs the planned contraction steps, each one matmul (the planner",
+            "found no fused Triton path for this structure, see `kernels_note`).",
         ]
     return [
-        "Needs torch; runs its Triton kernels where triton is installed. With",
-        f'kernels="fused" (default here: "{default}") the forward and backward run the',
-        "fused kernels below on CUDA tensors, and on CPU tensors in Triton's",
-        "interpreter when TRITON_INTERPRET=1 is set before import; otherwise the",
-        "planned torch steps. `to_dense()` gives the equivalent dense matrix.",
+        'Runs its Triton kernels where triton is installed. With kernels="fused"',
+        f'(default here: "{default}") the forward and backward run the fused kernels',
+        "below on CUDA tensors, and on CPU tensors in Triton's interpreter when",
+        "TRITON_INTERPRET=1 is set before import; otherwise the planned torch steps.",
     ]
 
 
@@ -84,12 +81,12 @@ def _factor_context(plan: Plan, fusion: Fusion) -> dict[str, Any]:
     lines = []
     if gemm:
         needs = ", ".join(["False", *(f"need_{n}" if n in gemm else "False" for n in locals_)])
-        lines.append(f"planned = _planned_factor_grads({', '.join(locals_)}, x, g, ({needs}))")
+        lines.append(f"planned = _backward(g, _steps(x, {', '.join(locals_)})[1], ({needs}))")
     for k, name in enumerate(locals_):
         kernel, call, _ = by_factor[name]
         source = f"planned[{k + 1}]" if kernel.family == "gemm" else call
         lines.append(f"g_{name} = {source} if need_{name} else {name}.new_empty(0)")
-    flops = " + ".join(f"{by_factor[n][2]} * int(args[{k}])" for k, n in enumerate(locals_, start=2))
+    per_factor = tuple_code(str(by_factor[n][2]) for n in locals_)
     return {
         "first_local": first,
         "second_local": second,
@@ -101,7 +98,7 @@ def _factor_context(plan: Plan, fusion: Fusion) -> dict[str, Any]:
         "fake_grads": [f"torch.empty_like({n}) if need_{n} else {n}.new_empty(0)" for n in locals_],
         "none_grads": " = ".join([*(f"g_{n}" for n in locals_), "None"]),
         "flops_forward": step1 + step2,
-        "factor_flops": flops,
+        "per_factor_flops": per_factor,
     }
 
 
@@ -118,30 +115,25 @@ def _wrapped(text: str) -> list[str]:
     return textwrap.wrap(text, width=80)
 
 
-def _check_class_name(name: str) -> None:
-    if name in MODULE_GLOBALS:
-        raise CompileError(
-            f"class name '{name}' cannot be used: the generated module imports that name",
-            hint="choose another class name, e.g. --class-name " + name.capitalize() + "Layer",
-        )
-
-
-def render_context(plan: Plan, class_name: str | None = None, command: str | None = None) -> dict[str, Any]:
+def render_context(
+    compiled: Compilation, class_name: str | None = None, command: str | None = None, runtime: str = "inline"
+) -> dict[str, Any]:
     """The torch backend's context plus the fused path: kernels, ops, the default and why."""
-    context = torch_context(plan, class_name, command)
-    _check_class_name(context["class_name"])
+    plan = compiled.plan
+    context = torch_context(compiled, class_name, command, runtime)
     fusion = plan_fusion(plan)
     routed = plan.gate_step is not None
     context["parent"] = "torch/routed_layer.py.j2" if routed else "torch/layer.py.j2"
+    context["bases"] = "FusedStructuredLinear" + (", RoutedStructuredLinear" if routed else "")
+    context.update(runtime_context(runtime_modules(routed=routed, fused=True), runtime))
     if isinstance(fusion, NotFused):
         context.update(
             {
                 "module_doc": _module_doc(False, "torch"),
                 "default_kernels": "torch",
-                "kernels_note": _wrapped(f"no fused kernels: {fusion.reason}."),
+                "kernels_note_code": string_code(f"no fused kernels: {fusion.reason}.", 4, 19),
                 "kernel_families": "{}",
-                "kernel_choices": '(None, "torch")',
-                "kernel_choices_text": "'torch'",
+                "kernel_choices": '("torch",)',
             }
         )
         return context
@@ -151,17 +143,13 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
         {
             "module_doc": _module_doc(True, fusion.default),
             "default_kernels": fusion.default,
-            "kernels_note": _wrapped(fusion.reason + "."),
+            "kernels_note_code": string_code(fusion.reason + ".", 4, 19),
             "kernel_families": "{\n"
             + "".join(f"        {quoted(k.role)}: {quoted(k.family)},\n" for k in fusion.kernels)
             + "    }",
-            "kernel_choices": '(None, "fused", "torch")',
-            "kernel_choices_text": "'fused', 'torch'",
+            "kernel_choices": '("fused", "torch")',
             "kernel_texts": texts,
             "op": f"fused_{digest}",
-            "split_tokens": SPLIT_TOKENS,
-            "max_split": MAX_SPLIT,
-            "max_registers": MAX_REGISTERS,
             "gpu_dtypes": _gpu_dtypes(fusion),
             **_factor_context(plan, fusion),
         }
@@ -169,8 +157,10 @@ def render_context(plan: Plan, class_name: str | None = None, command: str | Non
     return context
 
 
-def render(plan: Plan, class_name: str | None = None, command: str | None = None) -> str:
-    """The generated module for ``plan``: fused kernels where the planner found a fused path."""
-    context = render_context(plan, class_name, command)
+def render(
+    compiled: Compilation, class_name: str | None = None, command: str | None = None, runtime: str = "inline"
+) -> str:
+    """The generated module: fused kernels where the planner found a fused path."""
+    context = render_context(compiled, class_name, command, runtime)
     template = BASE_TEMPLATE if "op" not in context else LAYER_TEMPLATE
-    return environment().get_template(template).render(**context)
+    return render_with_runtime(template, context)

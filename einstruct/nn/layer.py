@@ -1,0 +1,585 @@
+"""The base class of every generated layer, and the helpers its planned steps use.
+
+A generated module holds only what is specific to its structure: the planned
+steps and their backward (an autograd Function), ``dense_weight``, ``_project``
+and the tables (axes, sizes, init, learning rates). Its class derives from
+:class:`StructuredLinear`, which holds everything the layers share: init,
+normalization, input checks, the dense strategy, ``from_dense``, optimizer
+groups. ``einstruct compile -o`` copies this text verbatim into the file it
+writes (after ``env.py``), so it needs only torch and the standard library.
+
+    class Btt(StructuredLinear):       # what a generated module defines
+        planned_function = _BttFunction
+        factor_axes = {"A": ("g", "f", "r", "a"), "B": ("f", "g", "r", "e")}
+        ...
+"""
+
+import contextlib
+import math
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+# in a standalone file this name is defined by env.py's text above
+if "max_params" not in globals():
+    from .env import max_params
+
+__all__ = [
+    "StructuredLinear",
+    "autocast_context",
+    "autocast_state",
+    "decayed",
+    "normalized",
+    "planned_backward",
+    "planned_setup",
+]
+
+
+def normalized(weight: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Divide by max(1, rms(weight) / sigma): keep the factor's scale at most its init.
+
+    The rms carries an epsilon (1e-8, as the papers' code), so an all-zero
+    factor (zero_init_last) gets a finite gradient; it is taken in at least
+    float32 so the epsilon survives half precision.
+    """
+    wide = weight.to(torch.promote_types(weight.dtype, torch.float32))
+    rms = (wide.pow(2).mean() + 1e-8).sqrt()
+    return weight / torch.clamp(rms / sigma, min=1.0)
+
+
+def decayed(param: torch.Tensor, weight_decay: float) -> float:
+    """The weight decay a parameter gets: ``weight_decay`` for matrices (2 or more axes),
+    0 for vectors and scalars (biases, gains). One rule for a layer's own
+    ``param_groups`` and ``einstruct.param_groups``."""
+    return weight_decay if param.dim() >= 2 else 0.0
+
+
+def autocast_state(x: torch.Tensor) -> tuple:
+    """x's device type with its autocast state (enabled, dtype), as torch.amp.custom_fwd
+    records it."""
+    device = x.device.type
+    if not torch.amp.is_autocast_available(device):
+        return device, False, None
+    return device, torch.is_autocast_enabled(device), torch.get_autocast_dtype(device)
+
+
+def autocast_context(state: tuple) -> Any:
+    """The forward's autocast state, to re-enter in the backward (custom_bwd's rule)."""
+    device, enabled, dtype = state
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device, dtype=dtype, enabled=enabled)
+
+
+def planned_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
+    """setup_context of a layer's planned-steps Function, whose forward is
+    ``(x, *factors, save_intermediate) -> (y, *operands)`` (operands only when saved).
+
+    Saves the steps' matmul operands (views of the input and factors where no copy
+    was needed), or only the input and the factors to recompute them, and the
+    autocast state. Gradients of the extra outputs are never materialized: the
+    backward gets None for them (no zero-filled buffers).
+    """
+    x, *factors, save_intermediate = inputs
+    ctx.save_intermediate = save_intermediate
+    ctx.amp = autocast_state(x)
+    ctx.mark_non_differentiable(*output[1:])
+    ctx.set_materialize_grads(False)
+    if save_intermediate:
+        ctx.save_for_backward(*output[1:])
+    else:
+        ctx.save_for_backward(x, *factors)
+
+
+def planned_backward(ctx: Any, g_out: Any, steps: Any, grads: Any) -> tuple:
+    """The backward of a planned-steps Function under the forward's autocast state:
+    ``grads(g_out, operands, needs)`` on the saved operands (or on ``steps`` run
+    again); all None when the output got no gradient."""
+    needs = ctx.needs_input_grad
+    if g_out is None:
+        return (None,) * len(needs)
+    with autocast_context(ctx.amp):
+        if ctx.save_intermediate:
+            operands = ctx.saved_tensors
+        else:
+            _, operands = steps(*ctx.saved_tensors)
+        return (*grads(g_out, operands, needs), None)
+
+
+def _wide(tensor: torch.Tensor) -> torch.dtype:
+    """The tensor's dtype, at least float32."""
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
+def _check_flag(layer: str, name: str, value: Any) -> None:
+    """Refuse a constructor flag that is not a bool (the string "false" is truthy)."""
+    if not isinstance(value, bool):
+        raise TypeError(
+            f"{layer}: {name} must be True or False, got {type(value).__name__} {value!r:.40}"
+        )
+
+
+def _padded_target(
+    weight: Any, shape: tuple, padded: tuple, like: torch.Tensor
+) -> torch.Tensor:
+    """W checked, in at least float32 on the factors' device, zero-padded to the axes'
+    product."""
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"from_dense needs a tensor W, got {type(weight).__name__}")
+    if not weight.is_floating_point():
+        raise TypeError(
+            f"from_dense needs a real floating-point W, got dtype {weight.dtype}"
+        )
+    if tuple(weight.shape) != shape:
+        got = tuple(weight.shape)
+        raise ValueError(
+            f"from_dense needs W of shape {shape} (out_features, in_features), got {got}"
+        )
+    target = weight.detach().to(device=like.device, dtype=_wide(like))
+    if not bool(torch.isfinite(target).all()):
+        raise ValueError("from_dense: W has NaN or infinite entries")
+    rows, columns = padded[0] - shape[0], padded[1] - shape[1]
+    return torch.nn.functional.pad(target, (0, columns, 0, rows))
+
+
+def _check_extras(layer: "StructuredLinear", bias: Any, max_iter: Any) -> None:
+    """from_dense's bias (None or a finite real tensor of shape (out_features,)) and
+    max_iter."""
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(
+            f"from_dense: max_iter must be a positive integer, got {max_iter!r:.40}"
+        )
+    if bias is None:
+        return
+    if not isinstance(bias, torch.Tensor) or not bias.is_floating_point():
+        kind = (
+            type(bias).__name__
+            if not isinstance(bias, torch.Tensor)
+            else f"dtype {bias.dtype}"
+        )
+        raise TypeError(
+            f"from_dense: bias must be a real floating-point tensor or None, got {kind}"
+        )
+    if layer.bias is None:
+        raise ValueError("from_dense got a bias; this layer has bias=False")
+    if tuple(bias.shape) != (layer.out_features,):
+        shape = tuple(bias.shape)
+        raise ValueError(
+            f"from_dense: bias must have shape ({layer.out_features},), got {shape}"
+        )
+    if not bool(torch.isfinite(bias).all()):
+        raise ValueError("from_dense: bias has NaN or infinite entries")
+
+
+def _relative_error(weight: torch.Tensor, approx: torch.Tensor) -> float:
+    """||W - approx|| / ||W|| (Frobenius); the absolute error when W = 0."""
+    wide = _wide(approx)
+    weight = weight.detach().to(device=approx.device, dtype=wide)
+    diff = float((weight - approx.detach().to(wide)).norm())
+    scale = float(weight.norm())
+    return diff / scale if scale > 0 else diff
+
+
+def _assign(layer: "StructuredLinear", factors: Any, bias: Any) -> None:
+    """Store projected factors (None: the current ones), W unchanged, each at
+    rms = init_std * t.
+
+    One common t (the geometric mean of rms / init_std) keeps the product, so the
+    factors look like a rescaled init (what the learning rates assume) and, when
+    t <= 1, a normalized layer computes them as they are; when t > 1 the gains
+    (if any) absorb the normalization's division, else the factors are stored at
+    t = 1, the most the normalization lets through (W scaled down).
+    """
+    names = tuple(layer.factor_axes)
+    params = [getattr(layer, name) for name in names]
+    with torch.no_grad():
+        if factors is None:
+            factors = [p.detach().to(_wide(p)) for p in params]
+        rms = [float(f.pow(2).mean().sqrt()) for f in factors]
+        sigma = [float(layer.init_std[name]) for name in names]
+        if min(rms) > 0:
+            t = 1.0
+            for r, s in zip(rms, sigma):
+                t *= r / s
+            t **= 1.0 / len(rms)
+            if layer.normalize and layer.gain is None:
+                t = min(t, 1.0)  # beyond the normalization's reach: store at its cap
+            factors = [f * (s * t / r) for f, r, s in zip(factors, rms, sigma)]
+        for p, f in zip(params, factors):
+            p.copy_(f.reshape(p.shape))
+        if layer.gain is not None:
+            for k, (p, s) in enumerate(zip(params, sigma)):
+                rms_eps = (p.to(_wide(p)).pow(2).mean() + 1e-8).sqrt()  # as normalized
+                layer.gain[k] = torch.clamp(rms_eps / s, min=1.0)
+        if bias is not None:
+            layer.bias.copy_(bias.detach().reshape(layer.bias.shape))
+
+
+def _least_squares(
+    layer: "StructuredLinear", param: torch.Tensor, target: torch.Tensor, steps: int
+) -> None:
+    """Fit one factor exactly, the others fixed (W is linear in it): CGLS, conjugate
+    gradients on the normal equations, with dense_weight as the operator and its
+    gradient as the adjoint."""
+
+    def adjoint(residual: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            return torch.autograd.grad(layer.dense_weight(), param, residual)[0]
+
+    with torch.no_grad():
+        x = param.detach().clone()
+        r = target - layer.dense_weight()
+        s = adjoint(r)
+        p = s.clone()
+        gamma = float(s.pow(2).sum())
+        stop = (
+            gamma * 1e-12
+        )  # the normal equations' residual down 1e6: warm starts do the rest
+        for _ in range(steps):
+            if gamma <= stop or gamma == 0.0:
+                break
+            param.copy_(p)
+            q = layer.dense_weight()
+            qq = float(q.pow(2).sum())
+            if qq == 0.0:
+                break
+            alpha = gamma / qq
+            x += alpha * p
+            r -= alpha * q
+            s = adjoint(r)
+            new = float(s.pow(2).sum())
+            p = s + (new / gamma) * p
+            gamma = new
+        param.copy_(x)
+
+
+def _fit(layer: "StructuredLinear", target: torch.Tensor, max_iter: int) -> None:
+    """Alternating least squares on the factors, unnormalized, in the target's
+    precision: each sweep fits every factor exactly in turn; it stops when the error
+    stops falling."""
+    names = tuple(layer.factor_axes)
+    params = [getattr(layer, name) for name in names]
+    kept = [p.dtype for p in params]
+    normalize, layer.normalize = layer.normalize, False
+    try:
+        with torch.no_grad():
+            for p, name in zip(params, names):
+                p.data = p.data.to(target.dtype)
+                # a zero factor (zero_init_last) would stall the others
+                if not bool(p.any()):
+                    p.normal_(0.0, layer.init_std[name])
+        scale = float(target.norm()) or 1.0
+        best = float("inf")
+        for _ in range(max_iter):
+            for p in params:
+                _least_squares(layer, p, target, min(16, p.numel()))
+            with torch.no_grad():
+                error = float((layer.dense_weight() - target).norm()) / scale
+            if error < 1e-13 or error > best * (1.0 - 1e-4):
+                break
+            best = error
+    finally:
+        layer.normalize = normalize
+        for p, dtype in zip(params, kept):
+            p.data = p.data.to(dtype)
+
+
+class StructuredLinear(nn.Module):
+    """A structured linear layer: y = x W^T + b, W an einsum of learned factors.
+
+    Args:
+        bias: learn an additive bias.
+        device, dtype: where and how to allocate the factors.
+        normalize: divide each factor by max(1, rms / init_std) in the forward.
+        zero_init_last: start the last factor (``last_factor``) at zero.
+        gain: learn a scalar gain per factor that multiplies the normalized factor
+            (the papers' learnable gamma; needs normalize=True). Starts at 1.
+        strategy: "structured" runs the planned steps; "dense" materializes W
+            from the factors once per call and runs one dense matmul (gradients
+            still reach the factors). Default: the planner's choice,
+            ``default_strategy`` (why: ``strategy_note``).
+        save_intermediate: keep the steps' operands for the backward; False keeps
+            only the input and recomputes the forward in the backward.
+    """
+
+    # What a generated class states about its structure (einstruct computes them).
+    #: The structure's name and the sha256 (16 hex digits) of its resolved source.
+    structure_name: ClassVar[str] = ""
+    spec_hash: ClassVar[str] = ""
+    #: The layer's widths (an nn.Linear's names); the axes' products may be larger.
+    in_features: int = 0
+    out_features: int = 0
+    #: Learned entries of the factors (and router), before bias and gains.
+    param_count: ClassVar[int] = 0
+    #: Exact numbers from the analysis along the planned order, as text: params,
+    #: flops (per token at the compiled batch), omega, psi, nu where defined.
+    layer_metrics: ClassVar[dict[str, str]] = {}
+    #: The token count the contraction order was planned for.
+    planned_batch: ClassVar[int] = 0
+    #: The strategies this layer can run, the planner's choice and why.
+    strategies: ClassVar[tuple[str, ...]] = ("structured", "dense")
+    default_strategy: ClassVar[str] = "structured"
+    strategy_note: ClassVar[str] = ""
+    #: How ``from_dense`` projects: "exact", "iterative" or "none", and a sentence.
+    projection: ClassVar[str] = "none"
+    projection_note: ClassVar[str] = ""
+    #: Axes of the input and output features, each factor's stored axes, the sizes.
+    input_axes: ClassVar[tuple[str, ...]] = ()
+    output_axes: ClassVar[tuple[str, ...]] = ()
+    factor_axes: ClassVar[dict[str, tuple[str, ...]]] = {}
+    index_sizes: ClassVar[dict[str, int]] = {}
+    #: Structured muP: each factor's init std and learning-rate multiplier.
+    init_std: ClassVar[dict[str, float]] = {}
+    lr_mult: ClassVar[dict[str, float]] = {}
+    #: The factor applied last (zero_init_last zeroes it).
+    last_factor: ClassVar[str] = ""
+    #: The planned steps as an autograd Function: apply(x, *factors, save_intermediate).
+    planned_function: ClassVar[Any] = None
+    #: The constructor's options a manifest records and restores.
+    constructor_options: ClassVar[tuple[str, ...]] = (
+        "normalize",
+        "zero_init_last",
+        "gain",
+        "strategy",
+        "save_intermediate",
+    )
+
+    def __init__(
+        self,
+        bias: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        normalize: bool = False,
+        zero_init_last: bool = False,
+        gain: bool = False,
+        strategy: str | None = None,
+        save_intermediate: bool = True,
+    ) -> None:
+        super().__init__()
+        name = type(self).__name__
+        flags = {
+            "bias": bias,
+            "normalize": normalize,
+            "zero_init_last": zero_init_last,
+            "gain": gain,
+            "save_intermediate": save_intermediate,
+        }
+        for flag, value in flags.items():
+            _check_flag(name, flag, value)
+        if strategy is not None and strategy not in self.strategies:
+            choices = " or ".join(repr(s) for s in self.strategies)
+            raise ValueError(
+                f"{name}: strategy must be {choices}, got {strategy!r:.40}"
+            )
+        limit = max_params()
+        if self.param_count > limit:
+            raise ValueError(
+                f"{name} has {self.param_count:,} parameters, more than "
+                f"EINSTRUCT_MAX_PARAMS = {limit:,}; set that variable to allow it"
+            )
+        if gain and not normalize:
+            raise ValueError(f"{name}: gain=True needs normalize=True")
+        self.normalize = normalize
+        self.zero_init_last = zero_init_last
+        self.strategy = strategy or self.default_strategy
+        self.save_intermediate = save_intermediate
+        if self.strategy == "dense":
+            self._check_dense_size()
+        factory = {"device": device, "dtype": dtype}
+        for factor, axes in self.factor_axes.items():
+            shape = tuple(self.index_sizes[i] for i in axes)
+            setattr(self, factor, nn.Parameter(torch.empty(shape, **factory)))
+        self._make_modules(factory)
+        if gain:
+            self.gain = nn.Parameter(torch.ones(len(self.factor_axes), **factory))
+        else:
+            self.register_parameter("gain", None)
+        if bias:
+            self.bias = nn.Parameter(torch.empty(self.out_features, **factory))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    @property
+    def padded_in(self) -> int:
+        """The input axes' product (in_features, zero-padded up to it)."""
+        return math.prod(self.index_sizes[i] for i in self.input_axes)
+
+    @property
+    def padded_out(self) -> int:
+        """The output axes' product (outputs past out_features are dropped)."""
+        return math.prod(self.index_sizes[i] for i in self.output_axes)
+
+    def _make_modules(self, factory: dict) -> None:
+        """Add the submodules a kind of layer needs besides its factors (routed: the router)."""
+
+    def _check_dense_size(self) -> None:
+        entries = self.padded_in * self.padded_out
+        limit = max_params()
+        if entries > limit:
+            raise ValueError(
+                f"{type(self).__name__}: W has {entries:,} entries, more than "
+                f"EINSTRUCT_MAX_PARAMS = {limit:,}; use strategy='structured' or set "
+                "that variable"
+            )
+
+    def reset_parameters(self) -> None:
+        """Structured muP init: N(0, init_std^2) per factor, bias zero."""
+        with torch.no_grad():
+            for factor in self.factor_axes:
+                nn.init.normal_(getattr(self, factor), 0.0, self.init_std[factor])
+            if self.zero_init_last:
+                nn.init.zeros_(getattr(self, self.last_factor))
+            if self.gain is not None:
+                nn.init.ones_(self.gain)
+            if self.bias is not None:
+                nn.init.zeros_(self.bias)
+            self._reset_modules()
+
+    def _reset_modules(self) -> None:
+        """Initialize what _make_modules added."""
+
+    def _factors(self) -> tuple:
+        factors = tuple(getattr(self, factor) for factor in self.factor_axes)
+        if not self.normalize:
+            return factors
+        factors = tuple(
+            normalized(w, self.init_std[factor])
+            for factor, w in zip(self.factor_axes, factors)
+        )
+        if self.gain is None:
+            return factors
+        return tuple(g * w for g, w in zip(self.gain, factors))
+
+    def _run(self, x: torch.Tensor, factors: tuple) -> torch.Tensor:
+        """The planned steps: (tokens, padded_in) -> (tokens, padded_out)."""
+        return self.planned_function.apply(x, *factors, self.save_intermediate)[0]
+
+    def _structured(self, x: torch.Tensor) -> torch.Tensor:
+        """(tokens, in_features) -> (tokens, out_features), without bias."""
+        factors = self._factors()
+        pad = self.padded_in - self.in_features
+        if pad:
+            x = torch.nn.functional.pad(x, (0, pad))  # pad to the axes' product
+        y = self._run(x, factors)
+        if self.padded_out != self.out_features:
+            y = y[:, : self.out_features]  # drop the padded outputs
+        return y
+
+    def _check(self, x: torch.Tensor) -> None:
+        """Refuse, before computing, an input of the wrong width or (outside autocast)
+        dtype."""
+        name = type(self).__name__
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{name} expects inputs whose last dimension is in_features = "
+                f"{self.in_features}, got shape {tuple(x.shape)}"
+            )
+        held = getattr(self, next(iter(self.factor_axes))).dtype
+        if x.dtype != held and not autocast_state(x)[1]:
+            raise TypeError(
+                f"{name} holds its factors in {held}, got an input in {x.dtype}; convert "
+                "one to the other (x.to(...) or layer.to(...)) or run under torch.autocast"
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_tracing():  # a traced graph keeps no Python checks
+            self._check(x)
+        if self.strategy == "dense":
+            return torch.nn.functional.linear(x, self.to_dense(), self.bias)
+        lead = x.shape[:-1]
+        y = self._structured(x.reshape(-1, self.in_features))
+        y = y.reshape(*lead, self.out_features)
+        if self.bias is not None:
+            # under autocast y is in autocast's dtype: add the bias there, as F.linear does
+            y = y + self.bias.to(y.dtype)
+        return y
+
+    def dense_weight(self) -> torch.Tensor:
+        """W (padded_out, padded_in) from the factors; differentiable."""
+        raise NotImplementedError(f"{type(self).__name__} has no dense weight")
+
+    def to_dense(self) -> torch.Tensor:
+        """The (out_features, in_features) matrix W with forward(x) = x W^T + bias."""
+        self._check_dense_size()
+        return self.dense_weight()[: self.out_features, : self.in_features]
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """W (out_features, in_features), computed from the factors on each access
+        (detached, read-only: a copy, so changing it changes nothing). It costs a dense
+        matrix's memory and the FLOPs of ``to_dense()``: for tools that read an
+        nn.Linear's weight (inspection, export), not for a training loop."""
+        with torch.no_grad():
+            return self.to_dense().detach()
+
+    def _project(self, target: torch.Tensor, max_iter: int) -> Any:
+        """The factors closest to the padded target W (None: fitted in place)."""
+        raise NotImplementedError
+
+    def from_dense(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        max_iter: int = 100,
+    ) -> float:
+        """Set the factors to the best approximation of W (out_features, in_features),
+        in place (how: ``projection_note``).
+
+        A padded layer projects W zero-padded to its axes. The factors are stored
+        at their init's relative scales (see _assign); with normalize=True a W
+        beyond the normalized factors' reach is scaled down unless gain=True.
+        `bias`, if given, is copied into the bias; `max_iter` bounds the sweeps
+        of an iterative fit.
+
+        Returns the relative error ||W - to_dense()|| / ||W|| (Frobenius).
+        """
+        _check_extras(self, bias, max_iter)
+        first = getattr(self, next(iter(self.factor_axes)))
+        shape = (self.out_features, self.in_features)
+        target = _padded_target(weight, shape, (self.padded_out, self.padded_in), first)
+        if self.projection == "iterative":
+            _fit(self, target, max_iter)
+            factors = None
+        else:
+            with torch.no_grad():
+                factors = self._project(target, max_iter)
+        with torch.no_grad():
+            _assign(self, factors, bias)
+            return _relative_error(weight, self.to_dense())
+
+    def lr_multipliers(self) -> dict:
+        """Parameter name -> learning-rate multiplier against a dense layer's lr."""
+        out: dict[str, float] = dict(self.lr_mult)
+        if self.gain is not None:
+            out["gain"] = 1.0
+        if self.bias is not None:
+            out["bias"] = 1.0
+        return out
+
+    def param_groups(self, lr: float, weight_decay: float = 0.0) -> list:
+        """Optimizer groups with the structure-aware learning rates; weight decay on
+        matrices only (as ``einstruct.param_groups``)."""
+        return [
+            {
+                "params": [self.get_parameter(name)],
+                "lr": lr * mult,
+                "weight_decay": decayed(self.get_parameter(name), weight_decay),
+            }
+            for name, mult in self.lr_multipliers().items()
+        ]
+
+    def __prepare_scriptable__(self) -> Any:
+        raise RuntimeError(
+            f"{type(self).__name__} cannot be compiled by TorchScript (torch.jit.script): "
+            "its forward runs a custom autograd Function; use torch.compile, torch.export "
+            "or torch.jit.trace instead"
+        )
+
+    def extra_repr(self) -> str:
+        numbers = "".join(f", {k}={v}" for k, v in self.layer_metrics.items())
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.bias is not None}{numbers}"
+        )
