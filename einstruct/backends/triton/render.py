@@ -23,7 +23,7 @@ from typing import Any
 
 from ...planner.fusion import Fusion, KernelPlan, NotFused, plan_fusion
 from ...planner.plan_data import Plan
-from ..common import environment, quoted, string_code, tuple_code
+from ..common import dict_code, environment, quoted, string_code, tuple_code
 from ..compilation import Compilation
 from ..runtime_source import runtime_modules
 from ..torch.render import render_context as torch_context
@@ -144,9 +144,11 @@ def render_context(
             "module_doc": _module_doc(True, fusion.default),
             "default_kernels": fusion.default,
             "kernels_note_code": string_code(fusion.reason + ".", 4, 19),
-            "kernel_families": "{\n"
-            + "".join(f"        {quoted(k.role)}: {quoted(k.family)},\n" for k in fusion.kernels)
-            + "    }",
+            "kernel_families": dict_code(
+                [(quoted(k.role), quoted(k.family)) for k in fusion.kernels],
+                4,
+                len("    kernel_families: ClassVar[dict] = "),
+            ),
             "kernel_choices": '("fused", "torch")',
             "kernel_texts": texts,
             "op": f"fused_{digest}",
