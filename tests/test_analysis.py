@@ -88,7 +88,7 @@ def test_rank_bound_against_numerical_rank(spec, seed):
 
 
 def _closed_forms(t):
-    """The paper's closed forms (BACKGROUND §3), oriented first."""
+    """The paper's closed forms (docs/taxonomy.md §2-3), oriented first."""
     if min(t["alpha"], t["epsilon"]) < min(t["beta"], t["delta"]):
         t = dict(t, alpha=t["beta"], beta=t["alpha"], delta=t["epsilon"], epsilon=t["delta"])
     a, b, _, d, e, _, r = (t[c] for c in CLASSES)
@@ -160,7 +160,7 @@ def test_symbolic_substituted_equals_concrete():
 
 
 def test_mup_worked_example():
-    # BACKGROUND §4: (1024 / 32) / 2 factors = 16 for both factors
+    # docs/taxonomy.md §4: (1024 / 32) / 2 factors = 16 for both factors
     a = analyze_structure(einstruct.load("examples/btt.ein"))
     for f in a.factors:
         assert (f.fans.fan_in, f.fans.fan_out, f.fans.lr_mult) == (32, 32, 16)

@@ -240,11 +240,11 @@ def test_theta_sizes_follow_the_papers_rounding(d, theta, size):
     assert s.size("alpha") == math.floor(d ** Fraction(theta) + 0.5)  # round half up, as the paper
 
 
-CLASS_OF = {  # membership (x, A, B, y) -> class, as BACKGROUND §2 defines them
+CLASS_OF = {  # membership (x, A, B, y) -> class, as docs/taxonomy.md §2 defines them
     (1, 1, 0, 0): "alpha", (1, 0, 1, 0): "beta", (1, 1, 1, 0): "gamma", (0, 1, 0, 1): "delta",
     (0, 0, 1, 1): "epsilon", (0, 1, 1, 1): "phi", (0, 1, 1, 0): "rho",
 }  # fmt: skip
-CATALOG_THETA = {  # BACKGROUND §2, in the order alpha, beta, gamma, delta, epsilon, phi, rho (p = 1/3)
+CATALOG_THETA = {  # docs/taxonomy.md §2, in the order alpha, beta, gamma, delta, epsilon, phi, rho (p = 1/3)
     "dense(d = 4096)": (1, 0, 0, 1, 0, 0, 0),
     "low_rank(rank = 16, d = 4096)": (1, 0, 0, 0, 1, 0, Fraction(1, 3)),
     "kronecker(d = 4096)": (Fraction(1, 2), Fraction(1, 2), 0, Fraction(1, 2), Fraction(1, 2), 0, 0),

@@ -53,7 +53,7 @@ def test_views_the_planner_calls_free_are_views_and_copies_are_copies(source):
 
 
 def test_btt_rank_1_plans_no_copy_between_steps():
-    # the transpose between BTT's two steps is the expensive copy (BACKGROUND, issue 5)
+    # the transpose between BTT's two steps is the expensive copy (docs/compiling.md, the planner on BTT)
     plan = make_plan(einstruct.load("structure b = btt(d = 1024, rank = 1)"), batch=2048)
     assert not any(v.copy for s in plan.steps for v in (s.left, s.right))
     assert plan.copies == 1 and not plan.output_inner_moved

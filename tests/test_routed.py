@@ -1,4 +1,4 @@
-"""BTT-MoE (routed) layers against an independent numpy reference (BACKGROUND §5)."""
+"""BTT-MoE (routed) layers against an independent numpy reference (docs/compiling.md, "Routed layers")."""
 
 from __future__ import annotations
 

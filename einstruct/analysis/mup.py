@@ -1,4 +1,4 @@
-"""Structured muP (BACKGROUND §4): per-factor fans, init scale and learning rates.
+"""Structured muP (docs/taxonomy.md §4): per-factor fans, init scale and learning rates.
 
 The conventions are the papers' (their code, compared on the same weights):
 

@@ -4,7 +4,7 @@ Build a directed graph with a node per tensor and, per index, an edge
 ``i_in -> i_out`` whose capacity is the index's log size; each tensor holding
 the index connects to ``i_in`` and from ``i_out`` with unbounded capacity. A
 hyperedge is then cut at most once. The minimum cut between the input and the
-output is the log of an upper bound on the rank (BACKGROUND §3).
+output is the log of an upper bound on the rank (docs/taxonomy.md §2-3).
 
 The flow runs on integers, so the cut is exact: rational weights are scaled by
 the common denominator; float weights (log sizes) by 2^40, which separates any

@@ -17,7 +17,7 @@ __all__ = [
     "render_compare_markdown",
 ]
 
-#: One line of meaning per taxonomy number (BACKGROUND §3).
+#: One line of meaning per taxonomy number (docs/taxonomy.md §2-3).
 MEANINGS = {
     "omega": "parameter sharing: FLOPs/params ~ d^omega; 0 = every parameter used once per vector (best)",
     "psi": "rank: rank ~ d^psi; 1 = full rank (scaled better than low rank)",

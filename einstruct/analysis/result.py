@@ -75,7 +75,7 @@ class Analysis:
 
     @cached_property
     def routing(self) -> dict[str, Any] | None:
-        """BTT-MoE costs (BACKGROUND §5) for a routed structure, else ``None``.
+        """BTT-MoE costs (docs/compiling.md, "Routed layers") for a routed structure, else ``None``.
 
         ``experts`` E is the routed index's size; the router is a dense
         d_in -> E map (``router_params``, ``router_flops`` per vector);

@@ -1,4 +1,4 @@
-"""The paper's taxonomy: theta exponents, omega, psi, nu (BACKGROUND §3).
+"""The paper's taxonomy: theta exponents, omega, psi, nu (docs/taxonomy.md §2-3).
 
 Every size is written d^theta_i; theta_i is exact where it can be (an exact
 rational power of the width, or a size written as a power of the width

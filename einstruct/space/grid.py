@@ -2,7 +2,7 @@
 
 Two spaces:
 
-- the paper's two-factor space (BACKGROUND §2): seven classes alpha..rho, the
+- the paper's two-factor space (docs/taxonomy.md §2, the 7 classes): seven classes alpha..rho, the
   input classes (alpha, beta, gamma) and the output classes (delta, epsilon,
   phi) each summing to 1, rho in [0, 1]. Degenerate points (rho wider than
   min(alpha, epsilon)) and redundant ones (the mirror of an oriented twin, the

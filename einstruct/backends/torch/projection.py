@@ -3,7 +3,7 @@
 Every learned entry of a structured layer enters W through its factors, so the
 best approximation of a dense W (least squares, Frobenius norm) is a question
 about the einsum. Two cases have a closed form, read off the index classes
-(BACKGROUND §2):
+(docs/taxonomy.md §2, the 7 classes):
 
 - **one factor** (dense, block-diagonal): W is the factor laid out, with zeros
   off the blocks of an index shared by input, factor and output, and copies
