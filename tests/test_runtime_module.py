@@ -185,3 +185,25 @@ def test_weight_is_the_dense_matrix_read_only():
     layer = einstruct.compile("structure b = btt(d = 16, rank = 2)")()
     assert torch.equal(layer.weight, layer.to_dense().detach())
     assert not layer.weight.requires_grad
+
+
+def test_the_aux_loss_joined_to_the_graph_is_exact_under_reentrant_checkpointing():
+    """aux_weight joins weight * aux_loss to the output's graph: the router's gradient under
+    reentrant activation checkpointing (forward first run without a graph) equals adding
+    the loss by hand without checkpointing."""
+    from torch.utils.checkpoint import checkpoint
+
+    spec = "examples/btt_moe.ein"
+    torch.manual_seed(0)
+    reference = einstruct.compile(spec, d=64)().double()
+    torch.nn.init.normal_(reference.router.weight, 0.0, 0.5)
+    joined = einstruct.compile(spec, d=64)(aux_weight=0.3).double()
+    joined.load_state_dict(reference.state_dict())
+    x = torch.randn(32, 64, dtype=torch.float64)
+
+    (reference(x).pow(2).sum() + 0.3 * reference.aux_loss).backward()
+    y = checkpoint(joined, x.clone().requires_grad_(), use_reentrant=True)
+    y.pow(2).sum().backward()
+    assert torch.allclose(joined.router.weight.grad, reference.router.weight.grad, rtol=1e-10, atol=1e-12)
+    assert joined.aux_loss is not None and not joined.aux_loss.requires_grad
+    assert torch.allclose(joined.aux_loss, reference.aux_loss.detach())

@@ -21,7 +21,7 @@ from torch import nn
 if "StructuredLinear" not in globals():
     from .layer import StructuredLinear, autocast_context, autocast_state
 
-__all__ = ["RoutedStructuredLinear", "SparseExperts", "static_shapes"]
+__all__ = ["AttachLoss", "RoutedStructuredLinear", "SparseExperts", "static_shapes"]
 
 #: Arguments of SparseExperts.apply before the factors: x, weights, chosen, layer class, save.
 _LEADING = 5
@@ -59,6 +59,35 @@ def _add_slice_grad(grad: torch.Tensor, part: torch.Tensor, e: int, how: tuple) 
         grad.add_(part)
     else:
         grad.narrow(dim, e, 1).copy_(part)
+
+
+class AttachLoss(torch.autograd.Function):
+    """``y`` unchanged, with ``weight * loss`` joined to its graph: the backward sends
+    ``weight`` as the loss's gradient whenever ``y`` gets one. So the loss trains what
+    it depends on (the router) without the caller adding it, also where the forward
+    is recomputed (reentrant activation checkpointing), as Megatron's aux-loss scaler
+    does."""
+
+    @staticmethod
+    def forward(ctx, y, loss, weight):  # type: ignore[no-untyped-def]
+        ctx.weight = weight
+        ctx.save_for_backward(loss)
+        return y.view_as(y)
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[no-untyped-def]
+        (loss,) = ctx.saved_tensors
+        return g, torch.full_like(loss, ctx.weight), None
+
+
+def _reduced(value: torch.Tensor, group: Any) -> torch.Tensor:
+    """The mean of ``value`` over the ranks of ``group`` (differentiable), or ``value``
+    itself without a group."""
+    if group is None:
+        return value
+    from torch.distributed.nn.functional import all_reduce
+
+    return all_reduce(value, group=group) / torch.distributed.get_world_size(group)
 
 
 class SparseExperts(torch.autograd.Function):
@@ -171,6 +200,15 @@ class RoutedStructuredLinear(StructuredLinear):
     gate * expert(x) + b. There is no single dense matrix (the gate is per token).
 
     Args (besides StructuredLinear's; strategy can only be "structured"):
+        aux_weight: None (default) leaves ``aux_loss`` for the caller to add to the
+            loss; a number joins ``aux_weight * aux_loss`` to the output's graph
+            (its gradient reaches the router whenever the output's does, under
+            reentrant checkpointing too) and keeps ``aux_loss`` for logging,
+            detached: do not add it again.
+        balance_group: a torch.distributed process group: the balance term uses
+            the router statistics averaged over its ranks (the global batch), not
+            this rank's tokens alone. Not a constructor option a manifest saves:
+            set the attribute after construction.
         sparse_experts: compute only each token's top-k experts (each expert on its
             tokens); False computes every expert and masks, as the paper's code does.
             Under torch.jit.trace, torch.compile, torch.export and torch.func the
@@ -182,6 +220,7 @@ class RoutedStructuredLinear(StructuredLinear):
     constructor_options: ClassVar[tuple[str, ...]] = (
         *StructuredLinear.constructor_options,
         "sparse_experts",
+        "aux_weight",
     )
     #: The routed index's size and how many experts each token takes.
     experts: ClassVar[int] = 0
@@ -210,6 +249,7 @@ class RoutedStructuredLinear(StructuredLinear):
         strategy: str | None = None,
         save_intermediate: bool = True,
         sparse_experts: bool = True,
+        aux_weight: float | None = None,
     ) -> None:
         if strategy is not None and strategy != "structured":
             raise ValueError(
@@ -232,11 +272,24 @@ class RoutedStructuredLinear(StructuredLinear):
             save_intermediate,
         )
         self.sparse_experts = sparse_experts
+        if aux_weight is not None and (
+            isinstance(aux_weight, bool)
+            or not isinstance(aux_weight, int | float)
+            or not math.isfinite(aux_weight)
+            or aux_weight < 0
+        ):
+            raise TypeError(
+                f"{type(self).__name__}: aux_weight must be None or a finite number >= 0, "
+                f"got {aux_weight!r:.40}"
+            )
+        self.aux_weight = aux_weight
+        self.balance_group: Any = None
 
     def _make_modules(self, factory: dict) -> None:
         # the router scores the experts (entries of the routed index) per token
         self.router = nn.Linear(self.in_features, self.experts, bias=False, **factory)
         self.aux_loss: torch.Tensor | None = None
+        self._aux: torch.Tensor | None = None
 
     def _reset_modules(self) -> None:
         nn.init.zeros_(self.router.weight)
@@ -261,8 +314,12 @@ class RoutedStructuredLinear(StructuredLinear):
         if not torch.compiler.is_exporting():  # export keeps no attribute side effects
             slots = torch.zeros_like(logits).scatter(-1, chosen, 1.0)
             slots = slots.mean(0) / self.top_k
-            balance = self.experts * (probs.mean(0) * slots).sum()
-            self.aux_loss = balance + 0.1 * logits.logsumexp(dim=-1).pow(2).mean()
+            mean_probs = _reduced(probs.mean(0), self.balance_group)
+            slots = _reduced(slots, self.balance_group)
+            balance = self.experts * (mean_probs * slots).sum()
+            self._aux = balance + 0.1 * logits.logsumexp(dim=-1).pow(2).mean()
+            attached = self.aux_weight is not None
+            self.aux_loss = self._aux.detach() if attached else self._aux
         return weights, chosen
 
     def _structured(self, x: torch.Tensor) -> torch.Tensor:
@@ -281,6 +338,9 @@ class RoutedStructuredLinear(StructuredLinear):
             y, _ = self.gated_steps(x, gate, *factors)
         if self.padded_out != self.out_features:
             y = y[:, : self.out_features]  # drop the padded outputs
+        if self.aux_weight is not None and not torch.compiler.is_exporting():
+            y = AttachLoss.apply(y, self._aux, float(self.aux_weight))
+        self._aux = None
         return y
 
     def to_dense(self) -> torch.Tensor:
@@ -310,4 +370,6 @@ class RoutedStructuredLinear(StructuredLinear):
         step's graph)."""
         state = super().__getstate__()
         state["aux_loss"] = None
+        state["_aux"] = None
+        state["balance_group"] = None
         return state
