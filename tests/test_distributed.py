@@ -101,3 +101,38 @@ def test_ddp_and_fsdp2_train_like_one_process(tmp_path):
         for name, value in expected.items():
             torch.testing.assert_close(trained[kind][name], value.detach(), msg=f"{kind} {name}")
     assert not torch.equal(expected["0.A"], model[0].A)  # training moved the parameters
+
+
+def _balance(layer, x) -> torch.Tensor:
+    """The balance term of the layer's aux loss on x: the aux loss less its z-loss part."""
+    layer(x)
+    logits = layer.router(x)
+    return layer.aux_loss - 0.1 * logits.logsumexp(dim=-1).pow(2).mean()
+
+
+def _balance_worker(rank: int, layer: torch.nn.Module, x: torch.Tensor, store: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    layer.balance_group = dist.group.WORLD
+    half = x.shape[0] // 2
+    term = _balance(layer, x[rank * half : (rank + 1) * half])
+    if rank == 0:
+        torch.save({"balance": term.detach()}, out)
+    dist.destroy_process_group()
+
+
+def test_the_balance_term_over_a_process_group_is_the_global_batchs(tmp_path):
+    """With balance_group, each rank's balance term is the one the whole batch gives in
+    one process (without it, a rank balances its own tokens only)."""
+    torch.manual_seed(0)
+    layer = einstruct.compile(SPEC)().double()
+    with torch.no_grad():
+        layer.router.weight.normal_()
+    x = torch.randn(16, layer.in_features, dtype=torch.float64)
+    out = tmp_path / "balance.pt"
+    mp.spawn(_balance_worker, args=(layer, x, str(tmp_path / "store"), str(out)), nprocs=2)
+    whole = copy.deepcopy(layer)
+    expected = _balance(whole, x)
+    got = torch.load(out)
+    torch.testing.assert_close(got["balance"], expected.detach())
+    local = copy.deepcopy(layer)
+    assert not torch.allclose(_balance(local, x[:8]), expected)  # one rank alone differs
