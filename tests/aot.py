@@ -105,7 +105,11 @@ def compile_report(layer_class, archs=(80, 90), dtypes=("bf16",), seen: set | No
     arguments = launch_arguments(layer_class)
     seen = set() if seen is None else seen
     out = []
+    # the configuration table is the runtime's, shared by every layer in this process
+    registers = getattr(module, "_MAX_REGISTERS", None) or _runtime_registers()
     for kernel, (blocks, tables, _) in module._CONFIGS.items():
+        if kernel not in arguments:  # another layer's kernel
+            continue
         fn = kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn)
         names = [p.name for p in fn.params]
         constants = {n: v for n, v in zip(names, arguments[kernel]) if n.startswith("stride_")}
@@ -118,8 +122,14 @@ def compile_report(layer_class, archs=(80, 90), dtypes=("bf16",), seen: set | No
                         continue
                     seen.add(key)
                     constexprs = {**constants, **dict(zip(blocks, row))}
-                    out.append(_compile(fn, constexprs, row, arch, dtype, module._MAX_REGISTERS))
+                    out.append(_compile(fn, constexprs, row, arch, dtype, registers))
     return out
+
+
+def _runtime_registers() -> int:
+    from einstruct.nn.fused import _MAX_REGISTERS
+
+    return _MAX_REGISTERS
 
 
 def _compile(fn, constants: dict, row: tuple, arch: int, dtype: str, maxnreg: int) -> Compiled:

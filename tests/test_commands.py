@@ -237,7 +237,7 @@ def test_compile_json_describes_the_written_file(tmp_path):
     assert data["output"] == str(out)
     assert data["lines"] == len(text.splitlines()) and data["bytes"] == len(text.encode())
     assert f"# spec sha256: {data['spec_sha256']}\n" in text
-    assert f"class {data['class_name']}(nn.Module)" in text
+    assert f"class {data['class_name']}(StructuredLinear)" in text
     assert data["backend"] == "torch"
     assert data["plan"] == json.loads(run("plan", "examples/btt.ein", "--json").stdout)
     refused = run("compile", "examples/btt.ein", "-o", "-", "--json")

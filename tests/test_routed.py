@@ -153,8 +153,16 @@ def test_routed_gradients_match_the_einsum_reference(spec, sparse, save):
 
 
 def test_the_shared_structure_permutes_expert_slices():
-    source = einstruct.runtime.module_source(einstruct.load(SHARED))
-    assert ".narrow(2, e, 1).permute(" in source and "g_f3.add_(g_p3)" in source
+    """An expert's slice of a factor is permuted to the one-expert plan's layout (and back
+    for its gradient); a factor without the routed index is shared: no slice, gradients summed."""
+    cls = einstruct.compile(SHARED)
+    slicing = dict(zip(cls.factor_axes, cls.expert_slicing))
+    shared = [f for f, axes in cls.factor_axes.items() if cls.routed_index not in axes]
+    assert shared and all(slicing[f] == (None, None, None) for f in shared)
+    permuted = [(axis, there, back) for axis, there, back in slicing.values() if there is not None]
+    assert permuted
+    for axis, there, back in permuted:
+        assert axis is not None and [there[i] for i in back] == list(range(len(there)))
 
 
 def test_experts_without_tokens_and_empty_batches():

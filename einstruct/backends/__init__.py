@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from ..errors import CompileError
-
-if TYPE_CHECKING:
-    from .compilation import Compilation
 
 __all__ = ["Backend", "BACKENDS", "register_backend", "get_backend", "backend_names"]
 
@@ -39,7 +36,7 @@ class Backend:
 
     def render(
         self,
-        compiled: Compilation,
+        compiled: Any,
         class_name: str | None = None,
         command: str | None = None,
         runtime: str = "inline",

@@ -206,6 +206,14 @@ def register_flops(op: str, forward: int, per_factor: tuple) -> None:
             register_flop_formula(target)(formula)
 
 
+def _kernels_option(layer: Any, kernels: Any) -> str:
+    """The ``kernels`` option checked against the layer's choices (None: its default)."""
+    if kernels is not None and kernels not in layer.kernel_choices:
+        choices = ", ".join(repr(k) for k in layer.kernel_choices)
+        raise ValueError(f"kernels must be one of {choices}: {kernels!r:.40}")
+    return kernels or layer.default_kernels
+
+
 class FusedStructuredLinear(StructuredLinear):
     """A structured layer whose forward and backward can run fused Triton kernels.
 
@@ -221,20 +229,41 @@ class FusedStructuredLinear(StructuredLinear):
     default_kernels: ClassVar[str] = "torch"
     kernels_note: ClassVar[str] = ""
     kernel_families: ClassVar[dict[str, str]] = {}
-    #: The fused forward (a custom op) and the input dtypes it has GPU configurations for.
+    #: The fused forward (a custom op) and the input dtypes it has GPU configurations
+    #: for.
     fused_forward: ClassVar[Any] = None
     gpu_dtypes: ClassVar[tuple] = ()
 
-    def __init__(self, *args: Any, kernels: str | None = None, **options: Any) -> None:
-        if kernels is not None and kernels not in self.kernel_choices:
-            choices = ", ".join(repr(k) for k in self.kernel_choices)
-            raise ValueError(f"kernels must be one of {choices}: {kernels!r:.40}")
-        super().__init__(*args, **options)
-        self.kernels = kernels or self.default_kernels
+    def __init__(
+        self,
+        bias: bool = True,
+        device: Any = None,
+        dtype: Any = None,
+        normalize: bool = False,
+        zero_init_last: bool = False,
+        gain: bool = False,
+        strategy: str | None = None,
+        save_intermediate: bool = True,
+        kernels: str | None = None,
+        **options: Any,
+    ) -> None:
+        """``options``: a routed layer's own (sparse_experts, aux_weight), passed on."""
+        chosen = _kernels_option(self, kernels)
+        super().__init__(
+            bias,
+            device,
+            dtype,
+            normalize,
+            zero_init_last,
+            gain,
+            strategy,
+            save_intermediate,
+            **options,
+        )
+        self.kernels = chosen
 
     def _run(self, x: torch.Tensor, factors: tuple) -> torch.Tensor:
-        if self.fused_forward is not None and _use_kernels(
-            self.kernels, x, self.gpu_dtypes
-        ):
+        fused = self.fused_forward is not None
+        if fused and _use_kernels(self.kernels, x, self.gpu_dtypes):
             return self.fused_forward(*_kernel_operands(x, factors))
         return super()._run(x, factors)

@@ -15,7 +15,6 @@ writes (after ``env.py``), so it needs only torch and the standard library.
 """
 
 import contextlib
-import math
 from typing import Any, ClassVar
 
 import torch
@@ -110,6 +109,15 @@ def planned_backward(ctx: Any, g_out: Any, steps: Any, grads: Any) -> tuple:
 def _wide(tensor: torch.Tensor) -> torch.dtype:
     """The tensor's dtype, at least float32."""
     return torch.promote_types(tensor.dtype, torch.float32)
+
+
+def _product(values: list) -> int:
+    """The product of ``values`` (a loop torch.compile traces, unlike math.prod over a
+    generator)."""
+    out = 1
+    for v in values:
+        out *= v
+    return out
 
 
 def _check_flag(layer: str, name: str, value: Any) -> None:
@@ -404,12 +412,12 @@ class StructuredLinear(nn.Module):
     @property
     def padded_in(self) -> int:
         """The input axes' product (in_features, zero-padded up to it)."""
-        return math.prod(self.index_sizes[i] for i in self.input_axes)
+        return _product([self.index_sizes[i] for i in self.input_axes])
 
     @property
     def padded_out(self) -> int:
         """The output axes' product (outputs past out_features are dropped)."""
-        return math.prod(self.index_sizes[i] for i in self.output_axes)
+        return _product([self.index_sizes[i] for i in self.output_axes])
 
     def _make_modules(self, factory: dict) -> None:
         """Add the submodules a kind of layer needs besides its factors (routed: the router)."""
@@ -441,16 +449,18 @@ class StructuredLinear(nn.Module):
         """Initialize what _make_modules added."""
 
     def _factors(self) -> tuple:
-        factors = tuple(getattr(self, factor) for factor in self.factor_axes)
+        factors = tuple([getattr(self, factor) for factor in self.factor_axes])
         if not self.normalize:
             return factors
         factors = tuple(
-            normalized(w, self.init_std[factor])
-            for factor, w in zip(self.factor_axes, factors)
+            [
+                normalized(w, self.init_std[factor])
+                for factor, w in zip(self.factor_axes, factors)
+            ]
         )
         if self.gain is None:
             return factors
-        return tuple(g * w for g, w in zip(self.gain, factors))
+        return tuple([g * w for g, w in zip(self.gain, factors)])
 
     def _run(self, x: torch.Tensor, factors: tuple) -> torch.Tensor:
         """The planned steps: (tokens, padded_in) -> (tokens, padded_out)."""

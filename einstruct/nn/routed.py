@@ -11,7 +11,6 @@ layer takes the masked path (every expert computed, then gated: the plan's own
 steps), whose shapes do not depend on the router.
 """
 
-import math
 from typing import Any, ClassVar
 
 import torch
@@ -40,7 +39,10 @@ def static_shapes() -> bool:
 
 def _width(layer: Any) -> int:
     """The output axes' product of a layer class."""
-    return math.prod(layer.index_sizes[i] for i in layer.output_axes)
+    width = 1
+    for i in layer.output_axes:
+        width *= layer.index_sizes[i]
+    return width
 
 
 def _expert_slice(w: torch.Tensor, e: int, how: tuple) -> torch.Tensor:
@@ -275,7 +277,7 @@ class RoutedStructuredLinear(StructuredLinear):
         if aux_weight is not None and (
             isinstance(aux_weight, bool)
             or not isinstance(aux_weight, int | float)
-            or not math.isfinite(aux_weight)
+            or not abs(aux_weight) < float("inf")
             or aux_weight < 0
         ):
             raise TypeError(
