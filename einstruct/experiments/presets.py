@@ -1,14 +1,22 @@
-"""The scaling experiment's presets and default structures.
+"""The experiments' presets and default structures.
 
-- ``full``: the pilot's scale (3000 steps, four widths per structure, four
-  learning rates, three seeds): roughly 30 minutes on 2 free cores (estimated).
-- ``quick``: 800 steps, three widths, two learning rates, three seeds: under
-  5 minutes on 2 cores (``docs/experiments.md`` has the timings).
+Scaling (``einstruct experiment scaling``):
+
+- ``full``: four widths per structure, four learning rates, 3000 steps, three
+  seeds (not run for the docs; hours on 2 cores);
+- ``quick``: three widths, each structure at the learning rate the probe in
+  ``docs/experiments.md`` found best, 400 steps, three seeds: under 5 CPU
+  minutes on 2 cores (measured there, with the command);
+- ``moe-quick`` / ``moe`` (``--moe``): BTT-MoE, BTT, dense and the standard MoE;
 - ``smoke``: a tiny teacher and 20 steps, for CI: seconds.
+
+lr transfer (``einstruct experiment lr-transfer``): ``TRANSFER``'s presets,
+five learning rates a factor of about 3 apart at three widths.
 
 Widths are chosen so that d and 4d split exactly (36 = 6 x 6, 144 = 12 x 12):
 no layer pads. The dense baseline gets smaller widths, so that its compute
-overlaps the structured ones' (a dense layer of width d costs about d^2).
+overlaps the structured ones' (a dense layer of width d costs about d^2), and
+the standard MoE (two whole FFNs per token) smaller still.
 """
 
 from __future__ import annotations
@@ -110,7 +118,7 @@ PRESETS = {
 #: lr-transfer sizes: the task, widths, learning rates (a factor of about 3.16 apart), seeds.
 TRANSFER = {
     "full": Preset(Task(steps=1000), (), (36, 64, 144, 256), (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)),
-    "quick": Preset(Task(steps=200), (), (32, 64, 128), (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)),
+    "quick": Preset(Task(steps=200, batch=128), (), (32, 64, 128), (1e-3, 3e-3, 1e-2, 3e-2, 1e-1)),
     "smoke": Preset(PRESETS["smoke"].task, (), (16, 32), (1e-2, 3e-2, 1e-1), (0,)),
 }
 

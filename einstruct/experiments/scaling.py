@@ -15,11 +15,18 @@ The task is the papers' MLP regression in miniature (Qiu et al. 2024, §5):
   catalog's ``dense`` form, so it gets the same spectral init.
 - **Training**: Adam, :func:`einstruct.param_groups` (structured muP in the
   layers, width muP around them against the same student at ``base_width``
-  64, as the papers), cosine decay to 0, batch 256, MSE.
+  64, as the papers; or one global lr, ``Run.params = "global"``), cosine
+  decay to 0, batch 256, MSE plus ``aux_weight`` x the routed layers'
+  load-balancing losses (read from each layer's ``aux_loss`` after the
+  forward). The second layer of each block starts with its last factor at zero
+  (the papers' ``zero_init``).
 - **Compute**: training FLOPs = steps x batch x the sum over the linear layers
   of ``train_flops`` from :func:`einstruct.analyze` (3 x the forward matmuls);
-  norms and activations are not counted (they are the same for every structure
-  and small at these widths).
+  a routed layer is charged its active FLOPs (top-k of E experts and the
+  router), as is the standard MoE (:mod:`.moe`); norms and activations are not
+  counted (they are the same for every structure and small at these widths).
+- **Curves**: the held-out loss is recorded at ``evals`` log-spaced steps
+  (from steps/32 to the end), with the training FLOPs spent so far.
 
 Everything is seeded: the teacher and data by the seed, the student by (seed,
 structure, width).
