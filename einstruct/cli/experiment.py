@@ -68,6 +68,17 @@ def _common(s: Any, default_files: str) -> None:
     s.add_argument("--plot", metavar="FILE", help="draw the figure into this PNG (needs matplotlib)")
 
 
+def _weight(text: str) -> float:
+    """An argparse type: a finite number of at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"a loss weight must be finite and at least 0, got {text}")
+    return value
+
+
 def add_experiment_parser(sub: Any) -> None:
     """Add ``experiment scaling`` and ``experiment lr-transfer`` to the command parsers."""
     p = sub.add_parser("experiment", help="run an experiment that checks the papers' predictions (torch)")
@@ -99,7 +110,7 @@ def add_experiment_parser(sub: Any) -> None:
         "--moe-widths", type=_at_least(1), nargs="+", metavar="D", help="widths of the standard MoE"
     )
     s.add_argument(
-        "--aux-weight", type=float, default=None, help="weight of the routers' load-balancing loss (0.01)"
+        "--aux-weight", type=_weight, default=None, help="weight of the routers' load-balancing loss (0.01)"
     )
     s.add_argument("--no-dense", action="store_true", help="leave out the dense baseline")
     s.add_argument("--leader", help="the structure whose lead is reported (default btt; btt_moe with --moe)")
