@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -93,7 +94,8 @@ def test_param_groups_are_width_muP_around_structured_muP():
     assert got[id(up.A)] == pytest.approx((lr * adam[0] * base / width, wd))
     assert got[id(up.B)] == pytest.approx((lr * adam[1] * base / width, wd))
     assert got[id(up.bias)] == (lr, 0.0)
-    assert got[id(model.down.weight)] == pytest.approx((lr * base / (4 * width), wd))
+    # 4d -> d: the model's width d, as the papers' base-model rule (not its fan-in 4d)
+    assert got[id(model.down.weight)] == pytest.approx((lr * base / width, wd))
     assert got[id(model.head.weight)] == pytest.approx((lr * base / width, wd))
     # input layer (8 features, fan-in fixed by the data) and embedding keep lr
     assert got[id(model.inp.weight)] == (lr, wd) and got[id(model.embed.weight)] == (lr, wd)
@@ -108,12 +110,28 @@ def test_param_groups_are_width_muP_around_structured_muP():
         einstruct.param_groups(model, lr, base_width=0)
 
 
+def test_the_default_rule_is_the_papers_base_model_rule_on_an_mlp():
+    """Without base=, every parameter gets the rate the papers' rule (base=, the same model at
+    the base width) gives it: d -> 4d, 4d -> d, the read-out and the input layer alike."""
+    spec = "structure b = btt(rank = 2, d_in = 1, d_out = 1)"
+    for width in (64, 144, 256):
+        model, base = _model(width, spec), _model(64, spec)
+        by_default = _lr_of(einstruct.param_groups(model, 1e-2, 0.1))
+        papers = _lr_of(einstruct.param_groups(model, 1e-2, 0.1, base=base))
+        assert by_default == pytest.approx(papers)
+
+
 def test_the_router_scales_with_the_width_like_a_dense_layer():
     model = nn.Sequential(nn.Linear(1024, 1024))
     einstruct.replace_linear(model, "examples/btt_moe.ein", init="random")
     got = _lr_of(einstruct.param_groups(model, 1.0))
     assert got[id(model[0].router.weight)] == (64 / 1024, 0.0)
     assert got[id(model[0].A)][0] == pytest.approx(16 * 64 / 1024)
+    # 128 experts: the router is 1024 -> 128, its fan-in still the width (not its narrower side)
+    many = nn.Sequential(nn.Linear(1024, 1024))
+    spec = Path("examples/btt_moe.ein").read_text().replace("experts = 8", "experts = 128")
+    einstruct.replace_linear(many, spec, init="random")
+    assert _lr_of(einstruct.param_groups(many, 1.0))[id(many[0].router.weight)] == (64 / 1024, 0.0)
 
 
 def _butterfly(x: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,15 @@ from .taxonomy import degenerate
 __all__ = ["CODES", "Diagnostic", "diagnose"]
 
 #: Every diagnostic code, in the order they are reported.
-CODES = ("degenerate", "redundant", "rank_deficient", "parameter_sharing", "costlier_than_dense", "padded")
+CODES = (
+    "degenerate",
+    "redundant",
+    "rank_deficient",
+    "nominal_psi",
+    "parameter_sharing",
+    "costlier_than_dense",
+    "padded",
+)
 
 
 def _known(value: Any) -> bool:
@@ -69,6 +77,15 @@ def diagnose(a: Analysis) -> list[Diagnostic]:
                 f"the layer's rank is at most {a.rank_bound} of {a.min_width}"
                 + (f" (psi = {exponent_text(t.psi)} < 1)" if _known(t.psi) and t.psi < 1 else "")
                 + ": low-rank layers scaled worse than full-rank ones in the paper's experiments",
+            )
+        )
+    elif numeric and _known(t.psi) and t.psi < 1:
+        out.append(
+            Diagnostic(
+                "nominal_psi",
+                f"psi = {exponent_text(t.psi)} < 1 is the growth rate of the rank with d read from the "
+                f"rounded sizes' exponents; at these sizes the rank bound is full ({a.rank_bound} of "
+                f"{a.min_width}): this layer is full rank, the same shape at larger d may not be",
             )
         )
     if _known(t.omega) and t.omega > 0:

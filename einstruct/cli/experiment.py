@@ -1,21 +1,27 @@
-"""``einstruct experiment scaling``: the taxonomy's prediction, reproduced on a laptop.
+"""``einstruct experiment scaling`` and ``lr-transfer``: the papers' results, on a laptop.
 
-Trains students whose hidden layers are the given structures on a
+``scaling`` trains students whose hidden layers are the given structures on a
 teacher-student regression task over a sweep of widths and learning rates,
-then prints the compute-optimal frontier per structure (a markdown table) and,
-with ``--plot``, draws it. torch is imported only when the command runs, and
-matplotlib only for ``--plot``.
+records each run's loss curve, and prints each structure's compute-optimal
+frontier, its fitted power-law exponent (with an interval over seeds) beside
+omega, psi and nu; ``--moe`` compares BTT-MoE, BTT, dense and a standard MoE.
+``lr-transfer`` sweeps learning rates at several widths with einstruct's
+param_groups and with one global learning rate. Both write a JSON summary, a
+markdown table and (``--plot``) a figure. torch is imported only when a command
+runs, and matplotlib only for ``--plot``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_experiment_parser", "cmd_scaling"]
+__all__ = ["add_experiment_parser", "cmd_scaling", "cmd_transfer"]
 
 
 def _at_least(minimum: int) -> Any:
@@ -43,39 +49,81 @@ def _rate(text: str) -> float:
     return value
 
 
+def _common(s: Any, default_files: str) -> None:
+    """Arguments shared by the experiments."""
+    s.add_argument("files", nargs="*", metavar="FILE", help=f".ein files (default: {default_files})")
+    preset = s.add_mutually_exclusive_group()
+    preset.add_argument("--quick", action="store_true", help="a short sweep (under 5 CPU minutes on 2 cores)")
+    preset.add_argument("--smoke", action="store_true", help="a tiny task that runs in seconds (CI)")
+    s.add_argument("--steps", type=_at_least(1), help="training steps per run")
+    s.add_argument("--seeds", type=_at_least(0), nargs="+", metavar="SEED", help="seeds (default 0 1 2)")
+    s.add_argument("--widths", type=_at_least(1), nargs="+", metavar="D", help="widths of the structures")
+    s.add_argument("--lrs", type=_rate, nargs="+", metavar="LR", help="learning rates (at the base width 64)")
+    s.add_argument(
+        "--workers", type=_at_least(0), default=2, help="single-thread worker processes (default 2)"
+    )
+    s.add_argument("--results", metavar="FILE", help="JSON-lines results, one line per run")
+    s.add_argument("--json", metavar="FILE", help="the summary as JSON (default: the results file, .json)")
+    s.add_argument("--table", metavar="FILE", help="also write the markdown table here")
+    s.add_argument("--plot", metavar="FILE", help="draw the figure into this PNG (needs matplotlib)")
+
+
+def _weight(text: str) -> float:
+    """An argparse type: a finite number of at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"a loss weight must be finite and at least 0, got {text}")
+    return value
+
+
 def add_experiment_parser(sub: Any) -> None:
-    """Add ``experiment scaling`` to the command parsers."""
+    """Add ``experiment scaling`` and ``experiment lr-transfer`` to the command parsers."""
     p = sub.add_parser("experiment", help="run an experiment that checks the papers' predictions (torch)")
     kinds = p.add_subparsers(dest="experiment", metavar="EXPERIMENT")
     kinds.required = True
     s = kinds.add_parser(
         "scaling",
-        help="loss vs training FLOPs per structure on a teacher-student task; the compute-optimal frontier",
+        help="loss curves vs training FLOPs per structure; compute-optimal frontiers and power-law fits",
         description="Train student MLPs whose 6 hidden layers are each structure (plus a dense baseline) "
-        "on a fixed random teacher, over widths, learning rates and seeds; print the compute-optimal "
-        "frontier. Results are appended to a JSON-lines file as runs finish; rerunning the same command "
-        "skips the runs already there.",
+        "on a fixed random teacher, over widths, learning rates and seeds, recording held-out loss along "
+        "training; print each structure's compute-optimal frontier and fitted power-law exponent beside "
+        "omega, psi and nu. Results are appended to a JSON-lines file as runs finish; rerunning the same "
+        "command skips the runs already there.",
     )
-    s.add_argument("files", nargs="*", metavar="FILE", help=".ein files (default: btt, kronecker, low_rank)")
-    preset = s.add_mutually_exclusive_group()
-    preset.add_argument("--quick", action="store_true", help="3 widths, 2 lrs, fewer steps")
-    preset.add_argument("--smoke", action="store_true", help="a tiny task that runs in seconds (CI)")
-    s.add_argument("--steps", type=_at_least(1), help="training steps per run")
-    s.add_argument("--seeds", type=_at_least(0), nargs="+", metavar="SEED", help="seeds (default 0 1 2)")
-    s.add_argument("--widths", type=_at_least(1), nargs="+", metavar="D", help="widths of the structures")
+    _common(s, "btt, kronecker, low_rank")
+    s.add_argument(
+        "--theta",
+        action="append",
+        default=[],
+        metavar="CLASSES",
+        help="a point of the theta space to compare, e.g. 'alpha=1/2,gamma=1/2,epsilon=1/2,phi=1/2,rho=0' "
+        "(repeat for a sweep along omega and psi)",
+    )
+    s.add_argument("--moe", action="store_true", help="compare BTT-MoE, BTT, dense and a standard top-k MoE")
     s.add_argument(
         "--dense-widths", type=_at_least(1), nargs="+", metavar="D", help="widths of the dense baseline"
     )
-    s.add_argument("--lrs", type=_rate, nargs="+", metavar="LR", help="learning rates (at the base width 64)")
-    s.add_argument("--no-dense", action="store_true", help="leave out the dense baseline")
     s.add_argument(
-        "--workers", type=_at_least(0), default=2, help="single-thread worker processes (default 2)"
+        "--moe-widths", type=_at_least(1), nargs="+", metavar="D", help="widths of the standard MoE"
     )
-    s.add_argument("--results", metavar="FILE", help="JSON-lines results (default scaling-PRESET.jsonl)")
-    s.add_argument("--table", metavar="FILE", help="also write the markdown table here")
-    s.add_argument("--plot", metavar="FILE", help="draw the frontier into this PNG (needs matplotlib)")
-    s.add_argument("--leader", default="btt", help="the structure whose lead is reported (default btt)")
+    s.add_argument(
+        "--aux-weight", type=_weight, default=None, help="weight of the routers' load-balancing loss (0.01)"
+    )
+    s.add_argument("--no-dense", action="store_true", help="leave out the dense baseline")
+    s.add_argument("--leader", help="the structure whose lead is reported (default btt; btt_moe with --moe)")
     s.set_defaults(handler=cmd_scaling)
+    t = kinds.add_parser(
+        "lr-transfer",
+        help="the best learning rate across widths, with einstruct's param_groups and with one global lr",
+        description="Train the student with one structure at several widths over a grid of learning "
+        "rates, with einstruct.param_groups (structured muP) and with one global learning rate; print "
+        "the best learning rate per width and how far it drifts.",
+    )
+    _common(t, "btt")
+    t.set_defaults(handler=cmd_transfer)
 
 
 def _progress() -> Any:
@@ -92,52 +140,147 @@ def _progress() -> Any:
     )
 
 
-def cmd_scaling(args: argparse.Namespace) -> int:
-    """Run the sweep (what the results file lacks), print the frontier table and the verdict."""
-    from ..experiments.frontier import best_points, budgets, frontier_table, leads, plot_frontier
-    from ..experiments.presets import PRESETS, structures
-    from ..experiments.sweep import plan_runs, run_sweep
+class _Lines:
+    """Progress as one line per finished run on standard error (for logs: no terminal needed)."""
 
-    name = "smoke" if args.smoke else "quick" if args.quick else "full"
-    preset = PRESETS[name]
-    task = replace(preset.task, steps=args.steps) if args.steps is not None else preset.task
-    specs = structures(args.files, dense=not args.no_dense)
-    widths = {
-        label: tuple(args.dense_widths or preset.dense_widths)
-        if label == "dense"
-        else tuple(args.widths or preset.widths)
-        for label in specs
-    }
-    lrs = {label: tuple(args.lrs or preset.lrs) for label in specs}
-    runs = plan_runs(specs, widths, lrs, tuple(args.seeds or preset.seeds))
-    results = Path(args.results or f"scaling-{name}.jsonl")
-    with _progress() as bar:
-        job = bar.add_task("scaling", total=len(runs), last="")
+    def __init__(self, name: str) -> None:
+        self.name, self.start = name, time.monotonic()
+
+    def __call__(self, done: int, total: int, row: dict[str, Any] | None) -> None:
+        if row is None:
+            sys.stderr.write(f"{self.name}: {done} of {total} runs already in the results file\n")
+        else:
+            elapsed = time.monotonic() - self.start
+            loss = "diverged" if row["eval_loss"] is None else f"{row['eval_loss']:.4f}"
+            rule = "" if row.get("params_rule", "mup") == "mup" else f" ({row['params_rule']} lr)"
+            sys.stderr.write(
+                f"{self.name}: [{done}/{total}] {row['structure']} d={row['width']} lr={row['lr']:g}{rule} "
+                f"seed {row['seed']}: {loss} ({row['seconds']:.1f} s, {elapsed:.0f} s in all)\n"
+            )
+        sys.stderr.flush()
+
+
+def _sweep(name: str, task: Any, runs: list, results: Path, workers: int) -> list[dict[str, Any]]:
+    """Run the sweep with a bar on a terminal, line progress otherwise; then the CPU time spent."""
+    import resource
+
+    from ..experiments.sweep import run_sweep
+
+    trained: list[float] = []
+    if not sys.stderr.isatty():
+        lines = _Lines(name)
 
         def progress(done: int, total: int, row: dict[str, Any] | None) -> None:
-            last = (
-                ""
-                if row is None
-                else f"{row['structure']} d={row['width']} lr={row['lr']:g}: {row['eval_loss']}"
-            )
-            bar.update(job, completed=done, last=last)
+            trained.extend([row.get("cpu_seconds", 0.0)] if row else [])
+            lines(done, total, row)
 
-        rows = run_sweep(task, runs, results, workers=args.workers, progress=progress)
-    points = best_points(rows)
-    grid = budgets(points)
-    table = frontier_table(points, grid)
+        rows = run_sweep(task, runs, results, workers=workers, progress=progress)
+    else:
+        with _progress() as bar:
+            job = bar.add_task(name, total=len(runs), last="")
+
+            def progress(done: int, total: int, row: dict[str, Any] | None) -> None:
+                trained.extend([row.get("cpu_seconds", 0.0)] if row else [])
+                last = "" if row is None else f"{row['structure']} d={row['width']}: {row['eval_loss']}"
+                bar.update(job, completed=done, last=last)
+
+            rows = run_sweep(task, runs, results, workers=workers, progress=progress)
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    sys.stderr.write(
+        f"{name}: {len(trained)} runs trained, {sum(trained):.0f} s of CPU in them; this process "
+        f"{own.ru_utime + own.ru_stime:.0f} s (user + sys)\n"
+    )
+    return rows
+
+
+def _write(args: argparse.Namespace, results: Path, summary: dict[str, Any], table: str) -> None:
+    Path(args.json or results.with_suffix(".json")).write_text(
+        json.dumps(summary, indent=1, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    if args.table:
+        Path(args.table).write_text(table, encoding="utf-8")
+
+
+def _task(args: argparse.Namespace, preset: Any) -> Any:
+    task = preset.task
+    if args.steps is not None:
+        task = replace(task, steps=args.steps)
+    if getattr(args, "aux_weight", None) is not None:
+        task = replace(task, aux_weight=args.aux_weight)
+    return task
+
+
+def cmd_scaling(args: argparse.Namespace) -> int:
+    """Run the sweep (what the results file lacks), print the frontiers, laws and verdict."""
+    from ..experiments.frontier import best_points, budgets, leads
+    from ..experiments.presets import PRESETS, structures
+    from ..experiments.report import laws_table, plot_laws, summarize
+    from ..experiments.sweep import plan_runs
+
+    size = "smoke" if args.smoke else "quick" if args.quick else "full"
+    name = ("moe-quick" if size == "quick" else "moe") if args.moe and size != "smoke" else size
+    preset = PRESETS[name]
+    task = _task(args, preset)
+    specs = structures(args.files, dense=not args.no_dense, thetas=args.theta, moe=args.moe)
+    chosen = {
+        "dense": tuple(args.dense_widths or preset.dense_widths),
+        "standard_moe": tuple(args.moe_widths or preset.moe_widths or preset.dense_widths),
+    }
+    widths = {label: chosen.get(label, tuple(args.widths or preset.widths)) for label in specs}
+    lrs = {label: tuple(args.lrs or preset.lrs_of(label)) for label in specs}
+    runs = plan_runs(specs, widths, lrs, tuple(args.seeds or preset.seeds))
+    results = Path(args.results or f"scaling-{name}.jsonl")
+    rows = _sweep("scaling", task, runs, results, args.workers)
+    summary = summarize(rows, specs)
+    summary["task"] = vars(task)
+    table = laws_table(summary)
     sys.stdout.write(table)
-    others = [label for label in points if label not in (args.leader, "dense")]
-    if args.leader in points and others:
-        lead = leads(points, args.leader, others, grid)
+    points = best_points(rows)
+    leader = args.leader or ("btt_moe" if args.moe else "btt")
+    others = [label for label in points if label not in (leader, "dense")]
+    if leader in points and others:
+        lead = leads(points, leader, others, budgets(points))
+        summary["lead"] = lead
         seeds = ", ".join(f"seed {s}: {n}/{lead['upper_half']}" for s, n in lead["seeds_upper"].items())
         sys.stdout.write(
-            f"\n{args.leader} below {' and '.join(others)}: at {lead['mean_upper']} of the "
+            f"\n{leader}'s final losses below {' and '.join(others)}'s: at {lead['mean_upper']} of the "
             f"{lead['upper_half']} budgets in the upper half of the compute range "
             f"({lead['mean_all']} of {lead['budgets']} overall), mean over seeds; per seed ({seeds})\n"
         )
-    if args.table:
-        Path(args.table).write_text(table, encoding="utf-8")
+    _write(args, results, summary, table)
     if args.plot:
-        plot_frontier(points, grid, Path(args.plot))
+        plot_laws(rows, summary, Path(args.plot))
+    return 0
+
+
+def cmd_transfer(args: argparse.Namespace) -> int:
+    """Run the lr sweep under both rules, print the loss grid, the best lr per width, the drift."""
+    from ..experiments.presets import TRANSFER, structures
+    from ..experiments.scaling import Run
+    from ..experiments.transfer import RULES, plot_transfer, transfer_summary, transfer_table
+
+    name = "smoke" if args.smoke else "quick" if args.quick else "full"
+    preset = TRANSFER[name]
+    task = _task(args, preset)
+    specs = structures(args.files, dense=False)
+    if not args.files:
+        specs = {"btt": specs["btt"]}  # the default: BTT alone
+    runs = [
+        Run(label, spec, width, lr, seed, rule)
+        for seed in tuple(args.seeds or preset.seeds)
+        for rule in RULES
+        for label, spec in specs.items()
+        for width in tuple(args.widths or preset.widths)
+        for lr in tuple(args.lrs or preset.lrs)
+    ]
+    results = Path(args.results or f"lr-transfer-{name}.jsonl")
+    rows = _sweep("lr-transfer", task, runs, results, args.workers)
+    summary = {label: transfer_summary([r for r in rows if r["structure"] == label]) for label in specs}
+    table = "\n".join(f"## {label}\n\n{transfer_table(s)}" for label, s in summary.items())
+    sys.stdout.write(table)
+    _write(args, results, {"task": vars(task), "structures": summary}, table)
+    if args.plot:
+        for k, (label, s) in enumerate(summary.items()):
+            path = Path(args.plot)
+            plot_transfer(s, path if k == 0 else path.with_name(f"{path.stem}-{label}{path.suffix}"))
     return 0

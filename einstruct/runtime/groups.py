@@ -7,10 +7,13 @@ The papers parameterize the whole model, not just the structured layers
 1 / fan_in from a base width at which ``lr`` was tuned. So, with
 ``base_width = 64`` (the papers' runs):
 
-- an ``nn.Linear`` with ``in_features = n`` gets ``lr * 64 / n``;
+- an ``nn.Linear`` whose narrower side is ``n`` (``min(in_features,
+  out_features)``; ``in_features`` for a read-out with fewer than 64 outputs)
+  gets ``lr * 64 / n``: in an MLP or transformer block of width d, d -> 4d and
+  4d -> d both get ``64 / d``, as the papers' base-model rule gives them;
 - a structured layer's factor gets ``lr * lr_mult * 64 / n`` (its structure-aware
   multiplier against a dense layer of the same shape, times that dense layer's);
-  its router too, at ``lr * 64 / n``;
+  its router too, at ``lr * 64 / in_features``;
 - input layers keep ``lr``: their fan-in is the data's, it does not grow with
   the width. ``fixed`` names them; by default they are the layers with fewer
   than ``base_width`` input features;
@@ -23,9 +26,9 @@ lr_mult`` and every other parameter ``lr``.
 
 ``base=`` (a copy of the model built at the base width, structured or not)
 is the papers' exact rule instead of ``base_width / n``: each layer gets
-(its in_features in ``base``) / (its in_features), so a 4d -> d layer gets
-4 * 64 / (4d), not 64 / (4d), and input layers, whose fan-in is the same in
-both models, keep ``lr`` without being named.
+(its in_features in ``base``) / (its in_features), for any shape (a 4d -> 4d
+layer gets 64 / d there, 64 / (4d) by the default rule), and input layers,
+whose fan-in is the same in both models, keep ``lr`` without being named.
 """
 
 from __future__ import annotations
@@ -65,15 +68,23 @@ def selector(select: Selector, default: bool = True) -> Callable[[str, Any], boo
     return lambda name, module: name in names
 
 
-def width_multiplier(in_features: int, base_width: int | None, fixed: bool = False) -> float:
-    """``base_width / in_features`` for a matrix whose fan-in grows with the width, else 1.
+def width_multiplier(
+    in_features: int, base_width: int | None, fixed: bool = False, out_features: int | None = None
+) -> float:
+    """``base_width / n`` for a matrix whose fan-in grows with the width, else 1; ``n`` is the
+    layer's narrower side (the model's width in d -> 4d and 4d -> d alike), or ``in_features``
+    for a read-out (fewer than ``base_width`` outputs) or when ``out_features`` is not given.
 
     >>> width_multiplier(1024, 64), width_multiplier(8, 64), width_multiplier(1024, None)
     (0.0625, 1.0, 1.0)
+    >>> width_multiplier(4096, 64, out_features=1024), width_multiplier(1024, 64, out_features=1)
+    (0.0625, 0.0625)
     """
     if base_width is None or fixed or in_features < base_width:
         return 1.0
-    return base_width / in_features
+    if out_features is None or out_features < base_width:
+        return base_width / in_features
+    return base_width / min(in_features, out_features)
 
 
 def _in_features(base: Any) -> dict[str, int]:
@@ -162,6 +173,8 @@ def param_groups(
         decay = decayed(param, weight_decay)
         by_setting.setdefault((lr * scale, decay), []).append(param)
 
+    # a router's fan-in is the width whatever its number of experts: base_width / in_features
+    routers = {id(getattr(m, "router", None)) for m in model.modules() if is_structured(m)}
     for name, module in model.named_modules():
         if is_structured(module) or isinstance(module, nn.Linear):
             if is_fixed(name, module):
@@ -174,7 +187,8 @@ def param_groups(
                     )
                 width = base_in[name] / module.in_features
             else:
-                width = width_multiplier(module.in_features, base_width)
+                out = None if id(module) in routers else module.out_features
+                width = width_multiplier(module.in_features, base_width, out_features=out)
             mults = module.lr_multipliers() if is_structured(module) else {"weight": 1.0}
             for pname, mult in mults.items():
                 param = module.get_parameter(pname)

@@ -1,0 +1,158 @@
+"""The scaling experiment's report: frontiers from the loss curves, fitted laws, omega/psi/nu.
+
+:func:`summarize` turns the sweep's rows into one JSON-ready dict (the
+frontier of each structure on a log-spaced grid, each structure's power-law
+exponent with its interval over seeds, and the structure's taxonomy exponents
+at the middle width); :func:`laws_table` prints it as markdown and
+:func:`plot_laws` draws the curves, frontiers and fits.
+
+    >>> summary = summarize(rows, specs, task)
+    >>> print(laws_table(summary))
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .frontier import PlotError
+from .laws import best_curves, envelope, exponent, fit_power_law, fit_window, log_grid
+
+__all__ = ["summarize", "laws_table", "plot_laws", "taxonomy_of"]
+
+
+def taxonomy_of(spec: str, width: int) -> dict[str, Any]:
+    """omega, psi, nu (as text) of ``spec``'s first layer (width -> 4 x width), and its rank bound;
+    ``None`` for the standard MoE, which is no single einsum."""
+    from ..analysis.analyze import analyze_structure
+    from ..language.load import load
+    from .moe import parse_moe
+
+    if parse_moe(spec) is not None:
+        return {"omega": None, "psi": None, "nu": None, "rank_bound": None, "routed": True}
+    result = analyze_structure(load(spec, d_in=width, d_out=4 * width))
+    text = lambda v: None if v is None else str(v)  # noqa: E731
+    t = result.taxonomy
+    return {
+        "omega": text(t.omega),
+        "psi": text(t.psi),
+        "nu": text(t.nu),
+        "rank_bound": int(result.rank_bound),
+        "routed": result.routing is not None,
+    }
+
+
+def summarize(
+    rows: Sequence[Mapping[str, Any]], specs: Mapping[str, str], budgets: int = 12
+) -> dict[str, Any]:
+    """Frontiers, fits and taxonomy of a sweep, as a JSON-ready dict."""
+    curves = best_curves(rows)
+    low, high = fit_window(curves)
+    grid = log_grid(low, high, budgets)
+    structures: dict[str, Any] = {}
+    for name, cs in curves.items():
+        widths = sorted({c.width for c in cs})
+        structures[name] = {
+            "exponent": None,  # None: the curves overlap on too few budgets to fit
+            "exponent_95": None,
+            "exponent_per_seed": None,
+            "fit_mean": None,
+            "frontier": [envelope(cs, c) for c in grid],
+            "widths": {str(c.width): c.lr for c in cs},
+            "taxonomy": taxonomy_of(specs[name], widths[len(widths) // 2]) if name in specs else None,
+        }
+        if len(set(grid)) > 1:
+            law = exponent(cs, grid)
+            a, b = fit_power_law(grid, [envelope(cs, c) for c in grid])
+            structures[name].update(
+                exponent=law.mean,
+                exponent_95=[law.low, law.high],
+                exponent_per_seed=list(law.per_seed),
+                fit_mean={"a": a, "b": b},
+            )
+    return {
+        "fit_window": [low, high],
+        "budgets": grid,
+        "seeds": sorted({int(r["seed"]) for r in rows}),
+        "structures": structures,
+    }
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def laws_table(summary: Mapping[str, Any]) -> str:
+    """Markdown: the frontier at each budget, then the exponents beside omega, psi and nu."""
+    names = list(summary["structures"])
+    data = summary["structures"]
+    lines = ["| training FLOPs | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for k, budget in enumerate(summary["budgets"]):
+        values = [data[n]["frontier"][k] for n in names]
+        best = min(values)
+        cells = [f"**{v:.4f}**" if v == best else f"{v:.4f}" for v in values]
+        lines.append(f"| {budget:.3g} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "| structure | exponent b (L ~ C^-b) | 95% interval over seeds | per seed | omega | psi | nu |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in sorted(names, key=lambda n: -(data[n]["exponent"] or -math.inf)):
+        row, tax = data[name], data[name]["taxonomy"] or {}
+        if row["exponent"] is None:
+            law = "- | - | -"
+        else:
+            low, high = row["exponent_95"]
+            seeds = ", ".join(f"{b:.3f}" for b in row["exponent_per_seed"])
+            law = f"{row['exponent']:.3f} | [{low:.3f}, {high:.3f}] | {seeds}"
+        lines.append(
+            f"| {name} | {law} | "
+            f"{_cell(tax.get('omega'))} | {_cell(tax.get('psi'))} | {_cell(tax.get('nu'))} |"
+        )
+    low, high = summary["fit_window"]
+    lines.append(f"\nfit window: {low:.3g} to {high:.3g} training FLOPs, {len(summary['budgets'])} budgets")
+    return "\n".join(lines) + "\n"
+
+
+def plot_laws(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], path: Path) -> None:
+    """Loss against training FLOPs (log-log): every best-lr curve (thin), the frontier (thick)
+    and the fitted power law (dashed) of each structure."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PlotError(
+            "plotting needs matplotlib", hint="pip install 'einstruct[plot]', or leave out --plot"
+        ) from None
+    curves = best_curves(rows)
+    grid = summary["budgets"]
+    fig, ax = plt.subplots(figsize=(7.0, 4.8), dpi=120)
+    for name, cs in curves.items():
+        data = summary["structures"][name]
+        label = name if data["exponent"] is None else f"{name}: b = {data['exponent']:.3f}"
+        (line,) = ax.plot(grid, data["frontier"], linewidth=2.2, label=label)
+        color = line.get_color()
+        for c in cs:
+            ax.plot(
+                [f for f, _ in c.points], [v for _, v in c.points], color=color, alpha=0.25, linewidth=0.8
+            )
+        if data["fit_mean"] is not None:
+            a, b = data["fit_mean"]["a"], data["fit_mean"]["b"]
+            xs = [grid[0] / 3, grid[-1] * 1.5]
+            ax.plot(xs, [a * x ** (-b) for x in xs], color=color, linestyle="--", linewidth=1)
+    ax.axvspan(*summary["fit_window"], color="grey", alpha=0.08, label="fit window")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel("held-out MSE")
+    ax.set_title("loss curves, compute-optimal frontiers and power-law fits")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, metadata={"Software": None})
+    plt.close(fig)
