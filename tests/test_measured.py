@@ -123,7 +123,7 @@ def test_token_buckets_key_the_choice():
         b'{"version": 1, "entries": {"k": {"winner": "a", "timings_ms": {"a": 2, "b": 1}, "skipped": {}}}}',
         b'{"version": 2, "entries": {}}',
         b"[1, 2, 3]",
-        b"[" * 100000,
+        pytest.param(b"[" * 100000, id="deeply-nested"),
     ],
 )
 def test_a_corrupt_cache_file_is_ignored_and_replaced(tmp_path, content):

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 __all__ = ["PathChoice", "PathChooser", "token_bucket", "device_label", "choice_key", "default_cache_dir"]
-__all__ += ["can_measure", "time_paths", "default_chooser"]
+__all__ += ["can_measure", "time_paths", "default_chooser", "structure_key"]
 
 CACHE_FILE = "measured-paths.json"
 CACHE_VERSION = 1
@@ -110,6 +110,11 @@ def choice_key(structure: str, device: str, dtype: torch.dtype | str, tokens: in
     """
     mode = "train" if train else "infer"
     return f"{structure}|{device}|{dtype}|tokens<={token_bucket(tokens)}|{mode}"
+
+
+def structure_key(spec_sha256: str, backend: str) -> str:
+    """What a layer's measurements are keyed by besides the hardware: its spec's hash and backend."""
+    return f"{spec_sha256}/{backend}"
 
 
 def default_cache_dir() -> str | None:
@@ -226,22 +231,6 @@ def _write_cache(directory: str, entries: Mapping[str, Mapping[str, Any]]) -> bo
         return False
 
 
-def _runner(
-    fn: Callable[..., Any], inputs: Sequence[torch.Tensor], wrt: Sequence[torch.Tensor], backward: bool
-) -> Callable[[], None]:
-    """One timed call: forward, and backward by ``torch.autograd.grad`` (no ``.grad`` is touched)."""
-
-    def run() -> None:
-        with torch.enable_grad() if backward else torch.no_grad():
-            out = fn(*inputs)
-            if backward:
-                targets = [t for t in (*inputs, *wrt) if t.requires_grad]
-                if targets and out.requires_grad:
-                    torch.autograd.grad(out, targets, torch.ones_like(out), allow_unused=True)
-
-    return run
-
-
 def time_paths(
     candidates: Mapping[str, Callable[..., Any]],
     inputs: Sequence[torch.Tensor],
@@ -259,7 +248,18 @@ def time_paths(
     inputs = [t.detach().requires_grad_(t.requires_grad) for t in inputs]  # the user's graph untouched
     cuda = any(t.device.type == "cuda" for t in (*inputs, *wrt))
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    runs = {name: _runner(fn, inputs, wrt, backward) for name, fn in candidates.items()}
+    targets = [t for t in (*inputs, *wrt) if t.requires_grad]
+
+    def runner(fn: Callable[..., Any]) -> Callable[[], None]:
+        def run() -> None:  # forward, and backward by autograd.grad: no ``.grad`` is touched
+            with torch.enable_grad() if backward else torch.no_grad():
+                out = fn(*inputs)
+                if backward and targets and out.requires_grad:
+                    torch.autograd.grad(out, targets, torch.ones_like(out), allow_unused=True)
+
+        return run
+
+    runs = {name: runner(fn) for name, fn in candidates.items()}
     failed: dict[str, str] = {}
     for name, run in list(runs.items()):
         try:
