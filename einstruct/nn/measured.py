@@ -16,8 +16,7 @@ impossible (tracing, compiling, meta tensors).
     >>> pick.winner in ("steps", "dense"), pick.source
     (True, 'measured')
 
-Only torch and the standard library are imported: this file is copied verbatim
-into standalone generated modules.
+Imports only torch and the standard library (copied verbatim into standalone modules).
 """
 
 import contextlib
@@ -39,8 +38,7 @@ import torch
 __all__ = ["PathChoice", "PathChooser", "token_bucket", "device_label", "choice_key", "default_cache_dir"]
 __all__ += ["can_measure", "time_paths", "default_chooser", "structure_key"]
 
-CACHE_FILE = "measured-paths.json"
-CACHE_VERSION = 1
+CACHE_FILE, CACHE_VERSION = "measured-paths.json", 1
 MAX_CACHE_BYTES = 1 << 20  # a larger file is not ours: ignored
 MAX_ENTRIES = 2000
 MAX_TEXT = 400  # longest key, path name or note accepted from the cache file
@@ -95,11 +93,19 @@ def device_label(device: torch.device | str) -> str:
     """
     device = torch.device(device)
     if device.type == "cuda":
-        index = device.index if device.index is not None else torch.cuda.current_device()
-        major, minor = torch.cuda.get_device_capability(index)
-        return f"cuda {torch.cuda.get_device_name(index)} sm{major}{minor}"
-    cpu = platform.processor() or platform.machine() or "unknown"
-    return f"{device.type} {cpu} threads={torch.get_num_threads()}"
+        return _gpu_label(device.index if device.index is not None else torch.cuda.current_device())
+    return f"{device.type} {_cpu_name()} threads={torch.get_num_threads()}"
+
+
+@functools.cache
+def _gpu_label(index: int) -> str:
+    major, minor = torch.cuda.get_device_capability(index)
+    return f"cuda {torch.cuda.get_device_name(index)} sm{major}{minor}"
+
+
+@functools.cache
+def _cpu_name() -> str:
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def choice_key(structure: str, device: str, dtype: torch.dtype | str, tokens: int, train: bool) -> str:
@@ -297,10 +303,7 @@ class PathChooser:
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.cache_dir = default_cache_dir() if cache_dir == "" else cache_dir
-        self.prior_skip = prior_skip
-        self.repeats = repeats
-        self.warmup = warmup
-        self.clock = clock
+        self.prior_skip, self.repeats, self.warmup, self.clock = prior_skip, repeats, warmup, clock
         self.memory: dict[str, PathChoice] = {}
         self.measurements = 0  # how many keys were timed (not found in memory or on disk)
 
@@ -309,9 +312,7 @@ class PathChooser:
         hit = self.memory.get(key)
         if hit is not None and hit.winner in names:
             return hit
-        if self.cache_dir is None:
-            return None
-        entry = _read_cache(self.cache_dir).get(key)
+        entry = _read_cache(self.cache_dir).get(key) if self.cache_dir is not None else None
         if entry is None or entry["winner"] not in names:
             return None
         choice = PathChoice(key, entry["winner"], entry["timings_ms"], entry["skipped"], "disk")
