@@ -16,8 +16,9 @@ from einstruct.planner.plan import make_plan
 from einstruct.runtime import compile_structure
 
 
-def test_kronecker_runs_both_steps_broadcast_with_no_copy():
-    plan = make_plan(einstruct.load("structure k = kronecker(d = 1024)"), 2048)
+@pytest.mark.parametrize("d", [1024, 2048])
+def test_kronecker_runs_both_steps_broadcast_with_no_copy(d):
+    plan = make_plan(einstruct.load(f"structure k = kronecker(d = {d})"), 2048)
     assert [(st.op, st.broadcast) for st in plan.steps] == [("bmm", True), ("bmm", True)]
     assert plan.copies == 0
 

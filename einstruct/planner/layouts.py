@@ -21,7 +21,7 @@ from dataclasses import replace
 from ..ir import Structure
 from .order import BATCH, ContractionOrder
 from .plan_data import Plan, PlannedStep
-from .views import copy_weight, drop_batch, layout_einsum, view_operand
+from .views import LOCAL_PENALTY, copy_weight, drop_batch, layout_einsum, view_operand
 
 __all__ = ["MAX_SEARCH", "BROADCAST_MIN", "best_layouts", "plan_layouts"]
 
@@ -79,8 +79,9 @@ def _with_broadcasts(
 def _can_broadcast(plan: Plan, k: int) -> bool:
     """Whether step ``k`` (an ``mm`` of the tokens' lineage with one factor) may run as a
     broadcast ``bmm``: every per-token matrix dimension at least :data:`BROADCAST_MIN`, and
-    the factor's gradient, summed over per-token products (tokens x K x N entries), no
-    larger than the activation whose copy the broadcast saves (tokens x M x K)."""
+    the factor's gradient, summed over per-token products (tokens x K x N entries), at most
+    :data:`LOCAL_PENALTY` times the activation whose copy (a local transpose, weighted
+    that much) the broadcast saves (tokens x M x K)."""
     step = plan.steps[k]
     if step.op != "mm" or step.left.is_factor == step.right.is_factor or BATCH not in (*step.m, *step.n):
         return False
@@ -90,7 +91,7 @@ def _can_broadcast(plan: Plan, k: int) -> bool:
     rows = math.prod(sizes[i] for i in token if i != BATCH)
     cols = math.prod(sizes[i] for i in other)
     inner = math.prod(sizes[i] for i in step.k)
-    return min(rows, cols, inner) >= BROADCAST_MIN and cols <= rows
+    return min(rows, cols, inner) >= BROADCAST_MIN and cols <= LOCAL_PENALTY * rows
 
 
 def _ordered(group: list[str], layout: tuple[str, ...]) -> list[str]:
