@@ -131,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec_arguments(p, one=True)
     _add_plan_arguments(p)
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="time the layer's paths (structured, dense) forward+backward on this machine's CPU, "
+        "or read the timing already in the user's cache, and show which path it takes and why (needs torch)",
+    )
     p.set_defaults(handler=cmd_plan)
 
     p = sub.add_parser("compile", help="generate a standalone layer module")

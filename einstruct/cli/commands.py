@@ -25,7 +25,7 @@ from ..analysis.render import (
     render_terminal,
 )
 from ..classes import CLASS_NAMES
-from ..errors import ParameterError, StructureNotFoundError
+from ..errors import MissingExtraError, ParameterError, StructureNotFoundError
 from ..expressions import names_in
 from ..ir import Structure
 from ..language.load import load, load_all, read_spec
@@ -172,12 +172,29 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """Show how the compiled forward runs, step by step (``--json``: as data)."""
     from ..planner.format import format_plan, plan_to_dict
 
-    plan = make_plan(_one(args), args.batch, args.strategy)
+    structure = _one(args)
+    plan = make_plan(structure, args.batch, args.strategy)
+    measured = _measured(structure, args.batch) if args.measure else None
     if args.json:
-        _print_json(plan_to_dict(plan))
-    else:
-        print(format_plan(plan))
+        _print_json({**plan_to_dict(plan), "measured": measured} if measured else plan_to_dict(plan))
+        return 0
+    print(format_plan(plan))
+    if measured is not None:
+        print(f"  measured ({measured['key']}, forward+backward):")
+        print(f"    takes {measured['reason']}")
     return 0
+
+
+def _measured(structure: Structure, batch: int) -> dict[str, object]:
+    """The path a compiled layer takes on this machine, and why (``plan --measure``)."""
+    try:
+        from ..runtime.measured_paths import choice_dict, measure_structure
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"plan --measure times the compiled layer and needs torch ({exc})",
+            hint="pip install torch, or drop --measure",
+        ) from exc
+    return choice_dict(measure_structure(structure, batch))
 
 
 def cmd_compile(args: argparse.Namespace) -> int:

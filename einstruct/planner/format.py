@@ -49,6 +49,7 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"  factor {f.name} stored as [{', '.join(lay)}] ({shape})")
     for st in plan.steps:
         side = "" if st.activation_left else "  (tokens as columns)"
+        side += f"  ({st.right.name} broadcast over the tokens)" if st.broadcast else ""
         names = f"{st.result} = {st.left.name} @ {st.right.name}"
         lines.append(f"  step {st.number}: {names}   {st.einsum}{side}")
         dims = f"batch {_dims(st.batch, s)}, M {_dims(st.m, s)}, N {_dims(st.n, s)}, K {_dims(st.k, s)}"
@@ -177,6 +178,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
                 "right": _view_dict(st.right, plan.batch),
                 "result_layout": _axes_list(st.result_layout),
                 "tokens_as_rows": st.activation_left,
+                "broadcast": st.broadcast,
                 "flops_per_token": json_number(_per_token(plan, st.flops)),
             }
             for st in plan.steps

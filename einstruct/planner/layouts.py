@@ -21,12 +21,15 @@ from dataclasses import replace
 from ..ir import Structure
 from .order import BATCH, ContractionOrder
 from .plan_data import Plan, PlannedStep
-from .views import copy_weight, drop_batch, layout_einsum, view_operand
+from .views import LOCAL_PENALTY, copy_weight, drop_batch, layout_einsum, view_operand
 
-__all__ = ["MAX_SEARCH", "best_layouts", "plan_layouts"]
+__all__ = ["MAX_SEARCH", "BROADCAST_MIN", "best_layouts", "plan_layouts"]
 
 #: Steps up to which every orientation combination is tried (2**steps plans).
 MAX_SEARCH = 8
+#: Smallest per-token matrix dimension of a step run as a broadcast ``bmm`` (smaller
+#: matrices leave a batched product far below a plain matmul's speed).
+BROADCAST_MIN = 16
 
 
 def best_layouts(structure: Structure, order: ContractionOrder, batch: int) -> Plan:
@@ -39,28 +42,75 @@ def best_layouts(structure: Structure, order: ContractionOrder, batch: int) -> P
     """
     n = len(order.steps)
     if n <= MAX_SEARCH:
-        best: Plan | None = None
+        found: tuple[Plan, tuple[bool, ...]] | None = None
         for flips in sorted(itertools.product((False, True), repeat=n), key=sum):
             plan = plan_layouts(structure, order, batch, flips)
-            if best is None or plan.copy_cost < best.copy_cost:
-                best = plan
-        assert best is not None
+            if found is None or plan.copy_cost < found[0].copy_cost:
+                found = plan, flips
+        assert found is not None
+        best, chosen = found[0], list(found[1])
+    else:
+        chosen = [False] * n
+        best = plan_layouts(structure, order, batch, tuple(chosen))
+        for k in range(n):
+            trial = plan_layouts(structure, order, batch, (*chosen[:k], True, *chosen[k + 1 :]))
+            if trial.copy_cost < best.copy_cost:
+                best, chosen[k] = trial, True
+    return _with_broadcasts(structure, order, batch, best, chosen)
+
+
+def _with_broadcasts(
+    structure: Structure, order: ContractionOrder, batch: int, best: Plan, flips: list[bool]
+) -> Plan:
+    """One pass over the steps: broadcast a factor over the tokens where that saves copying."""
+    if structure.route is not None:  # the gate indexes the planned results: kept as they are
         return best
-    chosen = [False] * n
-    best = plan_layouts(structure, order, batch, tuple(chosen))
-    for k in range(n):
-        trial = plan_layouts(structure, order, batch, (*chosen[:k], True, *chosen[k + 1 :]))
-        if trial.copy_cost < best.copy_cost:
-            best, chosen[k] = trial, True
+    wide = [False] * len(flips)
+    for k in range(len(flips)):
+        if not _can_broadcast(best, k):
+            continue
+        trial_flips = (*flips[:k], False, *flips[k + 1 :])
+        trial = plan_layouts(structure, order, batch, trial_flips, (*wide[:k], True, *wide[k + 1 :]))
+        if trial.steps[k].broadcast and trial.copy_cost < best.copy_cost:
+            best, flips[k], wide[k] = trial, False, True
     return best
+
+
+def _can_broadcast(plan: Plan, k: int) -> bool:
+    """Whether step ``k`` (an ``mm`` of the tokens' lineage with one factor) may run as a
+    broadcast ``bmm``: every per-token matrix dimension at least :data:`BROADCAST_MIN`, and
+    the factor's gradient, summed over per-token products (tokens x K x N entries), at most
+    :data:`LOCAL_PENALTY` times the activation whose copy (a local transpose, weighted
+    that much) the broadcast saves (tokens x M x K)."""
+    step = plan.steps[k]
+    if step.op != "mm" or step.left.is_factor == step.right.is_factor or BATCH not in (*step.m, *step.n):
+        return False
+    sizes = {i.name: int(i.size) for i in plan.structure.indices}
+    token = step.m if BATCH in step.m else step.n
+    other = step.n if BATCH in step.m else step.m
+    rows = math.prod(sizes[i] for i in token if i != BATCH)
+    cols = math.prod(sizes[i] for i in other)
+    inner = math.prod(sizes[i] for i in step.k)
+    return min(rows, cols, inner) >= BROADCAST_MIN and cols <= LOCAL_PENALTY * rows
 
 
 def _ordered(group: list[str], layout: tuple[str, ...]) -> list[str]:
     return sorted(group, key=layout.index)
 
 
-def plan_layouts(structure: Structure, order: ContractionOrder, batch: int, flips: tuple[bool, ...]) -> Plan:
-    """The plan for one choice of orientation per step (``True``: tokens as the matmul's columns)."""
+def plan_layouts(
+    structure: Structure,
+    order: ContractionOrder,
+    batch: int,
+    flips: tuple[bool, ...],
+    broadcast: tuple[bool, ...] = (),
+) -> Plan:
+    """The plan for one choice of orientation per step (``True``: tokens as the matmul's columns).
+
+    ``broadcast[k]``: run step k, an activation times a factor with no shared
+    batch axis, as a ``bmm`` over the tokens with the factor expanded (ignored
+    where the step is not of that kind).
+    """
     sizes = {i.name: int(i.size) for i in structure.indices}
     sizes[BATCH] = batch
     factor_names = {f.name for f in structure.factors}
@@ -76,7 +126,11 @@ def plan_layouts(structure: Structure, order: ContractionOrder, batch: int, flip
             (a, b), (ia, ib) = (b, a), (ib, ia)
         result_set = set(step.indices)
         batch_ix = [i for i in ia if i in ib and i in result_set]
-        m = [i for i in ia if i not in ib and i in result_set]
+        wide = number <= len(broadcast) and broadcast[number - 1] and not batch_ix
+        wide = wide and BATCH in ia and b in factor_names
+        if wide:  # tokens become the batch axis, the factor the same matrix for each
+            batch_ix = [BATCH]
+        m = [i for i in ia if i not in ib and i in result_set and i not in batch_ix]
         n = [i for i in ib if i not in ia and i in result_set]
         k = [i for i in ia if i in ib and i not in result_set]
         # stored tensors keep their memory order; new factors follow the activation
@@ -89,13 +143,15 @@ def plan_layouts(structure: Structure, order: ContractionOrder, batch: int, flip
         if lay_b is not None:
             n = _ordered(n, lay_b)
         views = []
-        for name, groups in ((a, (batch_ix, m, k)), (b, (batch_ix, k, n))):
+        for name, groups in ((a, (batch_ix, m, k)), (b, ([] if wide else batch_ix, k, n))):
             is_factor = name in factor_names
             if is_factor:  # stored in exactly the order its step needs: no permute
                 factor_layouts[name] = tuple(i for g in groups for i in g)
                 layouts[name] = factor_layouts[name]
             views.append(view_operand(name, is_factor, layouts[name], [list(g) for g in groups], sizes))
         left, right = views
+        if wide:  # the factor is a 2-D matrix, expanded over the tokens when the step runs
+            right = drop_batch(right)
         result_layout = tuple(batch_ix + m + n)
         result = step.result
         layouts[result] = result_layout
@@ -125,6 +181,7 @@ def plan_layouts(structure: Structure, order: ContractionOrder, batch: int, flip
                 result_shape=tuple(-1 if i == BATCH else sizes[i] for i in result_layout),
                 flops=step.flops,
                 activation_left=BATCH in ia or BATCH not in ib,
+                broadcast=wide,
             )
         )
     final = (BATCH, *structure.output.indices)

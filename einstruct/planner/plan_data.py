@@ -27,7 +27,9 @@ class PlannedStep:
     """One step: ``result[B, M, N] = left[B, M, K] @ right[B, K, N]``.
 
     ``activation_left`` says which side holds the input's lineage (tokens are
-    matmul rows when true, columns when false).
+    matmul rows when true, columns when false). ``broadcast``: a ``bmm`` over
+    the tokens whose right operand, a factor, is the same matrix for every
+    token (expanded, never copied): no copy of the activation is needed.
     """
 
     number: int
@@ -44,6 +46,7 @@ class PlannedStep:
     result_shape: tuple[int, ...]
     flops: int
     activation_left: bool = True
+    broadcast: bool = False
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 
 from ...planner.order import BATCH
-from ...planner.plan_data import Plan
+from ...planner.plan_data import Plan, PlannedStep
 from ...planner.views import OperandView
 from ..common import tuple_code
 
@@ -102,7 +102,9 @@ def step_code(plan: Plan, guards: dict[str, str] | None = None) -> tuple[list[st
         forward.append(f"# step {n}: {st.einsum}  ({st.op}, {Fraction(st.flops, plan.batch)} FLOPs/token)")
         forward.append(f"l{n} = {_operand(st.left, local[st.left.name])}")
         forward.append(f"r{n} = {_operand(st.right, local[st.right.name])}")
-        forward.append(f"{local[st.result]} = {_call(st.op)}(l{n}, r{n}).view{_shape(st.result_shape)}")
+        forward.append(
+            f"{local[st.result]} = {_call(st.op)}(l{n}, {_right(st, 'l')}).view{_shape(st.result_shape)}"
+        )
         operands += [f"l{n}", f"r{n}"]
     for st in reversed(plan.steps):
         n = st.number
@@ -112,13 +114,15 @@ def step_code(plan: Plan, guards: dict[str, str] | None = None) -> tuple[list[st
         backward.append(f"# step {n} backward: {st.einsum}")
         backward.append(f"g{n} = g_{local[st.result]}.reshape{_shape((*rows, *cols))}")
         for side, view in (("l", st.left), ("r", st.right)):
-            other = f"r{n}" if side == "l" else f"l{n}"
+            other = _right(st, "g") if side == "l" else f"l{n}"
             # grad left = g @ right^T, grad right = left^T @ g; the transposed
             # product (right @ g^T)^T lands the gradient in its source's order
             if side == "l":
                 product = f"{call}({other}, g{n}.mT)" if view.grad_transposed else f"{call}(g{n}, {other}.mT)"
             else:
                 product = f"{call}(g{n}.mT, {other})" if view.grad_transposed else f"{call}({other}.mT, g{n})"
+                if st.broadcast:  # the same factor for every token: its gradient sums over them
+                    product += ".sum(0)"
             target = f"g_{local[view.name]}"
             code = f"{target} = {_grad_back(product, view, sizes)}"
             guard = needs.get(local[view.name])
@@ -146,6 +150,13 @@ def operand_code(plan: Plan) -> list[str]:
         lines.append(f"l{st.number} = {_operand(st.left, local[st.left.name])}")
         lines.append(f"r{st.number} = {_operand(st.right, local[st.right.name])}")
     return lines
+
+
+def _right(st: PlannedStep, tokens: str) -> str:
+    """Step k's right operand ``r<k>`` as its matmul takes it: a broadcast factor expanded (a
+    view) over the tokens of ``<tokens><k>`` (``l`` forward, ``g`` backward)."""
+    n = st.number
+    return f"r{n}.expand({tokens}{n}.shape[0], -1, -1)" if st.broadcast else f"r{n}"
 
 
 def _grad_back(product: str, view: OperandView, sizes: dict[str, int]) -> str:
