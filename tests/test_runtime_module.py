@@ -207,3 +207,25 @@ def test_the_aux_loss_joined_to_the_graph_is_exact_under_reentrant_checkpointing
     assert torch.allclose(joined.router.weight.grad, reference.router.weight.grad, rtol=1e-10, atol=1e-12)
     assert joined.aux_loss is not None and not joined.aux_loss.requires_grad
     assert torch.allclose(joined.aux_loss, reference.aux_loss.detach())
+
+
+def test_the_measured_strategy_times_both_paths_once_and_computes_the_same_map(monkeypatch, tmp_path):
+    import einstruct.nn.measured as measured
+
+    chooser = measured.PathChooser(cache_dir=str(tmp_path), repeats=1, warmup=0)
+    monkeypatch.setattr(measured, "default_chooser", lambda: chooser)
+    cls = einstruct.compile("structure k = kronecker(d = 64)")
+    layer = cls(strategy="measured", dtype=torch.float64)
+    reference = cls(strategy="structured", dtype=torch.float64)
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(32, 64, dtype=torch.float64)
+    torch.testing.assert_close(layer(x), reference(x))
+    choice = layer.path_choice
+    assert choice.winner in ("structured", "dense") and set(choice.timings_ms) == {"structured", "dense"}
+    assert chooser.measurements == 1
+    layer(x)  # the same key: remembered, not timed again
+    assert chooser.measurements == 1
+    fresh = measured.PathChooser(cache_dir=str(tmp_path))
+    monkeypatch.setattr(measured, "default_chooser", lambda: fresh)
+    cls(strategy="measured", dtype=torch.float64)(x)  # a new process would read the file
+    assert fresh.measurements == 0

@@ -305,8 +305,11 @@ class StructuredLinear(nn.Module):
             (the papers' learnable gamma; needs normalize=True). Starts at 1.
         strategy: "structured" runs the planned steps; "dense" materializes W
             from the factors once per call and runs one dense matmul (gradients
-            still reach the factors). Default: the planner's choice,
-            ``default_strategy`` (why: ``strategy_note``).
+            still reach the factors); "measured" times both on the first call for
+            each device, dtype and token-count bucket and takes the faster
+            (``path_choice`` says which and why; the choice is kept in memory and
+            in the user's cache directory; needs einstruct installed). Default:
+            the planner's choice, ``default_strategy`` (why: ``strategy_note``).
         save_intermediate: keep the steps' operands for the backward; False keeps
             only the input and recomputes the forward in the backward.
     """
@@ -326,9 +329,12 @@ class StructuredLinear(nn.Module):
     #: The token count the contraction order was planned for.
     planned_batch: ClassVar[int] = 0
     #: The strategies this layer can run, the planner's choice and why.
-    strategies: ClassVar[tuple[str, ...]] = ("structured", "dense")
+    strategies: ClassVar[tuple[str, ...]] = ("structured", "dense", "measured")
     default_strategy: ClassVar[str] = "structured"
     strategy_note: ClassVar[str] = ""
+    #: The cost model's forward + backward estimates (ms) at the planned batch: the
+    #: prior of strategy="measured".
+    strategy_estimate_ms: ClassVar[dict[str, float]] = {}
     #: How ``from_dense`` projects: "exact", "iterative" or "none", and a sentence.
     projection: ClassVar[str] = "none"
     projection_note: ClassVar[str] = ""
@@ -394,6 +400,8 @@ class StructuredLinear(nn.Module):
         self.save_intermediate = save_intermediate
         if self.strategy == "dense":
             self._check_dense_size()
+        #: The last measured choice (strategy="measured"), else None.
+        self.path_choice: Any = None
         factory = {"device": device, "dtype": dtype}
         for factor, axes in self.factor_axes.items():
             shape = tuple(self.index_sizes[i] for i in axes)
@@ -493,10 +501,46 @@ class StructuredLinear(nn.Module):
                 "one to the other (x.to(...) or layer.to(...)) or run under torch.autocast"
             )
 
+    def _measured_strategy(self, x: torch.Tensor) -> str:
+        """The strategy measured fastest for x's device, dtype and token count: timed on
+        the first call for that key (the cost model's estimates as the prior), then
+        remembered. While tracing or compiling: the last choice, else the default."""
+        if torch.jit.is_tracing() or torch.compiler.is_compiling():
+            known = self.path_choice
+            return known.winner if known is not None else self.default_strategy
+        try:
+            from einstruct.nn.measured import default_chooser, structure_key
+        except ImportError as error:
+            raise RuntimeError(
+                "strategy='measured' times the paths with einstruct.nn.measured: "
+                "pip install einstruct, or choose strategy='structured' or 'dense'"
+            ) from error
+        flat = x.reshape(-1, self.in_features)
+        paths: dict[str, Any] = {"structured": self._structured}
+        if self.padded_in * self.padded_out <= max_params():
+            paths["dense"] = lambda a: torch.nn.functional.linear(a, self.to_dense())
+        state = autocast_state(x)
+        key = structure_key(self.spec_hash, "torch") + (
+            f"/amp-{state[2]}" if state[1] else ""
+        )
+        wrt = tuple(p for p in self.parameters() if p.requires_grad)
+        self.path_choice = default_chooser().choose(
+            key,
+            paths,
+            (flat,),
+            wrt=wrt,
+            prior=self.strategy_estimate_ms,
+            fallback=self.default_strategy,
+        )
+        return str(self.path_choice.winner)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_tracing():  # a traced graph keeps no Python checks
             self._check(x)
-        if self.strategy == "dense":
+        strategy = self.strategy
+        if strategy == "measured":
+            strategy = self._measured_strategy(x)
+        if strategy == "dense":
             return torch.nn.functional.linear(x, self.to_dense(), self.bias)
         lead = x.shape[:-1]
         y = self._structured(x.reshape(-1, self.in_features))

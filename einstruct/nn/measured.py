@@ -35,7 +35,14 @@ from typing import Any
 
 import torch
 
-__all__ = ["PathChoice", "PathChooser", "token_bucket", "device_label", "choice_key", "default_cache_dir"]
+__all__ = [
+    "PathChoice",
+    "PathChooser",
+    "token_bucket",
+    "device_label",
+    "choice_key",
+    "default_cache_dir",
+]
 __all__ += ["can_measure", "time_paths", "default_chooser", "structure_key"]
 
 CACHE_FILE, CACHE_VERSION = "measured-paths.json", 1
@@ -72,7 +79,9 @@ class PathChoice:
         for name, ms in sorted(self.timings_ms.items(), key=lambda kv: kv[1]):
             ratio = f" ({ms / best:.2f}x)" if name != self.winner and best > 0 else ""
             parts.append(f"{name} {ms:.3f} ms{ratio}")
-        parts += [f"{name} not timed: {why}" for name, why in sorted(self.skipped.items())]
+        parts += [
+            f"{name} not timed: {why}" for name, why in sorted(self.skipped.items())
+        ]
         return f"{self.winner} ({self.source}): " + ", ".join(parts)
 
 
@@ -93,7 +102,9 @@ def device_label(device: torch.device | str) -> str:
     """
     device = torch.device(device)
     if device.type == "cuda":
-        return _gpu_label(device.index if device.index is not None else torch.cuda.current_device())
+        return _gpu_label(
+            device.index if device.index is not None else torch.cuda.current_device()
+        )
     return f"{device.type} {_cpu_name()} threads={torch.get_num_threads()}"
 
 
@@ -108,7 +119,9 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def choice_key(structure: str, device: str, dtype: torch.dtype | str, tokens: int, train: bool) -> str:
+def choice_key(
+    structure: str, device: str, dtype: torch.dtype | str, tokens: int, train: bool
+) -> str:
     """The key one measurement holds for.
 
     >>> choice_key("ab12", "cpu x86_64 threads=1", torch.float32, 3000, True)
@@ -136,10 +149,18 @@ def default_cache_dir() -> str | None:
 
 def can_measure(tensors: Sequence[torch.Tensor]) -> bool:
     """Whether timing is meaningful here: not while tracing or compiling, not on meta or fake tensors."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+    if (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+    ):
         return False
     for t in tensors:
-        if t.device.type == "meta" or type(t) is not torch.Tensor and not isinstance(t, torch.nn.Parameter):
+        if (
+            t.device.type == "meta"
+            or type(t) is not torch.Tensor
+            and not isinstance(t, torch.nn.Parameter)
+        ):
             return False
     return True
 
@@ -157,7 +178,9 @@ def _private_dir(path: str, create: bool) -> bool:
 
 def _owned(st: os.stat_result) -> bool:
     """Whether a file's owner is this user and nobody else can write it."""
-    return not hasattr(os, "getuid") or (st.st_uid == os.getuid() and not st.st_mode & 0o022)
+    return not hasattr(os, "getuid") or (
+        st.st_uid == os.getuid() and not st.st_mode & 0o022
+    )
 
 
 def _read_cache(directory: str) -> dict[str, dict[str, Any]]:
@@ -165,12 +188,19 @@ def _read_cache(directory: str) -> dict[str, dict[str, Any]]:
     if not _private_dir(directory, create=False):
         return {}
     try:
-        fd = os.open(os.path.join(directory, CACHE_FILE), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(
+            os.path.join(directory, CACHE_FILE),
+            os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0),
+        )
     except OSError:
         return {}
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_CACHE_BYTES or not _owned(st):
+        if (
+            not stat.S_ISREG(st.st_mode)
+            or st.st_size > MAX_CACHE_BYTES
+            or not _owned(st)
+        ):
             return {}
         with os.fdopen(fd, "rb", closefd=False) as fh:
             raw = fh.read(MAX_CACHE_BYTES + 1)
@@ -188,13 +218,21 @@ def _short_text(value: object) -> bool:
 
 def _valid_entries(data: object) -> dict[str, dict[str, Any]]:
     """The entries of a parsed cache document, all of them or none (a partly valid file is not trusted)."""
-    if not isinstance(data, dict) or set(data) != {"version", "entries"} or data["version"] != CACHE_VERSION:
+    if (
+        not isinstance(data, dict)
+        or set(data) != {"version", "entries"}
+        or data["version"] != CACHE_VERSION
+    ):
         return {}
     entries = data["entries"]
     if not isinstance(entries, dict) or len(entries) > MAX_ENTRIES:
         return {}
     checked = {key: _valid_entry(key, entry) for key, entry in entries.items()}
-    return {} if None in checked.values() else {k: v for k, v in checked.items() if v is not None}
+    return (
+        {}
+        if None in checked.values()
+        else {k: v for k, v in checked.items() if v is not None}
+    )
 
 
 def _valid_entry(key: object, entry: object) -> dict[str, Any] | None:
@@ -202,15 +240,25 @@ def _valid_entry(key: object, entry: object) -> dict[str, Any] | None:
     if not _short_text(key) or not isinstance(entry, dict) or set(entry) != fields:
         return None
     timings, skipped, winner = entry["timings_ms"], entry["skipped"], entry["winner"]
-    if not isinstance(timings, dict) or not isinstance(skipped, dict) or not 0 < len(timings) <= 64:
+    if (
+        not isinstance(timings, dict)
+        or not isinstance(skipped, dict)
+        or not 0 < len(timings) <= 64
+    ):
         return None
     for name, ms in timings.items():
         number = isinstance(ms, (int, float)) and not isinstance(ms, bool)
         if not _short_text(name) or not number or not math.isfinite(ms) or ms < 0:
             return None
-    if len(skipped) > 64 or not all(_short_text(n) and _short_text(w) for n, w in skipped.items()):
+    if len(skipped) > 64 or not all(
+        _short_text(n) and _short_text(w) for n, w in skipped.items()
+    ):
         return None
-    if not _short_text(winner) or winner not in timings or timings[winner] != min(timings.values()):
+    if (
+        not _short_text(winner)
+        or winner not in timings
+        or timings[winner] != min(timings.values())
+    ):
         return None
     return {"winner": winner, "timings_ms": dict(timings), "skipped": dict(skipped)}
 
@@ -219,7 +267,9 @@ def _write_cache(directory: str, entries: Mapping[str, Mapping[str, Any]]) -> bo
     """Write the entries atomically (a temporary file renamed over the old one); False when impossible."""
     if not _private_dir(directory, create=True):
         return False
-    text = json.dumps({"version": CACHE_VERSION, "entries": entries}, sort_keys=True, indent=1)
+    text = json.dumps(
+        {"version": CACHE_VERSION, "entries": entries}, sort_keys=True, indent=1
+    )
     if len(text) > MAX_CACHE_BYTES:
         return False
     tmp = None
@@ -251,17 +301,23 @@ def time_paths(
     Each is called as ``fn(*inputs)``; with ``backward`` the output's gradients with
     respect to the inputs and ``wrt`` that require grad too. One that raises is dropped, noted.
     """
-    inputs = [t.detach().requires_grad_(t.requires_grad) for t in inputs]  # the user's graph untouched
+    inputs = [
+        t.detach().requires_grad_(t.requires_grad) for t in inputs
+    ]  # the user's graph untouched
     cuda = any(t.device.type == "cuda" for t in (*inputs, *wrt))
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     targets = [t for t in (*inputs, *wrt) if t.requires_grad]
 
     def runner(fn: Callable[..., Any]) -> Callable[[], None]:
-        def run() -> None:  # forward, and backward by autograd.grad: no ``.grad`` is touched
+        def run() -> (
+            None
+        ):  # forward, and backward by autograd.grad: no ``.grad`` is touched
             with torch.enable_grad() if backward else torch.no_grad():
                 out = fn(*inputs)
                 if backward and targets and out.requires_grad:
-                    torch.autograd.grad(out, targets, torch.ones_like(out), allow_unused=True)
+                    torch.autograd.grad(
+                        out, targets, torch.ones_like(out), allow_unused=True
+                    )
 
         return run
 
@@ -303,19 +359,30 @@ class PathChooser:
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         self.cache_dir = default_cache_dir() if cache_dir == "" else cache_dir
-        self.prior_skip, self.repeats, self.warmup, self.clock = prior_skip, repeats, warmup, clock
+        self.prior_skip, self.repeats, self.warmup, self.clock = (
+            prior_skip,
+            repeats,
+            warmup,
+            clock,
+        )
         self.memory: dict[str, PathChoice] = {}
-        self.measurements = 0  # how many keys were timed (not found in memory or on disk)
+        self.measurements = (
+            0  # how many keys were timed (not found in memory or on disk)
+        )
 
     def lookup(self, key: str, names: Sequence[str]) -> PathChoice | None:
         """The remembered choice for ``key`` if its winner is still among ``names``."""
         hit = self.memory.get(key)
         if hit is not None and hit.winner in names:
             return hit
-        entry = _read_cache(self.cache_dir).get(key) if self.cache_dir is not None else None
+        entry = (
+            _read_cache(self.cache_dir).get(key) if self.cache_dir is not None else None
+        )
         if entry is None or entry["winner"] not in names:
             return None
-        choice = PathChoice(key, entry["winner"], entry["timings_ms"], entry["skipped"], "disk")
+        choice = PathChoice(
+            key, entry["winner"], entry["timings_ms"], entry["skipped"], "disk"
+        )
         self.memory[key] = choice
         return choice
 
@@ -341,7 +408,9 @@ class PathChooser:
             raise ValueError("choose() needs at least one candidate path")
         x = inputs[0]
         rows = int(x.shape[0]) if x.dim() > 0 else 1
-        train = torch.is_grad_enabled() and any(t.requires_grad for t in (*inputs, *wrt))
+        train = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (*inputs, *wrt)
+        )
         tokens = rows if tokens is None else tokens
         key = choice_key(structure, device_label(x.device), x.dtype, tokens, train)
         names = list(candidates)
@@ -349,12 +418,22 @@ class PathChooser:
         if found is not None:
             return found
         if not can_measure([*inputs, *wrt]):
-            name = fallback if fallback is not None and fallback in candidates else names[0]
+            name = (
+                fallback
+                if fallback is not None and fallback in candidates
+                else names[0]
+            )
             why = {name: "timing impossible while tracing or compiling"}
             return PathChoice(key, name, {}, why, "fallback")
         timed, skipped = self._prune(names, prior)
         timings, failed = time_paths(
-            {n: candidates[n] for n in timed}, inputs, wrt, train, self.repeats, self.warmup, self.clock
+            {n: candidates[n] for n in timed},
+            inputs,
+            wrt,
+            train,
+            self.repeats,
+            self.warmup,
+            self.clock,
         )
         skipped.update(failed)
         if not timings:
@@ -366,10 +445,16 @@ class PathChooser:
         self._store(choice)
         return choice
 
-    def _prune(self, names: list[str], prior: Mapping[str, float] | None) -> tuple[list[str], dict[str, str]]:
+    def _prune(
+        self, names: list[str], prior: Mapping[str, float] | None
+    ) -> tuple[list[str], dict[str, str]]:
         """The candidates worth timing and, for the rest, the prior's verdict."""
         prior = prior or {}
-        known = [prior[n] for n in names if n in prior and math.isfinite(prior[n]) and prior[n] > 0]
+        known = [
+            prior[n]
+            for n in names
+            if n in prior and math.isfinite(prior[n]) and prior[n] > 0
+        ]
         if not known:
             return names, {}
         best = min(known)
@@ -377,7 +462,9 @@ class PathChooser:
         for n in names:
             ratio = prior.get(n, best) / best
             if ratio > self.prior_skip:
-                skipped[n] = f"the cost model puts it at {ratio:.1f}x the best (> {self.prior_skip:g}x)"
+                skipped[n] = (
+                    f"the cost model puts it at {ratio:.1f}x the best (> {self.prior_skip:g}x)"
+                )
             else:
                 timed.append(n)
         return timed, skipped

@@ -143,6 +143,17 @@ def _table(name: str, rows: list[tuple[str, str]]) -> str:
     return dict_code(rows, 4, len(f"    {name}: ClassVar[dict] = "))
 
 
+def _estimates(plan: Plan) -> list[tuple[str, str]]:
+    """The cost model's estimates (ms, fwd+bwd at the planned batch) as table rows."""
+    e = plan.estimate
+    if e is None:
+        return []
+    return [
+        (quoted("structured"), repr(round(e.structured_ms, 4))),
+        (quoted("dense"), repr(round(e.dense_ms, 4))),
+    ]
+
+
 def _tables(compiled: Compilation, name: str, factors: list[dict[str, Any]]) -> dict[str, Any]:
     """The class's tables: what the runtime's StructuredLinear reads."""
     plan = compiled.plan
@@ -159,6 +170,7 @@ def _tables(compiled: Compilation, name: str, factors: list[dict[str, Any]]) -> 
         "planned_batch": plan.batch,
         "layer_metrics": _table("layer_metrics", [(quoted(k), quoted(v)) for k, v in numbers.items()]),
         "strategy": plan.strategy,
+        "strategy_estimate": _table("strategy_estimate_ms", _estimates(plan)),
         "strategy_note_code": string_code(strategy_note(plan), 4, len("    strategy_note = ")),
         "projection": projection_kind(s),
         "projection_note_code": string_code(projection_note(s), 4, len("    projection_note = ")),
