@@ -264,3 +264,26 @@ def test_python_api_and_json_schema():
         assert item["source"] == r.source and item["pareto"] is True
     with pytest.raises(ParameterError, match="measure"):
         einstruct.search(256, rank="measured")
+
+
+def test_full_rank_family_names_only_for_full_rank_candidates():
+    """A candidate named monarch_/btt_ has the full rank of its width (the numerical rank of
+    its dense matrix, checked on one deficient layout); a rank-deficient layout of the same
+    classes gets the generic two_ name."""
+    import torch
+
+    from einstruct.space.run import analyze_candidate, realize_all
+
+    query = SearchQuery(d_in=256, d_out=256, grid=4, top=None, include_dominated=True)
+    _, _, realized = realize_all(query)
+    monarch_like = [r for r in realized if r.name.startswith(("monarch_", "btt_"))]
+    ranks = {r.name: analyze_candidate(r.structure)[4] for r in monarch_like}
+    assert any(rank < 256 for rank in ranks.values()), "the grid has rank-deficient layouts"
+    report = run_search(query)
+    for result in report.results:
+        if result.name.startswith(("monarch_", "btt_")):
+            assert result.rank_bound == 256, result.name
+    deficient = [r for r in report.results if r.name.startswith("two_") and r.rank_bound < 256]
+    assert deficient
+    layer = einstruct.compile(deficient[0].source)(dtype=torch.float64)
+    assert torch.linalg.matrix_rank(layer.to_dense()) <= deficient[0].rank_bound < 256

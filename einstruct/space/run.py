@@ -186,12 +186,28 @@ def dense_reference(widths: Widths) -> Numbers:
     return numbers
 
 
+#: Families whose name promises full rank (the papers' Monarch and BTT).
+FULL_RANK_FAMILIES = ("monarch_", "btt_")
+
+
+def _honest_name(name: str, rank: Any, structure: Structure) -> str:
+    """``name``, or the generic two-factor name where a full-rank family's candidate has a
+    rank bound below its width (a block layout that is not a Monarch matrix)."""
+    full = min(int(structure.in_features), int(structure.out_features))
+    for family in FULL_RANK_FAMILIES:
+        if name.startswith(family) and isinstance(rank, int) and rank < full:
+            return "two_" + name[len(family) :]
+    return name
+
+
 def _result(r: Realized, numbers: Numbers, flops_dense: int) -> SearchResult:
     params, flops, train, peak, rank, omega, psi, nu, theta = numbers
-    source = r.structure.to_source()
+    name = _honest_name(r.name, rank, r.structure)
+    structure = replace(r.structure, name=name) if name != r.name else r.structure
+    source = structure.to_source()
     return SearchResult(
-        name=r.name,
-        structure=replace(r.structure, source=source),
+        name=name,
+        structure=replace(structure, source=source),
         source=source,
         theta=theta,
         grid_theta=r.point.classes(),
