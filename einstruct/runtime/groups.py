@@ -7,7 +7,9 @@ The papers parameterize the whole model, not just the structured layers
 1 / fan_in from a base width at which ``lr`` was tuned. So, with
 ``base_width = 64`` (the papers' runs):
 
-- an ``nn.Linear`` with ``in_features = n`` gets ``lr * 64 / n``;
+- an ``nn.Linear`` with ``in_features = n`` gets ``lr * 64 / n``, and so does every
+  other linear layer an adapter knows (Hugging Face ``Conv1D``, yours:
+  :mod:`.adapters`), by the ``(out, in)`` shape of its dense weight;
 - a structured layer's factor gets ``lr * lr_mult * 64 / n`` (its structure-aware
   multiplier against a dense layer of the same shape, times that dense layer's);
   its router too, at ``lr * 64 / n``;
@@ -37,8 +39,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import ParameterError
+from .adapters import adapter_for
 
-__all__ = ["Selector", "is_structured", "selector", "param_groups", "width_multiplier"]
+__all__ = ["Selector", "is_structured", "selector", "linear_weight", "param_groups", "width_multiplier"]
 
 #: Which layers: ``None``, a callable ``(name, module) -> bool``, a glob on qualified names, or names.
 Selector = Callable[[str, Any], bool] | str | Iterable[str] | None
@@ -73,15 +76,28 @@ def width_multiplier(in_features: int, base_width: int | None, fixed: bool = Fal
     return base_width / in_features
 
 
-def _in_features(base: Any) -> dict[str, int]:
-    """in_features of every Linear and structured layer of ``base``, by qualified name."""
+def linear_weight(module: Any) -> tuple[Any, int] | None:
+    """``(the weight parameter, in_features)`` of a dense linear layer (``nn.Linear`` or any layer
+    an adapter knows), else ``None``."""
     import torch.nn as nn
 
-    return {
-        name: module.in_features
-        for name, module in base.named_modules()
-        if is_structured(module) or isinstance(module, nn.Linear)
-    }
+    if isinstance(module, nn.Linear):
+        return module.weight, int(module.in_features)
+    adapter = adapter_for(module)
+    if adapter is None:
+        return None
+    return adapter.weight(module), int(adapter.dense(module)[0].shape[1])
+
+
+def _in_features(base: Any) -> dict[str, int]:
+    """in_features of every linear and structured layer of ``base``, by qualified name."""
+    found = {}
+    for name, module in base.named_modules():
+        if is_structured(module):
+            found[name] = int(module.in_features)
+        elif (dense := linear_weight(module)) is not None:
+            found[name] = dense[1]
+    return found
 
 
 def _check_base_width(base_width: Any) -> None:
@@ -158,7 +174,9 @@ def param_groups(
         by_setting.setdefault((lr * scale, decay), []).append(param)
 
     for name, module in model.named_modules():
-        if is_structured(module) or isinstance(module, nn.Linear):
+        dense = None if is_structured(module) else linear_weight(module)
+        if is_structured(module) or dense is not None:
+            in_features = int(module.in_features) if dense is None else dense[1]
             if is_fixed(name, module):
                 width = 1.0
             elif base_in is not None:
@@ -167,11 +185,13 @@ def param_groups(
                         f"layer '{name}' has no counterpart in the base model",
                         hint="build base with the same code as the model, at the base width",
                     )
-                width = base_in[name] / module.in_features
+                width = base_in[name] / in_features
             else:
-                width = width_multiplier(module.in_features, base_width)
-            mults = module.lr_multipliers() if is_structured(module) else {"weight": 1.0}
-            for pname, mult in mults.items():
+                width = width_multiplier(in_features, base_width)
+            if dense is not None:
+                add(dense[0], width if dense[0].dim() >= 2 else 1.0)
+                continue
+            for pname, mult in module.lr_multipliers().items():
                 param = module.get_parameter(pname)
                 add(param, float(mult) * (width if param.dim() >= 2 else 1.0))
         elif isinstance(module, nn.Embedding):
