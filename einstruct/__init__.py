@@ -26,6 +26,7 @@ Public API (``spec`` is a path to a ``.ein`` file or the source text itself)::
     einstruct.search(d_in, d_out=None, flops_ratio=None, ..., measure=False) -> SearchReport
     einstruct.plot_taxonomy(specs, search=None, output=None) -> TaxonomyPlot      (matplotlib)
     einstruct.draw(spec, structure=None, output=None, **params) -> NetworkDrawing   (matplotlib)
+    einstruct.parallel.ColwiseStructured() / RowwiseStructured()     tensor-parallel styles
     einstruct.EinstructError                                         the one error root
 
 ``analyze`` and ``search`` never import torch (``search(measure=True)`` does);
@@ -69,6 +70,7 @@ __all__ = [
     "from_pretrained",
     "manifest_to_config",
     "optimizer",
+    "parallel",
 ]
 
 _LAZY = {
@@ -89,10 +91,17 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:  # lazy: keep `import einstruct` light for the CLI
-    if name in _LAZY:
-        import importlib
+_LAZY_MODULES = {"parallel": "runtime.parallel"}
 
+
+def __getattr__(name: str) -> Any:  # lazy: keep `import einstruct` light for the CLI
+    import importlib
+
+    if name in _LAZY_MODULES:
+        value = importlib.import_module(f".{_LAZY_MODULES[name]}", __name__)
+        globals()[name] = value
+        return value
+    if name in _LAZY:
         module, attr = _LAZY[name]
         value = getattr(importlib.import_module(f".{module}", __name__), attr)
         globals()[name] = value
