@@ -130,3 +130,25 @@ def test_axes_that_do_not_divide_or_pad_are_refused():
     padded = einstruct.compile("structure b = btt(rank = 2, d_in = 16, d_out = 37)")()
     with pytest.raises(ParameterError, match="pads 16 -> 37"):
         einstruct.parallel.shard_axis(padded, "row", 2)
+
+
+@pytest.mark.parametrize(
+    "spec", ["structure b = btt(rank = 2, d_in = 16, d_out = 32)", "structure l = low_rank(rank = 4, d = 16)"]
+)
+def test_analyze_reports_the_runtime_axes_and_communication(spec):
+    from einstruct.analysis.sharding import shardings
+
+    structure = einstruct.load(spec)
+    layer = einstruct.compile(spec)()
+    column, row = shardings(structure)
+    assert column.axis == einstruct.parallel.shard_axis(layer, "column", 2)
+    assert row.axis == einstruct.parallel.shard_axis(layer, "row", 2)
+    # column: nothing forward, the input's gradient (d_in per token) backward; row: the output forward
+    assert (column.forward, column.backward) == (0, layer.in_features)
+    assert (row.forward, row.backward) == (layer.out_features, 0)
+    for s in (column, row):  # replicated factors: those without the axis, by the layer's own axes
+        whole = [n for n, axes in layer.factor_axes.items() if s.axis not in axes]
+        assert list(s.replicated) == whole
+        assert s.replicated_params == sum(layer.get_parameter(n).numel() for n in whole)
+    if structure.name == "l":  # y[o] = x[i] U[i, r] V[r, o]: column shards V, U (16 x 4) stays whole
+        assert column.replicated == ("U",) and column.replicated_params == 64

@@ -6,6 +6,7 @@ from typing import Any
 
 from ..numbers import count_text, exponent_text, float_text
 from .result import Analysis
+from .sharding import sharding_text, shardings
 
 __all__ = [
     "MEANINGS",
@@ -133,6 +134,8 @@ def render_terminal(a: Analysis, console: Any) -> None:
     for key in ("omega", "psi", "nu"):
         console.print(f"[bold]{key:5}[/bold] = {exponent_text(getattr(t, key)):6}  {MEANINGS[key]}")
     console.print("path: " + "; ".join(a.path_text))
+    for sharding in shardings(s):
+        console.print(sharding_text(sharding, _fmt))
     r = a.routing
     if s.route is not None and r is not None:
         console.print(
