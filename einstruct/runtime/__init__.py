@@ -8,7 +8,9 @@
 - :mod:`.summary`: what changed (``einstruct.summary``);
 - :mod:`.manifest`: save the replacements and re-apply them in a new process;
 - :mod:`.groups`: optimizer groups, structured muP in the layers and width muP around them;
-- :mod:`.pretrained`: Hugging Face round trips (the manifest in ``config.json``, ``from_pretrained``).
+- :mod:`.pretrained`: Hugging Face round trips (the manifest in ``config.json``, ``from_pretrained``);
+- :mod:`.parallel`: tensor-parallel styles (imported on use: ``einstruct.parallel``);
+- :mod:`.experts`: mixture-of-experts plumbing (aux loss in the graph, global balance, all-to-all).
 """
 
 from __future__ import annotations
