@@ -152,3 +152,23 @@ def test_analyze_reports_the_runtime_axes_and_communication(spec):
         assert s.replicated_params == sum(layer.get_parameter(n).numel() for n in whole)
     if structure.name == "l":  # y[o] = x[i] U[i, r] V[r, o]: column shards V, U (16 x 4) stays whole
         assert column.replicated == ("U",) and column.replicated_params == 64
+
+
+def test_the_plan_follows_the_hugging_face_config():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                         num_key_value_heads=2, vocab_size=97)  # fmt: skip
+    model = LlamaForCausalLM(config)
+    einstruct.replace_linear(model, "btt", rank=2, select="*.mlp.*")
+    plan = einstruct.parallel.tensor_parallel_plan(model)
+    kinds = {name.rsplit(".", 1)[1]: type(style).__name__ for name, style in plan.items()}
+    assert kinds == {  # the config's plan: structured MLPs get einstruct's styles, dense attention torch's
+        "q_proj": "ColwiseParallel", "k_proj": "ColwiseParallel", "v_proj": "ColwiseParallel",
+        "o_proj": "RowwiseParallel", "gate_proj": "ColwiseStructured", "up_proj": "ColwiseStructured",
+        "down_proj": "RowwiseStructured",
+    }  # fmt: skip
+    assert all(name.startswith("model.layers.0.") for name in plan)
+    with pytest.raises(ParameterError, match="no tensor-parallel plan"):
+        einstruct.parallel.tensor_parallel_plan(torch.nn.Sequential(torch.nn.Linear(4, 4)))

@@ -128,6 +128,11 @@ def _replicated_input(x: Any, mesh: DeviceMesh) -> Any:
 
 
 def _einsum(layer: Any, x: Any, in_axes_local: list[int]) -> Any:
+    if x.dim() == 0 or x.shape[-1] != math.prod(in_axes_local):
+        raise ValueError(
+            f"{_name(layer)} (sharded) expects inputs whose last dimension is {math.prod(in_axes_local)} "
+            f"on this rank, got shape {tuple(x.shape)}"
+        )
     lead = x.shape[:-1]
     y = torch.einsum(_equation(layer), x.reshape(-1, *in_axes_local), *_local_factors(layer))
     return y.reshape(*lead, -1)
