@@ -22,7 +22,12 @@ from typing import Any
 __all__ = ["SearchQuery", "SearchReport", "SearchResult", "run_search"]
 
 
-_HOMES = {"SearchQuery": ".results", "SearchReport": ".results", "SearchResult": ".results", "run_search": ".run"}
+_HOMES = {
+    "SearchQuery": ".results",
+    "SearchReport": ".results",
+    "SearchResult": ".results",
+    "run_search": ".run",
+}
 
 
 def __getattr__(name: str) -> Any:
