@@ -18,12 +18,15 @@ Public API (``spec`` is a path to a ``.ein`` file or the source text itself)::
     einstruct.summary(model) -> ModelReport                          what is structured, params, FLOPs
     einstruct.save_manifest(model, path) / einstruct.restore(model, manifest, state_dict=None)
                                                                       reload in a new process
+    einstruct.from_pretrained(model_class, path) -> model            a converted save_pretrained checkpoint
+    einstruct.optimizer(model, lr, weight_decay=0.0) -> AdamW         param_groups for Trainer(optimizers=)
     einstruct.register_adapter(name, matches, dense)                 another linear layer contract
     einstruct.param_groups(model, lr, weight_decay=0.0, base_width=64, fixed=None, base=None)
                                                                       -> optimizer parameter groups
     einstruct.search(d_in, d_out=None, flops_ratio=None, ..., measure=False) -> SearchReport
     einstruct.plot_taxonomy(specs, search=None, output=None) -> TaxonomyPlot      (matplotlib)
     einstruct.draw(spec, structure=None, output=None, **params) -> NetworkDrawing   (matplotlib)
+    einstruct.parallel.ColwiseStructured() / RowwiseStructured()     tensor-parallel styles
     einstruct.EinstructError                                         the one error root
 
 ``analyze`` and ``search`` never import torch (``search(measure=True)`` does);
@@ -64,12 +67,16 @@ __all__ = [
     "search",
     "plot_taxonomy",
     "draw",
+    "from_pretrained",
+    "manifest_to_config",
+    "optimizer",
+    "parallel",
 ]
 
 _LAZY = {
     "analyze": ("analysis.analyze", "analyze"),
     "compile": ("runtime.build", "compile"),
-    "replace_linear": ("runtime.replace", "replace_linear"),
+    "replace_linear": ("runtime.pretrained", "replace_linear"),
     "summary": ("runtime.summary", "summary"),
     "save_manifest": ("runtime.manifest", "save_manifest"),
     "restore": ("runtime.manifest", "restore"),
@@ -78,15 +85,29 @@ _LAZY = {
     "search": ("runtime.search", "search"),
     "plot_taxonomy": ("figures.taxonomy", "plot_taxonomy"),
     "draw": ("figures.network", "draw"),
+    "from_pretrained": ("runtime.pretrained", "from_pretrained"),
+    "manifest_to_config": ("runtime.pretrained", "manifest_to_config"),
+    "optimizer": ("runtime.pretrained", "optimizer"),
 }
 
 
-def __getattr__(name: str) -> Any:  # lazy: keep `import einstruct` light for the CLI
-    if name in _LAZY:
-        import importlib
+_LAZY_MODULES = {"parallel": "runtime.parallel"}
 
+
+def __getattr__(name: str) -> Any:  # lazy: keep `import einstruct` light for the CLI
+    import importlib
+
+    if name in _LAZY_MODULES:
+        value = importlib.import_module(f".{_LAZY_MODULES[name]}", __name__)
+        globals()[name] = value
+        return value
+    if name in _LAZY:
         module, attr = _LAZY[name]
         value = getattr(importlib.import_module(f".{module}", __name__), attr)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'einstruct' has no attribute '{name}'")
+
+
+def __dir__() -> list[str]:  # the lazy names too, for tab completion
+    return sorted(set(globals()) | set(__all__))

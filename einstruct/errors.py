@@ -30,6 +30,8 @@ __all__ = [
     "CompileError",
     "OutputError",
     "MissingExtraError",
+    "EinstructWarning",
+    "NoSavingsWarning",
 ]
 
 
@@ -107,6 +109,14 @@ class EinstructError(Exception):
     def __reduce__(self) -> tuple[type, tuple[str, Span | None, str | None]]:
         """Keep the error picklable with its fields."""
         return (self.__class__, (self.message, self.span, self.hint))
+
+
+class EinstructWarning(UserWarning):
+    """Root of einstruct's warnings: something worked, but probably not as you meant."""
+
+
+class NoSavingsWarning(EinstructWarning):
+    """A conversion that saves no FLOPs (every layer as costly as the dense one it replaced)."""
 
 
 class SpecSyntaxError(EinstructError, SyntaxError):

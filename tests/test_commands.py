@@ -38,12 +38,12 @@ def test_help_and_version():
 
 
 def test_analyze_json_keys():
-    data = json.loads(run("analyze", "examples/btt.ein", "--json").stdout)
+    (data,) = json.loads(run("analyze", "examples/btt.ein", "--json").stdout)  # a list, even of one
     assert {"name", "d_in", "d_out", "params", "einsum", "indices", "factors"} <= set(data)
     assert data["einsum"] == "ga,gafr,fgre->fe" and data["params"] == 65536
     assert {"name", "size", "class"} <= set(data["indices"][0])
     assert {"name", "shape", "params"} <= set(data["factors"][0])
-    theta = json.loads(run("theta", "1/2,0,1/2,0,1/2,1/2,0", "--d", "4096", "--json").stdout)
+    (theta,) = json.loads(run("theta", "1/2,0,1/2,0,1/2,1/2,0", "--d", "4096", "--json").stdout)
     assert (theta["omega"], theta["psi"], theta["nu"]) == (0, 1, 0.5)
     assert theta["theta"]["alpha"] == 0.5 and theta["params"] == 2 * 64**3
 
@@ -298,7 +298,7 @@ def test_tables_fit_100_columns_without_cutting_names():
         name, codes = line.strip().split(": ")
         listed[name] = codes.split(", ")
     for path in sorted(EXAMPLES.glob("*.ein")):
-        for data in _json_list(run("analyze", str(path), "--json").stdout):
+        for data in json.loads(run("analyze", str(path), "--json").stdout):
             assert data["name"] in rows
             assert listed.get(data["name"], []) == [d["code"] for d in data["diagnostics"]]
     # a folded name continues on the next line of its cell (whose params cell is then empty)
@@ -313,8 +313,3 @@ def test_tables_fit_100_columns_without_cutting_names():
         else:
             factors[-1] += cells[0]
     assert factors == ["first_factor_with_a_long_name", "second_factor_with_a_long_name"]
-
-
-def _json_list(text: str) -> list:
-    data = json.loads(text)
-    return data if isinstance(data, list) else [data]

@@ -6,13 +6,16 @@ from typing import Any
 
 from ..numbers import count_text, exponent_text, float_text
 from .result import Analysis
+from .sharding import sharding_text, shardings
 
 __all__ = [
     "MEANINGS",
     "COMPARE_COLUMNS",
     "render_terminal",
+    "phrase_lines",
     "render_markdown",
     "compare_rows",
+    "sort_analyses",
     "render_compare",
     "render_compare_markdown",
 ]
@@ -95,6 +98,26 @@ def _column(table: Any, header: str, numeric: bool, symbolic: bool = False) -> N
         table.add_column(header, justify="right" if numeric else "left", overflow="fold")
 
 
+def phrase_lines(head: str, text: str, width: int) -> list[str]:
+    """``head + text`` in lines of at most ``width`` columns, broken only between the phrases of
+    ``text`` (split at ``"; "``); later lines indented under the text. A phrase longer than a
+    line gets a line of its own.
+
+    >>> phrase_lines("nu = 1  ", "intensity: FLOPs ~ d^(1+nu); dense is 1", 30)
+    ['nu = 1  intensity: FLOPs ~ d^(1+nu);', '        dense is 1']
+    """
+    phrases = text.split("; ")
+    pad = " " * len(head)
+    lines = [head + phrases[0]]
+    for phrase in phrases[1:]:
+        if len(lines[-1]) + 2 + len(phrase) <= width:
+            lines[-1] += "; " + phrase
+        else:
+            lines[-1] += ";"
+            lines.append(pad + phrase)
+    return lines
+
+
 def render_terminal(a: Analysis, console: Any) -> None:
     """Print one analysis to a rich console."""
     from rich.table import Table
@@ -131,8 +154,14 @@ def render_terminal(a: Analysis, console: Any) -> None:
     if t.theta is not None:
         console.print("theta (oriented): " + ", ".join(f"{k} {exponent_text(v)}" for k, v in t.theta.items()))
     for key in ("omega", "psi", "nu"):
-        console.print(f"[bold]{key:5}[/bold] = {exponent_text(getattr(t, key)):6}  {MEANINGS[key]}")
-    console.print("path: " + "; ".join(a.path_text))
+        head = f"{key:5} = {exponent_text(getattr(t, key)):6}  "
+        lines = phrase_lines(head, MEANINGS[key], console.width)
+        console.print(f"[bold]{key:5}[/bold]{lines[0][5:]}", *lines[1:], sep="\n", markup=True)
+    console.print(*phrase_lines("path: ", "; ".join(a.path_text), console.width), sep="\n", markup=False)
+    for sharding in shardings(s):
+        text = sharding_text(sharding, _fmt)
+        head, _, rest = text.partition(": ")
+        console.print(*phrase_lines(f"{head}: ", rest, console.width), sep="\n", markup=False)
     r = a.routing
     if s.route is not None and r is not None:
         console.print(
@@ -196,8 +225,8 @@ COMPARE_COLUMNS = {
 _TEXT_COLUMNS = ("name", "diagnostics")
 
 
-def compare_rows(analyses: list[Analysis], sort: str) -> list[list[str]]:
-    """One row of text per analysis, sorted by column ``sort`` (numbers numerically)."""
+def sort_analyses(analyses: list[Analysis], sort: str) -> list[Analysis]:
+    """``analyses`` sorted by compare column ``sort``: numbers numerically, then text."""
     get = COMPARE_COLUMNS[sort]
 
     def key(a: Analysis) -> tuple[int, float, str]:
@@ -207,8 +236,13 @@ def compare_rows(analyses: list[Analysis], sort: str) -> list[list[str]]:
         except (TypeError, ValueError):
             return (1, 0.0, str(v))
 
+    return sorted(analyses, key=key)
+
+
+def compare_rows(analyses: list[Analysis], sort: str) -> list[list[str]]:
+    """One row of text per analysis, sorted by column ``sort`` (numbers numerically)."""
     rows = []
-    for a in sorted(analyses, key=key):
+    for a in sort_analyses(analyses, sort):
         rows.append(
             [
                 exponent_text(v) if k in ("omega", "psi", "nu") else _fmt(v) if not isinstance(v, str) else v

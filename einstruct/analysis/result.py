@@ -17,6 +17,7 @@ from ..numbers import is_symbolic, json_number
 from ..planner.plan import DEFAULT_BATCH, make_plan
 from .counts import Counts, count
 from .mup import FactorFans
+from .sharding import shardings
 from .taxonomy import Taxonomy
 
 __all__ = ["IndexReport", "FactorReport", "Diagnostic", "Analysis"]
@@ -196,6 +197,7 @@ class Analysis:
             "psi": json_number(t.psi),
             "nu": json_number(t.nu),
             "diagnostics": [{"code": d.code, "message": d.message} for d in self.diagnostics],
+            "sharding": [sh.to_dict() for sh in shardings(self.structure)],
             "path": [
                 {
                     "operands": list(p.operands),

@@ -20,6 +20,7 @@ from ..planner.plan import DEFAULT_BATCH, STRATEGIES
 from .commands import cmd_analyze, cmd_compare, cmd_compile, cmd_plan, cmd_theta
 from .experiment import add_experiment_parser
 from .explore import add_explore_commands
+from .search_options import add_width_options
 
 __all__ = ["ArgumentParser", "build_parser", "positive_int"]
 
@@ -121,9 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "vector", metavar="ALPHA,BETA,GAMMA,DELTA,EPSILON,PHI,RHO", help='e.g. "1/2,0,1/2,0,1/2,1/2,0"'
     )
-    p.add_argument("--d", type=positive_int, help="the width (d_in = d_out = d)")
-    p.add_argument("--d-in", type=positive_int, help="the input width")
-    p.add_argument("--d-out", type=positive_int, help="the output width")
+    add_width_options(p, positive_int)
     _add_report_arguments(p)
     p.set_defaults(handler=cmd_theta)
 

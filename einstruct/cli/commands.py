@@ -23,6 +23,7 @@ from ..analysis.render import (
     render_compare_markdown,
     render_markdown,
     render_terminal,
+    sort_analyses,
 )
 from ..classes import CLASS_NAMES
 from ..errors import MissingExtraError, ParameterError, StructureNotFoundError
@@ -32,6 +33,7 @@ from ..language.load import load, load_all, read_spec
 from ..language.parser import parse_text, parse_value
 from ..language.spec import SpecFile
 from ..planner.plan import make_plan
+from .search_options import console, widths
 
 __all__ = ["cmd_analyze", "cmd_compare", "cmd_theta", "cmd_plan", "cmd_compile"]
 
@@ -76,15 +78,6 @@ def _analyses(args: argparse.Namespace, structures: list[Structure]) -> list[Any
     return [analyze_structure(s, batch=args.batch, optimizer=args.optimizer) for s in structures]
 
 
-def _console() -> Any:
-    import shutil
-
-    from rich.console import Console
-
-    # piped output gets a comfortable width instead of rich's 80 columns
-    return Console(highlight=False, width=max(100, shutil.get_terminal_size((120, 24)).columns))
-
-
 def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2))
 
@@ -92,17 +85,16 @@ def _print_json(data: Any) -> None:
 def _emit(args: argparse.Namespace, analyses: list[Any]) -> None:
     fmt = "json" if args.json else args.format
     if fmt == "json":
-        data = [a.to_dict() for a in analyses]
-        _print_json(data[0] if len(data) == 1 else data)
+        _print_json([a.to_dict() for a in analyses])  # a list, for one structure or several
         return
     if fmt == "markdown":
         print("\n".join(render_markdown(a) for a in analyses), end="")
         return
-    console = _console()
+    terminal = console()
     for k, a in enumerate(analyses):
         if k:
-            console.print()
-        render_terminal(a, console)
+            terminal.print()
+        render_terminal(a, terminal)
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
@@ -124,12 +116,12 @@ def cmd_compare(args: argparse.Namespace) -> int:
     analyses = _analyses(args, structures)
     fmt = "json" if args.json else args.format
     if fmt == "json":
-        _print_json([a.to_dict() for a in analyses])
+        _print_json([a.to_dict() for a in sort_analyses(analyses, args.sort)])
         return 0
     if fmt == "markdown":
         print(render_compare_markdown(analyses, args.sort), end="")
         return 0
-    render_compare(analyses, args.sort, _console())
+    render_compare(analyses, args.sort, console())
     return 0
 
 
@@ -148,15 +140,11 @@ def cmd_theta(args: argparse.Namespace) -> int:
                 f"theta {name}: '{part}' is not a number",
                 hint="give each exponent as a number between 0 and 1, such as 1/2 or 0",
             )
-    if args.d is not None and (args.d_in is not None or args.d_out is not None):
-        raise ParameterError(
-            "give --d, or --d-in and --d-out, not both",
-            hint="--d N for a square layer, else --d-in and --d-out",
-        )
-    if args.d is not None:
+    shape = widths(args, 'einstruct theta "1/2,0,1/2,0,1/2,1/2,0" --d-in 1024 --d-out 4096')
+    if shape is not None and args.d is not None:
         width = f"d = {args.d}"
-    elif args.d_in is not None and args.d_out is not None:
-        width = f"d_in = {args.d_in}, d_out = {args.d_out}"
+    elif shape is not None:
+        width = f"d_in = {shape[0]}, d_out = {shape[1]}"
     else:
         raise ParameterError(
             "theta needs the width",

@@ -24,7 +24,7 @@ __all__ = ["add_explore_commands", "cmd_search"]
 def add_explore_commands(sub: Any) -> None:
     """Add ``search``, ``plot`` and ``draw`` to the parser's subcommands."""
     p = sub.add_parser("search", help="search the structure space for the best layers of a shape")
-    add_search_options(p, required=True)
+    add_search_options(p)
     p.add_argument(
         "--top", type=positive, default=10, metavar="K", help="show the first K results (default 10)"
     )

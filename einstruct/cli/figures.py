@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ParameterError
 from ..planner.plan import DEFAULT_BATCH
-from .search_options import add_search_options, positive, query_from, run_query
+from .search_options import add_search_options, positive, query_from, run_query, widths
 
 __all__ = ["add_figure_commands", "cmd_plot_taxonomy", "cmd_draw"]
 
@@ -32,7 +32,7 @@ def add_figure_commands(sub: Any) -> None:
     t.add_argument("files", nargs="*", metavar="FILE", help=".ein spec files (every structure in each)")
     t.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a parameter (repeatable)")
     t.add_argument("--search", action="store_true", help="also plot a search; give its options below")
-    add_search_options(t, required=False)
+    add_search_options(t)
     t.add_argument("--title", help="a title over the figure")
     t.add_argument("-o", "--output", required=True, metavar="FILE", help="the image: .png, .svg or .pdf")
     t.add_argument("--force", action="store_true", help=_FORCE)
@@ -80,9 +80,9 @@ def cmd_plot_taxonomy(args: argparse.Namespace) -> int:
     from ..language.load import load_all
 
     matplotlib()  # fail early, before a long search, when the extra is missing
-    if args.search and (args.d_in is None or args.d_out is None):
+    if args.search and widths(args, "--search --d-in 4096 --d-out 1024") is None:
         raise ParameterError(
-            "--search needs --d-in and --d-out", hint="e.g. --search --d-in 4096 --d-out 4096"
+            "--search needs --d-in and --d-out (or --d)", hint="e.g. --search --d-in 4096 --d-out 4096"
         )
     if not args.search and not args.files:
         raise ParameterError("nothing to plot", hint="give .ein files, or --search with --d-in and --d-out")

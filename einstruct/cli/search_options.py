@@ -11,6 +11,7 @@ import sys
 from fractions import Fraction
 from typing import Any
 
+from ..errors import ParameterError
 from ..space.grid import DEFAULT_GRID
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "positive",
     "grid_denominator",
     "add_search_options",
+    "add_width_options",
+    "widths",
     "query_from",
     "run_query",
     "console",
@@ -53,18 +56,41 @@ def positive(text: str) -> int:
 
 
 def console() -> Any:
-    """A rich console on standard output, at least 100 columns wide when piped."""
+    """A rich console on standard output: the terminal's width (``COLUMNS`` first), 100 when piped."""
     import shutil
 
     from rich.console import Console
 
-    return Console(highlight=False, width=max(100, shutil.get_terminal_size((120, 24)).columns))
+    return Console(highlight=False, width=shutil.get_terminal_size((100, 24)).columns)
 
 
-def add_search_options(p: argparse.ArgumentParser, required: bool) -> None:
+def add_width_options(p: argparse.ArgumentParser, kind: Any) -> None:
+    """``--d`` (a square layer) or ``--d-in`` and ``--d-out``; ``--d_in``/``--d_out`` spell them too."""
+    p.add_argument("--d", type=kind, metavar="D", help="the width of a square layer (d_in = d_out = D)")
+    p.add_argument("--d-in", "--d_in", dest="d_in", type=kind, metavar="N", help="the input width")
+    p.add_argument("--d-out", "--d_out", dest="d_out", type=kind, metavar="M", help="the output width")
+
+
+def widths(args: argparse.Namespace, example: str) -> tuple[int, int] | None:
+    """``(d_in, d_out)`` from :func:`add_width_options`' options, ``None`` when none is given."""
+    if args.d is not None and (args.d_in is not None or args.d_out is not None):
+        raise ParameterError(
+            "give --d, or --d-in and --d-out, not both",
+            hint="--d N for a square layer, else --d-in and --d-out",
+        )
+    if args.d is not None:
+        return args.d, args.d
+    if args.d_in is None and args.d_out is None:
+        return None
+    if args.d_in is None or args.d_out is None:
+        given, missing = ("--d-in", "--d-out") if args.d_out is None else ("--d-out", "--d-in")
+        raise ParameterError(f"{given} needs {missing}", hint=f"e.g. {example}; --d N for a square layer")
+    return args.d_in, args.d_out
+
+
+def add_search_options(p: argparse.ArgumentParser) -> None:
     """The options that say what to search (``search``, and ``plot taxonomy --search``)."""
-    p.add_argument("--d-in", type=positive, required=required, metavar="N", help="the input width")
-    p.add_argument("--d-out", type=positive, required=required, metavar="M", help="the output width")
+    add_width_options(p, positive)
     budget = p.add_mutually_exclusive_group()
     budget.add_argument("--max-flops", metavar="F", help="at most F forward FLOPs per vector")
     budget.add_argument(
@@ -120,9 +146,14 @@ def query_from(args: argparse.Namespace, top: int | None, rank: str, include_dom
     """The :class:`~einstruct.space.results.SearchQuery` the options describe."""
     from ..space.results import SearchQuery
 
+    shape = widths(args, "--d-in 768 --d-out 3072")
+    if shape is None:
+        raise ParameterError(
+            "the search needs the width: --d, or --d-in and --d-out",
+            hint="e.g. einstruct search --d 4096 --flops-ratio 0.05",
+        )
     return SearchQuery(
-        args.d_in,
-        args.d_out,
+        *shape,
         max_flops=args.max_flops,
         flops_ratio=args.flops_ratio,
         max_params=args.max_params,

@@ -16,6 +16,7 @@ keeps them (``points``) next to the matplotlib figure, whose artists carry
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,7 +112,9 @@ def plot_taxonomy(
     """Plot structures (spec paths or text, structures, analyses) and/or a search report.
 
     ``output`` (``.png``, ``.svg`` or ``.pdf``) saves the figure; an existing file
-    is replaced only if einstruct wrote it, or with ``force``.
+    is replaced only if einstruct wrote it, or with ``force``. ``title`` defaults to
+    what the figure shows (the search's shape and budget, or the number of
+    structures); ``""`` leaves it out.
     """
     analyses = _analyses(items)
     files = tuple(_point(a) for a in analyses)
@@ -131,8 +134,7 @@ def plot_taxonomy(
     figure = new_figure(13, 5.6)
     _draw_3d(figure.add_subplot(1, 2, 1, projection="3d"), files, found, search)
     _draw_2d(figure.add_subplot(1, 2, 2), files, found, dense, staircase, search)
-    if title:
-        figure.suptitle(title)
+    figure.suptitle(title if title is not None else _default_title(search, files))
     path = save_figure(figure, output, force) if output is not None else None
     return TaxonomyPlot(figure, files + found, dense, staircase, path)
 
@@ -143,6 +145,30 @@ def _grouped(points: Sequence[Point], where: Any) -> list[tuple[Any, str]]:
     for p in points:
         places.setdefault(where(p), []).append(p.label)
     return [(place, ", ".join(names)) for place, names in places.items()]
+
+
+def _grouped_near(points: Sequence[Point], step: float = 0.12) -> list[tuple[Any, str]]:
+    """Labels of points closer than ``step`` decades on both log axes, joined into one, placed at the
+    first of them: nearby labels would otherwise print over each other."""
+    places: dict[tuple[int, int], tuple[tuple[Any, Any], list[str]]] = {}
+    for p in points:
+        cell = (round(math.log10(float(p.flops)) / step), round(math.log10(float(p.params)) / step))
+        places.setdefault(cell, ((p.flops, p.params), []))[1].append(p.label)
+    return [(place, ", ".join(names)) for place, names in places.values()]
+
+
+def _default_title(search: SearchReport | None, files: tuple[Point, ...]) -> str:
+    """What the figure shows: the search's shape and budget, or how many structures."""
+    if search is None:
+        return f"taxonomy of {len(files)} structure{'s' if len(files) != 1 else ''}"
+    q = search.query
+    budget = [
+        f"FLOPs <= {q.flops_ratio} x dense" if getattr(q, "flops_ratio", None) is not None else "",
+        f"FLOPs <= {q.max_flops}" if getattr(q, "max_flops", None) is not None else "",
+        f"params <= {q.max_params}" if getattr(q, "max_params", None) is not None else "",
+    ]
+    spent = ", ".join(b for b in budget if b)
+    return f"structure search for {q.d_in} -> {q.d_out}" + (f" ({spent})" if spent else "")
 
 
 def _labelled(found: tuple[Point, ...], search: SearchReport | None) -> set[str]:
@@ -215,11 +241,14 @@ def _draw_2d(
             [float(p.params) for p in found],
             s=[14 if p.pareto else 4 for p in found],
             c=["tab:orange" if p.pareto else "lightgray" for p in found],
-            label="search: on its Pareto front (orange), dominated (gray)",
         )
         sc.set_gid("points:search")
+        # one legend entry per colour (a scatter of several colours shows only its first)
+        ax.scatter([], [], s=14, c="tab:orange", label="search: Pareto front")
+        if not all(p.pareto for p in found):
+            ax.scatter([], [], s=4, c="lightgray", label="search: dominated")
         top = [p for p in found if p.label in _labelled(found, search)]
-        for (x, y), label in _grouped(top, lambda p: (p.flops, p.params)):
+        for (x, y), label in _grouped_near(top):
             ax.annotate(
                 label.replace(", ", "\n"),
                 (float(x), float(y)),

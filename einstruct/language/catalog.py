@@ -24,6 +24,7 @@ powers this is the same number; at d = 3072, theta 1/2 gives 55 x 56, not the
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -36,7 +37,7 @@ from ..expressions import BinOp, Call, Num, is_exact, value_text
 from .parser import parse_text
 from .spec import Ident, ShorthandDecl, StructureDecl
 
-__all__ = ["Form", "CATALOG", "THETA_ALIASES", "expand", "form_parameters"]
+__all__ = ["Form", "CATALOG", "THETA_ALIASES", "expand", "form_parameters", "shorthand_source"]
 
 
 @dataclass(frozen=True)
@@ -138,6 +139,26 @@ _OUTPUT_CLASSES = ("delta", "epsilon", "phi")
 
 _FORMS_TEXT = ", ".join(["theta", *CATALOG])
 _WIDTHS = frozenset({"d", "d_in", "d_out"})
+
+
+_BARE_CALL = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*(\(.*\))?\s*", re.DOTALL)
+
+
+def shorthand_source(text: str) -> str | None:
+    """A structure declaration for a bare catalog form, or ``None`` when ``text`` is not one.
+
+    ``"btt"`` and ``"btt(rank = 4)"`` name a form without the ``structure x =``
+    around it; the structure takes the form's name (layer class ``Btt``).
+
+    >>> shorthand_source("btt(rank = 4)"), shorthand_source("low_rank")
+    ('structure btt = btt(rank = 4)', 'structure low_rank = low_rank()')
+    >>> shorthand_source("structure b = btt()") is None
+    True
+    """
+    match = _BARE_CALL.fullmatch(text)
+    if match is None or (match[1] not in CATALOG and match[1] != "theta"):
+        return None
+    return f"structure {match[1]} = {match[1]}{match[2] or '()'}"
 
 
 def form_parameters(call: ShorthandDecl) -> list[str]:

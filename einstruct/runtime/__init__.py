@@ -7,7 +7,10 @@
 - :mod:`.replace`: swap a model's linear layers for structured ones, all or nothing;
 - :mod:`.summary`: what changed (``einstruct.summary``);
 - :mod:`.manifest`: save the replacements and re-apply them in a new process;
-- :mod:`.groups`: optimizer groups, structured muP in the layers and width muP around them.
+- :mod:`.groups`: optimizer groups, structured muP in the layers and width muP around them;
+- :mod:`.pretrained`: Hugging Face round trips (the manifest in ``config.json``, ``from_pretrained``);
+- :mod:`.parallel`: tensor-parallel styles (imported on use: ``einstruct.parallel``);
+- :mod:`.experts`: mixture-of-experts plumbing (aux loss in the graph, global balance, all-to-all).
 """
 
 from __future__ import annotations
@@ -16,12 +19,15 @@ from .adapters import register_adapter
 from .build import compile, compile_structure, module_source
 from .groups import is_structured, param_groups
 from .manifest import model_manifest, restore, save_manifest
-from .replace import replace_linear
+from .pretrained import from_pretrained, manifest_to_config, optimizer, replace_linear
 from .summary import ModelReport, summary
 
 __all__ = [
     "compile",
     "compile_structure",
+    "from_pretrained",
+    "manifest_to_config",
+    "optimizer",
     "is_structured",
     "model_manifest",
     "module_source",

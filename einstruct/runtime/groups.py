@@ -10,7 +10,9 @@ The papers parameterize the whole model, not just the structured layers
 - an ``nn.Linear`` whose narrower side is ``n`` (``min(in_features,
   out_features)``; ``in_features`` for a read-out with fewer than 64 outputs)
   gets ``lr * 64 / n``: in an MLP or transformer block of width d, d -> 4d and
-  4d -> d both get ``64 / d``, as the papers' base-model rule gives them;
+  4d -> d both get ``64 / d``, as the papers' base-model rule gives them; so
+  does every other linear layer an adapter knows (Hugging Face ``Conv1D``,
+  yours: :mod:`.adapters`), by the ``(out, in)`` shape of its dense weight;
 - a structured layer's factor gets ``lr * lr_mult * 64 / n`` (its structure-aware
   multiplier against a dense layer of the same shape, times that dense layer's);
   its router too, at ``lr * 64 / in_features``;
@@ -40,8 +42,9 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..errors import ParameterError
+from .adapters import adapter_for
 
-__all__ = ["Selector", "is_structured", "selector", "param_groups", "width_multiplier"]
+__all__ = ["Selector", "is_structured", "selector", "linear_weight", "param_groups", "width_multiplier"]
 
 #: Which layers: ``None``, a callable ``(name, module) -> bool``, a glob on qualified names, or names.
 Selector = Callable[[str, Any], bool] | str | Iterable[str] | None
@@ -87,15 +90,29 @@ def width_multiplier(
     return base_width / min(in_features, out_features)
 
 
-def _in_features(base: Any) -> dict[str, int]:
-    """in_features of every Linear and structured layer of ``base``, by qualified name."""
+def linear_weight(module: Any) -> tuple[Any, int, int] | None:
+    """``(the weight parameter, in_features, out_features)`` of a dense linear layer
+    (``nn.Linear`` or any layer an adapter knows), else ``None``."""
     import torch.nn as nn
 
-    return {
-        name: module.in_features
-        for name, module in base.named_modules()
-        if is_structured(module) or isinstance(module, nn.Linear)
-    }
+    if isinstance(module, nn.Linear):
+        return module.weight, int(module.in_features), int(module.out_features)
+    adapter = adapter_for(module)
+    if adapter is None:
+        return None
+    out, inp = adapter.dense(module)[0].shape
+    return adapter.weight(module), int(inp), int(out)
+
+
+def _in_features(base: Any) -> dict[str, int]:
+    """in_features of every linear and structured layer of ``base``, by qualified name."""
+    found = {}
+    for name, module in base.named_modules():
+        if is_structured(module):
+            found[name] = int(module.in_features)
+        elif (dense := linear_weight(module)) is not None:
+            found[name] = dense[1]
+    return found
 
 
 def _check_base_width(base_width: Any) -> None:
@@ -176,7 +193,9 @@ def param_groups(
     # a router's fan-in is the width whatever its number of experts: base_width / in_features
     routers = {id(getattr(m, "router", None)) for m in model.modules() if is_structured(m)}
     for name, module in model.named_modules():
-        if is_structured(module) or isinstance(module, nn.Linear):
+        dense = None if is_structured(module) else linear_weight(module)
+        if is_structured(module) or dense is not None:
+            in_features = int(module.in_features) if dense is None else dense[1]
             if is_fixed(name, module):
                 width = 1.0
             elif base_in is not None:
@@ -185,12 +204,15 @@ def param_groups(
                         f"layer '{name}' has no counterpart in the base model",
                         hint="build base with the same code as the model, at the base width",
                     )
-                width = base_in[name] / module.in_features
+                width = base_in[name] / in_features
             else:
-                out = None if id(module) in routers else module.out_features
-                width = width_multiplier(module.in_features, base_width, out_features=out)
-            mults = module.lr_multipliers() if is_structured(module) else {"weight": 1.0}
-            for pname, mult in mults.items():
+                out_features = int(module.out_features) if dense is None else dense[2]
+                out = None if id(module) in routers else out_features
+                width = width_multiplier(in_features, base_width, out_features=out)
+            if dense is not None:
+                add(dense[0], width if dense[0].dim() >= 2 else 1.0)
+                continue
+            for pname, mult in module.lr_multipliers().items():
                 param = module.get_parameter(pname)
                 add(param, float(mult) * (width if param.dim() >= 2 else 1.0))
         elif isinstance(module, nn.Embedding):

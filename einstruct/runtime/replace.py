@@ -1,6 +1,6 @@
 """Convert a model: swap its linear layers for structured ones, all or nothing (groups: :mod:`.groups`).
 
-    >>> report = einstruct.replace_linear(model, "structure b = btt(rank = 2)")
+    >>> report = einstruct.replace_linear(model, "btt", rank=2)   # or "structure b = btt(rank = 2)"
     >>> print(report)
     >>> opt = torch.optim.AdamW(einstruct.param_groups(model, lr=1e-3))
 
@@ -12,6 +12,10 @@ with a single width ``d`` converts square layers only. The factors start from
 the old weight's projection (``init="project"``, :meth:`from_dense`) or the
 structured muP init (``init="random"``); the bias is copied.
 
+A conversion that saves no FLOPs (every layer runs the dense strategy, or
+costs as much as dense at this rank) warns (:class:`~einstruct.errors.NoSavingsWarning`)
+saying why and what to change.
+
 All or nothing: every replacement is resolved, compiled, built and projected
 before the first swap, so any error leaves the model untouched (at the cost of
 holding the new layers next to the old ones until the swap).
@@ -19,19 +23,29 @@ holding the new layers next to the old ones until the swap).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
 from ..backends.torch.projection import projection_kind
-from ..errors import EinstructError, ParameterError
+from ..errors import EinstructError, NoSavingsWarning, ParameterError
 from ..ir import Structure
+from ..language.catalog import shorthand_source
 from ..language.load import load, read_spec
+from ..numbers import count_text
 from .build import compile_structure
 from .groups import Selector, is_structured, param_groups
-from .summary import ModelReport, layer_report, record, record_skipped
+from .summary import LayerReport, ModelReport, layer_report, record, record_skipped
 from .targets import Target, check_selector, find_targets
 
-__all__ = ["replace_linear", "param_groups", "is_structured", "bind_widths", "swap_layers"]
+__all__ = [
+    "replace_linear",
+    "param_groups",
+    "is_structured",
+    "bind_widths",
+    "swap_layers",
+    "no_savings_reason",
+]
 
 INITS = ("project", "random")
 WIDTHS = ("d", "d_in", "d_out")
@@ -145,6 +159,33 @@ def swap_layers(model: Any, swaps: list[tuple[tuple[str, ...], Any]]) -> None:
         raise
 
 
+def no_savings_reason(layers: tuple[LayerReport, ...]) -> str | None:
+    """Why a conversion saves no FLOPs per token, and what to change; ``None`` when it saves some."""
+    before, after = sum(r.flops_before for r in layers), sum(r.flops_after for r in layers)
+    if not layers or after < before:
+        return None
+    dense = sum(r.strategy == "dense" for r in layers)
+    if dense:
+        why = (
+            f"{dense} of {len(layers)} layer(s) run the dense strategy (the planner found one dense "
+            "matmul cheaper at these sizes)"
+        )
+        change = "lower the rank (or other size parameters), convert wider layers, or pass "
+        change += "strategy='structured' to run the structure's own steps anyway"
+    else:
+        why = "the structure costs as much as a dense layer at these sizes and parameters"
+        change = "lower the rank (or other size parameters) or convert wider layers"
+    flops = f"per token {count_text(before)} -> {count_text(after)}"
+    return f"the conversion saves no FLOPs ({flops}): {why}; {change}"
+
+
+def _spec_text(spec: Any) -> Any:
+    """A bare catalog form (``"btt"``, ``"btt(rank = 4)"``) as a declaration; anything else as given."""
+    if isinstance(spec, str) and not Path(spec).is_file():
+        return shorthand_source(spec) or spec
+    return spec
+
+
 def replace_linear(
     model: Any,
     spec: str | Path,
@@ -164,7 +205,9 @@ def replace_linear(
 
     Args:
         model: any ``nn.Module``.
-        spec: structure-language text or a ``.ein`` path (one structure, or name it).
+        spec: a catalog form's name, alone or with arguments (``"btt"``,
+            ``"btt(rank = 4)"``; the layers are then named after it, ``Btt``),
+            structure-language text or a ``.ein`` path (one structure, or name it).
             Widths left unset are taken from each layer.
         select: which layers: ``None`` (every layer an adapter knows), a list of
             qualified names, a glob (``"*.mlp.*"``) or a callable ``(name, module) -> bool``.
@@ -197,7 +240,7 @@ def replace_linear(
     flags = {"normalize": normalize, "zero_init_last": zero_init_last, "gain": gain, "skip_tied": skip_tied}
     _check_options(init, flags, strategy, params)
     select, exclude = check_selector("select", select), check_selector("exclude", exclude)
-    parsed = read_spec(spec)
+    parsed = read_spec(_spec_text(spec))
     probe = load(parsed, structure, symbolic=True, **params)  # unknown parameters fail here, early
     declared = [p.name for p in probe.parameters]
     fixed = load(parsed, structure, **params) if not set(WIDTHS) & set(declared) else probe
@@ -219,4 +262,7 @@ def replace_linear(
         record(new, t.adapter.name, projection, error)
     record_skipped(model, tuple(skipped))
     layers = tuple(layer_report(t.names[0], new) for t, new, _, _ in built)
+    reason = no_savings_reason(layers)
+    if reason is not None:
+        warnings.warn(reason, NoSavingsWarning, stacklevel=2)
     return ModelReport(layers, tuple(skipped), sum(p.numel() for p in model.parameters()))

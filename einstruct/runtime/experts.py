@@ -1,0 +1,136 @@
+"""Mixture-of-experts plumbing for routed (BTT-MoE) layers, as plain functions a layer calls.
+
+- :func:`attach_aux_loss`: put an auxiliary loss in the autograd graph of the
+  layer's output, so its gradient flows whenever the output's does: under
+  reentrant activation checkpointing (which recomputes the forward and drops
+  anything kept on the side), ``torch.compile`` and DDP alike, with no
+  ``loss + aux`` for the user to remember;
+- :func:`balance_loss`: the Switch-Transformer load-balancing loss
+  ``E * sum_i f_i * P_i``, with the routing counts ``f`` summed over a process
+  group (one all-reduce of ``E + 1`` numbers, no gradient), so every rank
+  balances the global batch: averaged over the ranks (as DDP averages
+  gradients) its value and gradient are the whole batch's;
+- :func:`all_to_all_experts`: expert parallelism: each rank holds
+  ``E / world`` experts; tokens go to the rank that holds their expert and
+  come back (two differentiable all-to-alls), so no rank holds every expert.
+
+    y = attach_aux_loss(y, balance_loss(probs, chosen, group=dp_group), weight=0.01)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ..errors import ParameterError
+
+__all__ = ["attach_aux_loss", "balance_loss", "all_to_all_experts"]
+
+
+class _AttachAux(torch.autograd.Function):
+    """Identity on ``output``; backward also gives ``aux`` the gradient ``weight``."""
+
+    @staticmethod
+    def forward(ctx: Any, output: torch.Tensor, aux: torch.Tensor, weight: float) -> torch.Tensor:
+        ctx.aux_shape, ctx.aux_dtype, ctx.aux_device = aux.shape, aux.dtype, aux.device
+        ctx.weight = weight
+        return output.view_as(output)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        aux_grad = torch.full(ctx.aux_shape, ctx.weight, dtype=ctx.aux_dtype, device=ctx.aux_device)
+        return grad, aux_grad, None
+
+
+def attach_aux_loss(output: torch.Tensor, aux: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    """``output``, unchanged, carrying ``weight * aux`` into the backward pass.
+
+    The gradient of ``loss(output)`` then also holds ``weight * d aux``, as if
+    the loss were ``loss + weight * aux``, provided the output reaches the loss
+    (every layer's does). ``aux`` must be a scalar tensor.
+
+    >>> y = attach_aux_loss(y, router_entropy, weight=0.01)  # doctest: +SKIP
+    """
+    if not isinstance(aux, torch.Tensor) or aux.numel() != 1:
+        raise ParameterError("aux must be a scalar tensor", hint="reduce it first, e.g. aux.mean()")
+    if not aux.requires_grad:
+        return output
+    return _AttachAux.apply(output, aux, float(weight))
+
+
+def balance_loss(
+    probs: torch.Tensor, chosen: torch.Tensor, num_experts: int | None = None, group: Any = None
+) -> torch.Tensor:
+    """The load-balancing loss ``E * sum_i f_i * P_i`` of a router.
+
+    Args:
+        probs: ``(tokens, E)`` router probabilities (differentiable).
+        chosen: ``(tokens, k)`` (or ``(tokens,)``) the experts each token was sent to.
+        num_experts: E (default ``probs.shape[-1]``).
+        group: a process group: ``f`` (the fraction of assignments per expert) is
+            then counted over every rank's tokens (one all-reduce); ``P`` (the mean
+            probability) stays this rank's, so averaging the ranks' losses, or
+            their gradients as DDP does, gives the global batch's when every rank
+            has as many tokens.
+    """
+    experts = int(num_experts if num_experts is not None else probs.shape[-1])
+    picks = chosen.reshape(chosen.shape[0], -1)
+    counts = torch.zeros(experts + 1, dtype=torch.float64, device=probs.device)
+    counts[:experts] = torch.bincount(picks.reshape(-1), minlength=experts)[:experts].to(counts.dtype)
+    counts[experts] = picks.numel()
+    if group is not None:
+        dist.all_reduce(counts, group=group)
+    fraction = (counts[:experts] / counts[experts]).to(probs.dtype)
+    return experts * (fraction * probs.mean(dim=0)).sum()
+
+
+def all_to_all_experts(
+    tokens: torch.Tensor,
+    expert: torch.Tensor,
+    local_experts: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    experts_per_rank: int,
+    group: Any = None,
+) -> torch.Tensor:
+    """Run each token through its expert on the rank that holds it; the outputs in token order.
+
+    Args:
+        tokens: ``(n, d)`` this rank's token rows (one row per assignment: repeat a
+            token's row for each of its top-k experts).
+        expert: ``(n,)`` the global expert index of each row; rank ``r`` holds
+            experts ``r * experts_per_rank`` to ``(r + 1) * experts_per_rank - 1``.
+        local_experts: ``(rows, local_index) -> outputs``: runs this rank's experts.
+        experts_per_rank: experts per rank.
+        group: the expert-parallel process group (default: the world).
+
+    Two all-to-alls (the rows, then their outputs) plus one of the counts; the
+    gradient flows back through the same exchanges.
+    """
+    from torch.distributed.nn.functional import all_to_all_single
+
+    world = dist.get_world_size(group)
+    dest = torch.div(expert, experts_per_rank, rounding_mode="floor")
+    if bool(((dest < 0) | (dest >= world)).any()):
+        raise ParameterError(
+            f"an expert index is outside the {world * experts_per_rank} experts of the group",
+            hint="check experts_per_rank and the router's output",
+        )
+    order = torch.argsort(dest, stable=True)
+    send = torch.bincount(dest, minlength=world)
+    recv = torch.empty_like(send)
+    dist.all_to_all_single(recv, send, group=group)
+    send_sizes, recv_sizes = send.tolist(), recv.tolist()
+    rows = tokens[order]
+    local = (expert[order] - dest[order] * experts_per_rank).to(torch.int64)
+    arrived = all_to_all_single(
+        rows.new_empty(sum(recv_sizes), rows.shape[1]), rows, recv_sizes, send_sizes, group=group
+    )
+    local_index = torch.empty(sum(recv_sizes), dtype=torch.int64, device=tokens.device)
+    dist.all_to_all_single(local_index, local, recv_sizes, send_sizes, group=group)
+    done = local_experts(arrived, local_index)
+    back = all_to_all_single(
+        done.new_empty(sum(send_sizes), done.shape[1]), done, send_sizes, recv_sizes, group=group
+    )
+    return back[torch.argsort(order)]  # back in this rank's token order

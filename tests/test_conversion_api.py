@@ -1,0 +1,62 @@
+"""replace_linear without ceremony: catalog names with keyword arguments, readable class names,
+a warning when a conversion saves nothing; param_groups width-scales every adapter like nn.Linear."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from transformers.pytorch_utils import Conv1D
+
+import einstruct
+from einstruct.errors import NoSavingsWarning
+
+
+def _pair(width: int) -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(width, width), torch.nn.Tanh(), torch.nn.Linear(width, width))
+
+
+def test_conv1d_gets_the_width_scaling_of_a_linear_of_its_shape():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(16, 256), Conv1D(512, 256), torch.nn.Linear(512, 256))
+    rates = {id(p): g["lr"] for g in einstruct.param_groups(model, lr=1.0) for p in g["params"]}
+    assert rates[id(model[1].weight)] == 64 / 256  # fan-in 256, base width 64: by hand
+    assert rates[id(model[2].weight)] == 64 / 512
+    assert rates[id(model[0].weight)] == 1.0  # an input layer (16 < 64)
+    assert rates[id(model[1].bias)] == 1.0
+    base = torch.nn.Sequential(torch.nn.Linear(16, 64), Conv1D(128, 64), torch.nn.Linear(128, 64))
+    rates = {id(p): g["lr"] for g in einstruct.param_groups(model, lr=1.0, base=base) for p in g["params"]}
+    assert rates[id(model[1].weight)] == 64 / 256 and rates[id(model[0].weight)] == 1.0
+
+
+@pytest.mark.parametrize("short", ["btt", "btt(rank = 4)", " btt ( rank = 4 ) "])
+def test_a_catalog_name_with_keywords_converts_like_the_full_spec(short):
+    full, quick = _pair(64), _pair(64)
+    einstruct.replace_linear(full, "structure b = btt(rank = 4)", strategy="structured")
+    einstruct.replace_linear(quick, short, strategy="structured", **({"rank": 4} if short == "btt" else {}))
+    assert type(quick[0]).__name__ == "Btt" and type(full[0]).__name__ == "B"
+    for a, b in zip(full.parameters(), quick.parameters(), strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b)
+
+
+def test_an_unknown_bare_name_is_still_a_spec_error():
+    with pytest.raises(einstruct.EinstructError):
+        einstruct.replace_linear(_pair(64), "bttt", rank=4)
+
+
+def test_a_conversion_that_saves_no_flops_warns_why_and_what_to_change():
+    with pytest.warns(
+        NoSavingsWarning, match=r"131,072 -> 131,072.*dense strategy.*lower the rank"
+    ) as caught:
+        einstruct.replace_linear(_pair(256)[:1], "btt", rank=4)
+    assert caught[0].filename == __file__  # points at the caller
+    dense_flops = 2 * 256 * 256  # per token, by hand
+    assert f"{dense_flops:,}" in str(caught[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        einstruct.replace_linear(
+            _pair(1024)[:1], "btt", rank=1, strategy="structured", init="random"
+        )  # saves

@@ -1,0 +1,100 @@
+"""Hugging Face round trips of converted models (GPT-2 from a small config, nothing downloaded):
+the manifest travels in config.json, ``einstruct.from_pretrained`` rebuilds and loads in one call,
+mismatched checkpoints are refused, and the Trainer trains with ``param_groups``.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+import einstruct
+from einstruct.errors import ParameterError
+
+GPT2 = {"n_embd": 64, "n_layer": 2, "n_head": 4, "vocab_size": 97, "n_positions": 32}
+NO_DROPOUT = {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0}
+IDS = torch.arange(24).reshape(2, 12) * 7 % 97
+
+
+def _converted() -> GPT2LMHeadModel:
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(**GPT2, **NO_DROPOUT, bos_token_id=0, eos_token_id=0)).eval()
+    einstruct.replace_linear(model, "structure b = btt(rank = 2)", normalize=True, gain=True)
+    with torch.no_grad():  # move every parameter off its projected start, so a reload cannot guess it
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return model
+
+
+@pytest.mark.parametrize("shard", [None, "40KB"])
+@pytest.mark.parametrize("model_class", [GPT2LMHeadModel, AutoModelForCausalLM])
+def test_save_pretrained_alone_carries_the_structure(tmp_path, model_class, shard):
+    model = _converted()
+    expected = model(IDS).logits
+    model.save_pretrained(tmp_path, **({"max_shard_size": shard} if shard else {}))
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert len(saved["einstruct"]["layers"]) == 8  # every Conv1D of the two blocks
+    assert not (tmp_path / "einstruct.json").exists()
+    if shard:
+        assert (tmp_path / "model.safetensors.index.json").is_file()
+    loaded = einstruct.from_pretrained(model_class, tmp_path)
+    assert type(loaded.transformer.h[0].mlp.c_fc) is type(model.transformer.h[0].mlp.c_fc)
+    assert not loaded.training
+    torch.testing.assert_close(loaded(IDS).logits, expected, rtol=0, atol=0)
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+
+
+def test_a_plain_checkpoint_has_no_manifest_to_restore(tmp_path):
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(**GPT2)).save_pretrained(tmp_path)
+    with pytest.raises(ParameterError, match="holds no einstruct manifest"):
+        einstruct.from_pretrained(GPT2LMHeadModel, tmp_path)
+
+
+def test_weights_that_do_not_match_the_rebuilt_layers_are_refused(tmp_path):
+    model = _converted()
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    spec = config["einstruct"]["layers"][0]["spec"]
+    assert "rank = 2," in spec
+    config["einstruct"]["layers"][0]["spec"] = spec.replace(
+        "rank = 2,", "rank = 3,"
+    )  # layer kinds no longer match
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ParameterError, match=r"transformer\.h\.0\.attn\.c_attn\.A"):
+        einstruct.from_pretrained(GPT2LMHeadModel, tmp_path)
+
+
+def test_the_trainer_trains_with_param_groups_and_its_checkpoint_reloads(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    model = _converted().double().train()
+    reference = _converted().double().train()
+    # the Trainer divides the loss by the count of labels before the shift: ignore the first,
+    # which no token predicts, so that it is the model's own mean loss
+    labels = IDS.clone()
+    labels[:, 0] = -100
+    data = [{"input_ids": IDS[i], "labels": labels[i]} for i in range(2)]
+    args = TrainingArguments(
+        str(tmp_path / "run"), per_device_train_batch_size=2, max_steps=3, lr_scheduler_type="constant",
+        use_cpu=True, report_to=[], save_strategy="no", logging_strategy="no", max_grad_norm=0.0,
+    )  # fmt: skip
+    optimizer = einstruct.optimizer(model, lr=1e-2, weight_decay=0.1)
+    trainer = Trainer(model=model, args=args, train_dataset=data, optimizers=(optimizer, None))
+    trainer.train()
+    # the same three steps by hand: the whole dataset is one batch, in any order
+    groups = einstruct.param_groups(reference, lr=1e-2, weight_decay=0.1)
+    assert len({g["lr"] for g in groups}) > 2  # muP: not one learning rate for all
+    by_hand = torch.optim.AdamW(groups, lr=1e-2)
+    for _ in range(3):
+        by_hand.zero_grad()
+        reference(IDS, labels=labels).loss.backward()
+        by_hand.step()
+    for (name, p), q in zip(model.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-9, atol=1e-12, msg=name)
+    trainer.save_model(str(tmp_path / "final"))
+    loaded = einstruct.from_pretrained(GPT2LMHeadModel, tmp_path / "final")
+    torch.testing.assert_close(loaded(IDS).logits, model.eval()(IDS).logits, rtol=0, atol=0)
