@@ -47,29 +47,30 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
-def read_bounded(path: Path | str, limit: int, what: str = "file", variable: str = "") -> bytes:
+def read_bounded(
+    path: Path | str, limit: int, what: str = "file", variable: str = "", hint: str = "check the path"
+) -> bytes:
     """The bytes of the regular file ``path``, if it holds at most ``limit`` of them.
 
     ``what`` names the file in messages ("spec file", "manifest"); ``variable``
-    is the environment variable that raises the limit, if one does.
+    is the environment variable that raises the limit, if one does; ``hint``
+    says what to do when the file cannot be opened.
     """
     shown = shown_path(path)
     try:
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
             raise EinstructError(
-                f"cannot read {what} '{shown}': it is {_kind(info.st_mode)}, not a regular file",
+                f"cannot read '{shown}': it is {_kind(info.st_mode)}, not a regular {what}",
                 hint="give a regular file, or pipe the data to standard input (-)",
             )
         flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
         descriptor = os.open(path, flags)
     except OSError as exc:
-        raise EinstructError(
-            f"cannot read {what} '{shown}': {exc.strerror or exc}", hint="check the path"
-        ) from None
+        raise EinstructError(f"cannot read '{shown}': {exc.strerror or exc}", hint=hint) from None
     with os.fdopen(descriptor, "rb") as handle:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # swapped between stat and open
-            raise EinstructError(f"cannot read {what} '{shown}': not a regular file", hint="check the path")
+            raise EinstructError(f"cannot read '{shown}': not a regular {what}", hint=hint)
         return read_stream(handle, f"{what} '{shown}'", limit, variable)
 
 

@@ -69,7 +69,9 @@ def add_experiment_parser(sub: Any) -> None:
     s.add_argument("--lrs", type=_rate, nargs="+", metavar="LR", help="learning rates (at the base width 64)")
     s.add_argument("--no-dense", action="store_true", help="leave out the dense baseline")
     s.add_argument(
-        "--workers", type=_at_least(0), default=2, help="single-thread worker processes (default 2)"
+        "--workers",
+        type=_at_least(0),
+        help="single-thread worker processes, at most the CPUs (default 2, or 1 on one CPU)",
     )
     s.add_argument("--results", metavar="FILE", help="JSON-lines results (default scaling-PRESET.jsonl)")
     s.add_argument("--table", metavar="FILE", help="also write the markdown table here")

@@ -61,7 +61,13 @@ def parse_file(path: str | Path) -> SpecFile:
     """Read and parse a ``.ein`` file (``-`` is not handled here: read it yourself)."""
     path = Path(path)
     limit = current().max_input_bytes
-    data = read_bounded(path, limit, "spec file", ENVIRONMENT["max_input_bytes"])
+    data = read_bounded(
+        path,
+        limit,
+        "spec file",
+        ENVIRONMENT["max_input_bytes"],
+        hint="check the file name (the command's input is a .ein file, or - for standard input)",
+    )
     return parse_bytes(data, str(path))
 
 

@@ -11,8 +11,10 @@ another local user could plant one; einstruct never uses it. The cache lives in
 - the cache file, when present, is a regular file owned by this user that no
   one else can write.
 
-Lark then checks the file's header (a SHA-256 of the grammar, options, lark
-and Python versions) before it loads the tables. Otherwise, or with
+Only this user can write there, so only this user's own einstruct runs wrote
+the file; lark then checks its header (a SHA-256 of the grammar, options,
+lark and Python versions) and rebuilds the tables when it does not match (a
+cache from another grammar or a torn write). Otherwise, or with
 ``EINSTRUCT_PARSER_CACHE=0``, the parser is built without a cache (about 70 ms
 more CPU per process).
 """
