@@ -156,7 +156,8 @@ def read_state_dict(source: Any) -> Mapping[str, Any]:
             )
         path = found[0]
     if not _regular(path):
-        raise ManifestError(f"no such state dict file: {shown_path(path)}", hint="check the path")
+        problem = "is not a regular file" if os.path.lexists(path) else "does not exist"
+        raise ManifestError(f"state dict file {shown_path(path)} {problem}", hint="check the path")
     if not path.name.endswith(".index.json"):
         return _load_file(path)
     state: dict[str, Any] = {}
