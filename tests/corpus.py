@@ -228,6 +228,7 @@ def _cases() -> list[Bad]:
         Bad("monarch of output width 0", "got d_out = 0", "structure m = monarch(d_in = 16, d_out = 0, blocks = 2)\n", (1, "d_out")),
         Bad("compile with a symbolic top k", "has symbolic sizes", "structure m(d = 16, k):\n    y[f, e] = x[g, a] * A[g, a, f, r] * B[f, g, r, e]\n    where g = a = f = e = 4, r = 4\n    route r top k\n", None, run=("compile", "bad.ein", "-o", "-")),
         Bad("spec file is a device", "is a device, not a regular spec file", None, None, run=("analyze", "/dev/null")),
+        Bad("api: param_groups weight decay past float", "weight_decay must be a finite number, got int 1000", api=lambda: ein.param_groups(_model(), lr=1e-3, weight_decay=10**400)),
         Bad("api: param_groups fixed misspelt", "fixed='O' matches no layer of the model", api=lambda: ein.param_groups(_model(), lr=1e-3, fixed="O")),
         Bad("api: param_groups fixed names a missing layer", "fixed names 'head', which is not a layer", api=lambda: ein.param_groups(_model(), lr=1e-3, fixed=["head"])),
         Bad("api: param_groups fixed a number", "fixed must be layer names, a glob or a callable", api=lambda: ein.param_groups(_model(), lr=1e-3, fixed=3)),

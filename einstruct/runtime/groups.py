@@ -126,10 +126,20 @@ def _check_base_width(base_width: Any) -> None:
         )
 
 
+def _finite(value: Any) -> bool:
+    """Whether ``value`` is a real number a float can hold (10**400 is not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except (OverflowError, ValueError):
+        return False
+
+
 def _check_rate(what: str, value: Any, positive: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    if not _finite(value):
         raise ParameterError(
-            f"{what} must be a finite number, got {type(value).__name__} {value!r:.40}",
+            f"{what} must be a finite number, got {type(value).__name__} {str(value)[:40]}",
             hint=f"e.g. {what}=1e-3",
         )
     if value < 0 or (positive and value == 0):
