@@ -161,6 +161,8 @@ def check_manifest(source: Any, tmp: Any) -> Outcome:
             for key, value in w.items():
                 if key == "options":
                     assert all(g["options"][k] == v for k, v in value.items()), (g, w)
+                elif key == "spec":  # the same structure, written canonically
+                    assert einstruct.load(value, w["structure"]).to_source() == g["spec"], (value, g["spec"])
                 else:
                     assert g[key] == value, (key, g[key], value)
         outcome.accepted += 1
