@@ -39,6 +39,7 @@ __all__ = [
     "resolve_output",
     "check_targets",
     "write_atomic",
+    "temporary_prefix",
     "write_files",
     "write_output",
 ]
@@ -142,6 +143,25 @@ def check_targets(
     return modes
 
 
+#: Bytes of the target's name kept in a temporary name: with the dots, the 8
+#: random characters and ``.tmp`` it stays far below every file system's
+#: 255-byte name limit, whatever the target's own length.
+TEMP_NAME_BYTES = 64
+
+
+def temporary_prefix(name: str) -> str:
+    """The prefix of the temporary file written next to ``name``: its first bytes, whole characters.
+
+    >>> len(temporary_prefix("x" * 250).encode())
+    66
+    """
+    kept = os.fsencode(name)[:TEMP_NAME_BYTES]
+    text = os.fsdecode(kept)
+    while len(os.fsencode(text)) > TEMP_NAME_BYTES or "\udc80" <= text[-1:] <= "\udcff":
+        text = text[:-1]  # a multi-byte character cut in two: drop its head
+    return f".{text}."
+
+
 def _default_mode() -> int:
     umask = os.umask(0)
     os.umask(umask)
@@ -156,7 +176,7 @@ def write_atomic(path: Path, data: str | bytes, mode: int | None = None) -> None
     """
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
-        handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        handle, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise OutputError(
             f"cannot write {_shown(path)}: {exc.strerror or exc}",

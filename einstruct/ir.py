@@ -171,7 +171,9 @@ class Structure:
     # -- widths and counts -----------------------------------------------------------
     @property
     def is_symbolic(self) -> bool:
-        """Whether any size depends on a parameter left without a value."""
+        """Whether any size (or the routed top k) depends on a parameter left without a value."""
+        if self.route is not None and not isinstance(self.route.top_k, int):
+            return True
         return any(not isinstance(i.size, int) for i in self.indices)
 
     @property

@@ -19,6 +19,8 @@ factors in a structure     ``EINSTRUCT_MAX_FACTORS``        64
 parameters of a compiled   ``EINSTRUCT_MAX_PARAMS``         2^31 (8 GiB in float32): checked by
 module                                                      the generated module before it
                                                             allocates, and by ``to_dense()``
+bytes of an input file     ``EINSTRUCT_MAX_INPUT_BYTES``    2^24 (16 MiB: a spec, a manifest, a
+                                                            checkpoint index, standard input)
 =========================  ===============================  =====================================
 
     >>> current().max_size == 2**64
@@ -28,11 +30,11 @@ module                                                      the generated module
 from __future__ import annotations
 
 import numbers
-import os
 from dataclasses import dataclass, fields
 from typing import Any
 
 from .errors import ParameterError
+from .nn.env import MAX_PARAMS_DEFAULT, SettingError, positive_setting, shown_value
 
 __all__ = ["Limits", "DEFAULTS", "ENVIRONMENT", "current", "checked_batch"]
 
@@ -48,7 +50,8 @@ class Limits:
     max_nodes: int = 2000
     max_indices: int = 256
     max_factors: int = 64
-    max_params: int = 2**31
+    max_params: int = MAX_PARAMS_DEFAULT
+    max_input_bytes: int = 2**24
 
 
 #: The built-in limits.
@@ -61,14 +64,24 @@ ENVIRONMENT = {f.name: f"EINSTRUCT_{f.name.upper()}" for f in fields(Limits)}
 def current() -> Limits:
     """The limits in force: the defaults, overridden by ``EINSTRUCT_MAX_*`` variables.
 
-    A variable that is not a positive integer is ignored (the default holds),
-    so a typo cannot switch a guard off.
+    Values are read by :func:`einstruct.nn.env.positive_setting` (plain ASCII
+    digits, ``_`` between digits, bounded length, greater than zero); one that
+    is set but not accepted is a :class:`ParameterError` naming the variable,
+    never a silent default, so a typo cannot switch a guard off.
     """
     values = {}
     for name, variable in ENVIRONMENT.items():
-        text = os.environ.get(variable, "").strip().replace("_", "")
-        if text.isdigit() and int(text) > 0:
-            values[name] = int(text)
+        default = getattr(DEFAULTS, name)
+        try:
+            value = positive_setting(variable, default)
+        except SettingError as exc:
+            raise ParameterError(
+                f"environment variable {variable}={shown_value(exc.value)}: {exc.problem}",
+                hint=f"set it to a positive whole number in plain digits, e.g. {variable}={default}, "
+                "or unset it",
+            ) from None
+        if value != default:
+            values[name] = value
     return Limits(**values) if values else DEFAULTS
 
 

@@ -48,6 +48,22 @@ def _model() -> Any:
     return torch.nn.Sequential(torch.nn.Linear(8, 8))
 
 
+def _nan_model() -> Any:
+    import torch
+
+    model = _model()
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    return model
+
+
+def _meta_model() -> Any:
+    import torch
+
+    with torch.device("meta"):
+        return torch.nn.Sequential(torch.nn.Linear(8, 8))
+
+
 def _cases() -> list[Bad]:
     import einstruct  # noqa: F401 - the api cases call it
 
@@ -207,6 +223,21 @@ def _cases() -> list[Bad]:
         Bad("api: param_groups lr NaN", "lr must be a finite number, got float nan", api=lambda: ein.param_groups(_model(), lr=float("nan"))),
         Bad("api: param_groups negative weight decay", "weight_decay must be at least 0, got -0.1", api=lambda: ein.param_groups(_model(), lr=1e-3, weight_decay=-0.1)),
         Bad("api: plot_taxonomy of None", "plot_taxonomy takes a list of specs", api=lambda: ein.plot_taxonomy(None)),
+        # -- files and hosts others control (issue 21) ------------------------------------------
+        Bad("monarch of width 0 with blocks", "monarch() needs widths of at least 1 feature, got d = 0", "structure m = monarch(d = 0, blocks = 4)\n", (1, "d = 0")),
+        Bad("monarch of output width 0", "got d_out = 0", "structure m = monarch(d_in = 16, d_out = 0, blocks = 2)\n", (1, "d_out")),
+        Bad("compile with a symbolic top k", "has symbolic sizes", "structure m(d = 16, k):\n    y[f, e] = x[g, a] * A[g, a, f, r] * B[f, g, r, e]\n    where g = a = f = e = 4, r = 4\n    route r top k\n", None, run=("compile", "bad.ein", "-o", "-")),
+        Bad("spec file is a device", "is a device, not a regular spec file", None, None, run=("analyze", "/dev/null")),
+        Bad("api: param_groups weight decay past float", "weight_decay must be a finite number, got int 1000", api=lambda: ein.param_groups(_model(), lr=1e-3, weight_decay=10**400)),
+        Bad("api: param_groups fixed misspelt", "fixed='O' matches no layer of the model", api=lambda: ein.param_groups(_model(), lr=1e-3, fixed="O")),
+        Bad("api: param_groups fixed names a missing layer", "fixed names 'head', which is not a layer", api=lambda: ein.param_groups(_model(), lr=1e-3, fixed=["head"])),
+        Bad("api: param_groups fixed a number", "fixed must be layer names, a glob or a callable", api=lambda: ein.param_groups(_model(), lr=1e-3, fixed=3)),
+        Bad("api: param_groups base not a model", "base must be the model built at the base width", api=lambda: ein.param_groups(_model(), lr=1e-3, base="model")),
+        Bad("api: save_manifest of a non-module", "save_manifest needs the model (a torch.nn.Module)", api=lambda: ein.save_manifest("model", "ckpt")),
+        Bad("api: replace_linear of a NaN weight", "layer '0': from_dense: W has NaN", api=lambda: ein.replace_linear(_nan_model(), "structure b = btt(rank = 2)")),
+        Bad("api: replace_linear of a meta model", "layer '0' is on the meta device", api=lambda: ein.replace_linear(_meta_model(), "structure b = btt(rank = 2)")),
+        Bad("api: search with more jobs than CPUs", "jobs must be from 1 to", api=lambda: ein.search(d_in=16, d_out=16, jobs=10**6)),
+        Bad("api: manifest option as a string", "manifest layers[0].options.normalize: must be true or false, got str 'false'", api=lambda: ein.restore(_model(), {"format": 1, "layers": [{"names": ["0"], "spec": "structure b(d = 8):\n    y[o] = x[i] * W[i, o]\n    where i = o = d\n", "structure": "b", "in_features": 8, "out_features": 8, "bias": True, "backend": "torch", "batch": 8, "class_strategy": "auto", "options": {"normalize": "false"}}]})),
     ]  # fmt: skip
 
 

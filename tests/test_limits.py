@@ -8,6 +8,7 @@ must work are checked against the dense reference.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -72,8 +73,9 @@ def test_limits_follow_the_environment(monkeypatch):
     monkeypatch.setenv("EINSTRUCT_MAX_SIZE", "1000")
     with pytest.raises(einstruct.EinstructError, match="larger than the limit 1,000"):
         einstruct.load(_layer_source("1024"))
-    monkeypatch.setenv("EINSTRUCT_MAX_SIZE", "not a number")  # a typo never switches a guard off
-    assert current().max_size == DEFAULTS.max_size
+    monkeypatch.setenv("EINSTRUCT_MAX_SIZE", "not a number")  # a typo never switches a guard off: refused
+    with pytest.raises(einstruct.EinstructError, match="EINSTRUCT_MAX_SIZE='not a number'"):
+        current()
     monkeypatch.setenv("EINSTRUCT_MAX_DIGITS", "300")
     monkeypatch.setenv("EINSTRUCT_MAX_SIZE", str(10**250))
     monkeypatch.setenv("EINSTRUCT_MAX_ENTRIES", str(10**500))
@@ -170,3 +172,35 @@ def test_symbolic_sizes_that_outgrow_the_stand_in_take_a_smaller_one_or_are_refu
     assert (
         "even with the stand-in values k = 2" in result.stderr and "is larger than the limit" in result.stderr
     )
+
+
+IRRATIONAL = "structure m(d = 64):\n    y[o] = x[i] * W[i, o]\n    where i = round(d^(2^0.5)), o = d\n"
+SYMBOLIC_K = (
+    "structure m(d = 16, k):\n    y[f, e] = x[g, a] * A[g, a, f, r] * B[f, g, r, e]\n"
+    "    where g = a = f = e = d^(1/2), r = 4\n    route r top k\n"
+)
+
+
+def test_specs_that_once_crashed_later_are_analyzed_in_every_command(tmp_path, capsys):
+    """An irrational exponent under rounding is analyzed (no exact theta), a symbolic top k is
+    analyzed symbolically, and compile asks for its value with a located error."""
+    from einstruct.cli import main
+
+    (tmp_path / "irr.ein").write_text(IRRATIONAL)
+    (tmp_path / "k.ein").write_text(SYMBOLIC_K)
+    width = round(64 ** (2**0.5))  # the rounded input axis, computed here by Python
+    analysis = einstruct.analyze(IRRATIONAL)
+    assert analysis.params == width * 64
+    for command in (["analyze"], ["analyze", "--symbolic"], ["compare"], ["plan"], ["compile", "-o", "-"]):
+        assert main([command[0], str(tmp_path / "irr.ein"), *command[1:]]) == 0, capsys.readouterr().err
+    layer = einstruct.compile(IRRATIONAL)(dtype=torch.float64)
+    assert sum(p.numel() for p in layer.parameters() if p is not layer.bias) == width * 64
+    for command in (["analyze"], ["analyze", "--symbolic"], ["compare"]):
+        assert main([command[0], str(tmp_path / "k.ein"), *command[1:]]) == 0, capsys.readouterr().err
+    out = " ".join(capsys.readouterr().out.split())
+    assert re.search(r"active FLOPs/vector with the router [^,]*\*k", out), out  # they grow with k
+    for command in (["plan"], ["compile", "-o", "-"]):
+        assert main([command[0], str(tmp_path / "k.ein"), *command[1:]]) == 2
+        assert "symbolic" in capsys.readouterr().err
+    with pytest.raises(einstruct.EinstructError, match="symbolic"):
+        einstruct.compile(SYMBOLIC_K)

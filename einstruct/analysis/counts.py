@@ -71,8 +71,11 @@ def concrete_stand_in(structure: Structure, value: int = STAND_IN, values: dict 
     """
     if not structure.is_symbolic:
         return structure
+    route = structure.route
+    routed_k = route.top_k if route is not None and not isinstance(route.top_k, int) else None
     free = sorted(
-        {sym for i in structure.indices if not isinstance(i.size, int) for sym in i.size.free_symbols},
+        {sym for i in structure.indices if not isinstance(i.size, int) for sym in i.size.free_symbols}
+        | (set(routed_k.free_symbols) if routed_k is not None else set()),
         key=str,
     )
     trials = [value] if values else [value, 256, 16, 4, 2]
@@ -81,7 +84,12 @@ def concrete_stand_in(structure: Structure, value: int = STAND_IN, values: dict 
         sizes = _sizes_at(structure, symbols, raise_if_too_large=k == len(trials) - 1)
         if sizes is not None:
             indices = tuple(replace(i, size=sizes.get(i.name, i.size)) for i in structure.indices)
-            return replace(structure, indices=indices)
+            stand_in = replace(structure, indices=indices)
+            if route is not None and routed_k is not None:  # a symbolic top k: 1 .. the experts
+                experts = int(stand_in.size(route.index))
+                k = max(1, min(experts, int(routed_k.subs(symbols))))
+                stand_in = replace(stand_in, route=replace(route, top_k=k))
+            return stand_in
     raise AssertionError("unreachable: the last trial raises")
 
 

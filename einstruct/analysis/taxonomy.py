@@ -168,8 +168,8 @@ def _power_of_width(expr: Expr, parameters: tuple[tuple[str, Any], ...]) -> Expo
     value = sympy.powsimp(sympy.simplify(value), force=True)
     if _WIDTHS & set(env):
         coeff, power = value.as_coeff_exponent(d)
-        if coeff == 1 and power != 0 and not power.free_symbols:
-            return Fraction(int(power.p), int(power.q))
+        if coeff == 1 and power != 0 and not power.free_symbols and power.is_Rational:
+            return Fraction(int(power.p), int(power.q))  # an irrational power has no exact theta
     return None
 
 

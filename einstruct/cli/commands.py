@@ -30,9 +30,11 @@ from ..errors import MissingExtraError, ParameterError, StructureNotFoundError
 from ..expressions import names_in
 from ..ir import Structure
 from ..language.load import load, load_all, read_spec
-from ..language.parser import parse_text, parse_value
+from ..language.parser import parse_bytes, parse_text, parse_value
 from ..language.spec import SpecFile
+from ..limits import ENVIRONMENT, current
 from ..planner.plan import make_plan
+from ..reading import read_stream
 from .search_options import console, widths
 
 __all__ = ["cmd_analyze", "cmd_compare", "cmd_theta", "cmd_plan", "cmd_compile"]
@@ -54,7 +56,9 @@ def _parse_sets(pairs: Sequence[str] | None) -> dict[str, str]:
 def _read_spec(path: str) -> SpecFile:
     """Parse a spec file, or standard input for ``-``."""
     if path == "-":
-        return parse_text(sys.stdin.read(), "<stdin>")
+        limit = current().max_input_bytes
+        data = read_stream(sys.stdin.buffer, "standard input", limit, ENVIRONMENT["max_input_bytes"])
+        return parse_bytes(data, "<stdin>")
     return read_spec(Path(path))
 
 

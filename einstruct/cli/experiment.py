@@ -60,7 +60,9 @@ def _common(s: Any, default_files: str) -> None:
     s.add_argument("--widths", type=_at_least(1), nargs="+", metavar="D", help="widths of the structures")
     s.add_argument("--lrs", type=_rate, nargs="+", metavar="LR", help="learning rates (at the base width 64)")
     s.add_argument(
-        "--workers", type=_at_least(0), default=2, help="single-thread worker processes (default 2)"
+        "--workers",
+        type=_at_least(0),
+        help="single-thread worker processes, at most the CPUs (default 2, or 1 on one CPU)",
     )
     s.add_argument("--results", metavar="FILE", help="JSON-lines results, one line per run")
     s.add_argument("--json", metavar="FILE", help="the summary as JSON (default: the results file, .json)")
@@ -160,7 +162,7 @@ class _Lines:
         sys.stderr.flush()
 
 
-def _sweep(name: str, task: Any, runs: list, results: Path, workers: int) -> list[dict[str, Any]]:
+def _sweep(name: str, task: Any, runs: list, results: Path, workers: int | None) -> list[dict[str, Any]]:
     """Run the sweep with a bar on a terminal, line progress otherwise; then the CPU time spent."""
     import resource
 

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EinstructError
+from ..figures.mpl import literal_text
 
 __all__ = [
     "Point",
@@ -163,5 +164,6 @@ def plot_frontier(points: Mapping[str, Sequence[Point]], grid: Sequence[float], 
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
+    literal_text(fig)  # structure names are drawn as written, never parsed as math
     fig.savefig(path, metadata={"Software": None})  # no version or date: the same run, the same bytes
     plt.close(fig)

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ..capacity import checked_seed, checked_width, checked_workers, usable_cpus
 from ..errors import EinstructError, ParameterError
 from .scaling import Run, Task, make_data, train_flops, train_run
 
@@ -35,7 +36,16 @@ def plan_runs(
     lrs: Mapping[str, Sequence[float]],
     seeds: Sequence[int],
 ) -> list[Run]:
-    """Every run of the sweep, structure by structure, seed-major."""
+    """Every run of the sweep, structure by structure, seed-major.
+
+    Seeds and widths are checked first (:mod:`einstruct.capacity`), so a seed
+    past 2^32 or a width that would not fit in memory is refused before any work.
+    """
+    for seed in seeds:
+        checked_seed(seed)
+    for label in specs:
+        for width in widths[label]:
+            checked_width(width, f"width of {label}")
     return [
         Run(label, spec, width, lr, seed)
         for seed in seeds
@@ -102,7 +112,7 @@ def run_sweep(
     task: Task,
     runs: Sequence[Run],
     results: Path,
-    workers: int = 2,
+    workers: int | None = None,
     progress: Callable[[int, int, dict[str, Any] | None], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Run what ``results`` does not hold yet; returns every row of the sweep's runs.
@@ -111,11 +121,15 @@ def run_sweep(
         task: the task and training setup.
         runs: the runs (from :func:`plan_runs`).
         results: the JSON-lines file, appended to as runs finish.
-        workers: single-thread worker processes; 0 runs in this process.
+        workers: single-thread worker processes; 0 runs in this process; default 2
+            (or 1 on a machine with one CPU). At most the CPUs this process may use.
         progress: called as ``progress(done, total, row)`` after each run (row None at start).
     """
     import torch
 
+    workers = (
+        min(2, usable_cpus()) if workers is None else checked_workers(workers, "workers", allow_zero=True)
+    )
     keys = {r.key(task) for r in runs}
     done = {row["key"]: row for row in read_results(results) if row.get("key") in keys}
     unique = {r.key(task): r for r in runs}  # a run listed twice is trained once

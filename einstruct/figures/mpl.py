@@ -17,7 +17,7 @@ from .._version import __version__
 from ..errors import MissingExtraError, ParameterError
 from ..files import write_files
 
-__all__ = ["FORMATS", "matplotlib", "new_figure", "save_figure", "written_by_einstruct"]
+__all__ = ["FORMATS", "matplotlib", "new_figure", "literal_text", "save_figure", "written_by_einstruct"]
 
 #: File types a figure can be saved as, by suffix.
 FORMATS = (".png", ".svg", ".pdf")
@@ -67,6 +67,20 @@ def _target(output: str | Path) -> Path:
     return path
 
 
+def literal_text(figure: Any) -> Any:
+    """Turn mathtext parsing off for every text of ``figure``, so user text is drawn as written.
+
+    Titles, names and labels may come from the user (``plot --title``, structure
+    names, a caller's title); matplotlib would parse ``$...$`` in them as math
+    and fail on a stray ``$``. einstruct's own figures use no math. Returns ``figure``.
+    """
+    from matplotlib.text import Text
+
+    for text in figure.findobj(Text):
+        text.set_parse_math(False)
+    return figure
+
+
 def save_figure(figure: Any, output: str | Path, force: bool = False) -> Path:
     """Save ``figure`` to ``output`` (type from the suffix) under the overwrite rule."""
     path = _target(output)
@@ -76,6 +90,7 @@ def save_figure(figure: Any, output: str | Path, force: bool = False) -> Path:
         "svg": {"Creator": _MARK, "Date": None},
         "pdf": {"Creator": _MARK, "Producer": _MARK, "CreationDate": None},
     }[kind]
+    literal_text(figure)
     buffer = io.BytesIO()
     figure.savefig(buffer, format=kind, metadata=metadata, dpi=110)
     write_files([(path, buffer.getvalue())], force=force, ours=written_by_einstruct)

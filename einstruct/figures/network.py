@@ -30,7 +30,7 @@ from ..language.resolve import Override
 from ..numbers import count_text
 from ..planner.order import BATCH, contraction_order
 from ..planner.plan import DEFAULT_BATCH
-from .mpl import new_figure, save_figure
+from .mpl import literal_text, new_figure, save_figure
 
 __all__ = ["Step", "NetworkDrawing", "draw", "draw_structure"]
 
@@ -189,5 +189,6 @@ def draw_structure(
         wrap=True,
     )
     text.set_gid("steps")
+    literal_text(figure)  # user text is drawn as written, never parsed as math
     path = save_figure(figure, output, force) if output is not None else None
     return NetworkDrawing(figure, positions, hyperedges, holders, tuple(cut), bound, steps, path)

@@ -28,7 +28,7 @@ from ..ir import Structure
 from ..language.load import load, load_all
 from ..space.pareto import front
 from ..space.results import SearchReport
-from .mpl import new_figure, save_figure
+from .mpl import literal_text, new_figure, save_figure
 
 __all__ = ["Point", "TaxonomyPlot", "plot_taxonomy", "LABELLED"]
 
@@ -135,6 +135,7 @@ def plot_taxonomy(
     _draw_3d(figure.add_subplot(1, 2, 1, projection="3d"), files, found, search)
     _draw_2d(figure.add_subplot(1, 2, 2), files, found, dense, staircase, search)
     figure.suptitle(title if title is not None else _default_title(search, files))
+    literal_text(figure)  # user text is drawn as written, never parsed as math
     path = save_figure(figure, output, force) if output is not None else None
     return TaxonomyPlot(figure, files + found, dense, staircase, path)
 

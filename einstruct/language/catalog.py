@@ -283,6 +283,13 @@ def _check_blocks(
             names["blocks"].span,
             "e.g. `monarch(blocks = 4, d = 1024)`",
         )
+    if min(w_in, w_out) < 1:
+        width = din if w_in < 1 else dout
+        raise ParameterError(
+            f"monarch() needs widths of at least 1 feature, got {width} = {value_text(min(w_in, w_out))}",
+            (names.get(width) or names.get("d") or call.name).span,
+            "give every width a positive whole number of features, e.g. `monarch(d = 1024)`",
+        )
     block = min(-(-int(w_in) // int(b)), -(-int(w_out) // int(b)))
     if block < b:
         limit = math.isqrt(min(int(w_in), int(w_out))) + 1

@@ -21,9 +21,12 @@ from lark.exceptions import UnexpectedInput
 
 from ..errors import EinstructError, ParameterError, Span, SpecSyntaxError
 from ..expressions import FUNCTIONS, BinOp, Call, Expr, Name, Neg, Num, span_of
+from ..limits import ENVIRONMENT, current
+from ..reading import read_bounded
 from ..resources import grammar_file
 from .guards import check_tree
 from .names import normalize_name
+from .parser_cache import private_cache_file
 from .spec import (
     Declaration,
     Equation,
@@ -38,34 +41,43 @@ from .spec import (
 )
 from .syntax_errors import syntax_error
 
-__all__ = ["parse_text", "parse_file", "parse_value", "source_lines"]
+__all__ = ["parse_text", "parse_bytes", "parse_file", "parse_value", "source_lines"]
 
 
 @cache
 def _parser(start: str) -> Lark:
     options = dict(parser="lalr", start=start, propagate_positions=True, maybe_placeholders=True)
     text = grammar_file().read_text(encoding="utf-8")
-    try:  # lark caches the built LALR tables in the temp dir, keyed by grammar and options
-        return Lark(text, cache=True, **options)
-    except OSError:  # read-only temp dir: build every time
-        return Lark(text, **options)
+    cache_file = private_cache_file(f"lark-{start}.pickle")  # never the shared temp dir
+    if cache_file is not None:
+        try:
+            return Lark(text, cache=cache_file, **options)
+        except OSError:  # the cache cannot be written: build without it
+            pass
+    return Lark(text, **options)
 
 
 def parse_file(path: str | Path) -> SpecFile:
     """Read and parse a ``.ein`` file (``-`` is not handled here: read it yourself)."""
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise EinstructError(
-            f"cannot read '{path}': {exc.strerror or exc}",
-            hint="check the file name (the command's input is a .ein file, or - for standard input)",
-        ) from None
+    limit = current().max_input_bytes
+    data = read_bounded(
+        path,
+        limit,
+        "spec file",
+        ENVIRONMENT["max_input_bytes"],
+        hint="check the file name (the command's input is a .ein file, or - for standard input)",
+    )
+    return parse_bytes(data, str(path))
+
+
+def parse_bytes(data: bytes, file: str) -> SpecFile:
+    """Parse spec bytes (UTF-8); a byte that is not UTF-8 is a located error."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise _encoding_error(data, exc.start, str(path)) from None
-    return parse_text(text, str(path))
+        raise _encoding_error(data, exc.start, file) from None
+    return parse_text(text, file)
 
 
 def _encoding_error(data: bytes, start: int, file: str) -> EinstructError:

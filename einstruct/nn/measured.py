@@ -38,12 +38,12 @@ import torch
 __all__ = [
     "PathChoice",
     "PathChooser",
-    "token_bucket",
-    "device_label",
     "choice_key",
     "default_cache_dir",
+    "device_label",
+    "token_bucket",
 ]
-__all__ += ["can_measure", "time_paths", "default_chooser", "structure_key"]
+__all__ += ["can_measure", "default_chooser", "structure_key", "time_paths"]
 
 CACHE_FILE, CACHE_VERSION = "measured-paths.json", 1
 MAX_CACHE_BYTES = 1 << 20  # a larger file is not ours: ignored

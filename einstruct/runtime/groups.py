@@ -115,6 +115,38 @@ def _in_features(base: Any) -> dict[str, int]:
     return found
 
 
+def _check_fixed(model: Any, fixed: Any) -> None:
+    """``fixed`` is None, a callable, a glob matching some layer, or names of layers the model has."""
+    if fixed is None or callable(fixed):
+        return
+    names = [name for name, _ in model.named_modules() if name]
+    if isinstance(fixed, str):
+        if not any(fnmatch.fnmatchcase(name, fixed) for name in names):
+            raise ParameterError(
+                f"fixed={fixed[:80]!r} matches no layer of the model",
+                hint=f"its layers include {', '.join(names[:6]) or 'none'}",
+            )
+        return
+    if not isinstance(fixed, list | tuple | set | frozenset):
+        raise ParameterError(
+            f"fixed must be layer names, a glob or a callable (name, module) -> bool; got "
+            f"{type(fixed).__name__} {fixed!r:.40}",
+            hint="e.g. fixed=['embed', 'head'] or fixed='embed*'",
+        )
+    known = set(names)
+    for item in fixed:
+        if not isinstance(item, str):
+            raise ParameterError(
+                f"fixed holds {type(item).__name__} {item!r:.40}, not a layer name",
+                hint="e.g. fixed=['embed', 'head']",
+            )
+        if item not in known:
+            raise ParameterError(
+                f"fixed names '{item[:80]}', which is not a layer of the model",
+                hint=f"its layers include {', '.join(names[:6]) or 'none'}",
+            )
+
+
 def _check_base_width(base_width: Any) -> None:
     if base_width is None:
         return
@@ -125,10 +157,20 @@ def _check_base_width(base_width: Any) -> None:
         )
 
 
+def _finite(value: Any) -> bool:
+    """Whether ``value`` is a real number a float can hold (10**400 is not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except (OverflowError, ValueError):
+        return False
+
+
 def _check_rate(what: str, value: Any, positive: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    if not _finite(value):
         raise ParameterError(
-            f"{what} must be a finite number, got {type(value).__name__} {value!r:.40}",
+            f"{what} must be a finite number, got {type(value).__name__} {str(value)[:40]}",
             hint=f"e.g. {what}=1e-3",
         )
     if value < 0 or (positive and value == 0):
@@ -178,6 +220,13 @@ def param_groups(
     _check_rate("lr", lr, positive=True)
     _check_rate("weight_decay", weight_decay, positive=False)
     _check_base_width(base_width)
+    _check_fixed(model, fixed)
+    if base is not None and not isinstance(base, nn.Module):
+        raise ParameterError(
+            f"base must be the model built at the base width (a torch.nn.Module) or None, "
+            f"got {type(base).__name__}",
+            hint="e.g. base=build_model(width=64), or leave base out and give base_width",
+        )
     is_fixed = selector(fixed, default=False)
     base_in = None if base is None else _in_features(base)
     by_setting: dict[tuple[float, float], list[Any]] = {}

@@ -24,12 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from .._version import __version__
-from ..errors import EinstructError, MissingExtraError, ParameterError
+from ..errors import EinstructError, ParameterError
 from ..files import write_files
 from ..language.load import load
+from ..language.parser import parse_text
+from ..limits import ENVIRONMENT, current
+from ..reading import read_bounded, shown_path
 from .adapters import adapter_for
 from .build import built_from, compile_structure
+from .checkpoint import read_state_dict
 from .groups import is_structured
+from .manifest_schema import FORMAT, LayerEntry, Manifest, ManifestError, parse_json, parse_manifest
 from .replace import swap_layers
 from .summary import ModelReport, Skipped, layer_structure, record, record_skipped, skipped_in, summary
 
@@ -37,13 +42,13 @@ __all__ = ["MANIFEST_NAME", "model_manifest", "save_manifest", "restore", "read_
 
 #: The file name ``save_manifest`` uses inside a directory (next to ``save_pretrained``'s files).
 MANIFEST_NAME = "einstruct.json"
-FORMAT = 1
 _MARK = "@generated"
 _OPTIONS = ("normalize", "zero_init_last", "strategy", "save_intermediate", "sparse_experts")
 
 
 def model_manifest(model: Any) -> dict[str, Any]:
     """The manifest of ``model``'s structured layers, as data."""
+    _check_module(model, "model_manifest")
     names: dict[int, list[str]] = {}
     layers: dict[int, Any] = {}
     for name, module in model.named_modules(remove_duplicate=False):
@@ -90,6 +95,18 @@ def model_manifest(model: Any) -> dict[str, Any]:
     }
 
 
+def _check_module(model: Any, what: str) -> None:
+    import torch.nn as nn
+
+    if not isinstance(model, nn.Module):
+        raise ParameterError(
+            f"{what} needs the model (a torch.nn.Module) as its first argument, got {type(model).__name__}",
+            hint=f"e.g. einstruct.{what}(model, 'ckpt')"
+            if what == "save_manifest"
+            else f"e.g. einstruct.{what}(model)",
+        )
+
+
 def _manifest_path(path: str | os.PathLike) -> Path:
     target = Path(path)
     return target / MANIFEST_NAME if target.is_dir() else target
@@ -109,111 +126,115 @@ def save_manifest(model: Any, path: str | os.PathLike, *, force: bool = False) -
     Written by einstruct's file rule: an existing file is replaced only if it is
     a manifest einstruct wrote (or with ``force=True``).
     """
+    _check_module(model, "save_manifest")
     if not isinstance(path, str | os.PathLike):
         raise ParameterError(
             f"path must be a file or directory path, got {type(path).__name__}", hint="e.g. 'ckpt'"
         )
+    if not isinstance(force, bool):
+        raise ParameterError(f"force must be True or False, got {force!r:.40}", hint="e.g. force=True")
     target = _manifest_path(path)
     text = json.dumps(model_manifest(model), indent=2) + "\n"
     write_files([(target, text)], force=force, ours=_is_manifest, flag="force=True")
     return target
 
 
-def _read_manifest(source: Any) -> dict[str, Any]:
+def _read_manifest(source: Any) -> Manifest:
+    """The checked manifest from a path or a dict: the one reader (see :mod:`.manifest_schema`)."""
     if isinstance(source, Mapping):
-        data = dict(source)
-    elif isinstance(source, str | os.PathLike):
-        path = _manifest_path(source)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise ParameterError(
-                f"cannot read the manifest {path}: {exc}", hint="pass the file save_manifest wrote"
-            ) from None
-    else:
+        return parse_manifest(source)
+    if not isinstance(source, str | os.PathLike):
         raise ParameterError(
             f"manifest must be a path or the dict model_manifest() returns, got {type(source).__name__}",
             hint="e.g. einstruct.restore(model, 'ckpt')",
         )
-    if data.get("format") != FORMAT or not isinstance(data.get("layers"), list):
-        raise ParameterError(
-            f"not an einstruct manifest of format {FORMAT}", hint="pass the file save_manifest wrote"
-        )
-    return data
-
-
-def _new_layer(model: Any, entry: Mapping[str, Any]) -> tuple[tuple[str, ...], Any]:
-    """The structured layer an entry describes, built like the layer it replaces."""
-    names = tuple(entry["names"])
+    path = _manifest_path(source)
     try:
-        old = model.get_submodule(names[0])
-    except AttributeError:
-        raise ParameterError(
-            f"the manifest names layer '{names[0]}', which the model does not have",
-            hint="build the same architecture (same config) the manifest was saved from",
+        data = read_bounded(path, current().max_input_bytes, "manifest", ENVIRONMENT["max_input_bytes"])
+    except EinstructError as exc:
+        raise ManifestError(
+            f"cannot read the manifest: {exc.message}", hint="pass the file save_manifest wrote"
         ) from None
+    return parse_manifest(parse_json(data, f"the manifest {shown_path(path)}"))
+
+
+def _entry_error(entry: LayerEntry, field: str, exc: EinstructError) -> EinstructError:
+    return type(exc)(f"manifest {entry.where}.{field}: {exc.message}", exc.span, exc.hint)
+
+
+def _target(model: Any, entry: LayerEntry) -> Any:
+    """The one module every name of ``entry`` refers to in ``model`` (they must be one module)."""
+    found = []
+    for k, name in enumerate(entry.names):
+        try:
+            found.append(model.get_submodule(name))
+        except (AttributeError, TypeError, ValueError, KeyError, IndexError):
+            raise ManifestError(
+                f"manifest {entry.where}.names[{k}]: the model has no layer '{shown_path(name[:80])}'",
+                hint="build the same architecture (same config) the manifest was saved from",
+            ) from None
+    if any(module is not found[0] for module in found):
+        k = next(k for k, module in enumerate(found) if module is not found[0])
+        raise ManifestError(
+            f"manifest {entry.where}.names[{k}]: '{entry.names[k][:80]}' is a different layer from "
+            f"'{entry.names[0][:80]}' in this model; one entry names one (shared) layer",
+            hint="restore into the architecture the manifest was saved from",
+        )
+    return found[0]
+
+
+def _new_layer(model: Any, entry: LayerEntry, taken: dict[int, str]) -> tuple[tuple[str, ...], Any]:
+    """The structured layer an entry describes, built like the layer it replaces.
+
+    ``taken`` maps the layers earlier entries replace to those entries: a layer
+    is replaced by one entry only.
+    """
+    names = entry.names
+    old = _target(model, entry)
+    if id(old) in taken:
+        raise ManifestError(
+            f"manifest {entry.where}.names: layer '{names[0][:80]}' is the same layer as {taken[id(old)]} "
+            "replaces (they are shared in this model)",
+            hint="list every name of a shared layer in one entry, as save_manifest does",
+        )
+    taken[id(old)] = entry.where
     adapter = adapter_for(old)
     if adapter is None:
-        raise ParameterError(
-            f"layer '{names[0]}' is a {type(old).__name__}, not a linear layer to restore a structure into",
+        raise ManifestError(
+            f"manifest {entry.where}.names: layer '{names[0][:80]}' is a {type(old).__name__}, "
+            "not a linear layer to restore a structure into",
             hint="restore into a freshly built model, before any replace_linear",
         )
     weight, _ = adapter.dense(old)
     shape = (int(weight.shape[1]), int(weight.shape[0]))
-    if shape != (entry["in_features"], entry["out_features"]):
-        raise ParameterError(
-            f"layer '{names[0]}' maps {shape[0]} -> {shape[1]}, the manifest's "
-            f"{entry['in_features']} -> {entry['out_features']}",
+    if shape != (entry.in_features, entry.out_features):
+        raise ManifestError(
+            f"layer '{names[0][:80]}' maps {shape[0]} -> {shape[1]}, the manifest's "
+            f"{entry.in_features} -> {entry.out_features} ({entry.where}.in_features/out_features)",
             hint="build the model with the configuration it was saved with",
         )
-    try:
-        structure = load(entry["spec"])
-        cls = compile_structure(structure, None, entry["batch"], entry["class_strategy"], entry["backend"])
-        layer = cls(bias=entry["bias"], device=weight.device, dtype=weight.dtype, **entry["options"])
+    try:  # the spec is text from the manifest: parsed as text, never opened as a path
+        structure = load(parse_text(entry.spec, f"<manifest {entry.where}.spec>"), entry.structure)
     except EinstructError as exc:
-        raise type(exc)(f"manifest layer '{names[0]}': {exc.message}", exc.span, exc.hint) from None
-    except (ValueError, TypeError) as exc:
-        raise ParameterError(
-            f"manifest layer '{names[0]}': {exc}", hint="was it written by save_manifest?"
+        raise _entry_error(entry, "spec", exc) from None
+    if (structure.in_features, structure.out_features) != shape:
+        raise ManifestError(
+            f"manifest {entry.where}.spec: structure '{entry.structure[:80]}' maps "
+            f"{structure.in_features} -> {structure.out_features}, the layer {shape[0]} -> {shape[1]}",
+            hint="the spec and the sizes of an entry must agree; was it written by save_manifest?",
+        )
+    try:
+        cls = compile_structure(structure, None, entry.batch, entry.class_strategy, entry.backend)
+        layer = cls(bias=entry.bias, device=weight.device, dtype=weight.dtype, **dict(entry.options))
+    except EinstructError as exc:
+        raise _entry_error(entry, "options", exc) from None
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ManifestError(
+            f"manifest {entry.where}.options: {str(exc)[:200]}", hint="was it written by save_manifest?"
         ) from None
     layer.train(old.training)
     record(layer, adapter.name, None, None)
     return names, layer
-
-
-def read_state_dict(source: Any) -> Mapping[str, Any]:
-    """A state dict from a mapping, a ``.pt``/``.bin`` file, a ``.safetensors`` file, or a directory
-    ``save_pretrained`` wrote (``model.safetensors`` or ``pytorch_model.bin``, sharded or not)."""
-    import torch
-
-    if isinstance(source, Mapping):
-        return source
-    if not isinstance(source, str | os.PathLike):
-        raise ParameterError(
-            f"state_dict must be a mapping or a path, got {type(source).__name__}",
-            hint="e.g. 'ckpt/model.pt'",
-        )
-    path = Path(source)
-    if path.is_dir():
-        for name in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
-                     "pytorch_model.bin.index.json"):  # fmt: skip
-            if (path / name).is_file():
-                return read_state_dict(path / name)
-        raise ParameterError(f"{path} holds no model weights", hint="pass the state dict file itself")
-    if not path.is_file():
-        raise ParameterError(f"no such state dict file: {path}", hint="check the path")
-    if path.name.endswith(".index.json"):
-        shards = sorted(set(json.loads(path.read_text(encoding="utf-8"))["weight_map"].values()))
-        return {k: v for shard in shards for k, v in read_state_dict(path.parent / shard).items()}
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise MissingExtraError(
-                "reading .safetensors needs safetensors", hint="pip install safetensors"
-            ) from None
-        return load_file(str(path))
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _check_state(model: Any, state: Mapping[str, Any]) -> None:
@@ -223,15 +244,19 @@ def _check_state(model: Any, state: Mapping[str, Any]) -> None:
     present = {id(own[k]) for k in state if k in own}
     missing = [k for k in own if k not in state and id(own[k]) not in present]
     wrong = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
+    meta = [k for k in own if getattr(own[k], "is_meta", False)]
     for what, keys in (
         ("has keys the model lacks", unknown),
         ("lacks keys", missing),
         ("has other shapes at", wrong),
+        ("would load into meta-device tensors (no storage) at", meta),
     ):
         if keys:
-            raise ParameterError(
-                f"the state dict {what}: {', '.join(keys[:4])}" + (" ..." if len(keys) > 4 else ""),
-                hint="save and restore the same architecture with the same manifest",
+            raise ManifestError(
+                f"the state dict {what}: {', '.join(k[:80] for k in keys[:4])}"
+                + (" ..." if len(keys) > 4 else ""),
+                hint="save and restore the same architecture with the same manifest, "
+                "built on a real device (model.to_empty(device=...) for a meta model)",
             )
 
 
@@ -249,23 +274,24 @@ def restore(model: Any, manifest: Any, state_dict: Any = None) -> ModelReport:
     Returns:
         :func:`einstruct.summary` of the restored model.
     """
-    import torch.nn as nn
-
-    if not isinstance(model, nn.Module):
-        raise ParameterError(
-            f"restore needs a torch.nn.Module, got {type(model).__name__}", hint="pass the model"
-        )
+    _check_module(model, "restore")
     data = _read_manifest(manifest)
-    swaps = [_new_layer(model, entry) for entry in data["layers"]]
     state = read_state_dict(state_dict) if state_dict is not None else None
+    taken: dict[int, str] = {}
+    swaps = [_new_layer(model, entry, taken) for entry in data.layers]
     originals = [(names, model.get_submodule(names[0])) for names, _ in swaps]
     swap_layers(model, swaps)
     if state is not None:
         try:
             _check_state(model, state)
-        except EinstructError:
+            model.load_state_dict(state, strict=False)
+        except Exception as exc:
             swap_layers(model, originals)
-            raise
-        model.load_state_dict(state, strict=False)
-    record_skipped(model, tuple(Skipped(s["name"], s["reason"]) for s in data.get("skipped", [])))
+            if isinstance(exc, EinstructError):
+                raise
+            raise ManifestError(
+                f"cannot load the state dict: {type(exc).__name__}: {str(exc)[:200]}",
+                hint="save and restore the same architecture with the same manifest",
+            ) from None
+    record_skipped(model, tuple(Skipped(name, reason) for name, reason in data.skipped))
     return summary(model)

@@ -134,13 +134,30 @@ def _build(
     error = projection = None
     if init == "project":
         projection = projection_kind(structure)
-        error = new.from_dense(weight, bias)
+        error = _projected(target, new, weight, bias)
     elif bias is not None:
         with torch.no_grad():
             new.bias.copy_(bias)
     for p in new.parameters():
         p.requires_grad_(weight.requires_grad)
     return new, projection, error
+
+
+def _projected(target: Target, new: Any, weight: Any, bias: Any) -> Any:
+    """``new.from_dense(weight, bias)``; a weight that cannot be projected is an error naming the layer."""
+    name = target.names[0]
+    if weight.is_meta:
+        raise ParameterError(
+            f"layer '{name}' is on the meta device: it has no weight to project",
+            hint="pass init='random' (then materialize with model.to_empty(...) and load weights), "
+            "or build the model on a real device",
+        )
+    try:
+        return new.from_dense(weight, bias)
+    except ValueError as exc:  # the generated layer's own checks (NaN or infinite entries)
+        raise ParameterError(
+            f"layer '{name}': {exc}", hint="fix or re-initialize that layer's weight, or pass init='random'"
+        ) from None
 
 
 def swap_layers(model: Any, swaps: list[tuple[tuple[str, ...], Any]]) -> None:

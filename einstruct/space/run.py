@@ -29,6 +29,7 @@ from typing import Any
 from ..analysis.counts import count
 from ..analysis.rank import rank_bound
 from ..analysis.taxonomy import taxonomy
+from ..capacity import checked_workers
 from ..classes import CLASS_NAMES
 from ..errors import ParameterError
 from ..ir import Structure
@@ -255,6 +256,8 @@ def run_search(query: SearchQuery, progress: Progress | None = None, jobs: int |
     the number of worker processes (default: the CPUs available; one for small
     searches).
     """
+    if jobs is not None:
+        checked_workers(jobs, "jobs")
     if grid_size(query) > MAX_POINTS:
         raise ParameterError(
             f"a grid of step 1/{query.grid} spans {grid_size(query):,} points"

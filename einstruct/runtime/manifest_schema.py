@@ -1,0 +1,278 @@
+"""The manifest's schema and its one reader: every field checked before anything is built.
+
+A manifest is JSON someone else may have written, so :func:`parse_manifest`
+checks all of it against the explicit schema below before ``restore`` looks at
+the model, and returns frozen :class:`LayerEntry` values that carry nothing
+unchecked. Every refusal is a :class:`ManifestError` naming the entry and the
+field (``manifest layers[2].options.normalize: ...``).
+
+==================  ==============================================================
+field               accepted
+==================  ==============================================================
+``format``          the integer 1
+``@generated``      a string (optional)
+``layers``          a list of 1 to :data:`MAX_LAYERS` entries
+``skipped``         a list of ``{"name": str, "reason": str}`` (optional)
+entry ``names``     a list of 1 to :data:`MAX_NAMES` module names (``a.b.c``, no
+                    empty part), each at most :data:`MAX_TEXT` characters, each
+                    named once in the whole manifest
+entry ``spec``      structure-language text (never read as a file path), at
+                    most ``EINSTRUCT_MAX_INPUT_BYTES`` characters
+entry ``structure`` the name of a structure in ``spec``
+``in_features``,    whole numbers (not bools) from 1 to ``EINSTRUCT_MAX_SIZE``
+``out_features``
+``bias``            true or false
+``backend``         one of the registered backends
+``batch``           a whole number from 1 to ``EINSTRUCT_MAX_SIZE``
+``class_strategy``  ``auto``, ``structured`` or ``dense``
+``options``         an object with at most ``normalize``, ``zero_init_last``,
+                    ``gain``, ``save_intermediate``, ``sparse_experts`` (true or
+                    false) and ``strategy`` (``structured`` or ``dense``)
+==================  ==============================================================
+
+Unknown keys are refused (a misspelled option must not be dropped silently),
+as are duplicate keys, ``NaN``/``Infinity`` and files over the input size limit.
+
+    >>> parse_manifest({"format": 1, "layers": "up"})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    einstruct.runtime.manifest_schema.ManifestError: manifest layers: must be a list of layer entries, ...
+    hint: pass the file or dict save_manifest / model_manifest wrote
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..backends import backend_names
+from ..errors import ParameterError
+from ..limits import current
+from ..planner.plan import STRATEGIES
+
+__all__ = [
+    "FORMAT",
+    "MAX_LAYERS",
+    "MAX_NAMES",
+    "MAX_TEXT",
+    "BOOL_OPTIONS",
+    "ManifestError",
+    "LayerEntry",
+    "Manifest",
+    "parse_manifest",
+    "parse_json",
+]
+
+FORMAT = 1
+MAX_LAYERS = 100_000
+MAX_NAMES = 10_000
+MAX_TEXT = 4096
+#: Options that are true or false; ``strategy`` is the one string option.
+BOOL_OPTIONS = ("normalize", "zero_init_last", "gain", "save_intermediate", "sparse_experts")
+_INSTANCE_STRATEGIES = ("structured", "dense")
+_TOP = ("@generated", "format", "layers", "skipped")
+_ENTRY = (
+    "names",
+    "spec",
+    "structure",
+    "in_features",
+    "out_features",
+    "bias",
+    "backend",
+    "batch",
+    "class_strategy",
+    "options",
+)
+_HINT = "pass the file or dict save_manifest / model_manifest wrote"
+
+
+class ManifestError(ParameterError):
+    """A manifest (or a checkpoint it goes with) that einstruct refuses; the message names the field."""
+
+
+@dataclass(frozen=True)
+class LayerEntry:
+    """One checked manifest entry: the layer(s) at ``names`` become ``structure`` of ``spec``."""
+
+    where: str
+    names: tuple[str, ...]
+    spec: str
+    structure: str
+    in_features: int
+    out_features: int
+    bias: bool
+    backend: str
+    batch: int
+    class_strategy: str
+    options: tuple[tuple[str, bool | str], ...]
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A checked manifest: its layer entries and the layers it says were skipped."""
+
+    layers: tuple[LayerEntry, ...]
+    skipped: tuple[tuple[str, str], ...]
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:57] + "..."
+    return f"{type(value).__name__} {text}"
+
+
+def _error(where: str, problem: str, hint: str = _HINT) -> ManifestError:
+    return ManifestError(f"manifest {where}: {problem}", hint=hint)
+
+
+def _object(value: Any, where: str, allowed: tuple[str, ...], required: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _error(where, f"must be an object, got {_shown(value)}")
+    for key in value:
+        if not isinstance(key, str) or key not in allowed:
+            raise _error(
+                f"{where}.{str(key)[:60]}", f"is not a field of the manifest (fields: {', '.join(allowed)})"
+            )
+    for key in required:
+        if key not in value:
+            raise _error(f"{where}.{key}", "is missing")
+    return dict(value)
+
+
+def _flag(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise _error(where, f"must be true or false, got {_shown(value)}")
+    return value
+
+
+def _whole(value: Any, where: str) -> int:
+    limit = current().max_size
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _error(where, f"must be a whole number, got {_shown(value)}")
+    if not 1 <= value <= limit:
+        raise _error(where, f"must be from 1 to {limit:,}, got {value:,}")
+    return value
+
+
+def _text(value: Any, where: str, limit: int = MAX_TEXT) -> str:
+    if not isinstance(value, str):
+        raise _error(where, f"must be a string, got {_shown(value)}")
+    if not value.strip():
+        raise _error(where, "is empty")
+    if len(value) > limit:
+        raise _error(where, f"is longer than {limit:,} characters")
+    return value
+
+
+def _choice(value: Any, where: str, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in choices:
+        raise _error(where, f"must be one of {', '.join(choices)}, got {_shown(value)}")
+    return value
+
+
+def _module_name(value: Any, where: str) -> str:
+    name = _text(value, where)
+    if any(not part or not part.isprintable() for part in name.split(".")):
+        raise _error(where, f"{name[:60]!r} is not a module name (parts joined by '.', none empty)")
+    return name
+
+
+def _names(value: Any, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not 1 <= len(value) <= MAX_NAMES:
+        raise _error(where, f"must be a list of 1 to {MAX_NAMES:,} module names, got {_shown(value)}")
+    names = tuple(_module_name(v, f"{where}[{k}]") for k, v in enumerate(value))
+    if len(set(names)) != len(names):
+        raise _error(where, "names a module twice")
+    return names
+
+
+def _options(value: Any, where: str) -> tuple[tuple[str, bool | str], ...]:
+    data = _object(value, where, (*BOOL_OPTIONS, "strategy"), ())
+    out: list[tuple[str, bool | str]] = []
+    for key, item in data.items():
+        if key == "strategy":
+            out.append((key, _choice(item, f"{where}.{key}", _INSTANCE_STRATEGIES)))
+        else:
+            out.append((key, _flag(item, f"{where}.{key}")))
+    if dict(out).get("gain") and not dict(out).get("normalize"):
+        raise _error(f"{where}.gain", "is true but normalize is not (gain needs normalize)")
+    return tuple(out)
+
+
+def _entry(value: Any, where: str) -> LayerEntry:
+    data = _object(value, where, _ENTRY, _ENTRY)
+    return LayerEntry(
+        where=where,
+        names=_names(data["names"], f"{where}.names"),
+        spec=_text(data["spec"], f"{where}.spec", current().max_input_bytes),
+        structure=_text(data["structure"], f"{where}.structure"),
+        in_features=_whole(data["in_features"], f"{where}.in_features"),
+        out_features=_whole(data["out_features"], f"{where}.out_features"),
+        bias=_flag(data["bias"], f"{where}.bias"),
+        backend=_choice(data["backend"], f"{where}.backend", backend_names()),
+        batch=_whole(data["batch"], f"{where}.batch"),
+        class_strategy=_choice(data["class_strategy"], f"{where}.class_strategy", STRATEGIES),
+        options=_options(data["options"], f"{where}.options"),
+    )
+
+
+def _skipped(value: Any) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, list) or len(value) > MAX_LAYERS:
+        raise _error("skipped", f"must be a list of at most {MAX_LAYERS:,} entries, got {_shown(value)}")
+    out = []
+    for k, item in enumerate(value):
+        data = _object(item, f"skipped[{k}]", ("name", "reason"), ("name", "reason"))
+        out.append(
+            (_module_name(data["name"], f"skipped[{k}].name"), _text(data["reason"], f"skipped[{k}].reason"))
+        )
+    return tuple(out)
+
+
+def parse_manifest(data: Any) -> Manifest:
+    """Check ``data`` (parsed JSON, or the dict ``model_manifest`` returns) against the schema."""
+    top = _object(data, "(top level)", _TOP, ())
+    given = top.get("format")
+    if isinstance(given, bool) or given != FORMAT:
+        got = _shown(given) if "format" in top else "nothing"
+        raise _error("format", f"must be {FORMAT}: not an einstruct manifest of format {FORMAT} (got {got})")
+    if "layers" not in top:
+        raise _error("layers", "is missing")
+    if "@generated" in top and not isinstance(top["@generated"], str):
+        raise _error("@generated", f"must be a string, got {_shown(top['@generated'])}")
+    layers = top["layers"]
+    if not isinstance(layers, list):
+        raise _error("layers", f"must be a list of layer entries, got {_shown(layers)}")
+    if not 1 <= len(layers) <= MAX_LAYERS:
+        raise _error("layers", f"must hold 1 to {MAX_LAYERS:,} entries, got {len(layers):,}")
+    entries = tuple(_entry(item, f"layers[{k}]") for k, item in enumerate(layers))
+    seen: dict[str, str] = {}
+    for entry in entries:
+        for k, name in enumerate(entry.names):
+            if name in seen:
+                raise _error(f"{entry.where}.names[{k}]", f"'{name[:60]}' is already named by {seen[name]}")
+            seen[name] = entry.where
+    return Manifest(entries, _skipped(top.get("skipped", [])))
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key[:60]!r} appears twice in one object")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(data: bytes, source: str) -> Any:
+    """Strict JSON from ``data``: UTF-8, no duplicate keys, no NaN/Infinity, bounded nesting."""
+    try:
+        return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:
+        problem = "it nests too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
+        raise ManifestError(f"cannot read {source}: {problem}", hint=_HINT) from None
