@@ -236,10 +236,12 @@ def _chain_context(chain: Chain, family: str, t_split: list[str]) -> dict[str, A
     params, args = _strides(
         chain, {"x": ("x", "a", 0), "p": ("p", "p", 0), "q": ("q", "q", 0), "y": ("y", "o", 0)}
     )
-    grid_counts, grid_lines, _ = _chunk_lines(chain, grid, "pid_c")
+    grid_counts, grid_lines, grid_total = _chunk_lines(chain, grid, "pid_c")
     whole = p(("rho",)) if stream else p(("gamma", "beta", "rho"))
     return {
-        "grid_lines": grid_counts + grid_lines,
+        "grid_counts": grid_counts,
+        "grid_total": grid_total,
+        "grid_lines": grid_lines,
         "chunk_counts": chunk_counts,
         "whole_lines": _whole_lines(whole),
         "chunk_lines": chunk,
