@@ -100,6 +100,8 @@ class Record:
     loaded_ratio: float
     loaded_by_operand: dict[str, float]
     programs: int
+    #: False for a gradient the planned torch steps take: its bytes are modelled, not counted.
+    counted: bool = True
 
 
 class _Counter:
@@ -273,7 +275,38 @@ def structure_records(source: str, tokens: int, counts: tuple[int, int], every_c
             torch_bytes = float(plan.traffic(ITEMSIZE)) / (2 if role in ("grad_first", "grad_second") else 1)
             split = module._token_split(tokens)
             records.append(_record(shape, config, row, tokens, counts, measured, torch_bytes, split))
+    for k in fusion.kernels:  # gradients the planned torch steps take: their modelled bytes
+        if k.family == "gemm":
+            records.append(_planned_record(source, k, plan, tokens))
     return records
+
+
+def _planned_record(source: str, kernel: KernelPlan, plan, tokens: int) -> Record:
+    """A gradient the module takes by the planned torch steps (no kernel to count): the plan's
+    modelled bytes (``Plan.traffic``), half the recomputation and backward of both factors."""
+    chain = kernel.chain
+    torch_bytes = float(plan.traffic(ITEMSIZE))
+    ideal = ITEMSIZE * (chain.width("x") + chain.width("y")) + ITEMSIZE * chain.width("p") / tokens
+    return Record(
+        structure=source,
+        d=int(plan.structure.d_in),
+        kernel=kernel.role,
+        family="gemm",
+        config={},
+        dtype="bf16",
+        tokens=tokens,
+        counted_at=(0, 0),
+        loaded_bytes_per_token=round(torch_bytes, 1),
+        stored_bytes_per_token=0.0,
+        epilogue_bytes_per_token=0.0,
+        ideal_bytes_per_token=round(ideal, 1),
+        ideal_stored_bytes_per_token=round(ITEMSIZE * chain.width("q") / tokens, 1),
+        torch_bytes_per_token=round(torch_bytes / 2, 1),
+        loaded_ratio=round(torch_bytes / ideal, 2),
+        loaded_by_operand={},
+        programs=0,
+        counted=False,
+    )
 
 
 #: Bytes per entry of the counted dtype (bf16).
@@ -348,7 +381,7 @@ def _table(records: list[Record]) -> str:
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in records:
-        config = " ".join(f"{k.removeprefix('BLOCK_')}={v}" for k, v in r.config.items())
+        config = " ".join(f"{k.removeprefix('BLOCK_')}={v}" for k, v in r.config.items()) or "(torch steps)"
         lines.append(
             f"| {r.structure} | {r.kernel} | {r.family} | {config} | {r.loaded_bytes_per_token:,.0f} "
             f"| {r.ideal_bytes_per_token:,.0f} | {r.loaded_ratio:.2f}x | {r.stored_bytes_per_token:,.0f} "
