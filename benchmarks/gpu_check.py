@@ -2,6 +2,7 @@
 
     python benchmarks/gpu_check.py                 # on a machine with one CUDA GPU; writes $OUT/gpu_check.md
     python benchmarks/gpu_check.py --quick         # smaller sizes (a first smoke run)
+    python benchmarks/gpu_check.py --smoke         # no GPU: the plumbing, on CPU in Triton's interpreter
 
 Parts, each in its own process with a hard time limit (the whole stays under
 8 minutes on one H100/H200), each appending its section to
@@ -57,6 +58,9 @@ FORMS = [
     "kronecker(d = {d})",
     "low_rank(d = {d}, rank = 16)",
 ]
+#: Where the parts run: "cuda", or "cpu" under --smoke (Triton's interpreter, tiny sizes: a check
+#: of this script's plumbing on a machine without a GPU).
+DEVICE = "cuda"
 #: Relative error (Frobenius) allowed against float64 and against the torch backend.
 TOLERANCE = {"bf16": 3e-2, "fp16": 5e-3, "fp32": 1e-4, "tf32": 5e-3}
 
@@ -72,11 +76,16 @@ def _lark_path() -> list[str]:
         return wheels[-1:]
 
 
-def _setup() -> None:
+def _setup(smoke: bool) -> None:
+    global DEVICE
     for path in [str(ROOT), *_lark_path()]:
         if path not in sys.path:
             sys.path.insert(0, path)
-    os.environ.pop("TRITON_INTERPRET", None)
+    if smoke:
+        DEVICE = "cpu"
+        os.environ["TRITON_INTERPRET"] = "1"
+    else:
+        os.environ.pop("TRITON_INTERPRET", None)
 
 
 def _write(out: Path, text: str) -> None:
@@ -91,7 +100,7 @@ def _layer(source: str, dtype, kernels: str, seed: int = 0):
     import einstruct
 
     layer_class = einstruct.compile(f"structure s = {source}", backend="triton")
-    layer = layer_class(device="cuda", dtype=dtype, kernels=kernels, strategy="structured")
+    layer = layer_class(device=DEVICE, dtype=dtype, kernels=kernels, strategy="structured")
     gen = torch.Generator(device="cpu").manual_seed(seed)
     with torch.no_grad():
         for p in layer.parameters():
@@ -118,6 +127,12 @@ def part_env(out: Path, quick: bool) -> bool:
     import torch
     import triton
 
+    if DEVICE == "cpu":
+        _write(
+            out,
+            f"## Environment (smoke run on CPU)\n\n- torch {torch.__version__}, triton {triton.__version__}",
+        )
+        return True
     props = torch.cuda.get_device_properties(0)
     _write(out, "## Environment\n")
     _write(
@@ -134,6 +149,14 @@ def part_env(out: Path, quick: bool) -> bool:
 def _events_ms(fn, repeats: int = 20) -> float:
     import torch
 
+    if DEVICE == "cpu":  # --smoke: wall-clock
+        fn()
+        times = []
+        for _ in range(min(repeats, 3)):
+            start = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - start) * 1e3)
+        return statistics.median(times)
     fn()
     torch.cuda.synchronize()
     times = []
@@ -150,7 +173,7 @@ def _events_ms(fn, repeats: int = 20) -> float:
 def _copy_bandwidth() -> float:
     import torch
 
-    a = torch.empty(2**29, dtype=torch.uint8, device="cuda")  # 512 MiB
+    a = torch.empty(2**29, dtype=torch.uint8, device=DEVICE)  # 512 MiB
     b = torch.empty_like(a)
     ms = _events_ms(lambda: b.copy_(a))
     return 2 * a.numel() / (ms * 1e-3) / 1e9
@@ -159,7 +182,7 @@ def _copy_bandwidth() -> float:
 def _matmul_rate() -> float:
     import torch
 
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    a = torch.randn(8192, 8192, device=DEVICE, dtype=torch.bfloat16)
     ms = _events_ms(lambda: a @ a, repeats=10)
     return 2 * 8192**3 / (ms * 1e-3) / 1e12
 
@@ -169,6 +192,8 @@ def part_correct(out: Path, quick: bool) -> bool:
 
     dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32, "tf32": torch.float32}
     d = 256 if quick else 1024
+    if DEVICE == "cpu":  # the interpreter: tiny, and without bf16/tf32 (its bf16 dot is wrong)
+        dtypes, d = {"fp32": torch.float32}, 32
     _write(out, "## Correctness (relative Frobenius error; fused vs float64, fused vs torch backend)\n")
     _write(
         out, "| structure | dtype | N | vs float64 (y, gx, gP, gQ) | vs torch backend | deterministic | ok |"
@@ -176,7 +201,8 @@ def part_correct(out: Path, quick: bool) -> bool:
     _write(out, "| --- | --- | ---: | --- | --- | --- | --- |")
     ok = True
     cases = [(form.format(d=d), name) for form in FORMS for name in dtypes]
-    cases += [(form.format(d=4096), "bf16") for form in FORMS[:2]]
+    if DEVICE == "cuda":
+        cases += [(form.format(d=4096), "bf16") for form in FORMS[:2]]
     for source, name in cases:
         try:
             ok &= _correct_case(out, source, name, dtypes[name])
@@ -191,14 +217,18 @@ def _correct_case(out: Path, source: str, name: str, dtype) -> bool:
     from torch.utils.flop_counter import FlopCounterMode
 
     torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
-    fused = _layer(source, dtype, "fused")
+    try:
+        fused = _layer(source, dtype, "fused")
+    except ValueError as refused:  # no fused path for this structure: nothing to check
+        _write(out, f"| {source} | {name} | - | no fused kernels ({str(refused)[:80]}) | | | skipped |")
+        return True
     planned = _layer(source, dtype, "torch")
     exact = _layer(source, torch.float64, "torch")
     passed = True
-    for n in (37, 1000):
+    for n in (37, 1000) if DEVICE == "cuda" else (37,):
         gen = torch.Generator(device="cpu").manual_seed(n)
-        x64 = torch.randn(n, fused.in_features, generator=gen, dtype=torch.float64).cuda()
-        probe = torch.randn(n, fused.out_features, generator=gen, dtype=torch.float64).cuda()
+        x64 = torch.randn(n, fused.in_features, generator=gen, dtype=torch.float64).to(DEVICE)
+        probe = torch.randn(n, fused.out_features, generator=gen, dtype=torch.float64).to(DEVICE)
         with FlopCounterMode(display=False) as counter:
             got = _run(fused, x64.to(dtype), probe)
         ran = any(str(op).startswith("einstruct.") for op in counter.get_flop_counts()["Global"])
@@ -220,6 +250,8 @@ def _correct_case(out: Path, source: str, name: str, dtype) -> bool:
 def part_bench(out: Path, quick: bool) -> bool:
 
     d, n = (1024, 4096) if quick else (4096, 16384)
+    if DEVICE == "cpu":
+        d, n = 32, 64
     peak = (
         json.loads((out.parent / "bandwidth.json").read_text())["gbs"]
         if (out.parent / "bandwidth.json").exists()
@@ -255,9 +287,9 @@ def _bench_case(source: str, d: int, n: int, peak: float) -> tuple[str, list[str
 
     dtype = torch.bfloat16
     fused, planned = _layer(source, dtype, "fused"), _layer(source, dtype, "torch")
-    dense = torch.nn.Linear(fused.in_features, fused.out_features, device="cuda", dtype=dtype)
-    x = torch.randn(n, fused.in_features, device="cuda", dtype=dtype, requires_grad=True)
-    g = torch.randn(n, fused.out_features, device="cuda", dtype=dtype)
+    dense = torch.nn.Linear(fused.in_features, fused.out_features, device=DEVICE, dtype=dtype)
+    x = torch.randn(n, fused.in_features, device=DEVICE, dtype=dtype, requires_grad=True)
+    g = torch.randn(n, fused.out_features, device=DEVICE, dtype=dtype)
 
     def fwd(m):
         def run():
@@ -271,7 +303,7 @@ def _bench_case(source: str, d: int, n: int, peak: float) -> tuple[str, list[str
 
     variants = {"fused": fused, "torch": planned, "dense": dense}
     timings = {f"{k} {kind}": [] for k in variants for kind in ("fwd", "step")}
-    for _ in range(7):  # interleaved rounds
+    for _ in range(7 if DEVICE == "cuda" else 1):  # interleaved rounds
         for name, m in variants.items():
             timings[f"{name} fwd"].append(_events_ms(fwd(m), repeats=5))
             timings[f"{name} step"].append(_events_ms(step(m), repeats=5))
@@ -308,8 +340,8 @@ def _kernel_rows(source: str, layer, x, g, peak: float) -> list[str]:
 PARTS = {"env": part_env, "correct": part_correct, "bench": part_bench}
 
 
-def _part(name: str, out: Path, quick: bool) -> int:
-    _setup()
+def _part(name: str, out: Path, quick: bool, smoke: bool) -> int:
+    _setup(smoke)
     try:
         return 0 if PARTS[name](out, quick) else 1
     except Exception:
@@ -321,15 +353,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes")
     parser.add_argument("--part", choices=list(PARTS), help=argparse.SUPPRESS)
+    parser.add_argument("--smoke", action="store_true", help="CPU, Triton's interpreter, tiny sizes")
     parser.add_argument("--out", default=os.environ.get("OUT", "gpu_check_out"), help="folder ($OUT)")
     args = parser.parse_args(argv)
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
     report = folder / "gpu_check.md"
     if args.part:
-        return _part(args.part, report, args.quick)
+        return _part(args.part, report, args.quick, args.smoke)
     report.write_text("# einstruct GPU check\n\n")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    if args.smoke:
+        env["TRITON_INTERPRET"] = "1"
     env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *_lark_path(), env.get("PYTHONPATH", "")]).rstrip(
         os.pathsep
     )
@@ -339,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         capture_output=True,
         text=True,
     )
-    if probe.stdout.strip() != "True":
+    if probe.stdout.strip() != "True" and not args.smoke:
         _write(report, f"no CUDA device visible: {probe.stdout.strip()} {probe.stderr.strip()[-300:]}")
         return 2
     status = 0
@@ -353,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
             "--out",
             str(folder),
             *(["--quick"] if args.quick else []),
+            *(["--smoke"] if args.smoke else []),
         ]
         try:
             code = subprocess.run(command, env=env, timeout=limit).returncode
