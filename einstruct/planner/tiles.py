@@ -68,7 +68,7 @@ FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = 
 MAX_BLOCK = 64
 #: The largest class a family may hold whole, or give one block (epsilon in the stream families).
 MAX_WHOLE = 256
-#: The smallest reduction of a ``tl.dot`` on a GPU for 16-bit inputs (fp32: half of it).
+#: The smallest reduction of a ``tl.dot`` on a GPU (every dtype: Triton 3.6 refuses K < 16).
 MIN_DOT_K = 16
 #: Registers per thread (of 255) the tiles of one program may take, by :func:`footprint`.
 #: Set so that every configuration compiles without spills (tests/test_triton_aot.py).
@@ -214,7 +214,7 @@ def _ranked(sizes_key: tuple[tuple[str, int], ...], family: str, itemsize: int) 
     classes = sorted(start)
     grids = [_choices(c, sizes[c], family, fixed) for c in classes]
     budget = REGISTERS_PER_THREAD * 2 // itemsize
-    min_k = MIN_DOT_K * 2 // itemsize
+    min_k = MIN_DOT_K  # also for fp32: Triton 3.6 (the floor) refuses a tl.dot with K < 16
     found: list[tuple[bool, float, int, Tiles]] = []
     for warps, block_n in _GPU_SHAPES:
         for values in itertools.product(*grids):
@@ -242,9 +242,8 @@ def _dots_unpadded(blocks: dict[str, int], family: str, sizes: dict[str, int]) -
 def gpu_tiles(sizes: dict[str, int], family: str, itemsize: int = 2) -> tuple[Tiles, ...]:
     """The GPU configurations to autotune over for inputs of ``itemsize`` bytes (2: fp16 and
     bf16, 4: fp32), empty when no tile fits: of every block choice whose tiles fit the register
-    budget (4-byte operands take twice the registers, so half of it; their ``tl.dot`` needs a
-    reduction of 8, not 16), the :data:`GPU_CONFIGS` that request the fewest bytes per token
-    (:func:`requested_per_token`), one per warp count."""
+    budget (4-byte operands take twice the registers, so half of it), the :data:`GPU_CONFIGS`
+    that request the fewest bytes per token (:func:`requested_per_token`), one per warp count."""
     ranked = _ranked(tuple(sorted((c, v) for c, v in sizes.items() if v > 1)), family, itemsize)
     out: list[Tiles] = []
     for tiles in ranked:
