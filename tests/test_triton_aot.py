@@ -68,4 +68,5 @@ def test_every_shipped_configuration_compiles_without_spills_on_tensor_cores():
     assert no_tensor_cores == []
     no_async_copies = {(r["structure"], r["kernel"]) for r in records if not (r["ldgsts"] or r["tma"])}
     assert no_async_copies <= SCALAR_LOADS
-    assert result.returncode == 0, result.stderr
+    # aot_long exits 1 on any spill: here only on the listed ones under the floor
+    assert result.returncode == (1 if spilled else 0), result.stderr
