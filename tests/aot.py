@@ -40,12 +40,20 @@ class Compiled:
     spill_stores: int
     spill_loads: int
     shared: int
+    #: SASS instruction counts: tensor-core products (HMMA on sm_80, HGMMA: Hopper's wgmma),
+    #: asynchronous copies global -> shared (LDGSTS: cp.async; UTMALDG: TMA), plain global loads.
+    hmma: int = 0
+    hgmma: int = 0
+    ldgsts: int = 0
+    tma: int = 0
+    ldg: int = 0
 
     def line(self) -> str:
         spills = f"spills {self.spill_stores}/{self.spill_loads} B"
         return (
             f"{self.kernel} {self.config} sm_{self.arch} {self.dtype}: {self.registers} registers, "
-            f"{spills}, {self.shared} B shared"
+            f"{spills}, {self.shared} B shared, HMMA {self.hmma} HGMMA {self.hgmma} "
+            f"LDGSTS {self.ldgsts} TMA {self.tma} LDG {self.ldg}"
         )
 
 
@@ -63,7 +71,21 @@ def _signature(fn, dtype: str) -> dict[str, str]:
     return sig
 
 
-def launch_arguments(layer_class, tokens: int = 8192) -> dict:
+def specializations(fn, arguments: tuple) -> dict:
+    """The attributes a JIT launch specializes its arguments with, for :func:`triton.compile`:
+    16-byte divisibility on every pointer (torch's allocations are aligned) and on every
+    run-time integer that is a multiple of 16 (the token count, a factor gradient's shares).
+    Without them the compiler must assume 2-byte alignment: scalar loads, no async copies."""
+    attrs = {}
+    for k, (p, value) in enumerate(zip(fn.params, arguments)):
+        if p.is_constexpr:
+            continue
+        if p.name.endswith("_ptr") or (isinstance(value, int) and value % 16 == 0):
+            attrs[(k,)] = [["tt.divisibility", 16]]
+    return attrs
+
+
+def launch_arguments(layer_class, tokens: int = 16384) -> dict:
     """Each kernel's arguments as its launcher passes them (strides are compile-time constants),
     found by running the layer's ops on meta tensors with the launch intercepted."""
     import torch
@@ -122,7 +144,8 @@ def compile_report(layer_class, archs=(80, 90), dtypes=("bf16",), seen: set | No
                         continue
                     seen.add(key)
                     constexprs = {**constants, **dict(zip(blocks, row))}
-                    out.append(_compile(fn, constexprs, row, arch, dtype, registers))
+                    attrs = specializations(fn, arguments[kernel])
+                    out.append(_compile(fn, constexprs, attrs, row, arch, dtype, registers))
     return out
 
 
@@ -132,7 +155,43 @@ def _runtime_registers() -> int:
     return _MAX_REGISTERS
 
 
-def _compile(fn, constants: dict, row: tuple, arch: int, dtype: str, maxnreg: int) -> Compiled:
+def _sass_counts(compiled) -> dict[str, int]:
+    """Instruction counts from the cubin's SASS (Triton's bundled nvdisasm), or from the PTX
+    when nvdisasm is missing."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    import triton
+
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+    if not os.path.exists(tool):  # Triton's bundled copy, else one on the PATH
+        tool = shutil.which("nvdisasm")
+    if tool is not None:
+        with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+            f.write(compiled.asm["cubin"])
+            f.flush()
+            sass = subprocess.run([tool, "-c", f.name], capture_output=True, text=True).stdout
+        if sass:
+            ops = re.findall(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass, re.M)
+            return {
+                "hmma": sum(op == "HMMA" for op in ops),
+                "hgmma": sum(op == "HGMMA" for op in ops),
+                "ldgsts": sum(op == "LDGSTS" for op in ops),
+                "tma": sum(op.startswith("UTMALDG") for op in ops),
+                "ldg": sum(op == "LDG" for op in ops),
+            }
+    ptx = compiled.asm["ptx"]
+    return {
+        "hmma": len(re.findall(r"\bmma\.sync", ptx)),
+        "hgmma": len(re.findall(r"\bwgmma\.mma_async", ptx)),
+        "ldgsts": len(re.findall(r"\bcp\.async\.c[ag]", ptx)),
+        "tma": len(re.findall(r"\bcp\.async\.bulk\.tensor", ptx)),
+        "ldg": len(re.findall(r"\bld\.global", ptx)),
+    }
+
+
+def _compile(fn, constants: dict, attrs: dict, row: tuple, arch: int, dtype: str, maxnreg: int) -> Compiled:
     import triton
     import triton.language as tl
     from triton.backends.compiler import GPUTarget
@@ -140,7 +199,9 @@ def _compile(fn, constants: dict, row: tuple, arch: int, dtype: str, maxnreg: in
     constants = dict(constants)
     constants["ACC_DTYPE"] = tl.float64 if dtype == "fp64" else tl.float32
     constants["DOT_PRECISION"] = "tf32" if dtype == "fp32" else "ieee"
-    source = triton.compiler.ASTSource(fn=fn, signature=_signature(fn, dtype), constexprs=constants)
+    source = triton.compiler.ASTSource(
+        fn=fn, signature=_signature(fn, dtype), constexprs=constants, attrs=attrs
+    )
     log = io.StringIO()
     # a fresh compile with ptxas' report printed, and outside the interpreter (CI sets TRITON_INTERPRET)
     settings = {"TRITON_DUMP_PTXAS_LOG": "1", "TRITON_ALWAYS_COMPILE": "1", "TRITON_INTERPRET": "0"}
@@ -164,4 +225,7 @@ def _compile(fn, constants: dict, row: tuple, arch: int, dtype: str, maxnreg: in
     assert registers and spills, f"no ptxas report for {fn.__name__} {row} sm_{arch}:\n{text[-2000:]}"
     stores, loads = (int(v) for v in spills.groups())
     shared = compiled.metadata.shared
-    return Compiled(fn.__name__, tuple(row), arch, dtype, int(registers.group(1)), stores, loads, shared)
+    counts = _sass_counts(compiled)
+    return Compiled(
+        fn.__name__, tuple(row), arch, dtype, int(registers.group(1)), stores, loads, shared, **counts
+    )

@@ -24,6 +24,7 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     sys.exit("run without TRITON_INTERPRET: GPU compilation needs Triton's compiler, not its interpreter")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import triton  # noqa: E402
 from aot import MAX_SHARED, compile_report  # noqa: E402
 
 import einstruct  # noqa: E402
@@ -59,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         for r in compile_report(layer, dtypes=tuple(args.dtypes), seen=seen):
             results.append(r)
             if args.json:
-                print(json.dumps({"structure": source, **dataclasses.asdict(r)}), flush=True)
+                record = {"structure": source, "triton": triton.__version__, **dataclasses.asdict(r)}
+                print(json.dumps(record), flush=True)
             elif r.spill_stores or r.spill_loads or r.shared > MAX_SHARED:
                 print(f"{source}: {r.line()}", flush=True)
     bad = [r for r in results if r.spill_stores or r.spill_loads or r.shared > MAX_SHARED]

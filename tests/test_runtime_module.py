@@ -229,3 +229,25 @@ def test_the_measured_strategy_times_both_paths_once_and_computes_the_same_map(m
     monkeypatch.setattr(measured, "default_chooser", lambda: fresh)
     cls(strategy="measured", dtype=torch.float64)(x)  # a new process would read the file
     assert fresh.measurements == 0
+
+
+def test_the_runtime_launches_with_the_planners_tile_constants():
+    """The fused-kernel runtime's register cap and token split are the ones the planner sized
+    the tiles for (read from the runtime's source: it imports triton)."""
+    import ast
+
+    from einstruct.planner import tiles
+
+    tree = ast.parse((RUNTIME_DIR / "fused.py").read_text(encoding="utf-8"))
+    values = {
+        node.targets[0].id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.targets[0], ast.Name)
+        and node.targets[0].id in ("_MAX_REGISTERS", "_SPLIT_TOKENS", "_MAX_SPLIT")
+    }
+    assert values == {
+        "_MAX_REGISTERS": tiles.MAX_REGISTERS,
+        "_SPLIT_TOKENS": tiles.SPLIT_TOKENS,
+        "_MAX_SPLIT": tiles.MAX_SPLIT,
+    }

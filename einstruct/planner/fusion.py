@@ -13,20 +13,20 @@ For a two-factor chain (:mod:`.chain`) four kernels run a training step:
   P) does not fit one block, the recomputation would be repeated per block,
   so that gradient is taken by the planned torch steps instead (``gemm``).
 
-The default (:func:`plan_fusion`'s ``default``) is a decision made without GPU
-measurements, so it is deliberately narrow: ``fused`` only where the fused
-kernels move at most :data:`BYTES_RATIO` of the planned torch path's memory
-traffic (the intermediate never goes to memory, and neither do the copies
-between steps) and do at most :data:`FLOPS_RATIO` of the layer's FLOPs (the
-factor gradients recompute the intermediate; padding small classes to a
-tensor-core tile adds more). That is the bandwidth-bound regime the fused
-kernels exist for (BTT, Monarch, Kronecker, Tensor-Train at useful widths).
-Elsewhere (low rank, whose intermediate is tiny; tiny layers) the planned
-torch steps stay the default, and ``kernels="fused"`` still selects the kernels.
+Also when the fused gradient's tiles would request more bytes than the
+planned steps move (each program re-reads the input and the output's gradient
+once per block of the gradient it lacks: :func:`.tiles.requested_per_token`),
+that gradient is ``gemm``: fusion cannot beat the two matmuls there.
+
+The default (:func:`plan_fusion`'s ``default``) is the planned torch steps
+until a GPU has timed the fused kernels (:data:`GPU_TIMED`); then ``fused``
+only where the kernels request at most :data:`BYTES_RATIO` of the planned
+torch path's bytes, re-reads included, and do at most :data:`FLOPS_RATIO` of
+the layer's FLOPs. ``kernels="fused"`` always selects the kernels.
 
     >>> fusion = plan_fusion(make_plan(load("structure s = btt(d = 1024)")))
     >>> fusion.forward.family, fusion.grad_first.family, fusion.default
-    ('chain_stream', 'factor_stream', 'fused')
+    ('chain_stream', 'gemm', 'torch')
 """
 
 from __future__ import annotations
@@ -37,14 +37,18 @@ from fractions import Fraction
 
 from .chain import CLASSES, Chain, chain_of, transposed
 from .plan_data import Plan
-from .tiles import Tiles, gpu_tiles, interpreter_tiles
+from .tiles import Tiles, gpu_tiles, interpreter_tiles, requested_per_token
 
-__all__ = ["BYTES_RATIO", "FLOPS_RATIO", "KernelPlan", "Fusion", "NotFused", "plan_fusion"]
+__all__ = ["BYTES_RATIO", "FLOPS_RATIO", "GPU_TIMED", "KernelPlan", "Fusion", "NotFused", "plan_fusion"]
 
 #: The fused path is the default only where it moves at most this share of the torch path's bytes...
 BYTES_RATIO = Fraction(1, 2)
 #: ...and does at most this multiple of the layer's FLOPs (forward + backward).
 FLOPS_RATIO = Fraction(3, 2)
+#: Whether a GPU has timed the fused kernels against the torch path. Until one has, the
+#: default is the planned torch steps everywhere (``kernels="fused"`` still runs the kernels);
+#: then the measured comparison replaces the byte rule above.
+GPU_TIMED = False
 
 
 @dataclass(frozen=True)
@@ -131,9 +135,13 @@ def _chain_kernel(role: str, chain: Chain) -> KernelPlan | None:
     return None
 
 
-def _grad_kernel(role: str, chain: Chain) -> KernelPlan:
+def _grad_kernel(role: str, chain: Chain, torch_entries: Fraction) -> KernelPlan:
+    """``factor_stream`` where its best tiles request fewer entries per token than the planned
+    torch steps move for that gradient (the forward again, then its backward: twice the
+    forward's traffic); else ``gemm``: the recomputation and two matmuls."""
     configs = gpu_tiles(chain.sizes, "factor_stream")
-    if not configs:
+    requested = requested_per_token(dict(configs[0].blocks), "factor_stream", chain.sizes) if configs else 0
+    if not configs or requested > 2 * torch_entries:
         return KernelPlan(role, "gemm", chain)
     wide = gpu_tiles(chain.sizes, "factor_stream", itemsize=4)
     interpreter = interpreter_tiles(chain.sizes, "factor_stream")
@@ -150,25 +158,28 @@ def plan_fusion(plan: Plan) -> Fusion | NotFused:
     grad_input = _chain_kernel("grad_input", back)
     if forward is None or grad_input is None:
         return NotFused("no tile of the chain fits a program's registers")
-    grad_second = _grad_kernel("grad_second", chain)
-    grad_first = _grad_kernel("grad_first", back)
+    grad_second = _grad_kernel("grad_second", chain, plan.traffic(1))
+    grad_first = _grad_kernel("grad_first", back, plan.traffic(1))
     kernels = (forward, grad_input, grad_second, grad_first)
-    s = plan.structure
-    d_in, d_out = int(s.d_in), int(s.d_out)
     torch_bytes = 3 * plan.traffic(1)
     fused_bytes = Fraction(0)
     for k in kernels:
-        fused_bytes += 2 * plan.traffic(1) if k.family == "gemm" else d_in + d_out
+        if k.family == "gemm":
+            fused_bytes += 2 * plan.traffic(1)
+        else:
+            fused_bytes += Fraction(requested_per_token(dict(k.gpu[0].blocks), k.family, k.chain.sizes))
     step1, step2 = chain.flops_per_token()
     layer_flops = 3 * (step1 + step2)
     bytes_ratio = fused_bytes / torch_bytes
     flops_ratio = Fraction(sum(k.flops_per_token() for k in kernels), layer_flops)
     numbers = (
-        f"the fused path moves {float(bytes_ratio):.2f}x the bytes and does {float(flops_ratio):.2f}x "
-        "the FLOPs of the planned torch steps (forward + backward)"
+        f"the fused kernels request {float(bytes_ratio):.2f}x the bytes and do {float(flops_ratio):.2f}x "
+        "the FLOPs of the planned torch steps (forward + backward, re-reads modelled)"
     )
     limits = f"at most {float(BYTES_RATIO):.2f}x and {float(FLOPS_RATIO):.2f}x"
-    if bytes_ratio <= BYTES_RATIO and flops_ratio <= FLOPS_RATIO:
+    if not GPU_TIMED:
+        default, reason = "torch", f"{numbers}; no GPU has timed the fused kernels yet"
+    elif bytes_ratio <= BYTES_RATIO and flops_ratio <= FLOPS_RATIO:
         default, reason = "fused", f"{numbers}, within {limits}"
     else:
         default, reason = "torch", f"{numbers}; fused needs {limits}"

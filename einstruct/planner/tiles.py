@@ -4,25 +4,31 @@ A kernel *family* fixes which classes a program tiles (grid), which it loops
 over in chunks, and which it holds whole (:data:`FAMILIES`). A policy gives each
 present class a power-of-two block:
 
-- **GPU** (:func:`gpu_tiles`): a few configurations for autotuning. Each starts
-  from the whole class (at most :data:`MAX_BLOCK`; the classes the family holds
-  whole are never cut), raises every ``tl.dot`` reduction to at least
-  :data:`MIN_DOT_K` (the tensor cores' K for 16-bit inputs; the masks zero the
-  padding), then halves blocks until the tiles a program holds fit
-  :data:`REGISTERS_PER_THREAD` fp32 values per thread. ``tests/test_triton_aot.py``
-  compiles every configuration for sm_80 and sm_90 and checks ptxas spills nothing.
+- **GPU** (:func:`gpu_tiles`): a few configurations for autotuning. Of every
+  choice of power-of-two blocks (at most :data:`MAX_BLOCK`; the classes the
+  family holds whole are never cut; every ``tl.dot`` reduction at least
+  :data:`MIN_DOT_K`, the tensor cores' K for 16-bit inputs, the masks zeroing
+  the padding) whose tiles fit :data:`REGISTERS_PER_THREAD` fp32 values per
+  thread, those whose programs request the fewest bytes per token
+  (:func:`requested_per_token`: re-reads included), preferring step-1 dots
+  with at least :data:`MIN_DOT_N` columns. ``tests/test_triton_aot.py``
+  compiles every configuration for sm_80 and sm_90 and checks ptxas spills
+  nothing; ``benchmarks/kernel_traffic.py`` counts the bytes.
 - **Interpreter** (:func:`interpreter_tiles`): blocks of :data:`INTERPRETER_BLOCK`
   (tokens: :data:`INTERPRETER_BLOCK_N`), or larger where a class would need more
   than :data:`INTERPRETER_CHUNKS` chunks: the interpreter's cost grows with
   programs x loop iterations, and at test sizes these blocks still leave partial
   chunks, so every mask and loop runs.
 
-    >>> [t.num_warps for t in gpu_tiles({"alpha": 64, "gamma": 64, "phi": 64, "epsilon": 64}, "chain_stream")]
-    [4, 4, 8, 8]
+    >>> btt = {"alpha": 64, "gamma": 64, "phi": 64, "epsilon": 64}
+    >>> [dict(t.blocks)["phi"] for t in gpu_tiles(btt, "chain_stream")]
+    [4]
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -38,6 +44,9 @@ __all__ = [
     "INTERPRETER_BLOCK_N",
     "INTERPRETER_CHUNKS",
     "SPLIT_TOKENS",
+    "GPU_CONFIGS",
+    "MIN_DOT_N",
+    "requested_per_token",
     "MAX_SPLIT",
     "Tiles",
     "footprint",
@@ -59,7 +68,7 @@ FAMILIES: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = 
 MAX_BLOCK = 64
 #: The largest class a family may hold whole, or give one block (epsilon in the stream families).
 MAX_WHOLE = 256
-#: The smallest reduction of a ``tl.dot`` on a GPU for 16-bit inputs (fp32: half of it).
+#: The smallest reduction of a ``tl.dot`` on a GPU (every dtype: Triton 3.6 refuses K < 16).
 MIN_DOT_K = 16
 #: Registers per thread (of 255) the tiles of one program may take, by :func:`footprint`.
 #: Set so that every configuration compiles without spills (tests/test_triton_aot.py).
@@ -77,8 +86,14 @@ INTERPRETER_CHUNKS = 4
 #: (summed afterwards): enough programs to fill a GPU when the gradient has few blocks.
 SPLIT_TOKENS = 512
 MAX_SPLIT = 64
-#: (num_warps, BLOCK_N) of the GPU configurations tried, in order.
-_GPU_SHAPES = ((4, 32), (4, 64), (8, 64), (8, 128))
+#: (num_warps, BLOCK_N) of the GPU configurations tried.
+_GPU_SHAPES = ((4, 16), (4, 32), (4, 64), (8, 16), (8, 32), (8, 64), (8, 128))
+#: Software-pipelining stages of every GPU configuration (loads of the next chunk in flight).
+_STAGES = 3
+#: How many configurations autotuning tries per kernel (the cheapest in bytes, one per warp count).
+GPU_CONFIGS = 2
+#: The smallest column count of step 1's ``tl.dot`` (tensor cores' N is 8).
+MIN_DOT_N = 8
 #: The classes that are a batch axis of a family's 3-D ``tl.dot`` s: a batch block of 2 made
 #: ptxas spill at 72 registers (sm_90), so blocks of 4 halve straight to 1.
 _BATCHES = {
@@ -86,7 +101,6 @@ _BATCHES = {
     "chain_stationary": ("gamma", "phi"),
     "factor_stream": ("gamma", "phi"),
 }
-_SHRINK_ORDER = ("alpha", "delta", "phi", "gamma", "beta", "epsilon", "n")
 
 
 @dataclass(frozen=True)
@@ -144,17 +158,6 @@ def _start(sizes: dict[str, int], family: str) -> dict[str, int] | None:
     return blocks
 
 
-def _raise_reductions(blocks: dict[str, int], family: str, sizes: dict[str, int], min_k: int) -> None:
-    """Pad every dot's reduction to ``min_k`` (masked), growing its largest member."""
-    for group in _reductions(family):
-        members = [c for c in group if c == "n" or sizes.get(c, 1) > 1]
-        if not members:
-            continue
-        while math.prod(blocks.get(c, 1) for c in members) < min_k:
-            grow = max(members, key=lambda c: (sizes.get(c, 1), -group.index(c)))
-            blocks[grow] = blocks.get(grow, 1) * 2
-
-
 def _fits_k(blocks: dict[str, int], family: str, sizes: dict[str, int], min_k: int) -> bool:
     for group in _reductions(family):
         members = [c for c in group if c == "n" or sizes.get(c, 1) > 1]
@@ -163,46 +166,91 @@ def _fits_k(blocks: dict[str, int], family: str, sizes: dict[str, int], min_k: i
     return True
 
 
-def _fit(sizes: dict[str, int], family: str, block_n: int, budget: int, min_k: int) -> dict[str, int] | None:
+def requested_per_token(blocks: dict[str, int], family: str, sizes: dict[str, int]) -> float:
+    """Entries per token one launch's programs request from memory (loads and stores), modelled
+    from the family's loops: a tensor is read again once per block of each grid class it lacks
+    (and once per chunk of a loop class it lacks that runs outside its own loop); the factors
+    once per token tile. ``benchmarks/kernel_traffic.py`` counts the same in the interpreter.
+
+        >>> sizes = {"alpha": 64, "gamma": 64, "phi": 64, "epsilon": 64}
+        >>> blocks = {"n": 16, "alpha": 32, "gamma": 16, "phi": 1, "epsilon": 64}
+        >>> requested_per_token(blocks, "chain_stream", sizes) / 4096  # x 64 times, factors, y
+        73.0
+    """
+    z = {c: sizes.get(c, 1) for c in ("alpha", "beta", "gamma", "delta", "epsilon", "phi", "rho")}
+    chunks = {c: -(-z[c] // blocks.get(c, 1)) for c in z}
+    x, y = z["alpha"] * z["beta"] * z["gamma"], z["phi"] * z["delta"] * z["epsilon"]
+    p = z["gamma"] * z["alpha"] * z["phi"] * z["delta"] * z["rho"]
+    q = z["phi"] * z["gamma"] * z["beta"] * z["rho"] * z["epsilon"]
+    n = blocks.get("n", 1)
+    f, d, e, g, b = (chunks[c] for c in ("phi", "delta", "epsilon", "gamma", "beta"))
+    if family == "chain_stream":
+        return x * f * d * e + (p * b * e + q * d) / n + y
+    if family == "chain_stationary":
+        return x * f * d + (p + q * d) / n + y
+    # factor_stream: x lacks phi, epsilon and the delta loop; dy lacks gamma, beta
+    return x * f * e * d + y * g * b + p * b * e / n
+
+
+def _choices(cls: str, size: int, family: str, fixed: set[str]) -> list[int]:
+    full = pow2(size)
+    if cls in fixed:  # whole, or padded up to a tensor-core K
+        return [v for v in (full, 2 * full, 4 * full, 8 * full, 16 * full) if v <= max(full, MIN_DOT_K)]
+    # up to the class (at most MAX_BLOCK), or to a tensor-core K where a dot must be padded
+    options = [v for v in (1, 2, 4, 8, 16, 32, 64) if v <= max(min(full, MAX_BLOCK), MIN_DOT_K)]
+    if cls in _BATCHES[family]:  # a batch block of 2 made ptxas spill (sm_90)
+        options = [v for v in options if v != 2]
+    return options
+
+
+@functools.lru_cache(maxsize=1024)
+def _ranked(sizes_key: tuple[tuple[str, int], ...], family: str, itemsize: int) -> tuple[Tiles, ...]:
+    sizes = dict(sizes_key)
     start = _start(sizes, family)
     if start is None:
-        return None
-    blocks = {"n": block_n, **start}
-    _raise_reductions(blocks, family, sizes, min_k)
+        return ()
     _, _, whole = FAMILIES[family]
     fixed = set(whole) | ({"epsilon"} if family != "chain_stationary" else set())
-    while footprint(blocks, family) > budget:
-        best = None
-        for cls in _SHRINK_ORDER:
-            if cls not in blocks or cls in fixed or blocks[cls] == 1 or (cls == "n" and blocks[cls] <= 16):
+    classes = sorted(start)
+    grids = [_choices(c, sizes[c], family, fixed) for c in classes]
+    budget = REGISTERS_PER_THREAD * 2 // itemsize
+    min_k = MIN_DOT_K  # also for fp32: Triton 3.6 (the floor) refuses a tl.dot with K < 16
+    found: list[tuple[bool, float, int, Tiles]] = []
+    for warps, block_n in _GPU_SHAPES:
+        for values in itertools.product(*grids):
+            blocks = {"n": block_n, **dict(zip(classes, values))}
+            if not _fits_k(blocks, family, sizes, min_k):
                 continue
-            smaller = 1 if cls in _BATCHES[family] and blocks[cls] == 4 else blocks[cls] // 2
-            trial = {**blocks, cls: smaller}
-            if not _fits_k(trial, family, sizes, min_k):
+            if footprint(blocks, family) > budget * 32 * warps:
                 continue
-            saved = footprint(blocks, family) - footprint(trial, family)
-            if best is None or saved > best[0]:
-                best = (saved, cls)
-        if best is None:
-            return None
-        cls = best[1]
-        blocks[cls] = 1 if cls in _BATCHES[family] and blocks[cls] == 4 else blocks[cls] // 2
-    return blocks
+            cost = requested_per_token(blocks, family, sizes)
+            tiles = Tiles(tuple(sorted(blocks.items())), num_warps=warps, num_stages=_STAGES)
+            padded = not _dots_unpadded(blocks, family, sizes)
+            found.append((padded, cost, -footprint(blocks, family), tiles))
+    found.sort(key=lambda item: item[:3])  # unpadded dots first where any fits, then fewest bytes
+    return tuple(item[3] for item in found)
+
+
+def _dots_unpadded(blocks: dict[str, int], family: str, sizes: dict[str, int]) -> bool:
+    """No ``tl.dot`` dimension padded up from 1 where the chain has more than one entry for it:
+    step 1's columns (phi, delta, rho) and rows (tokens, beta) are at least :data:`MIN_DOT_N`."""
+    cols = [c for c in ("phi", "delta", "rho") if sizes.get(c, 1) > 1]
+    need = min(MIN_DOT_N, math.prod(pow2(sizes[c]) for c in cols)) if cols else 1
+    return math.prod(blocks.get(c, 1) for c in cols) >= need
 
 
 def gpu_tiles(sizes: dict[str, int], family: str, itemsize: int = 2) -> tuple[Tiles, ...]:
     """The GPU configurations to autotune over for inputs of ``itemsize`` bytes (2: fp16 and
-    bf16, 4: fp32), empty when no tile fits. 4-byte operands take twice the registers, so
-    their budget is half; their ``tl.dot`` needs a reduction of 8, not 16."""
+    bf16, 4: fp32), empty when no tile fits: of every block choice whose tiles fit the register
+    budget (4-byte operands take twice the registers, so half of it), the :data:`GPU_CONFIGS`
+    that request the fewest bytes per token (:func:`requested_per_token`), one per warp count."""
+    ranked = _ranked(tuple(sorted((c, v) for c, v in sizes.items() if v > 1)), family, itemsize)
     out: list[Tiles] = []
-    budget = REGISTERS_PER_THREAD * 2 // itemsize
-    for warps, block_n in _GPU_SHAPES:
-        blocks = _fit(sizes, family, block_n, budget * 32 * warps, MIN_DOT_K * 2 // itemsize)
-        if blocks is None:
-            continue
-        tiles = Tiles(tuple(sorted(blocks.items())), num_warps=warps, num_stages=2)
-        if tiles not in out:
+    for tiles in ranked:
+        if all(t.num_warps != tiles.num_warps for t in out):
             out.append(tiles)
+        if len(out) == GPU_CONFIGS:
+            break
     return tuple(out)
 
 

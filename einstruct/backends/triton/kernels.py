@@ -152,6 +152,19 @@ def config_code(tiles: Tiles, chain: Chain, with_launch: bool = True) -> str:
     return tuple_code(row)
 
 
+def _table_lines(kernel: KernelPlan) -> list[str]:
+    """The GPU tables as lines of a dict display (by bytes per entry), one row a line; a
+    one-row table on one line, as ``ruff format`` writes it."""
+    lines = []
+    for itemsize, tiles in ((2, kernel.gpu), (4, kernel.gpu_fp32)):
+        rows = [config_code(t, kernel.chain) for t in tiles]
+        if len(rows) == 1:
+            lines.append(f"{itemsize}: ({rows[0]},),")
+        elif rows:
+            lines += [f"{itemsize}: (", *(f"    {row}," for row in rows), "),"]
+    return lines
+
+
 def _equation(chain: Chain) -> str:
     """The chain in class letters: ``y[n,f,e] = x[n,g,a] p[g,a,f] q[f,g,e]``."""
     order = {
@@ -208,11 +221,7 @@ def kernel_context(kernel: KernelPlan, name: str, launcher: str) -> dict[str, An
         "d_in": chain.width("x"),
         "d_out": chain.width("y"),
         "out_view": _view(chain, "y"),
-        "gpu_tables": [
-            {"itemsize": itemsize, "rows": [config_code(t, chain) for t in tiles]}
-            for itemsize, tiles in ((2, kernel.gpu), (4, kernel.gpu_fp32))
-            if tiles
-        ],
+        "gpu_table_lines": _table_lines(kernel),
         "interpreter_config": config_code(kernel.interpreter, chain, with_launch=False)
         if kernel.interpreter
         else "()",
@@ -236,10 +245,12 @@ def _chain_context(chain: Chain, family: str, t_split: list[str]) -> dict[str, A
     params, args = _strides(
         chain, {"x": ("x", "a", 0), "p": ("p", "p", 0), "q": ("q", "q", 0), "y": ("y", "o", 0)}
     )
-    grid_counts, grid_lines, _ = _chunk_lines(chain, grid, "pid_c")
+    grid_counts, grid_lines, grid_total = _chunk_lines(chain, grid, "pid_c")
     whole = p(("rho",)) if stream else p(("gamma", "beta", "rho"))
     return {
-        "grid_lines": grid_counts + grid_lines,
+        "grid_counts": grid_counts,
+        "grid_total": grid_total,
+        "grid_lines": grid_lines,
         "chunk_counts": chunk_counts,
         "whole_lines": _whole_lines(whole),
         "chunk_lines": chunk,
