@@ -22,8 +22,8 @@ def test_conv1d_gets_the_width_scaling_of_a_linear_of_its_shape():
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(16, 256), Conv1D(512, 256), torch.nn.Linear(512, 256))
     rates = {id(p): g["lr"] for g in einstruct.param_groups(model, lr=1.0) for p in g["params"]}
-    assert rates[id(model[1].weight)] == 64 / 256  # fan-in 256, base width 64: by hand
-    assert rates[id(model[2].weight)] == 64 / 512
+    assert rates[id(model[1].weight)] == 64 / 256  # 256 -> 512, base width 64: by hand
+    assert rates[id(model[2].weight)] == 64 / 256  # 512 -> 256: its narrower side (the papers' rule)
     assert rates[id(model[0].weight)] == 1.0  # an input layer (16 < 64)
     assert rates[id(model[1].bias)] == 1.0
     base = torch.nn.Sequential(torch.nn.Linear(16, 64), Conv1D(128, 64), torch.nn.Linear(128, 64))
