@@ -251,3 +251,22 @@ def test_the_runtime_launches_with_the_planners_tile_constants():
         "_SPLIT_TOKENS": tiles.SPLIT_TOKENS,
         "_MAX_SPLIT": tiles.MAX_SPLIT,
     }
+
+
+def test_the_constructor_checks_types_and_sizes_before_allocating(monkeypatch):
+    """dtype and device are checked; a layer whose padded widths exceed EINSTRUCT_MAX_PARAMS is
+    refused though its parameters are few (it would allocate that much per token)."""
+    cls = einstruct.compile("structure b = btt(d = 16, rank = 2)")
+    with pytest.raises(TypeError, match="dtype must be a floating torch.dtype"):
+        cls(dtype=torch.int64)
+    with pytest.raises(TypeError, match="is not a torch device"):
+        cls(device="nowhere")
+    with pytest.raises(TypeError, match="floating-point input x"):
+        cls()(torch.ones(2, 16, dtype=torch.long))
+    wide = einstruct.compile("structure w:\n    y[i] = x[i, j] * A[j]\n    where i = 2000, j = 3\n")
+    assert wide.param_count == 3
+    monkeypatch.setenv("EINSTRUCT_MAX_PARAMS", "5000")
+    with pytest.raises(ValueError, match="6,000 entries per token"):
+        wide()
+    with pytest.raises(ValueError, match="meta device"):
+        cls().from_dense(torch.empty(16, 16, device="meta"))

@@ -135,6 +135,8 @@ def _padded_target(
     product."""
     if not isinstance(weight, torch.Tensor):
         raise TypeError(f"from_dense needs a tensor W, got {type(weight).__name__}")
+    if weight.is_meta:
+        raise ValueError("from_dense needs W's values: it is on the meta device")
     if not weight.is_floating_point():
         raise TypeError(
             f"from_dense needs a real floating-point W, got dtype {weight.dtype}"
@@ -323,6 +325,8 @@ class StructuredLinear(nn.Module):
     out_features: int = 0
     #: Learned entries of the factors (and router), before bias and gains.
     param_count: ClassVar[int] = 0
+    #: The largest intermediate of the planned forward, in entries per token.
+    peak_intermediate: ClassVar[int] = 0
     #: Exact numbers from the analysis along the planned order, as text: params,
     #: flops (per token at the compiled batch), omega, psi, nu where defined.
     layer_metrics: ClassVar[dict[str, str]] = {}
@@ -386,7 +390,27 @@ class StructuredLinear(nn.Module):
             raise ValueError(
                 f"{name}: strategy must be {choices}, got {strategy!r:.40}"
             )
+        if dtype is not None and not (
+            isinstance(dtype, torch.dtype) and dtype.is_floating_point
+        ):
+            raise TypeError(
+                f"{name}: dtype must be a floating torch.dtype or None, got {dtype!r:.40}"
+            )
+        if device is not None:
+            try:
+                torch.device(device)
+            except (TypeError, RuntimeError, ValueError) as error:
+                raise TypeError(
+                    f"{name}: device {device!r:.40} is not a torch device"
+                ) from error
         limit = max_params()
+        widest = max(self.padded_in, self.padded_out, self.peak_intermediate)
+        if widest > limit:
+            raise ValueError(
+                f"{name} moves {widest:,} entries per token (its padded widths and largest "
+                f"intermediate), more than EINSTRUCT_MAX_PARAMS = {limit:,}; set that variable "
+                "to allow it"
+            )
         if self.param_count > limit:
             raise ValueError(
                 f"{name} has {self.param_count:,} parameters, more than "
@@ -489,6 +513,8 @@ class StructuredLinear(nn.Module):
         """Refuse, before computing, an input of the wrong width or (outside autocast)
         dtype."""
         name = type(self).__name__
+        if not x.is_floating_point():
+            raise TypeError(f"{name} expects a floating-point input x, got {x.dtype}")
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(
                 f"{name} expects inputs whose last dimension is in_features = "

@@ -143,6 +143,14 @@ def _table(name: str, rows: list[tuple[str, str]]) -> str:
     return dict_code(rows, 4, len(f"    {name}: ClassVar[dict] = "))
 
 
+def _peak(compiled: Compilation) -> int:
+    """The largest intermediate per token along the plan (rounded up: factor-only steps count
+    once per call)."""
+    from math import ceil
+
+    return int(ceil(compiled.analysis.counts.peak_intermediate))
+
+
 def _estimates(plan: Plan) -> list[tuple[str, str]]:
     """The cost model's estimates (ms, fwd+bwd at the planned batch) as table rows."""
     e = plan.estimate
@@ -168,6 +176,7 @@ def _tables(compiled: Compilation, name: str, factors: list[dict[str, Any]]) -> 
         "out_features": int(s.out_features),
         "param_count": sum(int(s.factor_params(f)) for f in s.factors) + router,
         "planned_batch": plan.batch,
+        "peak_intermediate": _peak(compiled),
         "layer_metrics": _table("layer_metrics", [(quoted(k), quoted(v)) for k, v in numbers.items()]),
         "strategy": plan.strategy,
         "strategy_estimate": _table("strategy_estimate_ms", _estimates(plan)),
