@@ -91,7 +91,7 @@ PRESETS = {
     "full": Preset(Task(steps=3000), (16, 28, 52, 96), (36, 64, 144, 256), (1e-3, 3e-3, 1e-2, 3e-2)),
     "quick": Preset(Task(steps=400), (16, 28, 40), (36, 64, 100), (3e-3,), structure_lrs=PROBED_LRS),
     "moe-quick": Preset(
-        Task(steps=300),
+        Task(steps=200),
         (16, 28, 40),
         (36, 64, 100),
         (3e-3,),

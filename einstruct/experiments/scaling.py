@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -190,6 +191,7 @@ def build_student(task: Task, run: Run, width: int | None = None) -> Any:
     import torch
     from torch import nn
 
+    from ..errors import NoSavingsWarning
     from ..runtime.groups import is_structured
     from ..runtime.replace import replace_linear
     from .moe import parse_moe
@@ -204,9 +206,14 @@ def build_student(task: Task, run: Run, width: int | None = None) -> Any:
                 for down in block.ffn.down:
                     nn.init.zeros_(down.weight)
         return model
-    # structured muP init, as the papers; the second layer of each block starts with its last factor at 0
-    replace_linear(model, run.spec, select="blocks.*.up", init="random")
-    replace_linear(model, run.spec, select="blocks.*.down", init="random", zero_init_last=task.zero_init_last)
+    # structured muP init, as the papers; the second layer of each block starts with its last factor
+    # at 0. A scaling sweep includes widths where a structure saves nothing: that is data, not advice.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoSavingsWarning)
+        replace_linear(model, run.spec, select="blocks.*.up", init="random")
+        replace_linear(
+            model, run.spec, select="blocks.*.down", init="random", zero_init_last=task.zero_init_last
+        )
     for module in model.modules():
         if is_structured(module):
             module.strategy = "structured"  # run the counted steps, not a materialized W
