@@ -26,23 +26,9 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ParameterError
+from ..nn.routed import AttachLoss
 
 __all__ = ["attach_aux_loss", "balance_loss", "all_to_all_experts"]
-
-
-class _AttachAux(torch.autograd.Function):
-    """Identity on ``output``; backward also gives ``aux`` the gradient ``weight``."""
-
-    @staticmethod
-    def forward(ctx: Any, output: torch.Tensor, aux: torch.Tensor, weight: float) -> torch.Tensor:
-        ctx.aux_shape, ctx.aux_dtype, ctx.aux_device = aux.shape, aux.dtype, aux.device
-        ctx.weight = weight
-        return output.view_as(output)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
-        aux_grad = torch.full(ctx.aux_shape, ctx.weight, dtype=ctx.aux_dtype, device=ctx.aux_device)
-        return grad, aux_grad, None
 
 
 def attach_aux_loss(output: torch.Tensor, aux: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
@@ -58,7 +44,7 @@ def attach_aux_loss(output: torch.Tensor, aux: torch.Tensor, weight: float = 1.0
         raise ParameterError("aux must be a scalar tensor", hint="reduce it first, e.g. aux.mean()")
     if not aux.requires_grad:
         return output
-    return _AttachAux.apply(output, aux, float(weight))
+    return AttachLoss.apply(output, aux, float(weight))
 
 
 def balance_loss(
