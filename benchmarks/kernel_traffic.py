@@ -265,7 +265,12 @@ def structure_records(source: str, tokens: int, counts: tuple[int, int], every_c
     plans = {k.role: k for k in fusion.kernels}
     launches = [_captured_launches(layer_class, n, torch.bfloat16) for n in counts]
     records = []
+    from einstruct.nn import fused
+
+    # the configuration table is the runtime's, shared by every layer compiled in this process
     for kernel, (blocks, tables, _) in module._CONFIGS.items():
+        if kernel not in launches[0]:  # another layer's kernel
+            continue
         role = ROLES[kernel.fn.__name__]
         rows = tables.get(ITEMSIZE, ())
         for row in rows if every_config else rows[:1]:
@@ -273,7 +278,7 @@ def structure_records(source: str, tokens: int, counts: tuple[int, int], every_c
             measured = [count_launch(kernel, *found[kernel], config, split=1) for found in launches]
             shape = Shape(source, plans[role], int(structure.d_in), int(structure.d_out))
             torch_bytes = float(plan.traffic(ITEMSIZE)) / (2 if role in ("grad_first", "grad_second") else 1)
-            split = module._token_split(tokens)
+            split = fused._token_split(tokens)
             records.append(_record(shape, config, row, tokens, counts, measured, torch_bytes, split))
     for k in fusion.kernels:  # gradients the planned torch steps take: their modelled bytes
         if k.family == "gemm":

@@ -156,7 +156,7 @@ def test_the_module_registry_stays_bounded(monkeypatch):
 
     from einstruct.runtime import pickling
 
-    monkeypatch.setattr(pickling, "MAX_REGISTERED", 6)  # the same rule as at 256, faster
+    monkeypatch.setattr(pickling, "MAX_REGISTERED", 6)  # the same rule as at 2048, faster
     first = einstruct.compile("structure b = btt(rank = 2, d = 16)")()
     for rank in range(1, 12):
         einstruct.compile(f"structure l = low_rank(rank = {rank}, d = 16)")

@@ -513,15 +513,13 @@ class StructuredLinear(nn.Module):
         """Refuse, before computing, an input of the wrong width or (outside autocast)
         dtype."""
         name = type(self).__name__
-        if not x.is_floating_point():
-            raise TypeError(f"{name} expects a floating-point input x, got {x.dtype}")
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(
                 f"{name} expects inputs whose last dimension is in_features = "
                 f"{self.in_features}, got shape {tuple(x.shape)}"
             )
         held = getattr(self, next(iter(self.factor_axes))).dtype
-        if x.dtype != held and not autocast_state(x)[1]:
+        if x.dtype != held and (not autocast_state(x)[1] or not x.is_floating_point()):
             raise TypeError(
                 f"{name} holds its factors in {held}, got an input in {x.dtype}; convert "
                 "one to the other (x.to(...) or layer.to(...)) or run under torch.autocast"

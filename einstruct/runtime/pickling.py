@@ -27,9 +27,13 @@ other people belong in a state dict and a manifest (``einstruct.restore``),
 which run no code from the file.
 
 Generated modules stay in ``sys.modules`` and ``linecache`` for the newest
-:data:`MAX_REGISTERED` texts; older ones leave both (a class still in use
-keeps its module alive and is registered again when it is pickled), so a
-process that compiles thousands of structures does not keep them all.
+:data:`MAX_REGISTERED` texts (2048: a module holds only its structure's code on
+einstruct's runtime, a few kB of text); older ones leave both (a class still in
+use keeps its module alive and is registered again when it is pickled or
+compiled again), so a process that compiles thousands of structures does not
+keep them all. torch.compile and Triton read a layer's module and source: a
+layer whose structure left the registry gets them back with
+``einstruct.compile`` of the same spec.
 
 The class object alone pickles by reference, as every Python class does: it
 unpickles in a process that has built the same class (by unpickling one of its
@@ -58,7 +62,7 @@ SOURCE = "__source__"
 #: The attribute a generated class keeps its module under (so the module lives as long as the class).
 _MODULE = "__einstruct_module__"
 #: How many generated modules stay registered in ``sys.modules`` and ``linecache``.
-MAX_REGISTERED = 256
+MAX_REGISTERED = 2048
 #: Longest generated text a pickle may carry (characters).
 MAX_TEXT = 1 << 24
 
@@ -147,7 +151,13 @@ def load_module(name: str, text: str) -> types.ModuleType:
     module.__file__ = f"<{name}>"
     module.__dict__[SOURCE] = text
     code = builtins.compile(text, module.__file__, "exec")
-    exec(code, module.__dict__)  # noqa: S102 - einstruct's own generated code
+    # the source is in linecache before the text runs: Triton's @jit reads it at definition
+    linecache.cache[f"<{name}>"] = (len(text), None, text.splitlines(keepends=True), f"<{name}>")
+    try:
+        exec(code, module.__dict__)  # noqa: S102 - einstruct's own generated code
+    except BaseException:
+        linecache.cache.pop(f"<{name}>", None)
+        raise
     for export in module.__dict__.get("__all__", ()):
         cls = module.__dict__[export]
         cls.__module__ = name
