@@ -27,7 +27,7 @@ from ..language.resolve import Override
 from ..language.spec import SpecFile
 from ..limits import checked_batch
 from ..planner.plan import DEFAULT_BATCH
-from .pickling import load_module, module_name
+from .pickling import keep_registered, load_module, module_name
 
 __all__ = ["Built", "built_from", "compile", "compile_structure", "module_source"]
 
@@ -105,7 +105,8 @@ def compile_structure(
             f"compile_structure needs a Structure, got {type(structure).__name__}",
             hint="resolve it first with einstruct.load(spec)",
         )
-    return _build(structure, class_name, batch, strategy, backend)
+    # a cached class whose module the bounded registry let go gets it back
+    return keep_registered(_build(structure, class_name, batch, strategy, backend))
 
 
 def compile(  # noqa: A001 - the public name the API promises

@@ -55,7 +55,7 @@ from typing import Any
 
 from ..errors import ParameterError
 
-__all__ = ["module_name", "load_module", "restore_layer", "reduce_layer", "MAX_REGISTERED"]
+__all__ = ["module_name", "load_module", "keep_registered", "restore_layer", "reduce_layer", "MAX_REGISTERED"]
 
 #: The attribute holding a generated module's text.
 SOURCE = "__source__"
@@ -166,6 +166,15 @@ def load_module(name: str, text: str) -> types.ModuleType:
     _LIVE[name] = module
     _register(name, module)
     return module
+
+
+def keep_registered(cls: type) -> type:
+    """``cls``, with its module back in ``sys.modules`` and ``linecache`` if the bounded
+    registry let it go (torch.compile and Triton look a class's module up by name)."""
+    module = getattr(cls, _MODULE, None)
+    if module is not None and sys.modules.get(module.__name__) is not module:
+        _register(module.__name__, module)
+    return cls
 
 
 def restore_layer(name: str, class_name: str, text: str) -> Any:
