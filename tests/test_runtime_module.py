@@ -271,3 +271,20 @@ def test_the_constructor_checks_types_and_sizes_before_allocating(monkeypatch):
         wide()
     with pytest.raises(ValueError, match="meta device"):
         cls().from_dense(torch.empty(16, 16, device="meta"))
+
+
+def test_routed_options_round_trip_through_a_manifest(tmp_path):
+    """Every constructor option a routed layer declares is written, read back and applied;
+    a wrong aux_weight is refused naming its field."""
+    import json
+
+    model = torch.nn.Sequential(einstruct.compile("examples/btt_moe.ein", d=64)(aux_weight=0.25))
+    path = tmp_path / "m.json"
+    einstruct.save_manifest(model, path)
+    fresh = torch.nn.Sequential(torch.nn.Linear(64, 64))
+    einstruct.restore(fresh, path, model.state_dict())
+    assert fresh[0].aux_weight == 0.25 and fresh[0].sparse_experts is True
+    data = json.loads(path.read_text())
+    data["layers"][0]["options"]["aux_weight"] = "0.1"
+    with pytest.raises(einstruct.EinstructError, match=r"layers\[0\]\.options\.aux_weight"):
+        einstruct.restore(torch.nn.Sequential(torch.nn.Linear(64, 64)), data, model.state_dict())

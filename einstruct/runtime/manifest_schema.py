@@ -27,7 +27,8 @@ entry ``structure`` the name of a structure in ``spec``
 ``class_strategy``  ``auto``, ``structured`` or ``dense``
 ``options``         an object with at most ``normalize``, ``zero_init_last``,
                     ``gain``, ``save_intermediate``, ``sparse_experts`` (true or
-                    false) and ``strategy`` (``structured`` or ``dense``)
+                    false), ``strategy`` (``structured``, ``dense`` or
+                    ``measured``) and ``aux_weight`` (null or a number >= 0)
 ==================  ==============================================================
 
 Unknown keys are refused (a misspelled option must not be dropped silently),
@@ -43,6 +44,7 @@ as are duplicate keys, ``NaN``/``Infinity`` and files over the input size limit.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -71,7 +73,9 @@ MAX_NAMES = 10_000
 MAX_TEXT = 4096
 #: Options that are true or false; ``strategy`` is the one string option.
 BOOL_OPTIONS = ("normalize", "zero_init_last", "gain", "save_intermediate", "sparse_experts")
-_INSTANCE_STRATEGIES = ("structured", "dense")
+_INSTANCE_STRATEGIES = ("structured", "dense", "measured")
+#: A routed layer's aux-loss weight: null, or a finite number >= 0.
+NUMBER_OPTIONS = ("aux_weight",)
 _TOP = ("@generated", "format", "layers", "skipped")
 _ENTRY = (
     "names",
@@ -106,7 +110,7 @@ class LayerEntry:
     backend: str
     batch: int
     class_strategy: str
-    options: tuple[tuple[str, bool | str], ...]
+    options: tuple[tuple[str, bool | str | float | None], ...]
 
 
 @dataclass(frozen=True)
@@ -188,12 +192,24 @@ def _names(value: Any, where: str) -> tuple[str, ...]:
     return names
 
 
-def _options(value: Any, where: str) -> tuple[tuple[str, bool | str], ...]:
-    data = _object(value, where, (*BOOL_OPTIONS, "strategy"), ())
-    out: list[tuple[str, bool | str]] = []
+def _weight(value: Any, where: str) -> float | None:
+    """null, or a finite number >= 0 (not a bool)."""
+    if value is None:
+        return None
+    ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok or not math.isfinite(value) or value < 0:
+        raise _error(where, f"must be null or a finite number >= 0, got {value!r:.40}")
+    return float(value)
+
+
+def _options(value: Any, where: str) -> tuple[tuple[str, bool | str | float | None], ...]:
+    data = _object(value, where, (*BOOL_OPTIONS, "strategy", *NUMBER_OPTIONS), ())
+    out: list[tuple[str, bool | str | float | None]] = []
     for key, item in data.items():
         if key == "strategy":
             out.append((key, _choice(item, f"{where}.{key}", _INSTANCE_STRATEGIES)))
+        elif key in NUMBER_OPTIONS:
+            out.append((key, _weight(item, f"{where}.{key}")))
         else:
             out.append((key, _flag(item, f"{where}.{key}")))
     if dict(out).get("gain") and not dict(out).get("normalize"):
