@@ -288,3 +288,11 @@ def test_routed_options_round_trip_through_a_manifest(tmp_path):
     data["layers"][0]["options"]["aux_weight"] = "0.1"
     with pytest.raises(einstruct.EinstructError, match=r"layers\[0\]\.options\.aux_weight"):
         einstruct.restore(torch.nn.Sequential(torch.nn.Linear(64, 64)), data, model.state_dict())
+
+
+def test_the_manifest_schema_accepts_every_option_the_runtime_declares():
+    from einstruct.nn.routed import RoutedStructuredLinear
+    from einstruct.runtime.manifest_schema import BOOL_OPTIONS, NUMBER_OPTIONS
+
+    declared = set(RoutedStructuredLinear.constructor_options)  # the plain layer's and the routed ones
+    assert declared <= {*BOOL_OPTIONS, *NUMBER_OPTIONS, "strategy"}

@@ -60,6 +60,7 @@ __all__ = [
     "MAX_NAMES",
     "MAX_TEXT",
     "BOOL_OPTIONS",
+    "NUMBER_OPTIONS",
     "ManifestError",
     "LayerEntry",
     "Manifest",
