@@ -33,22 +33,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ..classes import CLASS_NAMES
+from ..classes import HOLDERS as CLASS_HOLDERS
 from .order import BATCH
 from .plan_data import Plan
 
 __all__ = ["CLASSES", "HOLDERS", "TRANSPOSE", "Chain", "chain_of", "transposed"]
 
-#: The classes, in the order kernels list them.
-CLASSES = ("alpha", "beta", "gamma", "delta", "epsilon", "phi", "rho")
-#: Which roles hold each class: x (input), p (first factor), q (second), y (output).
+#: The classes, in the order kernels list them (the papers').
+CLASSES = CLASS_NAMES
+#: Which roles hold each class: x (input), p (first factor), q (second), y (output):
+#: einstruct.classes' holders with the factors named by their place in the chain.
 HOLDERS: dict[str, tuple[str, ...]] = {
-    "alpha": ("x", "p"),
-    "beta": ("x", "q"),
-    "gamma": ("x", "p", "q"),
-    "delta": ("p", "y"),
-    "epsilon": ("q", "y"),
-    "phi": ("p", "q", "y"),
-    "rho": ("p", "q"),
+    c: tuple({"A": "p", "B": "q"}.get(t, t) for t in held) for c, held in CLASS_HOLDERS.items()
 }
 #: A class of the chain -> its class in the transposed chain (gy -> Q -> P -> gx).
 TRANSPOSE = {

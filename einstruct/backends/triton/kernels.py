@@ -23,6 +23,7 @@ from __future__ import annotations
 import textwrap
 from typing import Any
 
+from ...classes import LETTERS as CLASS_LETTERS
 from ...planner.chain import CLASSES, HOLDERS, Chain
 from ...planner.fusion import KernelPlan
 from ...planner.tiles import Tiles
@@ -31,9 +32,7 @@ from ..common import tuple_code
 __all__ = ["LETTERS", "TEMPLATES", "kernel_context", "config_code"]
 
 #: One letter per class (``n``: tokens).
-LETTERS = {
-    "n": "n", "alpha": "a", "beta": "b", "gamma": "g", "delta": "d", "epsilon": "e", "phi": "f", "rho": "r",
-}  # fmt: skip
+LETTERS = {"n": "n", **CLASS_LETTERS}
 #: The template of each kernel family.
 TEMPLATES = {
     "chain_stream": "triton/chain_stream.py.j2",
