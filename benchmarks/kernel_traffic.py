@@ -173,8 +173,8 @@ def _captured_launches(layer_class, tokens: int, dtype: torch.dtype) -> dict:
 
     layer = layer_class(dtype=dtype, kernels="fused")
     factors = [getattr(layer, name).detach() for name in layer_class.factor_axes]
-    x = torch.randn(tokens, layer.in_features).to(dtype)
-    g = torch.randn(tokens, layer.out_features).to(dtype)
+    x = torch.randn(tokens, layer.padded_in).to(dtype)  # the ops take the padded widths
+    g = torch.randn(tokens, layer.padded_out).to(dtype)
     saved, module._launch = module._launch, record
     try:
         module._fused_forward._init_fn(x, *factors)

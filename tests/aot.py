@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import inspect
 import io
-import math
 import os
 import re
 import sys
@@ -98,12 +97,9 @@ def launch_arguments(layer_class, tokens: int = 16384) -> dict:
 
     layer = layer_class(device="meta")
     factors = [getattr(layer, name) for name in layer_class.factor_axes]
-    width = {
-        side: math.prod(layer.index_sizes[i] for i in axes)
-        for side, axes in (("in", layer.input_axes), ("out", layer.output_axes))
-    }  # the padded widths the ops take
-    x = torch.empty(tokens, width["in"], device="meta")
-    g = torch.empty(tokens, width["out"], device="meta")
+    # the ops take the padded widths
+    x = torch.empty(tokens, layer.padded_in, device="meta")
+    g = torch.empty(tokens, layer.padded_out, device="meta")
     saved, module._launch = module._launch, record
     try:
         module._fused_forward._init_fn(x, *factors)
