@@ -180,3 +180,70 @@ def test_experts_without_tokens_and_empty_batches():
     assert y.shape == (0, layer.out_features)
     y.sum().backward()
     assert empty.grad.shape == empty.shape
+
+
+def _pair(spec: str, seed: int = 0):
+    """The same routed layer (float64, random parameters) with each expert dispatch."""
+    cls = compile_structure(einstruct.load(spec))
+    counts, static = (
+        cls(dtype=torch.float64, expert_dispatch="counts"),
+        cls(dtype=torch.float64, expert_dispatch="static"),
+    )
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in counts.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64))
+    static.load_state_dict(counts.state_dict())
+    return counts, static
+
+
+@pytest.mark.parametrize("spec", [SPEC, PADDED, SHARED], ids=["btt", "padded", "shared factor"])
+def test_the_static_dispatch_equals_the_counted_one(spec):
+    """expert_dispatch="static" (no host read of the experts' loads) gives the counted
+    path's outputs and gradients, for empty, tiny and uneven batches."""
+    counts, static = _pair(spec)
+    with torch.no_grad():  # skew the router: some experts get many tokens, some none
+        counts.router.weight[0] += 3.0
+        static.router.weight.copy_(counts.router.weight)
+    for n in (0, 1, 2, 13):
+        x = torch.randn(n, counts.in_features, dtype=torch.float64)
+        outputs, grads = [], []
+        for layer in (counts, static):
+            xs = x.clone().requires_grad_()
+            y = layer(xs)
+            weights = torch.linspace(-1, 1, y.numel(), dtype=torch.float64).reshape(y.shape)
+            grads.append(torch.autograd.grad((y * weights).sum(), [xs, *layer.parameters()]))
+            outputs.append(y)
+        torch.testing.assert_close(outputs[1], outputs[0], rtol=1e-12, atol=1e-12)
+        for name, a, b in zip(["x", *dict(counts.named_parameters())], *grads):
+            torch.testing.assert_close(b, a, rtol=1e-12, atol=1e-12, msg=f"{name} at {n} tokens")
+
+
+def test_the_static_dispatch_compiles_into_one_graph():
+    """No host synchronization: torch.compile(fullgraph=True) takes the static dispatch's
+    forward and backward whole (the counted path reads the loads: a graph break), with the
+    counted path's numbers; the router may change after compiling."""
+    counts, static = _pair(SPEC, seed=1)
+    x = torch.randn(11, counts.in_features, dtype=torch.float64)
+    assert torch._dynamo.explain(static)(x).graph_break_count == 0
+    compiled = torch.compile(static, fullgraph=True, backend="aot_eager")
+    for step in range(2):
+        if step:  # another routing, the same compiled graph
+            with torch.no_grad():
+                for layer in (counts, static):
+                    layer.router.weight.mul_(-2.0)
+        xs = x.clone().requires_grad_()
+        y = compiled(xs)
+        (g,) = torch.autograd.grad(y.square().sum(), xs)
+        x_ref = x.clone().requires_grad_()
+        y_ref = counts(x_ref)
+        (g_ref,) = torch.autograd.grad(y_ref.square().sum(), x_ref)
+        torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_a_wrong_expert_dispatch_is_refused():
+    with pytest.raises(ValueError, match="expert_dispatch must be 'auto', 'counts' or 'static'"):
+        compile_structure(einstruct.load(SPEC))(expert_dispatch="sorted")
+    layer = compile_structure(einstruct.load(SPEC))()
+    assert layer.expert_dispatch == "auto" and layer._dispatch(torch.zeros(1)) == "counts"

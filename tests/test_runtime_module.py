@@ -278,21 +278,27 @@ def test_routed_options_round_trip_through_a_manifest(tmp_path):
     a wrong aux_weight is refused naming its field."""
     import json
 
-    model = torch.nn.Sequential(einstruct.compile("examples/btt_moe.ein", d=64)(aux_weight=0.25))
+    layer = einstruct.compile("examples/btt_moe.ein", d=64)(aux_weight=0.25, expert_dispatch="static")
+    model = torch.nn.Sequential(layer)
     path = tmp_path / "m.json"
     einstruct.save_manifest(model, path)
     fresh = torch.nn.Sequential(torch.nn.Linear(64, 64))
     einstruct.restore(fresh, path, model.state_dict())
     assert fresh[0].aux_weight == 0.25 and fresh[0].sparse_experts is True
+    assert fresh[0].expert_dispatch == "static"
     data = json.loads(path.read_text())
     data["layers"][0]["options"]["aux_weight"] = "0.1"
     with pytest.raises(einstruct.EinstructError, match=r"layers\[0\]\.options\.aux_weight"):
+        einstruct.restore(torch.nn.Sequential(torch.nn.Linear(64, 64)), data, model.state_dict())
+    data["layers"][0]["options"].update(aux_weight=0.1, expert_dispatch="never")
+    with pytest.raises(einstruct.EinstructError, match=r"layers\[0\]\.options\.expert_dispatch"):
         einstruct.restore(torch.nn.Sequential(torch.nn.Linear(64, 64)), data, model.state_dict())
 
 
 def test_the_manifest_schema_accepts_every_option_the_runtime_declares():
     from einstruct.nn.routed import RoutedStructuredLinear
-    from einstruct.runtime.manifest_schema import BOOL_OPTIONS, NUMBER_OPTIONS
+    from einstruct.runtime.manifest_schema import BOOL_OPTIONS, CHOICE_OPTIONS, NUMBER_OPTIONS
 
     declared = set(RoutedStructuredLinear.constructor_options)  # the plain layer's and the routed ones
-    assert declared <= {*BOOL_OPTIONS, *NUMBER_OPTIONS, "strategy"}
+    assert declared <= {*BOOL_OPTIONS, *NUMBER_OPTIONS, *CHOICE_OPTIONS}
+    assert CHOICE_OPTIONS["expert_dispatch"] == RoutedStructuredLinear.expert_dispatches

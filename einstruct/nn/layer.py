@@ -571,8 +571,12 @@ class StructuredLinear(nn.Module):
         y = y.reshape(*lead, self.out_features)
         if self.bias is not None:
             # under autocast y is in autocast's dtype: add the bias there, as F.linear does
-            y = y + self.bias.to(y.dtype)
+            y = y + self._bias().to(y.dtype)
         return y
+
+    def _bias(self) -> torch.Tensor:
+        """The bias as the forward adds it (a routed layer: a DTensor's whole tensor)."""
+        return self.bias
 
     def dense_weight(self) -> torch.Tensor:
         """W (padded_out, padded_in) from the factors; differentiable."""

@@ -6,11 +6,16 @@ sorts the (token, expert) slots by expert; every expert gathers its block of
 input rows, scales each by its gate, runs the one-expert steps on them and adds
 its output into its tokens' rows. The generated class supplies the one-expert
 steps, operands and backward (static methods) and how to slice each factor;
-everything else is here. Under tracing, compiling, export and torch.func the
-layer takes the masked path (every expert computed, then gated: the plan's own
-steps), whose shapes do not depend on the router.
+everything else is here. That path reads the experts' token counts on the host;
+:func:`static_experts` does not (tiles of sorted slots, every shape known from
+the token count: the default on CUDA, and traceable by torch.compile). Under
+tracing, compiling, export and torch.func the layer otherwise takes the masked
+path (every expert computed, then gated: the plan's own steps), whose shapes do
+not depend on the router. With ``expert_group`` set, each rank holds its share
+of the experts and tokens travel to them and back by all-to-all.
 """
 
+import sys
 from typing import Any, ClassVar
 
 import torch
@@ -20,7 +25,16 @@ from torch import nn
 if "StructuredLinear" not in globals():
     from .layer import StructuredLinear, autocast_context, autocast_state
 
-__all__ = ["AttachLoss", "RoutedStructuredLinear", "SparseExperts", "static_shapes"]
+__all__ = [
+    "AttachLoss",
+    "RoutedStructuredLinear",
+    "SparseExperts",
+    "static_experts",
+    "static_shapes",
+]
+
+#: How the sparse path dispatches tokens to experts (the expert_dispatch option).
+DISPATCHES = ("auto", "counts", "static")
 
 #: Arguments of SparseExperts.apply before the factors: x, weights, chosen, layer class, save.
 _LEADING = 5
@@ -43,6 +57,34 @@ def _width(layer: Any) -> int:
     for i in layer.output_axes:
         width *= layer.index_sizes[i]
     return width
+
+
+def _expert_count(layer: Any, factors: tuple) -> int:
+    """How many experts the factors hold (under expert parallelism: this rank's)."""
+    for w, (dim, _, _) in zip(factors, layer.expert_slicing):
+        if dim is not None:
+            return int(w.shape[dim])
+    return int(layer.experts)
+
+
+def _is_dtensor(value: Any) -> bool:
+    """Whether value is a DTensor (without importing torch.distributed.tensor when
+    nothing has made one)."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(value, module.DTensor)
+
+
+def _local(value: Any) -> Any:
+    """A DTensor parameter as the whole tensor on this rank, its gradient this rank's
+    contribution, summed over the ranks into the parameter's placement (a sharded
+    one gets its shard of the sum); anything else as it is."""
+    if not _is_dtensor(value):
+        return value
+    from torch.distributed.tensor import Partial, Replicate
+
+    mesh = value.device_mesh
+    whole = value.redistribute(mesh, [Replicate()] * mesh.ndim)
+    return whole.to_local(grad_placements=[Partial()] * mesh.ndim)
 
 
 def _expert_slice(w: torch.Tensor, e: int, how: tuple) -> torch.Tensor:
@@ -95,8 +137,10 @@ def _reduced(value: torch.Tensor, group: Any) -> torch.Tensor:
 class SparseExperts(torch.autograd.Function):
     """Each token through its top-k experts only, with a planned backward.
 
-    Saves the input, the gates, the slot order and the experts' intermediates
-    (with ``save_intermediate=False`` it recomputes those in the backward); the
+    ``chosen`` is (tokens, k) expert indices into the factors' routed axis (its
+    size is the number of experts: this rank's under expert parallelism). Saves
+    the input, the gates, the slot order and the experts' intermediates (with
+    ``save_intermediate=False`` it recomputes those in the backward); the
     backward runs under the forward's autocast state.
     """
 
@@ -104,8 +148,9 @@ class SparseExperts(torch.autograd.Function):
     def forward(x, weights, chosen, layer, save_intermediate, *factors):  # type: ignore[no-untyped-def]
         slots = chosen.reshape(-1)
         order = slots.argsort(stable=True)
-        counts = tuple(torch.bincount(slots, minlength=layer.experts).tolist())
-        tokens = order.div(layer.top_k, rounding_mode="floor")
+        experts = _expert_count(layer, factors)
+        counts = tuple(torch.bincount(slots, minlength=experts).tolist())
+        tokens = order.div(chosen.shape[-1], rounding_mode="floor")
         ws = weights.reshape(-1, 1).index_select(0, order)
         y = None
         kept = []
@@ -134,9 +179,10 @@ class SparseExperts(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):  # type: ignore[no-untyped-def]
-        x, weights, _, layer, save_intermediate, *factors = inputs
+        x, weights, chosen, layer, save_intermediate, *factors = inputs
         _, ctx.counts, order, *kept = output
         ctx.layer = layer
+        ctx.top_k = chosen.shape[-1]
         ctx.save_intermediate = save_intermediate
         ctx.amp = autocast_state(x)
         ctx.mark_non_differentiable(order, *kept)
@@ -151,7 +197,7 @@ class SparseExperts(torch.autograd.Function):
         flags = ctx.needs_input_grad
         needs = (flags[0] or flags[1], *flags[_LEADING:])
         with autocast_context(ctx.amp):
-            tokens = order.div(layer.top_k, rounding_mode="floor")
+            tokens = order.div(ctx.top_k, rounding_mode="floor")
             ws = weights.reshape(-1, 1).index_select(0, order)
             g_x = None
             g_ws = torch.zeros_like(ws) if flags[1] else None
@@ -197,6 +243,115 @@ class SparseExperts(torch.autograd.Function):
         return (g_x, g_w, None, None, None, *grads)
 
 
+def _tile(slots: int, experts: int) -> int:
+    """Rows per tile of the static dispatch: the mean expert load, 1 to 128."""
+    return max(1, min(128, -(-slots // max(experts, 1))))
+
+
+def static_experts(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    chosen: torch.Tensor,
+    layer: Any,
+    factors: Any,
+) -> torch.Tensor:
+    """Each token through its top-k experts, with no host synchronization: every
+    shape follows from the token count, none from the router.
+
+    The (token, expert) slots sorted by expert fill tiles of T rows (T = the mean
+    expert load, at most 128), each expert's run padded with zero rows to whole
+    tiles; there are ceil((slots + E (T - 1)) / T) tiles whatever the routing, so
+    at most E (T - 1) rows are padding (at most the slots themselves). Every tile
+    runs the one-expert steps with its expert's factor slices (``torch.func.vmap``
+    over the tiles) and autograd differentiates it: the sparse path's numbers, as
+    traceable ops (``torch.compile(fullgraph=True)``).
+    """
+    experts = _expert_count(layer, factors)
+    slots = chosen.reshape(-1)
+    total = slots.shape[0]
+    tile = _tile(total, experts)
+    tiles = max(1, -(-(total + experts * (tile - 1)) // tile))
+    order = slots.argsort(stable=True)
+    tokens = order.div(chosen.shape[-1], rounding_mode="floor")
+    expert = slots.index_select(0, order)
+    counts = slots.new_zeros(experts).index_add_(0, slots, torch.ones_like(slots))
+    padded = counts.add(tile - 1).div(tile, rounding_mode="floor").mul(tile)
+    ends = padded.cumsum(0)
+    first = (counts.cumsum(0) - counts).index_select(0, expert)
+    where = (ends - padded).index_select(0, expert)
+    where = where + torch.arange(total, device=slots.device) - first
+    # tile t runs the expert whose padded run holds its first row (spare tiles: the last)
+    starts = torch.arange(tiles, device=slots.device) * tile
+    owner = torch.searchsorted(ends, starts, right=True).clamp(max=experts - 1)
+    rows = x.index_select(0, tokens) * weights.reshape(-1, 1).index_select(0, order)
+    rows = rows.new_zeros(tiles * tile, x.shape[1]).index_copy(0, where, rows)
+    parts, dims = [], []
+    for w, (dim, _, _) in zip(factors, layer.expert_slicing):
+        if dim is None:  # shared by every expert
+            parts.append(w)
+            dims.append(None)
+        else:  # each tile's expert slice, the tiles first
+            parts.append(w.index_select(dim, owner).movedim(dim, 0).unsqueeze(dim + 1))
+            dims.append(0)
+
+    def one(block: torch.Tensor, *slices: torch.Tensor) -> torch.Tensor:
+        mine = [
+            s if how[1] is None else s.permute(how[1])
+            for s, how in zip(slices, layer.expert_slicing)
+        ]
+        return layer.expert_steps(block, *mine)[0]
+
+    out = torch.func.vmap(one, in_dims=(0, *dims))(rows.view(tiles, tile, -1), *parts)
+    out = out.reshape(tiles * tile, -1).index_select(0, where)
+    return out.new_zeros(x.shape[0], out.shape[1]).index_add(0, tokens, out)
+
+
+def _exchanged_experts(
+    layer: Any,
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    chosen: torch.Tensor,
+    factors: Any,
+) -> torch.Tensor:
+    """Expert parallelism: each (token, expert) slot's row and gate go to the rank of
+    ``layer.expert_group`` holding that expert (rank r holds experts r * E / world
+    to (r + 1) * E / world - 1, the factors' local slices), which runs them through
+    its experts (:class:`SparseExperts`); the outputs come back and are summed into
+    their tokens' rows. Four all-to-alls (counts, rows, gates, outputs), all
+    differentiable but the counts; one host read of the counts."""
+    from torch.distributed.nn.functional import all_to_all_single
+
+    group = layer.expert_group
+    world = torch.distributed.get_world_size(group)
+    local = _expert_count(layer, factors)
+    slots = chosen.reshape(-1)
+    order = slots.argsort(stable=True)  # by expert, so by rank
+    tokens = order.div(chosen.shape[-1], rounding_mode="floor")
+    counts = torch.bincount(slots, minlength=local * world)
+    arrived = torch.empty_like(counts)  # [source rank, my expert]: rows coming here
+    torch.distributed.all_to_all_single(arrived, counts, group=group)
+    sizes = torch.stack(
+        [counts.view(world, local).sum(1), arrived.view(world, local).sum(1)]
+    )
+    send, recv = sizes.tolist()
+    rows = x.index_select(0, tokens)
+    gates = weights.reshape(-1, 1).index_select(0, order)
+    rows = all_to_all_single(
+        rows.new_empty(sum(recv), rows.shape[1]), rows, recv, send, group=group
+    )
+    gates = all_to_all_single(
+        gates.new_empty(sum(recv), 1), gates, recv, send, group=group
+    )
+    mine = torch.arange(local, device=x.device).repeat(world)
+    mine = mine.repeat_interleave(arrived, output_size=sum(recv)).unsqueeze(1)
+    keep = layer.save_intermediate
+    out = SparseExperts.apply(rows, gates, mine, type(layer), keep, *factors)[0]
+    back = all_to_all_single(
+        out.new_empty(sum(send), out.shape[1]), out, send, recv, group=group
+    )
+    return back.new_zeros(x.shape[0], back.shape[1]).index_add(0, tokens, back)
+
+
 class RoutedStructuredLinear(StructuredLinear):
     """A routed structured layer (BTT-MoE): y = sum over each token's top-k experts of
     gate * expert(x) + b. There is no single dense matrix (the gate is per token).
@@ -211,11 +366,27 @@ class RoutedStructuredLinear(StructuredLinear):
             the router statistics averaged over its ranks (the global batch), not
             this rank's tokens alone. Not a constructor option a manifest saves:
             set the attribute after construction.
+        expert_group: a torch.distributed process group over which the experts
+            are sharded (set by ``einstruct.parallel.shard_experts``, which also
+            makes the factors DTensors sharded on the routed axis): each rank
+            holds E / world experts, and each token's rows go by all-to-all to
+            the ranks holding its experts and back. Not a constructor option.
         sparse_experts: compute only each token's top-k experts (each expert on its
             tokens); False computes every expert and masks, as the paper's code does.
-            Under torch.jit.trace, torch.compile, torch.export and torch.func the
-            layer masks either way: the same numbers, with shapes that do not
-            depend on the router.
+        expert_dispatch: how the sparse path finds each expert's tokens: "counts"
+            reads the experts' token counts on the host (one synchronization per
+            layer) and runs each expert on exactly its rows; "static" never reads
+            them (tiles of sorted rows, at most E * (T - 1) of them padding, T the
+            mean load up to 128: shapes from the token count alone, so also under
+            torch.compile(fullgraph=True)); "auto" (default): "static" on CUDA,
+            "counts" elsewhere. Under torch.jit.trace, torch.export, torch.func
+            transforms and (except with "static") torch.compile the layer masks:
+            the same numbers, with shapes that do not depend on the router.
+
+    DTensor parameters (e.g. replicated by ``distribute_module``, or as FSDP2
+    stores them between steps) are used whole: each rank gathers them and its
+    gradient is summed over the ranks into the parameter's placement, as data
+    parallelism (each rank its own tokens) needs.
     """
 
     strategies: ClassVar[tuple[str, ...]] = ("structured",)
@@ -223,7 +394,10 @@ class RoutedStructuredLinear(StructuredLinear):
         *StructuredLinear.constructor_options,
         "sparse_experts",
         "aux_weight",
+        "expert_dispatch",
     )
+    #: The values of expert_dispatch.
+    expert_dispatches: ClassVar[tuple[str, ...]] = DISPATCHES
     #: The routed index's size and how many experts each token takes.
     experts: ClassVar[int] = 0
     top_k: ClassVar[int] = 0
@@ -252,6 +426,7 @@ class RoutedStructuredLinear(StructuredLinear):
         save_intermediate: bool = True,
         sparse_experts: bool = True,
         aux_weight: float | None = None,
+        expert_dispatch: str = "auto",
     ) -> None:
         if strategy is not None and strategy != "structured":
             raise ValueError(
@@ -262,6 +437,11 @@ class RoutedStructuredLinear(StructuredLinear):
             raise TypeError(
                 f"{type(self).__name__}: sparse_experts must be True or False, got "
                 f"{type(sparse_experts).__name__} {sparse_experts!r:.40}"
+            )
+        if not isinstance(expert_dispatch, str) or expert_dispatch not in DISPATCHES:
+            raise ValueError(
+                f"{type(self).__name__}: expert_dispatch must be 'auto', 'counts' or "
+                f"'static', got {expert_dispatch!r:.40}"
             )
         super().__init__(
             bias,
@@ -285,7 +465,9 @@ class RoutedStructuredLinear(StructuredLinear):
                 f"got {aux_weight!r:.40}"
             )
         self.aux_weight = aux_weight
+        self.expert_dispatch = expert_dispatch
         self.balance_group: Any = None
+        self.expert_group: Any = None
 
     def _make_modules(self, factory: dict) -> None:
         # the router scores the experts (entries of the routed index) per token
@@ -305,7 +487,7 @@ class RoutedStructuredLinear(StructuredLinear):
         the mean squared log-partition of the logits (z-loss); not under
         torch.export, whose program returns the output only.
         """
-        logits = self.router(x)
+        logits = torch.nn.functional.linear(x, _local(self.router.weight))
         probs = logits.softmax(dim=-1)
         chosen = logits.topk(self.top_k, dim=-1).indices
         # the softmax of the top-k logits, as the kept probabilities renormalized: one
@@ -324,14 +506,34 @@ class RoutedStructuredLinear(StructuredLinear):
             self.aux_loss = self._aux.detach() if attached else self._aux
         return weights, chosen
 
+    def _dispatch(self, x: torch.Tensor) -> str:
+        """The expert_dispatch this input gets: "auto" is "static" on CUDA."""
+        if self.expert_dispatch != "auto":
+            return self.expert_dispatch
+        return "static" if x.is_cuda else "counts"
+
+    def _bias(self) -> torch.Tensor:
+        return _local(self.bias)
+
+    def _factors(self) -> tuple:
+        if self.expert_group is not None:  # this rank's experts: the local shards
+            return tuple(
+                [w.to_local() if _is_dtensor(w) else w for w in super()._factors()]
+            )
+        return tuple([_local(w) for w in super()._factors()])
+
     def _structured(self, x: torch.Tensor) -> torch.Tensor:
         factors = self._factors()
         weights, chosen = self._route(x)
         pad = self.padded_in - self.in_features
         if pad:
             x = torch.nn.functional.pad(x, (0, pad))  # pad to the axes' product
-        if self.sparse_experts and not static_shapes():
-            keep = self.save_intermediate
+        keep = self.save_intermediate
+        if self.expert_group is not None:
+            y = _exchanged_experts(self, x, weights, chosen, factors)
+        elif self.sparse_experts and self._dispatch(x) == "static":
+            y = static_experts(x, weights, chosen, type(self), factors)
+        elif self.sparse_experts and not static_shapes():
             y = SparseExperts.apply(x, weights, chosen, type(self), keep, *factors)[0]
         else:
             # every expert, gated: the same numbers, shapes that do not depend on the router
@@ -374,4 +576,5 @@ class RoutedStructuredLinear(StructuredLinear):
         state["aux_loss"] = None
         state["_aux"] = None
         state["balance_group"] = None
+        state["expert_group"] = None
         return state

@@ -28,7 +28,8 @@ entry ``structure`` the name of a structure in ``spec``
 ``options``         an object with at most ``normalize``, ``zero_init_last``,
                     ``gain``, ``save_intermediate``, ``sparse_experts`` (true or
                     false), ``strategy`` (``structured``, ``dense`` or
-                    ``measured``) and ``aux_weight`` (null or a number >= 0)
+                    ``measured``), ``expert_dispatch`` (``auto``, ``counts``
+                    or ``static``) and ``aux_weight`` (null or a number >= 0)
 ==================  ==============================================================
 
 Unknown keys are refused (a misspelled option must not be dropped silently),
@@ -60,6 +61,7 @@ __all__ = [
     "MAX_NAMES",
     "MAX_TEXT",
     "BOOL_OPTIONS",
+    "CHOICE_OPTIONS",
     "NUMBER_OPTIONS",
     "ManifestError",
     "LayerEntry",
@@ -72,9 +74,14 @@ FORMAT = 1
 MAX_LAYERS = 100_000
 MAX_NAMES = 10_000
 MAX_TEXT = 4096
-#: Options that are true or false; ``strategy`` is the one string option.
+#: Options that are true or false.
 BOOL_OPTIONS = ("normalize", "zero_init_last", "gain", "save_intermediate", "sparse_experts")
 _INSTANCE_STRATEGIES = ("structured", "dense", "measured")
+#: Options that are one of a few words.
+CHOICE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "strategy": _INSTANCE_STRATEGIES,
+    "expert_dispatch": ("auto", "counts", "static"),
+}
 #: A routed layer's aux-loss weight: null, or a finite number >= 0.
 NUMBER_OPTIONS = ("aux_weight",)
 _TOP = ("@generated", "format", "layers", "skipped")
@@ -204,11 +211,11 @@ def _weight(value: Any, where: str) -> float | None:
 
 
 def _options(value: Any, where: str) -> tuple[tuple[str, bool | str | float | None], ...]:
-    data = _object(value, where, (*BOOL_OPTIONS, "strategy", *NUMBER_OPTIONS), ())
+    data = _object(value, where, (*BOOL_OPTIONS, *CHOICE_OPTIONS, *NUMBER_OPTIONS), ())
     out: list[tuple[str, bool | str | float | None]] = []
     for key, item in data.items():
-        if key == "strategy":
-            out.append((key, _choice(item, f"{where}.{key}", _INSTANCE_STRATEGIES)))
+        if key in CHOICE_OPTIONS:
+            out.append((key, _choice(item, f"{where}.{key}", CHOICE_OPTIONS[key])))
         elif key in NUMBER_OPTIONS:
             out.append((key, _weight(item, f"{where}.{key}")))
         else:
