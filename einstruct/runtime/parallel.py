@@ -45,7 +45,7 @@ from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, Ro
 from ..errors import ParameterError
 from .groups import is_structured
 
-__all__ = ["ColwiseStructured", "RowwiseStructured", "shard_axis", "tensor_parallel_plan"]
+__all__ = ["ColwiseStructured", "RowwiseStructured", "shard_axis", "shard_experts", "tensor_parallel_plan"]
 
 
 def _name(layer: Any) -> str:
@@ -276,3 +276,70 @@ def tensor_parallel_plan(model: nn.Module, plan: dict[str, str] | None = None) -
                     hint="plan entries name structured layers or nn.Linear",
                 )
     return styles
+
+
+def _routed_layers(model: nn.Module) -> list[tuple[str, Any]]:
+    return [(n, m) for n, m in model.named_modules() if is_structured(m) and getattr(m, "routed_index", "")]
+
+
+def shard_experts(model: nn.Module, group: Any = None) -> list[str]:
+    """Expert parallelism: shard every routed (BTT-MoE) layer of ``model`` over ``group``.
+
+    Rank ``r`` of the group keeps experts ``r * E / world`` to ``(r + 1) * E / world - 1``:
+    each factor that has the routed axis becomes a DTensor ``Shard``-ed on that axis
+    over a 1-D mesh of the group (rank 0's values are scattered), and the layer's
+    ``expert_group`` is set, so its forward sends each (token, expert) row and gate to
+    the rank holding the expert by all-to-all, runs it there and sends the output
+    back (autograd goes back through both exchanges). The router, bias and factors
+    without the routed axis stay ordinary (replicated) parameters.
+
+    Each rank feeds its own tokens. An expert's gradient then sums every rank's
+    tokens' contributions: the gradient of the sum of the ranks' losses. Reduce the
+    other parameters' gradients as a sum too (or, under DDP, which averages them,
+    leave the expert parameters out of DDP and divide their gradients by the world
+    size). Returns the qualified names of the sharded parameters.
+
+    Refused, before anything changes: no routed layer, a layer whose expert count
+    the group size does not divide, ``normalize=True`` (a norm over each whole
+    factor), a layer already sharded.
+    """
+    import torch.distributed as dist
+
+    if not isinstance(model, nn.Module):
+        raise ParameterError(f"shard_experts takes an nn.Module, got {type(model).__name__}")
+    if not dist.is_initialized():
+        raise ParameterError(
+            "shard_experts needs torch.distributed", hint="call dist.init_process_group first"
+        )
+    group = dist.group.WORLD if group is None else group
+    world = dist.get_world_size(group)
+    layers = _routed_layers(model)
+    if not layers:
+        raise ParameterError(
+            f"{type(model).__name__} has no routed layer", hint="experts live in routed layers"
+        )
+    for name, layer in layers:
+        where = name or _name(layer)
+        if layer.experts % world:
+            raise ParameterError(
+                f"{where} has {layer.experts} experts, not divisible by {world} ranks",
+                hint=f"use a group whose size divides {layer.experts}",
+            )
+        if layer.normalize:
+            raise ParameterError(f"{where} has normalize=True, a norm over each whole factor",
+                                 hint="shard layers built with normalize=False")  # fmt: skip
+        if layer.expert_group is not None or any(isinstance(p, DTensor) for p in layer.parameters()):
+            raise ParameterError(f"{where} is sharded already", hint="shard a model once")
+    sharded = []
+    for name, layer in layers:
+        first = layer.get_parameter(next(iter(layer.factor_axes)))
+        mesh = DeviceMesh.from_group(group, first.device.type)
+        for factor, (dim, _, _) in zip(layer.factor_axes, layer.expert_slicing, strict=True):
+            if dim is None:
+                continue
+            p = layer.get_parameter(factor)
+            local = nn.Parameter(distribute_tensor(p.data, mesh, [Shard(dim)]), p.requires_grad)
+            layer.register_parameter(factor, local)
+            sharded.append(f"{name}.{factor}" if name else factor)
+        layer.expert_group = group
+    return sharded
