@@ -306,6 +306,29 @@ def static_experts(
     return out.new_zeros(x.shape[0], out.shape[1]).index_add(0, tokens, out)
 
 
+class _Exchange(torch.autograd.Function):
+    """All-to-all of rows over a process group (``send[r]`` rows to rank r, ``recv[r]``
+    from it); the backward sends the gradients back the same way."""
+
+    @staticmethod
+    def forward(ctx, rows, send, recv, group):  # type: ignore[no-untyped-def]
+        ctx.sizes = (send, recv, group)
+        out = rows.new_empty(sum(recv), *rows.shape[1:])
+        torch.distributed.all_to_all_single(
+            out, rows.contiguous(), recv, send, group=group
+        )
+        return out
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[no-untyped-def]
+        send, recv, group = ctx.sizes
+        back = g.new_empty(sum(send), *g.shape[1:])
+        torch.distributed.all_to_all_single(
+            back, g.contiguous(), send, recv, group=group
+        )
+        return back, None, None, None
+
+
 def _exchanged_experts(
     layer: Any,
     x: torch.Tensor,
@@ -319,8 +342,6 @@ def _exchanged_experts(
     its experts (:class:`SparseExperts`); the outputs come back and are summed into
     their tokens' rows. Four all-to-alls (counts, rows, gates, outputs), all
     differentiable but the counts; one host read of the counts."""
-    from torch.distributed.nn.functional import all_to_all_single
-
     group = layer.expert_group
     world = torch.distributed.get_world_size(group)
     local = _expert_count(layer, factors)
@@ -336,19 +357,13 @@ def _exchanged_experts(
     send, recv = sizes.tolist()
     rows = x.index_select(0, tokens)
     gates = weights.reshape(-1, 1).index_select(0, order)
-    rows = all_to_all_single(
-        rows.new_empty(sum(recv), rows.shape[1]), rows, recv, send, group=group
-    )
-    gates = all_to_all_single(
-        gates.new_empty(sum(recv), 1), gates, recv, send, group=group
-    )
+    rows = _Exchange.apply(rows, send, recv, group)
+    gates = _Exchange.apply(gates, send, recv, group)
     mine = torch.arange(local, device=x.device).repeat(world)
     mine = mine.repeat_interleave(arrived, output_size=sum(recv)).unsqueeze(1)
     keep = layer.save_intermediate
     out = SparseExperts.apply(rows, gates, mine, type(layer), keep, *factors)[0]
-    back = all_to_all_single(
-        out.new_empty(sum(send), out.shape[1]), out, send, recv, group=group
-    )
+    back = _Exchange.apply(out, recv, send, group)
     return back.new_zeros(x.shape[0], back.shape[1]).index_add(0, tokens, back)
 
 
