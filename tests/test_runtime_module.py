@@ -50,7 +50,7 @@ def _runtime_blocks(text: str) -> dict[str, str]:
     [
         ("examples/btt.ein", "torch", ["env", "layer"]),
         ("examples/btt_moe.ein", "torch", ["env", "layer", "routed"]),
-        ("examples/btt.ein", "triton", ["env", "layer", "fused"]),
+        ("examples/btt.ein", "triton", ["env", "layer", "kernels", "fused"]),
     ],
 )
 def test_a_standalone_file_carries_the_runtime_byte_for_byte(spec, backend, expected):
@@ -238,18 +238,19 @@ def test_the_runtime_launches_with_the_planners_tile_constants():
 
     from einstruct.planner import tiles
 
-    tree = ast.parse((RUNTIME_DIR / "fused.py").read_text(encoding="utf-8"))
+    tree = ast.parse((RUNTIME_DIR / "kernels.py").read_text(encoding="utf-8"))
     values = {
         node.targets[0].id: ast.literal_eval(node.value)
         for node in tree.body
         if isinstance(node, ast.Assign)
         and isinstance(node.targets[0], ast.Name)
-        and node.targets[0].id in ("_MAX_REGISTERS", "_SPLIT_TOKENS", "_MAX_SPLIT")
+        and node.targets[0].id in ("_MAX_REGISTERS", "_SPLIT_ROWS", "_MAX_SPLIT", "_PROGRAMS")
     }
     assert values == {
         "_MAX_REGISTERS": tiles.MAX_REGISTERS,
-        "_SPLIT_TOKENS": tiles.SPLIT_TOKENS,
+        "_SPLIT_ROWS": tiles.SPLIT_ROWS,
         "_MAX_SPLIT": tiles.MAX_SPLIT,
+        "_PROGRAMS": tiles.PROGRAMS,
     }
 
 

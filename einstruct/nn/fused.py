@@ -67,7 +67,9 @@ def _check_operands(x: torch.Tensor, width: int, factors: tuple, chain: Any) -> 
     """Raise ValueError unless x is (tokens, width) and the factors have the chain's
     entries, x's device and x's dtype."""
     if x.dim() != 2 or x.shape[1] != width:
-        raise ValueError(f"expected a (tokens, {width}) tensor, got shape {tuple(x.shape)}")
+        raise ValueError(
+            f"expected a (tokens, {width}) tensor, got shape {tuple(x.shape)}"
+        )
     for w, role in zip(factors, ("p", "q")):
         if w.numel() != chain.widths[role]:
             raise ValueError(f"expected {chain.widths[role]} entries, got {w.numel()}")
@@ -91,7 +93,7 @@ def chain_ops(
     """
     d_in, d_out = chain.widths["x"], chain.widths["y"]
 
-    def ordered(f1: torch.Tensor, f2: torch.Tensor) -> tuple:
+    def ordered(f1: Any, f2: Any) -> tuple:
         return (f1, f2) if first == 0 else (f2, f1)
 
     @torch.library.custom_op(f"einstruct::{name}_forward", mutates_args=())
@@ -155,7 +157,9 @@ def _register_flops(name: str, flops: int, per_factor: tuple) -> None:
     each needed factor's product (``per_factor``) for the factors' gradients."""
     from torch.utils.flop_counter import flop_registry, register_flop_formula
 
-    def forward_flops(x_shape: Any, *args: Any, out_shape: Any = None, **kw: Any) -> int:
+    def forward_flops(
+        x_shape: Any, *args: Any, out_shape: Any = None, **kw: Any
+    ) -> int:
         return flops * x_shape[0]
 
     def backward_flops(

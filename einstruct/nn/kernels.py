@@ -69,8 +69,24 @@ CLASSES = ("alpha", "beta", "gamma", "delta", "epsilon", "phi", "rho")
 #: The launches of a chain, in its classes: (input, weight, output, batch class, row
 #: class, summed classes, made classes). ``t``/``gt``: the intermediates.
 STEPS = {
-    "forward_first": ("x", "p", "t", "gamma", "beta", ("alpha",), ("phi", "delta", "rho")),
-    "forward_second": ("t", "q", "y", "phi", "delta", ("gamma", "beta", "rho"), ("epsilon",)),
+    "forward_first": (
+        "x",
+        "p",
+        "t",
+        "gamma",
+        "beta",
+        ("alpha",),
+        ("phi", "delta", "rho"),
+    ),
+    "forward_second": (
+        "t",
+        "q",
+        "y",
+        "phi",
+        "delta",
+        ("gamma", "beta", "rho"),
+        ("epsilon",),
+    ),
     "grad_input_first": (
         "y",
         "q",
@@ -93,8 +109,24 @@ STEPS = {
 #: The factor gradients: (input, output's gradient, factor, batch, row, summed into
 #: the factor's rows, its columns).
 FACTOR_GRADS = {
-    "grad_second": ("t", "y", "q", "phi", "delta", ("gamma", "beta", "rho"), ("epsilon",)),
-    "grad_first": ("x", "gt", "p", "gamma", "beta", ("alpha",), ("phi", "delta", "rho")),
+    "grad_second": (
+        "t",
+        "y",
+        "q",
+        "phi",
+        "delta",
+        ("gamma", "beta", "rho"),
+        ("epsilon",),
+    ),
+    "grad_first": (
+        "x",
+        "gt",
+        "p",
+        "gamma",
+        "beta",
+        ("alpha",),
+        ("phi", "delta", "rho"),
+    ),
 }
 #: The intermediates' layouts (classes in memory order after the tokens): the next
 #: step's summed classes innermost.
@@ -115,14 +147,14 @@ def _jit(fn: Any) -> Any:
 
 
 @_jit
-def _offsets(i, S2: tl.constexpr, S3: tl.constexpr, T1, T2, T3):
+def _offsets(i, S2: tl.constexpr, S3: tl.constexpr, T1, T2, T3):  # type: ignore[no-untyped-def]
     """Memory offsets of flat indices i over three classes of sizes (., S2, S3) with
     strides (T1, T2, T3)."""
     return (i // (S2 * S3)) * T1 + ((i // S3) % S2) * T2 + (i % S3) * T3
 
 
 @_jit
-def _step_kernel(
+def _step_kernel(  # type: ignore[no-untyped-def]
     a_ptr,
     w_ptr,
     o_ptr,
@@ -204,7 +236,7 @@ def _step_kernel(
         c_mask = offs_c < C
         w_c = _offsets(offs_c, C2, C3, SW_C1, SW_C2, SW_C3)[None, :]
         o_c = _offsets(offs_c, C2, C3, SO_C1, SO_C2, SO_C3)[None, :]
-        if K <= BLOCK_K:  # the weight tile stays for every row tile
+        if K1 * K2 * K3 <= BLOCK_K:  # the weight tile stays for every row tile
             w_offs = _offsets(offs_k, K2, K3, SW_K1, SW_K2, SW_K3)[:, None] + w_c
             w_mask = (offs_k < K)[:, None] & c_mask[None, :]
             w_tile = tl.load(w_base + w_offs, mask=w_mask, other=0.0)
@@ -218,7 +250,7 @@ def _step_kernel(
             r = offs_m % R
             a_rows = (n * SA_N + r * SA_R)[:, None]
             acc = tl.zeros((BLOCK_M, BLOCK_C), dtype=ACC_DTYPE)
-            if K <= BLOCK_K:
+            if K1 * K2 * K3 <= BLOCK_K:
                 a_offs = a_rows + _offsets(offs_k, K2, K3, SA_K1, SA_K2, SA_K3)[None, :]
                 a_mask = m_mask[:, None] & (offs_k < K)[None, :]
                 a_tile = tl.load(a_base + a_offs, mask=a_mask, other=0.0)
@@ -239,7 +271,7 @@ def _step_kernel(
 
 
 @_jit
-def _factor_grad_kernel(
+def _factor_grad_kernel(  # type: ignore[no-untyped-def]
     a_ptr,
     d_ptr,
     o_ptr,
@@ -300,9 +332,13 @@ def _factor_grad_kernel(
         n = (offs_m // R).to(tl.int64)
         r = offs_m % R
         a_offs = a_k + (n * SA_N + r * SA_R)[None, :]
-        a_tile = tl.load(a_ptr + a_offs, mask=k_mask[:, None] & m_mask[None, :], other=0.0)
+        a_tile = tl.load(
+            a_ptr + a_offs, mask=k_mask[:, None] & m_mask[None, :], other=0.0
+        )
         d_offs = (n * SD_N + r * SD_R)[:, None] + d_c
-        d_tile = tl.load(d_ptr + d_offs, mask=m_mask[:, None] & c_mask[None, :], other=0.0)
+        d_tile = tl.load(
+            d_ptr + d_offs, mask=m_mask[:, None] & c_mask[None, :], other=0.0
+        )
         acc = tl.dot(a_tile, d_tile, acc, input_precision=DOT_PRECISION)
     o_offs = _offsets(offs_k, K2, K3, SO_K1, SO_K2, SO_K3)[:, None]
     o_offs += _offsets(offs_c, C2, C3, SO_C1, SO_C2, SO_C3)[None, :]
@@ -404,7 +440,9 @@ class FusedChain:
     def _width(self, classes: tuple) -> int:
         return math.prod(self._size(c) for c in classes)
 
-    def step(self, name: str, a: torch.Tensor, w: torch.Tensor, config: Any = None) -> Any:
+    def step(
+        self, name: str, a: torch.Tensor, w: torch.Tensor, config: Any = None
+    ) -> Any:
         """One step (a STEPS entry) on a (tokens, width) input: the (tokens, width)
         output, in the input's dtype."""
         src, weight, dst, batch, row, summed, made = STEPS[name]
@@ -520,10 +558,13 @@ class FusedChain:
         gradient g: gt = g Q^T once, for the input's and P's; t = x P recomputed for
         Q's."""
         need_x, need_p, need_q = needs
-        gt = self.step("grad_input_first", g, q) if need_x or need_p else None
-        g_x = self.step("grad_input_second", gt, p) if need_x else None
-        g_p = self.factor_grad("grad_first", x, gt, p) if need_p else None
-        g_q = None
+        g_x = g_p = g_q = None
+        if need_x or need_p:
+            gt = self.step("grad_input_first", g, q)
+            if need_x:
+                g_x = self.step("grad_input_second", gt, p)
+            if need_p:
+                g_p = self.factor_grad("grad_first", x, gt, p)
         if need_q:
             t = self.step("forward_first", x, p)
             g_q = self.factor_grad("grad_second", t, g, q)

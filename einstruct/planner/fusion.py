@@ -157,7 +157,7 @@ def plan_fusion(plan: Plan) -> Fusion | NotFused:
     by_name = {k.name: k for k in launches}
     requested = Fraction(0)
     flops = 0
-    for role, names in ROLES.items():
+    for names in ROLES.values():
         for name in names:
             k = by_name[name]
             row = k.gpu[2][0]

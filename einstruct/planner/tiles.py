@@ -125,8 +125,12 @@ def gpu_rows(launch: Launch, itemsize: int = 2) -> tuple[tuple, ...]:
         for m in (128, 64):
             warps = 8 if m * c >= 128 * 128 else 4
             rows.append((m, k, c, False, warps, stages))
-        if launch.summed <= k and launch.made > c:
-            rows.append((64, k, c, True, 4, stages))
+        if not wide and launch.made > c:  # every column in one block: the input read once
+            rows.append((64, k, _block(launch.made, 2 * most_c), False, 8, stages))
+        if not wide and most_k < launch.summed <= 4 * most_k:  # the weight tile stays
+            rows.append((64, _block(launch.summed, 4 * most_k), min(c, 64), False, 8, 2))
+        if launch.summed <= k and launch.made > c:  # the input tile stays
+            rows += [(64, k, c, True, 4, stages), (128, k, c, True, 8, stages)]
     unique = list(dict.fromkeys(rows))
     return tuple(sorted(unique, key=lambda r: requested_per_token(launch, r)))
 
@@ -148,7 +152,8 @@ def shares(rows: int) -> tuple[int, int]:
     """A factor gradient's shares of ``rows`` rows and the rows per share (a multiple
     of 256, every BLOCK_M), as the runtime splits them."""
     count = max(1, min(MAX_SPLIT, rows // SPLIT_ROWS))
-    per_share = max(256, -(-(-(-rows // count)) // 256) * 256)
+    per_share = -(-rows // count)
+    per_share = max(256, -(-per_share // 256) * 256)
     return max(1, -(-rows // per_share)), per_share
 
 

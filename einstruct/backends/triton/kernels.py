@@ -43,7 +43,10 @@ def _classes(chain: Chain, role: str) -> tuple[str, ...]:
 
 def layout_lines(chain: Chain) -> list[str]:
     """``"x": ("gamma", "alpha"),`` for x, p (the factor met first), q and y."""
-    return [f"{quoted(r)}: {tuple_code(quoted(c) for c in _classes(chain, r))}," for r in ("x", "p", "q", "y")]
+    lines = []
+    for role in ("x", "p", "q", "y"):
+        lines.append(f"{quoted(role)}: {tuple_code(quoted(c) for c in _classes(chain, role))},")
+    return lines
 
 
 def config_lines(fusion: Fusion) -> list[str]:

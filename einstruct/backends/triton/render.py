@@ -35,6 +35,8 @@ __all__ = ["render_context", "render"]
 #: The templates: a chain with fused kernels, and any other structure.
 LAYER_TEMPLATE = "triton/layer.py.j2"
 BASE_TEMPLATE = "triton/base.py.j2"
+
+
 def _module_doc(fused: bool, default: str) -> list[str]:
     if not fused:
         return [
