@@ -297,3 +297,15 @@ def test_the_manifest_schema_accepts_every_option_the_runtime_declares():
 
     declared = set(RoutedStructuredLinear.constructor_options)  # the plain layer's and the routed ones
     assert declared <= {*BOOL_OPTIONS, *NUMBER_OPTIONS, "strategy"}
+
+
+def test_the_planner_splits_factor_gradients_as_the_runtime_does():
+    """The planner's model of a factor gradient's shares is the runtime's rule."""
+    from einstruct.nn.kernels import _shares
+    from einstruct.planner.tiles import shares
+
+    for rows in (1, 255, 256, 513, 4096, 16384 * 64, 10**6 + 7):
+        for entries in (1, 4096, 64 * 64 * 64, 64 * 64 * 256 * 4):
+            assert _shares(rows, entries) == shares(rows, entries), (rows, entries)
+            count, per_share = shares(rows, entries)
+            assert per_share % 256 == 0 and count * per_share >= rows > (count - 1) * per_share

@@ -244,6 +244,25 @@ def test_torch_func_transforms_run_the_planned_steps():
     torch.testing.assert_close(rows, x @ layer.to_dense().T + layer.bias, **TOLERANCE[torch.float64])
 
 
+def test_the_intermediate_is_saved_or_recomputed():
+    """save_intermediate=True keeps t = x P for Q's gradient (one more saved tensor, tokens
+    x t's width); False recomputes it; both give the dense reference's gradients."""
+    saved = {}
+    for save in (True, False):
+        _, layer = _layer(CASES[1], kernels="fused", save_intermediate=save)
+        shapes = []
+
+        def pack(tensor, shapes=shapes):
+            shapes.append(tuple(tensor.shape))
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            assert _check(layer, TOKENS, torch.float64) == {"forward", "backward"}
+        saved[save] = shapes
+    width = sys.modules[type(layer).__module__]._CHAIN.widths["t"]
+    assert (TOKENS, width) in saved[True] and (TOKENS, width) not in saved[False]
+
+
 def test_flop_counter_counts_what_analyze_reports():
     for source in (CASES[1], CASES[8], MERGED):
         structure, layer = _layer(source, kernels="fused")
@@ -543,8 +562,8 @@ def test_the_planner_default():
     assert GPU_TIMED is False
     btt = fusion("btt(d = 4096)")
     assert [k.name for k in btt.launches] == list(LAUNCHES) and btt.default == "torch"
-    # two products forward, five backward (t recomputed) against the layer's three pairs
-    assert btt.flops_ratio == pytest.approx(7 / 6)
+    # two products forward, four backward (t saved): the layer's three pairs
+    assert btt.flops_ratio == 1
     assert fusion("low_rank(d = 4096, rank = 16)").default == "torch"
     assert isinstance(fusion("block_diagonal(d = 1024, blocks = 4)"), NotFused)
 

@@ -3,7 +3,7 @@
 A generated module of the triton backend holds its chain's table (a
 :class:`~einstruct.nn.kernels.FusedChain`: classes, layouts, launch
 configurations); this module turns it into two custom ops (the forward, and the
-backward: the input's and the factors' gradients from one recomputation) with
+backward: the input's and the factors' gradients in one op) with
 their autograd and FLOP formulas (:func:`chain_ops`), decides when a call runs
 them, and holds :class:`FusedStructuredLinear` (the ``kernels`` option). Without
 Triton installed it still imports: CPU tensors run the planned torch steps.
@@ -85,7 +85,10 @@ def chain_ops(
     """The fused forward of a chain as a custom op ``einstruct::<name>_forward`` (with
     its backward op ``einstruct::<name>_backward``, autograd and FLOP formulas).
 
-    The ops take the input and the layer's two factors in the layer's order; first
+    The forward takes the input, the layer's two factors in the layer's order and
+    ``save`` (keep the intermediate t for the backward, as the planned steps'
+    ``save_intermediate``; else the backward recomputes it) and returns ``(y, t)``
+    (t empty when not saved); first
     (0 or 1) says which meets the input (the chain's P). flops: FLOPs per token of the
     forward (what ``einstruct analyze`` counts; also the input's gradient's);
     factor_flops: of each factor's gradient, in the layer's order. Defined once per
@@ -97,13 +100,17 @@ def chain_ops(
         return (f1, f2) if first == 0 else (f2, f1)
 
     @torch.library.custom_op(f"einstruct::{name}_forward", mutates_args=())
-    def forward(x: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor) -> torch.Tensor:
+    def forward(
+        x: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor, save: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         _check_operands(x, d_in, ordered(f1, f2), chain)
-        return chain.forward(x, *ordered(f1, f2))
+        y, t = chain.forward_saving(x, *ordered(f1, f2))
+        return y, t if save else x.new_empty(0)
 
     @forward.register_fake
-    def forward_fake(x, f1, f2):  # type: ignore[no-untyped-def]
-        return x.new_empty((x.shape[0], d_out))
+    def forward_fake(x, f1, f2, save):  # type: ignore[no-untyped-def]
+        t = x.new_empty((x.shape[0], chain.widths["t"])) if save else x.new_empty(0)
+        return x.new_empty((x.shape[0], d_out)), t
 
     @torch.library.custom_op(f"einstruct::{name}_backward", mutates_args=())
     def backward(
@@ -111,6 +118,7 @@ def chain_ops(
         g: torch.Tensor,
         f1: torch.Tensor,
         f2: torch.Tensor,
+        t: torch.Tensor,
         need_x: bool,
         need_f1: bool,
         need_f2: bool,
@@ -118,7 +126,8 @@ def chain_ops(
         _check_operands(g, d_out, ordered(f1, f2), chain)
         p, q = ordered(f1, f2)
         need_p, need_q = ordered(need_f1, need_f2)
-        g_x, g_p, g_q = chain.backward(x, g, p, q, (need_x, need_p, need_q))
+        saved = t if t.numel() or not x.shape[0] else None
+        g_x, g_p, g_q = chain.backward(x, g, p, q, (need_x, need_p, need_q), saved)
         g_f1, g_f2 = ordered(g_p, g_q)
         empty = x.new_empty(0)
         return (
@@ -128,7 +137,7 @@ def chain_ops(
         )
 
     @backward.register_fake
-    def backward_fake(x, g, f1, f2, need_x, need_f1, need_f2):  # type: ignore[no-untyped-def]
+    def backward_fake(x, g, f1, f2, t, need_x, need_f1, need_f2):  # type: ignore[no-untyped-def]
         return (
             torch.empty_like(x) if need_x else x.new_empty(0),
             torch.empty_like(f1) if need_f1 else f1.new_empty(0),
@@ -136,15 +145,17 @@ def chain_ops(
         )
 
     def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
-        ctx.save_for_backward(*inputs)
-        ctx.amp = autocast_state(inputs[0])
+        x, f1, f2, _ = inputs
+        ctx.save_for_backward(x, f1, f2, output[1])
+        ctx.mark_non_differentiable(output[1])
+        ctx.amp = autocast_state(x)
 
-    def grads(ctx: Any, g_out: torch.Tensor) -> tuple:
-        x, f1, f2 = ctx.saved_tensors
-        needs = ctx.needs_input_grad
+    def grads(ctx: Any, g_out: torch.Tensor, _: Any) -> tuple:
+        x, f1, f2, t = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
         with autocast_context(ctx.amp):
-            out = backward(x, g_out.to(x.dtype), f1, f2, *needs)
-        return tuple(t if need else None for t, need in zip(out, needs))
+            out = backward(x, g_out.to(x.dtype), f1, f2, t, *needs)
+        return (*(v if need else None for v, need in zip(out, needs)), None)
 
     forward.register_autograd(grads, setup_context=setup_context)
     _register_flops(name, flops, factor_flops)
@@ -165,7 +176,7 @@ def _register_flops(name: str, flops: int, per_factor: tuple) -> None:
     def backward_flops(
         x_shape: Any, g_shape: Any, *args: Any, out_shape: Any = None, **kw: Any
     ) -> int:
-        need_x, *needs = args[2:]
+        need_x, *needs = args[3:]
         each = sum(c * int(n) for c, n in zip(per_factor, needs))
         return (flops * int(need_x) + each) * x_shape[0]
 
@@ -233,5 +244,6 @@ class FusedStructuredLinear(StructuredLinear):
     def _run(self, x: torch.Tensor, factors: tuple) -> torch.Tensor:
         fused = self.fused_forward is not None
         if fused and _use_kernels(self.kernels, x, self.gpu_dtypes):
-            return self.fused_forward(*_kernel_operands(x, factors))
+            operands = _kernel_operands(x, factors)
+            return self.fused_forward(*operands, self.save_intermediate)[0]
         return super()._run(x, factors)

@@ -14,7 +14,7 @@ rows of every 2-D ``tl.dot``:
 - :func:`_factor_grad_kernel`: ``gw[g, k, c] = sum over n, r of a[n, g, r, k]
   d[n, g, r, c]``, the tokens split into a fixed number of shares summed in a
   fixed order (deterministic). ``gQ`` from ``t`` and ``gy``, ``gP`` from ``x``
-  and ``gt``; ``t`` is recomputed once in the backward.
+  and ``gt``; ``t`` is the forward's (saved) or recomputed once.
 
 Each program of a step holds a tile of rows and loops either over row tiles with
 its weight tile kept (``C_INNER`` false: the weight is read once per program,
@@ -209,6 +209,9 @@ def _step_kernel(  # type: ignore[no-untyped-def]
     o_base = o_ptr + g * SO_G
     offs_k = tl.arange(0, BLOCK_K)
     if C_INNER:
+        tl.static_assert(
+            K1 * K2 * K3 <= BLOCK_K, "C_INNER needs every summed entry in one block"
+        )
         offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
         m_mask = offs_m < M
         n = (offs_m // R).to(tl.int64)
@@ -361,7 +364,7 @@ def launch(
     }
     if config is None and not _INTERPRET:
         key = (id(table), dtype.itemsize)
-        if key not in _TUNED:
+        if key not in _TUNED or _TUNED[key][1] is not table:
             settings = [
                 triton.Config(
                     dict(zip(blocks, row)),
@@ -381,6 +384,18 @@ def launch(
     else:
         chosen.setdefault("maxnreg", _MAX_REGISTERS)
     kernel[grid](*args, **constants, **chosen)
+
+
+def _shares(rows: int, entries: int) -> tuple:
+    """How many shares a factor gradient splits its rows into, and the rows of a share
+    (a multiple of 256, every BLOCK_M): at least _SPLIT_ROWS rows a share, at most
+    _MAX_SPLIT shares, and no more than about _PROGRAMS programs in all (a program
+    makes a block of about 128 x 128 of the gradient's entries per share)."""
+    blocks = max(1, -(-entries // (128 * 128)))
+    count = max(1, min(_MAX_SPLIT, rows // _SPLIT_ROWS, _PROGRAMS // blocks))
+    per_share = -(-rows // count)
+    per_share = max(256, -(-per_share // 256) * 256)
+    return max(1, -(-rows // per_share)), per_share
 
 
 def _strides(layout: tuple, sizes: dict) -> dict:
@@ -500,17 +515,14 @@ class FusedChain:
         src, grad, _, batch, row, summed, made = FACTOR_GRADS[name]
         a, d, factor = a.contiguous(), d.contiguous(), factor.contiguous()
         rows = a.shape[0] * self._size(row)
-        shares = max(1, min(_MAX_SPLIT, rows // _SPLIT_ROWS))
-        per_share = -(-rows // shares)
-        per_share = max(256, -(-per_share // 256) * 256)  # a multiple of every BLOCK_M
-        shares = max(1, -(-rows // per_share))
+        k_width, c_width = self._width(summed), self._width(made)
+        shares, per_share = _shares(rows, self._size(batch) * k_width * c_width)
         acc = torch.float64 if a.dtype == torch.float64 else torch.float32
         partial = torch.empty((shares, *factor.shape), device=a.device, dtype=acc)
         if rows == 0:
             return torch.zeros_like(factor)
         sa, sd = self.strides[src], self.strides[grad]
         sw = self.strides[FACTOR_GRADS[name][2]]
-        k_width, c_width = self._width(summed), self._width(made)
 
         def grid(meta: dict) -> tuple:
             tiles = triton.cdiv(k_width, meta["BLOCK_K"])
@@ -544,7 +556,14 @@ class FusedChain:
 
     def forward(self, x: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> Any:
         """y = (x P) Q: (tokens, width of x) -> (tokens, width of y)."""
-        return self.step("forward_second", self.step("forward_first", x, p), q)
+        return self.forward_saving(x, p, q)[0]
+
+    def forward_saving(
+        self, x: torch.Tensor, p: torch.Tensor, q: torch.Tensor
+    ) -> tuple:
+        """(y, t): the output and the intermediate t = x P (which Q's gradient needs)."""
+        t = self.step("forward_first", x, p)
+        return self.step("forward_second", t, q), t
 
     def backward(
         self,
@@ -553,10 +572,11 @@ class FusedChain:
         p: torch.Tensor,
         q: torch.Tensor,
         needs: tuple,
+        t: Any = None,
     ) -> tuple:
         """The gradients of x, P and Q (None where needs says no) from the output's
-        gradient g: gt = g Q^T once, for the input's and P's; t = x P recomputed for
-        Q's."""
+        gradient g: gt = g Q^T once, for the input's and P's; for Q's, the forward's
+        intermediate t, recomputed (t = x P) when not given."""
         need_x, need_p, need_q = needs
         g_x = g_p = g_q = None
         if need_x or need_p:
@@ -566,6 +586,7 @@ class FusedChain:
             if need_p:
                 g_p = self.factor_grad("grad_first", x, gt, p)
         if need_q:
-            t = self.step("forward_first", x, p)
+            if t is None:
+                t = self.step("forward_first", x, p)
             g_q = self.factor_grad("grad_second", t, g, q)
         return g_x, g_p, g_q

@@ -8,7 +8,8 @@ copy) with the tokens as rows:
 - forward: ``t = x P`` (``forward_first``), ``y = t Q`` (``forward_second``);
 - backward: ``gt = gy Q^T`` (``grad_input_first``), ``gx = gt P^T``
   (``grad_input_second``), P's gradient from ``x`` and ``gt`` (``grad_first``),
-  Q's from ``t`` (recomputed once) and ``gy`` (``grad_second``).
+  Q's from ``t`` (saved by the forward, as ``save_intermediate`` has the planned
+  steps do, or recomputed) and ``gy`` (``grad_second``).
 
 The two products are not fused into one kernel: a program that made a block of
 ``y`` from a token tile would need the tile's whole intermediate, which for the
@@ -71,12 +72,13 @@ LAUNCHES: dict[str, tuple[str, str, str, tuple[str, ...], tuple[str, ...]]] = {
     "grad_first": ("factor", "gamma", "beta", ("alpha",), ("phi", "delta", "rho")),
     "grad_second": ("factor", "phi", "delta", ("gamma", "beta", "rho"), ("epsilon",)),
 }
-#: The launches of each role of a training step (grad_second recomputes t first).
+#: The launches of each role of a training step (with the intermediate saved: the
+#: default; under ``save_intermediate=False`` grad_second runs forward_first again).
 ROLES = {
     "forward": ("forward_first", "forward_second"),
     "grad_input": ("grad_input_first", "grad_input_second"),
     "grad_first": ("grad_first",),
-    "grad_second": ("forward_first", "grad_second"),
+    "grad_second": ("grad_second",),
 }
 
 

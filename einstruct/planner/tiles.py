@@ -121,6 +121,12 @@ def gpu_rows(launch: Launch, itemsize: int = 2) -> tuple[tuple, ...]:
         for m, kk, cc in ((64, k, c), (32, min(k, 64), min(c, 64))):
             warps = 8 if kk * cc >= 128 * 128 else 4
             rows.append((m // 2 if wide else m, kk, cc, warps, stages))
+        if not wide and max(launch.summed, launch.made) > most_k:  # one side whole: read once
+            whole_k, whole_c = _block(launch.summed, 256), _block(launch.made, 256)
+            if launch.summed >= launch.made:
+                rows.append((32, whole_k, min(c, 64), 8, stages))
+            else:
+                rows.append((32, min(k, 64), whole_c, 8, stages))
     else:
         for m in (128, 64):
             warps = 8 if m * c >= 128 * 128 else 4
@@ -148,10 +154,13 @@ def interpreter_row(launch: Launch) -> tuple:
     return (INTERPRETER_BLOCK_M, k, c, inner, 4, 1)
 
 
-def shares(rows: int) -> tuple[int, int]:
+def shares(rows: int, entries: int) -> tuple[int, int]:
     """A factor gradient's shares of ``rows`` rows and the rows per share (a multiple
-    of 256, every BLOCK_M), as the runtime splits them."""
-    count = max(1, min(MAX_SPLIT, rows // SPLIT_ROWS))
+    of 256, every BLOCK_M), as the runtime splits them: at least SPLIT_ROWS rows a
+    share, at most MAX_SPLIT shares, and about PROGRAMS programs at most (one per
+    block of 128 x 128 of the gradient's ``entries`` per share)."""
+    blocks = max(1, -(-entries // (128 * 128)))
+    count = max(1, min(MAX_SPLIT, rows // SPLIT_ROWS, PROGRAMS // blocks))
     per_share = -(-rows // count)
     per_share = max(256, -(-per_share // 256) * 256)
     return max(1, -(-rows // per_share)), per_share
