@@ -273,9 +273,9 @@ def part_bench(out: Path, quick: bool) -> bool:
         except Exception as error:
             _write(out, f"| {source} | {type(error).__name__}: {str(error)[:100]} | | | | | |")
     _write(
-        out, f"\n### Each fused op alone (GB/s of the bytes it must move; roofline: {peak:,.0f} GB/s copy)\n"
+        out, f"\n### Each fused launch alone (GB/s of the bytes it must move; roofline {peak:,.0f} GB/s)\n"
     )
-    _write(out, "| structure | op | ms | ideal MB | GB/s | share of roofline |")
+    _write(out, "| structure | launch | ms | ideal MB | GB/s | share of roofline |")
     _write(out, "| --- | --- | ---: | ---: | ---: | ---: |")
     for line in kernel_rows:
         _write(out, line)
@@ -314,19 +314,30 @@ def _bench_case(source: str, d: int, n: int, peak: float) -> tuple[str, list[str
 
 
 def _kernel_rows(source: str, layer, x, g, peak: float) -> list[str]:
+    """Each launch of the fused path timed alone, with the bytes it must move (each operand
+    read once, each result written once) over its time."""
     import math
 
-    module = sys.modules[type(layer).__module__]
-    factors = [getattr(layer, name).detach() for name in type(layer).factor_axes]
-    factor_bytes = 2 * sum(f.numel() for f in factors)
-    n, d_in, d_out = x.shape[0], x.shape[1], g.shape[1]
+    import einstruct
+    from einstruct.planner.fusion import plan_fusion
+    from einstruct.planner.plan import make_plan
+
+    chain = sys.modules[type(layer).__module__]._CHAIN
+    fusion = plan_fusion(make_plan(einstruct.load(f"structure s = {source}"), batch=x.shape[0]))
+    p, q = (getattr(layer, name).detach() for name in (fusion.chain.first, fusion.chain.second))
+    t = chain.step("forward_first", x, p)
+    gt = chain.step("grad_input_first", g, q)
+
+    def size(*tensors) -> int:
+        return sum(v.numel() * v.element_size() for v in tensors)
+
     ops = {
-        "forward": (lambda: module._fused_forward(x, *factors), n * (d_in + d_out) * 2 + factor_bytes),
-        "grad_input": (lambda: module._fused_grad_input(g, *factors), n * (d_in + d_out) * 2 + factor_bytes),
-        "grad_factors": (
-            lambda: module._fused_grad_factors(x, g, *factors, *(True for _ in factors)),
-            n * (d_in + d_out) * 2 + 2 * factor_bytes,
-        ),
+        "forward_first": (lambda: chain.step("forward_first", x, p), size(x, p, t)),
+        "forward_second": (lambda: chain.step("forward_second", t, q), size(t, q, g)),
+        "grad_input_first": (lambda: chain.step("grad_input_first", g, q), size(g, q, gt)),
+        "grad_input_second": (lambda: chain.step("grad_input_second", gt, p), size(gt, p, x)),
+        "grad_first": (lambda: chain.factor_grad("grad_first", x, gt, p), size(x, gt, p)),
+        "grad_second": (lambda: chain.factor_grad("grad_second", t, g, q), size(t, g, q)),
     }
     rows = []
     for name, (fn, ideal) in ops.items():

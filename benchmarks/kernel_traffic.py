@@ -1,31 +1,30 @@
 """Bytes the fused Triton kernels load and store, counted from the kernels themselves.
 
-Runs every kernel a layer's fused path launches (forward, grad_input and the
-two factor gradients) with its SHIPPED GPU configurations (the rows of the
-generated module's ``_CONFIGS`` tables for 2-byte inputs, exactly the
-constexprs autotuning chooses from on a GPU) in Triton's interpreter, and
-counts, per launch, the bytes every ``tl.load`` and ``tl.store`` moves (the
-entries its mask lets through, times their size; each attributed to the tensor
-it falls in). These are the bytes the programs *request* from the memory
-system: what a GPU's L2 serves. Re-reads that hit L2 never reach DRAM, so the
-DRAM traffic can be lower; the counts are an upper bound on it.
+Runs every launch a layer's fused path makes in a training step (the runtime's
+two kernels, :mod:`einstruct.nn.kernels`: the forward's two steps, the input
+gradient's two, the factors' gradients) with its SHIPPED GPU configurations
+(the rows of the generated module's ``FusedChain`` table for 2-byte inputs,
+exactly the constexprs autotuning chooses from on a GPU) in Triton's
+interpreter at the real token count, and counts the bytes every ``tl.load`` and
+``tl.store`` moves (the entries its mask lets through, times their size; each
+attributed to the tensor it falls in). These are the bytes the programs
+*request* from the memory system (what a GPU's L2 serves); DRAM traffic can
+only be lower.
 
-Beside them: the ideal (every operand read once, every result written once)
-and what the planned torch steps move for the same role
+The interpreter would take hours for a full grid at d = 4096, so each grid axis
+runs its first and last programs and a few evenly spaced interior ones, each
+standing for its share (exact for these kernels: interior programs make the
+same accesses, shifted).
+
+Beside each launch: the ideal (each operand read once: the input, and the
+weight once per call), and per role of the training step (forward, input
+gradient, each factor's gradient) what the planned torch steps move
 (``Plan.traffic``: each step reads its operands and writes its result once,
-copies twice; the backward's roles each as much as the forward).
-
-The interpreter is slow at d = 4096, so each kernel is counted at two small
-token counts (``--counts``, multiples of every shipped ``BLOCK_N``) and the
-bytes are fitted as ``fixed + per_token * N`` (exact for these kernels: the
-programs along the token axis do the same accesses), then reported per token
-at ``--tokens`` (default 16384). A factor gradient runs with one share of the
-tokens (``split = 1``); the shares a GPU launch splits the tokens into
-(``_token_split``) only add their fp32 partial sums, which are added to the
-stores and to the launcher's reduction (``epilogue``) by formula.
+copies twice; the backward's roles each as much as the forward, a factor's
+gradient half).
 
     python benchmarks/kernel_traffic.py                   # the table of docs/benchmarks.md
-    python benchmarks/kernel_traffic.py --json            # one record per kernel and configuration
+    python benchmarks/kernel_traffic.py --json            # one record per launch and configuration
     python benchmarks/kernel_traffic.py --structures "btt(d = 1024)" --tokens 8192
 """
 
@@ -47,9 +46,10 @@ from dataclasses import asdict, dataclass, field  # noqa: E402
 import torch  # noqa: E402
 
 import einstruct  # noqa: E402
-from einstruct.planner.fusion import KernelPlan, plan_fusion  # noqa: E402
+from einstruct.nn import kernels as runtime_kernels  # noqa: E402
+from einstruct.planner.fusion import LAUNCHES, ROLES, plan_fusion  # noqa: E402
 from einstruct.planner.plan import make_plan  # noqa: E402
-from einstruct.runtime import compile_structure  # noqa: E402
+from einstruct.planner.tiles import ideal_per_token  # noqa: E402
 
 __all__ = ["STRUCTURES", "Record", "count_launch", "structure_records", "main"]
 
@@ -61,13 +61,8 @@ STRUCTURES = [
     "kronecker(d = 4096)",
     "low_rank(d = 4096, rank = 16)",
 ]
-#: The kernel functions' names in a generated module -> the role they play.
-ROLES = {
-    "_forward_kernel": "forward",
-    "_grad_input_kernel": "grad_input",
-    "_grad_second_kernel": "grad_second",
-    "_grad_first_kernel": "grad_first",
-}
+#: Bytes per entry of the counted dtype (bf16).
+ITEMSIZE = 2
 
 
 @dataclass
@@ -81,27 +76,25 @@ class Counts:
 
 @dataclass(frozen=True)
 class Record:
-    """One kernel and configuration of one structure: bytes per token at ``tokens``."""
+    """One launch (or, with ``kernel`` a role, a role's launches together) of one
+    structure with one configuration: bytes per token at ``tokens``."""
 
     structure: str
     d: int
     kernel: str
-    family: str
+    role: str
     config: dict
     dtype: str
     tokens: int
-    counted_at: tuple[int, int]
     loaded_bytes_per_token: float
     stored_bytes_per_token: float
-    epilogue_bytes_per_token: float
     ideal_bytes_per_token: float
-    ideal_stored_bytes_per_token: float
     torch_bytes_per_token: float
     loaded_ratio: float
+    #: (loaded + stored) over (each operand read once + each result written once).
+    moved_ratio: float
     loaded_by_operand: dict[str, float]
     programs: int
-    #: False for a gradient the planned torch steps take: its bytes are modelled, not counted.
-    counted: bool = True
 
 
 class _Counter:
@@ -163,28 +156,6 @@ class _Counter:
         )
 
 
-def _captured_launches(layer_class, tokens: int, dtype: torch.dtype) -> dict:
-    """Each kernel's (grid, args) as its launcher passes them, for ``tokens`` tokens of ``dtype``."""
-    module = sys.modules[layer_class.__module__]
-    found: dict = {}
-
-    def record(kernel, grid, args, dtype, config):
-        found[kernel] = (grid, args)
-
-    layer = layer_class(dtype=dtype, kernels="fused")
-    factors = [getattr(layer, name).detach() for name in layer_class.factor_axes]
-    x = torch.randn(tokens, layer.padded_in).to(dtype)  # the ops take the padded widths
-    g = torch.randn(tokens, layer.padded_out).to(dtype)
-    saved, module._launch = module._launch, record
-    try:
-        module._fused_forward._init_fn(x, *factors)
-        module._fused_grad_input._init_fn(g, *factors)
-        module._fused_grad_factors._init_fn(x, g, *factors, *(True for _ in factors))
-    finally:
-        module._launch = saved
-    return found
-
-
 #: Interior programs run per grid axis; the rest are counted as the sampled ones (see _sample).
 SAMPLED = 3
 
@@ -228,15 +199,10 @@ def _run_sampled(executor, args_dev: tuple, kwargs: dict, counter: _Counter) -> 
         scope.restore()
 
 
-def count_launch(kernel, grid, args: tuple, config: dict, split: int | None = None) -> Counts:
-    """Run one kernel in the interpreter with ``config``'s blocks and count its bytes.
-
-    ``split`` replaces a factor gradient's run-time share count (argument ``split``).
-    """
+def count_launch(kernel, grid, args: tuple, config: dict) -> Counts:
+    """Run one kernel in the interpreter with ``config``'s blocks and count its bytes."""
     import triton.language as tl
 
-    names = list(inspect.signature(kernel.fn).parameters)
-    args = tuple(split if (n == "split" and split is not None) else a for n, a in zip(names, args))
     constants = {"ACC_DTYPE": tl.float32, "DOT_PRECISION": "ieee"}
     with _Counter() as counter:
         from triton.runtime import interpreter
@@ -246,151 +212,147 @@ def count_launch(kernel, grid, args: tuple, config: dict, split: int | None = No
     return counter.counts
 
 
-def _fit(small: float, large: float, n1: int, n2: int, tokens: int) -> float:
-    """Bytes per token at ``tokens`` from counts at n1 and n2, fitted as fixed + slope * N."""
-    slope = (large - small) / (n2 - n1)
-    fixed = small - slope * n1
-    return (fixed + slope * tokens) / tokens
+def _captured_launches(layer_class, factors: tuple[str, str], tokens: int, dtype: torch.dtype) -> dict:
+    """Each launch's (kernel, grid, args, table) as the runtime passes them for a training
+    step of ``tokens`` tokens of ``dtype`` (nothing runs: outputs stay uninitialized)."""
+    chain = layer_class.fused_forward and sys.modules[layer_class.__module__]._CHAIN
+    names = {id(table): name for name, table in chain.tables.items()}
+    found: dict = {}
+
+    def record(kernel, grid, args, dtype, table, config):
+        found[names[id(table)]] = (kernel, grid, args, table)
+
+    layer = layer_class(dtype=dtype, kernels="fused", strategy="structured")
+    p, q = (getattr(layer, n).detach() for n in factors)
+    x = torch.randn(tokens, chain.widths["x"]).to(dtype)  # the ops take the padded widths
+    g = torch.randn(tokens, chain.widths["y"]).to(dtype)
+    saved, runtime_kernels.launch = runtime_kernels.launch, record
+    try:
+        chain.forward(x, p, q)
+        chain.backward(x, g, p, q, (True, True, True))
+    finally:
+        runtime_kernels.launch = saved
+    return found
 
 
-def structure_records(source: str, tokens: int, counts: tuple[int, int], every_config: bool) -> list[Record]:
-    """The records of one structure's fused kernels (bf16: the 2-byte GPU table)."""
+def structure_records(source: str, tokens: int = 16384, every_config: bool = False) -> list[Record]:
+    """The records of one structure's fused launches (bf16: the 2-byte GPU rows), then one
+    record per role of the training step (its launches' first rows together)."""
     structure = einstruct.load(f"structure s = {source}")
     plan = make_plan(structure, batch=tokens)
     fusion = plan_fusion(plan)
-    layer_class = compile_structure(structure, backend="triton")
-    module = sys.modules[layer_class.__module__]
-    if not getattr(module, "_CONFIGS", None) or not hasattr(fusion, "kernels"):
+    if not hasattr(fusion, "launches"):
         return []
-    plans = {k.role: k for k in fusion.kernels}
-    launches = [_captured_launches(layer_class, n, torch.bfloat16) for n in counts]
+    layer_class = einstruct.compile(f"structure s = {source}", backend="triton", batch=tokens)
+    factors = (fusion.chain.first, fusion.chain.second)
+    launches = _captured_launches(layer_class, factors, tokens, torch.bfloat16)
+    torch_forward = float(plan.traffic(ITEMSIZE))
     records = []
-    from einstruct.nn import fused
-
-    # the configuration table is the runtime's, shared by every layer compiled in this process
-    for kernel, (blocks, tables, _) in module._CONFIGS.items():
-        if kernel not in launches[0]:  # another layer's kernel
-            continue
-        role = ROLES[kernel.fn.__name__]
-        rows = tables.get(ITEMSIZE, ())
-        for row in rows if every_config else rows[:1]:
+    first_rows: dict[str, Record] = {}
+    for launch in fusion.launches:
+        kernel, grid, args, table = launches[launch.name]
+        blocks, rows, _ = table
+        for k, row in enumerate(rows[ITEMSIZE] if every_config else rows[ITEMSIZE][:1]):
             config = dict(zip(blocks, row))
-            measured = [count_launch(kernel, *found[kernel], config, split=1) for found in launches]
-            shape = Shape(source, plans[role], int(structure.d_in), int(structure.d_out))
-            torch_bytes = float(plan.traffic(ITEMSIZE)) / (2 if role in ("grad_first", "grad_second") else 1)
-            split = fused._token_split(tokens)
-            records.append(_record(shape, config, row, tokens, counts, measured, torch_bytes, split))
-    for k in fusion.kernels:  # gradients the planned torch steps take: their modelled bytes
-        if k.family == "gemm":
-            records.append(_planned_record(source, k, plan, tokens))
+            counts = count_launch(kernel, grid, args, config)
+            names = list(inspect.signature(kernel.fn).parameters)
+            by_operand = {names.index(n): v / tokens for n, v in counts.loaded.items() if n in names}
+            loaded = sum(counts.loaded.values()) / tokens
+            stored = sum(counts.stored.values()) / tokens
+            ideal = float(ideal_per_token(launch.launch, tokens)) * ITEMSIZE
+            written = _written(launch.launch, tokens)
+            record = Record(
+                structure=source,
+                d=int(structure.d_in),
+                kernel=launch.name,
+                role=LAUNCHES[launch.name][0],
+                config={**config, "num_warps": row[-2], "num_stages": row[-1]},
+                dtype="bf16",
+                tokens=tokens,
+                loaded_bytes_per_token=round(loaded, 1),
+                stored_bytes_per_token=round(stored, 1),
+                ideal_bytes_per_token=round(ideal, 1),
+                torch_bytes_per_token=0.0,
+                loaded_ratio=round(loaded / ideal, 2),
+                moved_ratio=round((loaded + stored) / (ideal + written), 2),
+                loaded_by_operand={str(names[i]): round(v, 1) for i, v in sorted(by_operand.items())},
+                programs=round(counts.programs),
+            )
+            records.append(record)
+            if k == 0:
+                first_rows[launch.name] = record
+    for role, names in ROLES.items():
+        parts = [first_rows[n] for n in names]
+        loaded = sum(r.loaded_bytes_per_token for r in parts)
+        stored = sum(r.stored_bytes_per_token for r in parts)
+        ideal = _role_ideal(fusion.chain, role, tokens)
+        written = ITEMSIZE * _role_written(fusion.chain, role, tokens)
+        torch_bytes = torch_forward / (2 if role in ("grad_first", "grad_second") else 1)
+        records.append(
+            Record(
+                structure=source,
+                d=int(structure.d_in),
+                kernel=role,
+                role="role",
+                config={},
+                dtype="bf16",
+                tokens=tokens,
+                loaded_bytes_per_token=round(loaded, 1),
+                stored_bytes_per_token=round(stored, 1),
+                ideal_bytes_per_token=round(ideal, 1),
+                torch_bytes_per_token=round(torch_bytes, 1),
+                loaded_ratio=round(loaded / ideal, 2),
+                moved_ratio=round((loaded + stored) / (ideal + written), 2),
+                loaded_by_operand={},
+                programs=sum(r.programs for r in parts),
+            )
+        )
     return records
 
 
-def _planned_record(source: str, kernel: KernelPlan, plan, tokens: int) -> Record:
-    """A gradient the module takes by the planned torch steps (no kernel to count): the plan's
-    modelled bytes (``Plan.traffic``), half the recomputation and backward of both factors."""
-    chain = kernel.chain
-    torch_bytes = float(plan.traffic(ITEMSIZE))
-    ideal = ITEMSIZE * (chain.width("x") + chain.width("y")) + ITEMSIZE * chain.width("p") / tokens
-    return Record(
-        structure=source,
-        d=int(plan.structure.d_in),
-        kernel=kernel.role,
-        family="gemm",
-        config={},
-        dtype="bf16",
-        tokens=tokens,
-        counted_at=(0, 0),
-        loaded_bytes_per_token=round(torch_bytes, 1),
-        stored_bytes_per_token=0.0,
-        epilogue_bytes_per_token=0.0,
-        ideal_bytes_per_token=round(ideal, 1),
-        ideal_stored_bytes_per_token=round(ITEMSIZE * chain.width("q") / tokens, 1),
-        torch_bytes_per_token=round(torch_bytes / 2, 1),
-        loaded_ratio=round(torch_bytes / ideal, 2),
-        loaded_by_operand={},
-        programs=0,
-        counted=False,
-    )
+def _written(launch, tokens: int) -> float:
+    """Bytes per token a launch must write: a step's output, a factor's gradient once."""
+    if launch.kind == "step":
+        return ITEMSIZE * launch.rows * launch.groups * launch.made
+    return ITEMSIZE * launch.weight / tokens
 
 
-#: Bytes per entry of the counted dtype (bf16).
-ITEMSIZE = 2
+def _role_written(chain, role: str, tokens: int) -> float:
+    """Entries per token a role must write: y, gx, or a factor's gradient once."""
+    if role == "forward":
+        return chain.width("y")
+    if role == "grad_input":
+        return chain.width("x")
+    return chain.width("p" if role == "grad_first" else "q") / tokens
 
 
-@dataclass(frozen=True)
-class Shape:
-    """What a record needs of the kernel: its plan (role, family, chain) and the layer's widths."""
-
-    source: str
-    kernel: KernelPlan
-    d_in: int
-    d_out: int
-
-
-def _record(
-    shape: Shape,
-    config: dict,
-    row: tuple,
-    tokens: int,
-    counts: tuple[int, int],
-    measured: list[Counts],
-    torch_bytes: float,
-    split: int,
-) -> Record:
-    n1, n2 = counts
-    chain = shape.kernel.chain
-    role = shape.kernel.role
-    factors = ITEMSIZE * (chain.width("p") + chain.width("q"))
-    operands = sorted({*measured[0].loaded, *measured[1].loaded})
-    by_operand = {
-        name: _fit(measured[0].loaded.get(name, 0), measured[1].loaded.get(name, 0), n1, n2, tokens)
-        for name in operands
-    }
-    loaded = sum(by_operand.values())
-    stored = _fit(sum(measured[0].stored.values()), sum(measured[1].stored.values()), n1, n2, tokens)
-    epilogue = 0.0
-    if role in ("forward", "grad_input"):  # reads x and both factors, writes y
-        ideal = ITEMSIZE * chain.width("x") + factors / tokens
-        ideal_stored = float(ITEMSIZE * chain.width("y"))
-    else:  # reads x, dy and the first factor, writes the second's gradient
-        grad = chain.width("q")
-        ideal = ITEMSIZE * (chain.width("x") + chain.width("y")) + ITEMSIZE * chain.width("p") / tokens
-        ideal_stored = ITEMSIZE * grad / tokens
-        stored += (split - 1) * 4 * grad / tokens  # the other shares' fp32 partial sums
-        epilogue = (split * 4 + ITEMSIZE) * grad / tokens  # the launcher sums them
-    return Record(
-        structure=shape.source,
-        d=shape.d_in,
-        kernel=role,
-        family=shape.kernel.family,
-        config={**config, "num_warps": row[-2], "num_stages": row[-1]},
-        dtype="bf16",
-        tokens=tokens,
-        counted_at=counts,
-        loaded_bytes_per_token=round(loaded, 1),
-        stored_bytes_per_token=round(stored, 1),
-        epilogue_bytes_per_token=round(epilogue, 2),
-        ideal_bytes_per_token=round(ideal, 1),
-        ideal_stored_bytes_per_token=round(ideal_stored, 1),
-        torch_bytes_per_token=round(torch_bytes, 1),
-        loaded_ratio=round(loaded / ideal, 2),
-        loaded_by_operand={k: round(v, 1) for k, v in by_operand.items()},
-        programs=round(measured[1].programs),
-    )
+def _role_ideal(chain, role: str, tokens: int) -> float:
+    """Bytes per token a role must load: its tensors with tokens once, the factors once per
+    call (forward: x and both factors; input gradient: gy and both; P's gradient: x and gy
+    and Q; Q's: x and gy and P)."""
+    factors = chain.width("p") + chain.width("q")
+    if role == "forward":
+        return ITEMSIZE * (chain.width("x") + factors / tokens)
+    if role == "grad_input":
+        return ITEMSIZE * (chain.width("y") + factors / tokens)
+    other = chain.width("q" if role == "grad_first" else "p")
+    return ITEMSIZE * (chain.width("x") + chain.width("y") + other / tokens)
 
 
 def _table(records: list[Record]) -> str:
     lines = [
-        "| structure | kernel | family | config | loaded B/token | ideal | ratio | stored | torch B/token |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| structure | launch | config | loaded B/token | ideal | ratio | stored | moved ratio "
+        "| torch B/token |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in records:
-        config = " ".join(f"{k.removeprefix('BLOCK_')}={v}" for k, v in r.config.items()) or "(torch steps)"
+        config = " ".join(f"{k.removeprefix('BLOCK_')}={v}" for k, v in r.config.items()) or "(role total)"
+        torch_bytes = f"{r.torch_bytes_per_token:,.0f}" if r.role == "role" else ""
+        name = f"**{r.kernel}**" if r.role == "role" else r.kernel
         lines.append(
-            f"| {r.structure} | {r.kernel} | {r.family} | {config} | {r.loaded_bytes_per_token:,.0f} "
+            f"| {r.structure} | {name} | {config} | {r.loaded_bytes_per_token:,.0f} "
             f"| {r.ideal_bytes_per_token:,.0f} | {r.loaded_ratio:.2f}x | {r.stored_bytes_per_token:,.0f} "
-            f"| {r.torch_bytes_per_token:,.0f} |"
+            f"| {r.moved_ratio:.2f}x | {torch_bytes} |"
         )
     return "\n".join(lines)
 
@@ -398,23 +360,19 @@ def _table(records: list[Record]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--structures", nargs="+", default=STRUCTURES, help="catalog calls")
-    parser.add_argument("--tokens", type=int, default=16384, help="tokens the per-token bytes are for")
-    parser.add_argument("--counts", type=int, nargs=2, default=(128, 256), help="token counts run")
+    parser.add_argument("--tokens", type=int, default=16384, help="tokens per call")
     parser.add_argument("--all-configs", action="store_true", help="every shipped row, not the first")
     parser.add_argument("--json", action="store_true", help="print a JSON list of records")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     records = []
     for source in args.structures:
-        records += structure_records(source, args.tokens, tuple(args.counts), args.all_configs)
+        records += structure_records(source, args.tokens, args.all_configs)
     if args.json:
         print(json.dumps([asdict(r) for r in records], indent=1))
     else:
         print(_table(records))
-        print(
-            f"\n{len(records)} kernels counted in {time.perf_counter() - start:.0f} s "
-            f"(at {args.counts[0]} and {args.counts[1]} tokens, per token at {args.tokens})"
-        )
+        print(f"\n{len(records)} records in {time.perf_counter() - start:.0f} s (at {args.tokens} tokens)")
     return 0
 
 

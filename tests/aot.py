@@ -3,7 +3,8 @@
 Triton compiles for a ``GPUTarget`` on any machine: its bundled ptxas assembles
 the PTX for sm_80 or sm_90 and reports, per kernel, the registers it used and
 the bytes it spilled. :func:`compile_report` compiles every GPU configuration a
-generated module ships (``_CONFIGS``) and reads those numbers from ptxas' own
+generated module ships (each launch's rows in its ``FusedChain`` table, with the
+sizes and strides that launch passes) and reads those numbers from ptxas' own
 log (``TRITON_DUMP_PTXAS_LOG``, a fresh compile forced); ``tests/aot_long.py``
 sweeps many structures, ``tests/test_triton_aot.py`` checks a representative set.
 """
@@ -11,6 +12,7 @@ sweeps many structures, ``tests/test_triton_aot.py`` checks a representative set
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import inspect
 import io
@@ -61,7 +63,7 @@ def _signature(fn, dtype: str) -> dict[str, str]:
     for p in fn.params:
         if p.is_constexpr:
             sig[p.name] = "constexpr"
-        elif p.name == "g_ptr":  # a factor gradient's partial sums are kept in fp32
+        elif p.name == "o_ptr" and fn.__name__ == "_factor_grad_kernel":  # fp32 partial sums
             sig[p.name] = "*fp64" if dtype == "fp64" else "*fp32"
         elif p.name.endswith("_ptr"):
             sig[p.name] = f"*{dtype}"
@@ -84,54 +86,55 @@ def specializations(fn, arguments: tuple) -> dict:
     return attrs
 
 
+def _runtime(layer_class):
+    """The module whose ``launch`` the layer's chain calls: the runtime's kernels module, or
+    the generated module itself when it carries the runtime's text."""
+    chain = sys.modules[layer_class.__module__]._CHAIN
+    return sys.modules[type(chain).__module__], chain
+
+
 def launch_arguments(layer_class, tokens: int = 16384) -> dict:
-    """Each kernel's arguments as its launcher passes them (strides are compile-time constants),
-    found by running the layer's ops on meta tensors with the launch intercepted."""
+    """Each launch's (kernel, arguments, table) as the runtime passes them (sizes and strides
+    are compile-time constants), found by running the chain on meta tensors with the launch
+    intercepted."""
     import torch
 
-    module = sys.modules[layer_class.__module__]
+    runtime, chain = _runtime(layer_class)
+    names = {id(table): name for name, table in chain.tables.items()}
     found = {}
 
-    def record(kernel, grid, args, dtype, config):
-        found[kernel] = args
+    def record(kernel, grid, args, dtype, table, config):
+        found[names[id(table)]] = (kernel, args, table)
 
-    layer = layer_class(device="meta")
-    factors = [getattr(layer, name) for name in layer_class.factor_axes]
-    # the ops take the padded widths
-    x = torch.empty(tokens, layer.padded_in, device="meta")
-    g = torch.empty(tokens, layer.padded_out, device="meta")
-    saved, module._launch = module._launch, record
+    x = torch.empty(tokens, chain.widths["x"], device="meta")
+    g = torch.empty(tokens, chain.widths["y"], device="meta")
+    p = torch.empty(chain.widths["p"], device="meta")
+    q = torch.empty(chain.widths["q"], device="meta")
+    saved, runtime.launch = runtime.launch, record
     try:
-        module._fused_forward._init_fn(x, *factors)
-        module._fused_grad_input._init_fn(g, *factors)
-        module._fused_grad_factors._init_fn(x, g, *factors, *(True for _ in factors))
+        chain.forward(x, p, q)
+        chain.backward(x, g, p, q, (True, True, True))
     finally:
-        module._launch = saved
+        runtime.launch = saved
     return found
 
 
 def compile_report(layer_class, archs=(80, 90), dtypes=("bf16",), seen: set | None = None) -> list[Compiled]:
-    """Compile every GPU configuration of ``layer_class``'s kernels for each arch and dtype.
+    """Compile every GPU configuration of ``layer_class``'s launches for each arch and dtype.
 
     ``seen`` (kernel source + constants + target) skips what an earlier call compiled.
     """
     from triton.runtime.jit import JITFunction
 
-    module = sys.modules[layer_class.__module__]
-    if not getattr(module, "_CONFIGS", None):
+    if getattr(sys.modules[layer_class.__module__], "_CHAIN", None) is None:
         return []
-    arguments = launch_arguments(layer_class)
+    runtime, _ = _runtime(layer_class)
     seen = set() if seen is None else seen
     out = []
-    # the configuration table is the runtime's, shared by every layer in this process
-    registers = getattr(module, "_MAX_REGISTERS", None) or _runtime_registers()
-    for kernel, (blocks, tables, _) in module._CONFIGS.items():
-        if kernel not in arguments:  # another layer's kernel
-            continue
+    for name, (kernel, arguments, (blocks, tables, _)) in launch_arguments(layer_class).items():
         fn = kernel if isinstance(kernel, JITFunction) else JITFunction(kernel.fn)
-        names = [p.name for p in fn.params]
-        constants = {n: v for n, v in zip(names, arguments[kernel]) if n.startswith("stride_")}
-        body = inspect.getsource(fn.fn).split(":", 1)[1]  # the source without the kernel's name
+        constants = {p.name: v for p, v in zip(fn.params, arguments) if p.is_constexpr}
+        body = inspect.getsource(fn.fn)
         for dtype in dtypes:
             for row in tables.get(_ITEMSIZE[dtype], ()):
                 for arch in archs:
@@ -140,15 +143,10 @@ def compile_report(layer_class, archs=(80, 90), dtypes=("bf16",), seen: set | No
                         continue
                     seen.add(key)
                     constexprs = {**constants, **dict(zip(blocks, row))}
-                    attrs = specializations(fn, arguments[kernel])
-                    out.append(_compile(fn, constexprs, attrs, row, arch, dtype, registers))
+                    attrs = specializations(fn, arguments)
+                    compiled = _compile(fn, constexprs, attrs, row, arch, dtype, runtime._MAX_REGISTERS)
+                    out.append(dataclasses.replace(compiled, kernel=name))
     return out
-
-
-def _runtime_registers() -> int:
-    from einstruct.nn.fused import _MAX_REGISTERS
-
-    return _MAX_REGISTERS
 
 
 def _sass_counts(compiled) -> dict[str, int]:

@@ -50,7 +50,7 @@ def _runtime_blocks(text: str) -> dict[str, str]:
     [
         ("examples/btt.ein", "torch", ["env", "layer"]),
         ("examples/btt_moe.ein", "torch", ["env", "layer", "routed"]),
-        ("examples/btt.ein", "triton", ["env", "layer", "fused"]),
+        ("examples/btt.ein", "triton", ["env", "layer", "kernels", "fused"]),
     ],
 )
 def test_a_standalone_file_carries_the_runtime_byte_for_byte(spec, backend, expected):
@@ -238,18 +238,19 @@ def test_the_runtime_launches_with_the_planners_tile_constants():
 
     from einstruct.planner import tiles
 
-    tree = ast.parse((RUNTIME_DIR / "fused.py").read_text(encoding="utf-8"))
+    tree = ast.parse((RUNTIME_DIR / "kernels.py").read_text(encoding="utf-8"))
     values = {
         node.targets[0].id: ast.literal_eval(node.value)
         for node in tree.body
         if isinstance(node, ast.Assign)
         and isinstance(node.targets[0], ast.Name)
-        and node.targets[0].id in ("_MAX_REGISTERS", "_SPLIT_TOKENS", "_MAX_SPLIT")
+        and node.targets[0].id in ("_MAX_REGISTERS", "_SPLIT_ROWS", "_MAX_SPLIT", "_PROGRAMS")
     }
     assert values == {
         "_MAX_REGISTERS": tiles.MAX_REGISTERS,
-        "_SPLIT_TOKENS": tiles.SPLIT_TOKENS,
+        "_SPLIT_ROWS": tiles.SPLIT_ROWS,
         "_MAX_SPLIT": tiles.MAX_SPLIT,
+        "_PROGRAMS": tiles.PROGRAMS,
     }
 
 
@@ -302,3 +303,15 @@ def test_the_manifest_schema_accepts_every_option_the_runtime_declares():
     declared = set(RoutedStructuredLinear.constructor_options)  # the plain layer's and the routed ones
     assert declared <= {*BOOL_OPTIONS, *NUMBER_OPTIONS, *CHOICE_OPTIONS}
     assert CHOICE_OPTIONS["expert_dispatch"] == RoutedStructuredLinear.expert_dispatches
+
+
+def test_the_planner_splits_factor_gradients_as_the_runtime_does():
+    """The planner's model of a factor gradient's shares is the runtime's rule."""
+    from einstruct.nn.kernels import _shares
+    from einstruct.planner.tiles import shares
+
+    for rows in (1, 255, 256, 513, 4096, 16384 * 64, 10**6 + 7):
+        for entries in (1, 4096, 64 * 64 * 64, 64 * 64 * 256 * 4):
+            assert _shares(rows, entries) == shares(rows, entries), (rows, entries)
+            count, per_share = shares(rows, entries)
+            assert per_share % 256 == 0 and count * per_share >= rows > (count - 1) * per_share

@@ -26,13 +26,14 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 import einstruct  # noqa: E402
 from einstruct.analysis import analyze_structure  # noqa: E402
 from einstruct.backends.torch.names import LAYER_ATTRIBUTES  # noqa: E402
-from einstruct.planner.chain import chain_of, transposed  # noqa: E402
+from einstruct.planner.chain import chain_of  # noqa: E402
 from einstruct.planner.plan import make_plan  # noqa: E402
-from einstruct.planner.tiles import FAMILIES, pow2  # noqa: E402
+from einstruct.planner.tiles import pow2  # noqa: E402
 from einstruct.runtime import compile_structure  # noqa: E402
 
 #: Two-factor catalog forms and theta points at ragged widths (class sizes 3 to 8, none a
-#: multiple of the interpreter's blocks everywhere), with the kernel families they exercise.
+#: multiple of the interpreter's blocks everywhere); together their launches take every
+#: path of the kernels (test_the_cases_cover_every_path_of_the_kernels).
 CASES = [
     "btt(d_in = 40, d_out = 24)",
     "btt(d_in = 40, d_out = 24, rank = 3)",
@@ -42,8 +43,8 @@ CASES = [
     "kronecker(d = 46)",  # 46 has no split within 4:1, so the layer pads to 7 x 7
     "tensor_train(d_in = 40, d_out = 24, rank = 3)",
     "low_rank(d_in = 40, d_out = 24, rank = 3)",
-    "low_rank(d_in = 40, d_out = 300, rank = 3)",  # forward chain_stationary, grad of V by the planned steps
-    "low_rank(d_in = 300, d_out = 40, rank = 5)",  # input's gradient chain_stationary
+    "low_rank(d_in = 40, d_out = 300, rank = 3)",  # the second step keeps its input tile
+    "low_rank(d_in = 300, d_out = 40, rank = 5)",  # summed entries in several blocks
     "theta(alpha = 1/2, beta = 1/4, gamma = 1/4, delta = 1/4, epsilon = 1/2, phi = 1/4, d = 60)",
     "theta(alpha = 1/2, gamma = 1/2, epsilon = 1/2, phi = 1/2, rho = 1/4, d = 50)",
     "theta(alpha = 1/3, beta = 1/3, gamma = 1/3, delta = 1/3, epsilon = 1/3, phi = 1/3, d = 64)",
@@ -52,6 +53,11 @@ CASES = [
 MERGED = """structure merged:
     y[f, e1, e2] = x[g, a1, a2] * A[g, a1, a2, f] * B[f, g, e1, e2]
     where g = 3, a1 = 2, a2 = 3, f = 5, e1 = 3, e2 = 2
+"""
+#: A chain with all seven classes (so a step sums, and makes, three classes at once).
+SEVEN = """structure seven:
+    y[f, d, e] = x[g, a, b] * A[g, a, f, d, r] * B[f, g, b, r, e]
+    where a = 5, b = 3, g = 2, d = 3, e = 5, f = 2, r = 3
 """
 #: Tolerances against the float64 reference, by dtype (docs/triton.md): fp32 products
 #: accumulate in fp32 (TF32 off, as torch's default); fp16 rounds the operands and the
@@ -131,9 +137,9 @@ def _layer(source: str, dtype=torch.float64, seed: int = 0, **kwargs):
 
 
 def _einstruct_ops(counter: FlopCounterMode) -> set[str]:
-    """The fused ops a counted run dispatched: forward, grad_input, grad_factors."""
+    """The fused ops a counted run dispatched: forward, backward."""
     names = [str(op) for op in counter.get_flop_counts()["Global"] if str(op).startswith("einstruct.")]
-    return {kind for kind in ("forward", "grad_input", "grad_factors") for n in names if n.endswith(kind)}
+    return {kind for kind in ("forward", "backward") for n in names if n.endswith(kind)}
 
 
 def _check(layer, n: int, dtype) -> set[str]:
@@ -157,24 +163,37 @@ def _check(layer, n: int, dtype) -> set[str]:
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
 @pytest.mark.parametrize(
-    "source", [*CASES, MERGED], ids=lambda s: "merged" if ":" in s else s.replace(" ", "")
+    "source", [*CASES, MERGED, SEVEN], ids=lambda s: s.split(":")[0] if ":" in s else s.replace(" ", "")
 )
 def test_every_two_factor_form_runs_its_fused_kernels(source, dtype):
     _, layer = _layer(source, dtype, kernels="fused")
-    assert layer.kernel_families, "a two-factor chain gets fused kernels"
+    assert layer.fused_forward is not None, "a two-factor chain gets fused kernels"
     ran = _check(layer, TOKENS, dtype)
-    assert ran == {"forward", "grad_input", "grad_factors"}, ran
+    assert ran == {"forward", "backward"}, ran
 
 
-def test_the_cases_cover_every_kernel_family():
-    families = set()
-    for source in CASES:
-        families |= set(
-            compile_structure(
-                einstruct.load(f"structure s = {source}"), backend="triton"
-            ).kernel_families.values()
-        )
-    assert families == {"chain_stream", "chain_stationary", "factor_stream", "gemm"}
+def test_the_cases_cover_every_path_of_the_kernels():
+    """Across the cases' interpreter configurations: a step that keeps its input tile
+    (C_INNER), one that keeps its weight tile, one that loops over summed blocks; rows that
+    carry a class (beta or delta); summed and made entries over two or three classes."""
+    from einstruct.planner.fusion import LAUNCHES, plan_fusion
+
+    seen = set()
+    for source in [*CASES, SEVEN]:
+        text = source if ":" in source else f"structure s = {source}"
+        fusion = plan_fusion(make_plan(einstruct.load(text), batch=BATCH))
+        for k in fusion.launches:
+            launch, row = k.launch, k.interpreter
+            if launch.kind == "step":
+                kept = "weight kept" if launch.summed <= row[1] else "summed loop"
+                seen.add("input kept" if row[3] else kept)
+            seen |= {"rows carry a class"} if launch.rows > 1 else set()
+            _, _, _, summed, made = LAUNCHES[k.name]
+            for classes in (summed, made):
+                present = [c for c in classes if fusion.chain.sizes[c] > 1]
+                seen |= {f"{len(present)} classes"} if len(present) > 1 else set()
+    paths = {"input kept", "weight kept", "summed loop", "rows carry a class", "2 classes", "3 classes"}
+    assert seen == paths
 
 
 def test_half_precision_and_autocast():
@@ -223,6 +242,25 @@ def test_torch_func_transforms_run_the_planned_steps():
     torch.testing.assert_close(grads["bias"], bias.grad, **TOLERANCE[torch.float64])
     rows = vmap(lambda row: layer(row[None])[0])(x)
     torch.testing.assert_close(rows, x @ layer.to_dense().T + layer.bias, **TOLERANCE[torch.float64])
+
+
+def test_the_intermediate_is_saved_or_recomputed():
+    """save_intermediate=True keeps t = x P for Q's gradient (one more saved tensor, tokens
+    x t's width); False recomputes it; both give the dense reference's gradients."""
+    saved = {}
+    for save in (True, False):
+        _, layer = _layer(CASES[1], kernels="fused", save_intermediate=save)
+        shapes = []
+
+        def pack(tensor, shapes=shapes):
+            shapes.append(tuple(tensor.shape))
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            assert _check(layer, TOKENS, torch.float64) == {"forward", "backward"}
+        saved[save] = shapes
+    width = sys.modules[type(layer).__module__]._CHAIN.widths["t"]
+    assert (TOKENS, width) in saved[True] and (TOKENS, width) not in saved[False]
 
 
 def test_flop_counter_counts_what_analyze_reports():
@@ -284,42 +322,36 @@ def chains(draw):
     )
 
 
-_LETTERS = {
-    "N": "n",
-    "A": "alpha",
-    "B": "beta",
-    "G": "gamma",
-    "D": "delta",
-    "E": "epsilon",
-    "F": "phi",
-    "R": "rho",
-}
+def _row(draw, launch, name: str) -> tuple:
+    """A random configuration of one launch: rows in blocks of 16 or 32, summed and made
+    entries in one block or in blocks of 16; a step keeps its input tile when it may."""
+    from einstruct.nn.kernels import FACTOR_GRADS
 
-
-def _tiles(draw, module, role: str, family: str, sizes: dict[str, int]) -> dict[str, int]:
-    """A random configuration of one kernel: each class in one or two chunks (so the
-    interpreter's work stays small), whole where the family holds a class whole; tokens
-    in blocks of 8 or 16."""
-    blocks, _, _ = module._CONFIGS[getattr(module, f"_{role}_kernel")]
-    config = {}
-    for block in blocks:
-        cls = _LETTERS[block.split("_")[1]]
-        full = 16 if cls == "n" else pow2(sizes[cls])
-        if cls in FAMILIES[family][2]:
-            config[block] = full
-        else:
-            config[block] = draw(st.sampled_from([full // 2, full]), label=block)
-    return config
+    m = draw(st.sampled_from([16, 32]), label=f"{name} BLOCK_M")
+    k = draw(st.sampled_from([16, max(16, pow2(launch.summed))]), label=f"{name} BLOCK_K")
+    c = draw(st.sampled_from([16, max(16, pow2(launch.made))]), label=f"{name} BLOCK_C")
+    if name in FACTOR_GRADS:
+        return (m, k, c, 4, 1)
+    inner = launch.summed <= k and draw(st.booleans(), label=f"{name} C_INNER")
+    return (m, k, c, inner, 4, 1)
 
 
 @given(source=chains(), data=st.data())
 def test_two_factor_kernels_match_the_reference_for_any_tiles(source, data):
+    from einstruct.nn.kernels import INTERMEDIATES, FusedChain
+    from einstruct.planner.fusion import plan_fusion
+
     structure = einstruct.load(source)
-    chain = chain_of(make_plan(structure, batch=BATCH))
+    plan = make_plan(structure, batch=BATCH)
+    chain = chain_of(plan)
     cls = compile_structure(structure, batch=BATCH, backend="triton")
+    assume(cls.fused_forward is not None)  # tiny factors may be multiplied first, which is no chain
     module = sys.modules[cls.__module__]
-    assume(cls.kernel_families)  # tiny factors may be multiplied first, which is no chain
-    families = cls.kernel_families
+    fusion = plan_fusion(plan)
+    table = module._CHAIN
+    rows = {k.name: _row(data.draw, k.launch, k.name) for k in fusion.launches}
+    layouts = {r: lay for r, lay in table.layouts.items() if r not in INTERMEDIATES}
+    drawn = FusedChain(table.sizes, layouts, {}, rows)
     layer = cls(dtype=torch.float64, strategy="structured")
     gen = torch.Generator().manual_seed(1)
     factors = {
@@ -333,20 +365,11 @@ def test_two_factor_kernels_match_the_reference_for_any_tiles(source, data):
     xr = x.clone().requires_grad_()
     expected = xr @ dense_torch(layer, leaves).T
     (expected * gy).sum().backward()
-    sizes, back = chain.sizes, transposed(chain).sizes
-
-    def tiles(role, chain_sizes):
-        return _tiles(data.draw, module, role, families[role], chain_sizes)
-
-    torch.testing.assert_close(module._forward_launch(x, p, q, config=tiles("forward", sizes)), expected)
-    torch.testing.assert_close(module._grad_input_launch(gy, q, p, config=tiles("grad_input", back)), xr.grad)
-    split = data.draw(st.integers(1, 3), label="split")
-    if families["grad_second"] == "factor_stream":
-        got = module._grad_second_launch(x, p, gy, split=split, config=tiles("grad_second", sizes))
-        torch.testing.assert_close(got, leaves[chain.second].grad)
-    if families["grad_first"] == "factor_stream":
-        got = module._grad_first_launch(gy, q, x, split=split, config=tiles("grad_first", back))
-        torch.testing.assert_close(got, leaves[chain.first].grad)
+    torch.testing.assert_close(drawn.forward(x, p, q), expected)
+    g_x, g_p, g_q = drawn.backward(x, gy, p, q, (True, True, True))
+    torch.testing.assert_close(g_x, xr.grad)
+    torch.testing.assert_close(g_p.view(p.shape), leaves[chain.first].grad)
+    torch.testing.assert_close(g_q.view(q.shape), leaves[chain.second].grad)
 
 
 # -- the module contract ------------------------------------------------------------------------
@@ -365,7 +388,7 @@ def test_structures_without_a_chain_run_the_planned_steps(path, structure, param
 
     spec = ROOT / path if path.startswith("examples") else path
     layer_class = einstruct.compile(spec, structure, backend="triton", **params)
-    assert layer_class.default_kernels == "torch" and layer_class.kernel_families == {}
+    assert layer_class.default_kernels == "torch" and layer_class.fused_forward is None
     assert layer_class.kernels_note.startswith("no fused kernels:")
     with pytest.raises(ValueError, match="kernels must be one of 'torch'"):
         layer_class(kernels="fused")
@@ -404,7 +427,6 @@ def test_the_same_contract_as_the_torch_backend():
     extra = {
         "default_kernels",
         "kernel_choices",
-        "kernel_families",
         "kernels",
         "kernels_note",
         "fused_forward",
@@ -445,7 +467,7 @@ def test_hostile_names_through_the_fused_kernels():
         f"    where {g} = 3, {a} = 5, {f} = 4, {e} = 6\n"
     )
     _, layer = _layer(source, kernels="fused")
-    assert _check(layer, 9, torch.float64) == {"forward", "grad_input", "grad_factors"}
+    assert _check(layer, 9, torch.float64) == {"forward", "backward"}
 
 
 def test_class_names_the_triton_module_imports_are_refused():
@@ -530,28 +552,30 @@ print(module.triton, tuple(y.shape))
 
 
 def test_the_planner_default():
-    """The torch steps are the default everywhere until a GPU has timed the kernels; gradients
-    whose fused tiles would request more bytes than the planned steps take the planned steps."""
-    from einstruct.planner.fusion import GPU_TIMED, NotFused, plan_fusion
+    """The torch steps are the default everywhere until a GPU has timed the kernels; a chain
+    gets its six launches, anything else none."""
+    from einstruct.planner.fusion import GPU_TIMED, LAUNCHES, NotFused, plan_fusion
 
     def fusion(source):
         return plan_fusion(make_plan(einstruct.load(f"structure s = {source}")))
 
     assert GPU_TIMED is False
     btt = fusion("btt(d = 4096)")
-    assert (btt.forward.family, btt.grad_first.family, btt.default) == ("chain_stream", "gemm", "torch")
-    assert btt.flops_ratio == pytest.approx(4 / 3)
-    low = fusion("low_rank(d = 4096, rank = 16)")
-    assert (low.forward.family, low.grad_second.family, low.default) == ("chain_stationary", "gemm", "torch")
+    assert [k.name for k in btt.launches] == list(LAUNCHES) and btt.default == "torch"
+    # two products forward, four backward (t saved): the layer's three pairs
+    assert btt.flops_ratio == 1
+    assert fusion("low_rank(d = 4096, rank = 16)").default == "torch"
     assert isinstance(fusion("block_diagonal(d = 1024, blocks = 4)"), NotFused)
-    assert fusion("btt(d = 64)").grad_first.family == "factor_stream"
 
 
-@pytest.mark.parametrize("source", ["btt(d = 256)", "low_rank(d = 96, rank = 8)"])
+@pytest.mark.parametrize(
+    "source", ["btt(d = 256, rank = 2)", "low_rank(d = 96, rank = 8)", "kronecker(d = 144)"]
+)
 def test_the_byte_model_matches_the_bytes_the_kernels_request(source):
-    """The planner's model of what a kernel's programs request (re-reads included) against the
-    bytes its loads and stores move in the interpreter with its first GPU configuration, and
-    the default never fused where those bytes exceed the planned torch path's."""
+    """The planner's model of what each launch's programs request (re-reads included) against
+    the bytes its loads move in the interpreter with its first GPU configuration; each launch
+    within 2x of its operands read once; the default never fused where the launches move more
+    than the planned torch path."""
     from conftest import ROOT
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -560,16 +584,17 @@ def test_the_byte_model_matches_the_bytes_the_kernels_request(source):
     from einstruct.planner.fusion import plan_fusion
     from einstruct.planner.tiles import requested_per_token
 
-    records = structure_records(source, tokens=4096, counts=(128, 256), every_config=False)
-    fusion = plan_fusion(make_plan(einstruct.load(f"structure s = {source}"), batch=4096))
-    kernels = {k.role: k for k in fusion.kernels}
+    tokens = 2048
+    records = structure_records(source, tokens=tokens)
+    fusion = plan_fusion(make_plan(einstruct.load(f"structure s = {source}"), batch=tokens))
     assert records
-    for r in records:
-        k = kernels[r.kernel]
-        modelled = 2 * requested_per_token(dict(k.gpu[0].blocks), k.family, k.chain.sizes)
-        counted = r.loaded_bytes_per_token + r.stored_bytes_per_token
-        assert counted == pytest.approx(modelled, rel=0.05), (r.kernel, counted, modelled)
-    fused = sum(r.loaded_bytes_per_token + r.stored_bytes_per_token for r in records)
-    torch_path = sum(r.torch_bytes_per_token for r in records)
+    for r in (r for r in records if r.role != "role"):
+        k = fusion.launch(r.kernel)
+        modelled = 2 * requested_per_token(k.launch, k.gpu[2][0], tokens)
+        assert r.loaded_bytes_per_token == pytest.approx(float(modelled), rel=0.02), (r.kernel, r, modelled)
+        assert r.loaded_ratio <= 2, r
+    roles = [r for r in records if r.role == "role"]
+    fused = sum(r.loaded_bytes_per_token + r.stored_bytes_per_token for r in roles)
+    torch_path = sum(r.torch_bytes_per_token for r in roles)
     if fused > torch_path:
         assert fusion.default == "torch"

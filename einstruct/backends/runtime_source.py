@@ -33,7 +33,7 @@ RUNTIME_DIR = Path(__file__).resolve().parent.parent / "nn"
 
 def runtime_modules(routed: bool = False, fused: bool = False) -> tuple[str, ...]:
     """The runtime modules a layer needs, in the order a standalone file carries them."""
-    return ("env", "layer", *(("routed",) if routed else ()), *(("fused",) if fused else ()))
+    return ("env", "layer", *(("routed",) if routed else ()), *(("kernels", "fused") if fused else ()))
 
 
 @cache
@@ -58,7 +58,7 @@ def _bound(targets: list[ast.expr]) -> set[str]:
 
 @cache
 def runtime_globals(
-    names: tuple[str, ...] = ("env", "layer", "routed", "fused"), imports: bool = True
+    names: tuple[str, ...] = ("env", "layer", "routed", "kernels", "fused"), imports: bool = True
 ) -> frozenset[str]:
     """Every name the runtime modules bind at their top level (imports, unless
     ``imports`` is false; functions, classes, assignments, also inside top-level

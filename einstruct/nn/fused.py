@@ -1,115 +1,29 @@
-"""Running fused Triton kernels from a generated layer: launch, autotune, custom ops.
+"""Running a layer's fused Triton path: when a call runs the kernels, the custom ops.
 
-A generated module of the triton backend holds its kernels, their launchers
-and configuration tables, and three custom ops (forward, input gradient,
-factor gradients); this module holds what they share: the launch with the
-shipped configurations (autotuned per token count on GPUs, the interpreter's
-blocks under ``TRITON_INTERPRET=1``), when a call runs the kernels, the ops'
-autograd and FLOP formulas, and :class:`FusedStructuredLinear` (the ``kernels``
-option). Without Triton installed it still imports: CPU tensors run the planned
-torch steps.
+A generated module of the triton backend holds its chain's table (a
+:class:`~einstruct.nn.kernels.FusedChain`: classes, layouts, launch
+configurations); this module turns it into two custom ops (the forward, and the
+backward: the input's and the factors' gradients in one op) with
+their autograd and FLOP formulas (:func:`chain_ops`), decides when a call runs
+them, and holds :class:`FusedStructuredLinear` (the ``kernels`` option). Without
+Triton installed it still imports: CPU tensors run the planned torch steps.
 """
 
 from typing import Any, ClassVar
 
 import torch
 
-# in a standalone file these names are defined by env.py's and layer.py's text above
+# in a standalone file these names are defined by env.py's, layer.py's and
+# kernels.py's text above
 if "StructuredLinear" not in globals():
-    from .env import env_flag
     from .layer import StructuredLinear, autocast_context, autocast_state
-
-try:
-    import triton
-    import triton.language as tl
-except ImportError:  # the module still works: CPU tensors run the planned torch steps
-    triton = None
-
-    class tl:  # type: ignore[no-redef]  # stands in where the kernels' signatures name it
-        constexpr = None
-
+if "FusedChain" not in globals():
+    from .kernels import _INTERPRET, FusedChain, triton
 
 __all__ = [
     "FusedStructuredLinear",
-    "fused_backward",
-    "fused_setup",
-    "register_flops",
+    "chain_ops",
 ]
-
-#: Run the kernels in Triton's interpreter on CPU tensors (read when this is imported).
-_INTERPRET = env_flag("TRITON_INTERPRET")
-#: A factor gradient gives each program at least this many tokens, in at most
-#: _MAX_SPLIT shares.
-_SPLIT_TOKENS = 512
-_MAX_SPLIT = 64
-#: Every GPU launch lets ptxas use this many registers (unbounded, it spills for
-#: occupancy).
-_MAX_REGISTERS = 255
-#: Each kernel's block names, GPU configurations by bytes per entry, interpreter
-#: blocks (filled by the generated modules); its autotuned forms.
-_CONFIGS: dict = {}
-_TUNED: dict = {}
-
-
-def _jit(fn: Any) -> Any:
-    """fn as a Triton kernel; unchanged (and never called) when Triton is not installed."""
-    return fn if triton is None else triton.jit(fn)
-
-
-def _check_operands(a: torch.Tensor, width: int, tensors: tuple, shapes: tuple) -> None:
-    """Raise ValueError unless a is (tokens, width) and each tensor has its shape,
-    device and dtype."""
-    if a.dim() != 2 or a.shape[1] != width:
-        raise ValueError(
-            f"expected a (tokens, {width}) tensor, got shape {tuple(a.shape)}"
-        )
-    for w, shape in zip(tensors, shapes):
-        if tuple(w.shape) != tuple(shape):
-            raise ValueError(f"expected shape {tuple(shape)}, got {tuple(w.shape)}")
-        if w.device != a.device or w.dtype != a.dtype:
-            raise ValueError(
-                f"operands differ: {w.device} {w.dtype} and {a.device} {a.dtype}"
-            )
-
-
-def _token_split(n: int) -> int:
-    """How many shares of the tokens a factor gradient's programs divide."""
-    return max(1, min(_MAX_SPLIT, n // _SPLIT_TOKENS))
-
-
-def _launch(
-    kernel: Any, grid: Any, args: tuple, dtype: torch.dtype, config: Any
-) -> None:
-    """Run kernel: with config (block -> size) when given, with the interpreter's
-    blocks under TRITON_INTERPRET=1, else autotuned over its GPU configurations."""
-    blocks, tables, interpreter = _CONFIGS[kernel]
-    tf32 = dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32
-    constants = {
-        "ACC_DTYPE": tl.float64 if dtype == torch.float64 else tl.float32,
-        "DOT_PRECISION": "tf32" if tf32 else "ieee",
-    }
-    if config is None and not _INTERPRET:
-        key = (kernel, dtype.itemsize)
-        if key not in _TUNED:
-            settings = [
-                triton.Config(
-                    dict(zip(blocks, row)),
-                    num_warps=row[-2],
-                    num_stages=row[-1],
-                    maxnreg=_MAX_REGISTERS,
-                )
-                for row in tables[dtype.itemsize]
-            ]
-            _TUNED[key] = triton.autotune(settings, key=["N"])(kernel)
-        _TUNED[key][grid](*args, **constants)
-        return
-    chosen = dict(config or zip(blocks, interpreter))
-    if _INTERPRET:  # the interpreter takes no launch options
-        chosen.pop("num_warps", None)
-        chosen.pop("num_stages", None)
-    else:
-        chosen.setdefault("maxnreg", _MAX_REGISTERS)
-    kernel[grid](*args, **constants, **chosen)
 
 
 def _use_kernels(kernels: str, x: torch.Tensor, gpu_dtypes: tuple) -> bool:
@@ -149,59 +63,125 @@ def _kernel_operands(x: torch.Tensor, factors: tuple) -> tuple:
     return (x, *factors)
 
 
-def fused_setup(ctx: Any, inputs: tuple, output: Any) -> None:
-    """Save the input and the factors (the backward recomputes the intermediate) and
-    the autocast state."""
-    ctx.save_for_backward(*inputs)
-    ctx.amp = autocast_state(inputs[0])
+def _check_operands(x: torch.Tensor, width: int, factors: tuple, chain: Any) -> None:
+    """Raise ValueError unless x is (tokens, width) and the factors have the chain's
+    entries, x's device and x's dtype."""
+    if x.dim() != 2 or x.shape[1] != width:
+        raise ValueError(
+            f"expected a (tokens, {width}) tensor, got shape {tuple(x.shape)}"
+        )
+    for w, role in zip(factors, ("p", "q")):
+        if w.numel() != chain.widths[role]:
+            raise ValueError(f"expected {chain.widths[role]} entries, got {w.numel()}")
+        if w.device != x.device or w.dtype != x.dtype:
+            raise ValueError(
+                f"operands differ: {w.device} {w.dtype} and {x.device} {x.dtype}"
+            )
 
 
-def fused_backward(grad_input: Any, grad_factors: Any) -> Any:
-    """The fused forward's backward: the input's gradient by the transposed chain
-    (``grad_input``), the factors' by tiled reductions or the planned steps
-    (``grad_factors``)."""
+def chain_ops(
+    name: str, chain: FusedChain, first: int, flops: int, factor_flops: tuple
+) -> Any:
+    """The fused forward of a chain as a custom op ``einstruct::<name>_forward`` (with
+    its backward op ``einstruct::<name>_backward``, autograd and FLOP formulas).
 
-    def backward(ctx: Any, g_out: torch.Tensor) -> tuple:
-        x, *factors = ctx.saved_tensors
-        needs = ctx.needs_input_grad
-        g_x = None
-        grads: list = [None] * len(factors)
+    The forward takes the input, the layer's two factors in the layer's order and
+    ``save`` (keep the intermediate t for the backward, as the planned steps'
+    ``save_intermediate``; else the backward recomputes it) and returns ``(y, t)``
+    (t empty when not saved); first
+    (0 or 1) says which meets the input (the chain's P). flops: FLOPs per token of the
+    forward (what ``einstruct analyze`` counts; also the input's gradient's);
+    factor_flops: of each factor's gradient, in the layer's order. Defined once per
+    name (a module's text is run once per process).
+    """
+    d_in, d_out = chain.widths["x"], chain.widths["y"]
+
+    def ordered(f1: Any, f2: Any) -> tuple:
+        return (f1, f2) if first == 0 else (f2, f1)
+
+    @torch.library.custom_op(f"einstruct::{name}_forward", mutates_args=())
+    def forward(
+        x: torch.Tensor, f1: torch.Tensor, f2: torch.Tensor, save: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        _check_operands(x, d_in, ordered(f1, f2), chain)
+        y, t = chain.forward_saving(x, *ordered(f1, f2))
+        return y, t if save else x.new_empty(0)
+
+    @forward.register_fake
+    def forward_fake(x, f1, f2, save):  # type: ignore[no-untyped-def]
+        t = x.new_empty((x.shape[0], chain.widths["t"])) if save else x.new_empty(0)
+        return x.new_empty((x.shape[0], d_out)), t
+
+    @torch.library.custom_op(f"einstruct::{name}_backward", mutates_args=())
+    def backward(
+        x: torch.Tensor,
+        g: torch.Tensor,
+        f1: torch.Tensor,
+        f2: torch.Tensor,
+        t: torch.Tensor,
+        need_x: bool,
+        need_f1: bool,
+        need_f2: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        _check_operands(g, d_out, ordered(f1, f2), chain)
+        p, q = ordered(f1, f2)
+        need_p, need_q = ordered(need_f1, need_f2)
+        saved = t if t.numel() or not x.shape[0] else None
+        g_x, g_p, g_q = chain.backward(x, g, p, q, (need_x, need_p, need_q), saved)
+        g_f1, g_f2 = ordered(g_p, g_q)
+        empty = x.new_empty(0)
+        return (
+            empty if g_x is None else g_x,
+            empty if g_f1 is None else g_f1.view(f1.shape),
+            empty if g_f2 is None else g_f2.view(f2.shape),
+        )
+
+    @backward.register_fake
+    def backward_fake(x, g, f1, f2, t, need_x, need_f1, need_f2):  # type: ignore[no-untyped-def]
+        return (
+            torch.empty_like(x) if need_x else x.new_empty(0),
+            torch.empty_like(f1) if need_f1 else f1.new_empty(0),
+            torch.empty_like(f2) if need_f2 else f2.new_empty(0),
+        )
+
+    def setup_context(ctx: Any, inputs: tuple, output: Any) -> None:
+        x, f1, f2, _ = inputs
+        ctx.save_for_backward(x, f1, f2, output[1])
+        ctx.mark_non_differentiable(output[1])
+        ctx.amp = autocast_state(x)
+
+    def grads(ctx: Any, g_out: torch.Tensor, _: Any) -> tuple:
+        x, f1, f2, t = ctx.saved_tensors
+        needs = ctx.needs_input_grad[:3]
         with autocast_context(ctx.amp):
-            g = g_out.to(x.dtype)
-            if needs[0]:
-                g_x = grad_input(g, *factors)
-            if any(needs[1:]):
-                out = grad_factors(x, g, *factors, *needs[1:])
-                grads = [w if need else None for w, need in zip(out, needs[1:])]
-        return (g_x, *grads)
+            out = backward(x, g_out.to(x.dtype), f1, f2, t, *needs)
+        return (*(v if need else None for v, need in zip(out, needs)), None)
 
-    return backward
+    forward.register_autograd(grads, setup_context=setup_context)
+    _register_flops(name, flops, factor_flops)
+    return forward
 
 
-def register_flops(op: str, forward: int, per_factor: tuple) -> None:
+def _register_flops(name: str, flops: int, per_factor: tuple) -> None:
     """FLOP formulas for torch's FLOP counter that count what ``einstruct analyze``
-    reports: ``forward`` per token for the forward and the input's gradient, and each
-    needed factor's product (``per_factor``) for the factors' gradients."""
+    reports: ``flops`` per token for the forward and for the input's gradient, and
+    each needed factor's product (``per_factor``) for the factors' gradients."""
     from torch.utils.flop_counter import flop_registry, register_flop_formula
 
     def forward_flops(
-        x_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any
+        x_shape: Any, *args: Any, out_shape: Any = None, **kw: Any
     ) -> int:
-        return forward * x_shape[0]
+        return flops * x_shape[0]
 
-    def factor_flops(
-        x_shape: Any, g_shape: Any, *args: Any, out_shape: Any = None, **kwargs: Any
+    def backward_flops(
+        x_shape: Any, g_shape: Any, *args: Any, out_shape: Any = None, **kw: Any
     ) -> int:
-        needs = args[len(per_factor) :]
-        return sum(c * int(n) for c, n in zip(per_factor, needs)) * x_shape[0]
+        need_x, *needs = args[3:]
+        each = sum(c * int(n) for c, n in zip(per_factor, needs))
+        return (flops * int(need_x) + each) * x_shape[0]
 
-    formulas = (
-        ("forward", forward_flops),
-        ("grad_input", forward_flops),
-        ("grad_factors", factor_flops),
-    )
-    for kind, formula in formulas:
-        target = getattr(torch.ops.einstruct, f"{op}_{kind}")
+    for kind, formula in (("forward", forward_flops), ("backward", backward_flops)):
+        target = getattr(torch.ops.einstruct, f"{name}_{kind}")
         if target not in flop_registry:
             register_flop_formula(target)(formula)
 
@@ -224,13 +204,12 @@ class FusedStructuredLinear(StructuredLinear):
             ``kernels_note``).
     """
 
-    #: The choices, the planner's default and why; which family runs each kernel.
+    #: The choices, the planner's default and why.
     kernel_choices: ClassVar[tuple[str, ...]] = ("torch",)
     default_kernels: ClassVar[str] = "torch"
     kernels_note: ClassVar[str] = ""
-    kernel_families: ClassVar[dict[str, str]] = {}
-    #: The fused forward (a custom op) and the input dtypes it has GPU configurations
-    #: for.
+    #: The fused forward (a custom op: chain_ops) and the input dtypes it has GPU
+    #: configurations for.
     fused_forward: ClassVar[Any] = None
     gpu_dtypes: ClassVar[tuple] = ()
 
@@ -265,5 +244,6 @@ class FusedStructuredLinear(StructuredLinear):
     def _run(self, x: torch.Tensor, factors: tuple) -> torch.Tensor:
         fused = self.fused_forward is not None
         if fused and _use_kernels(self.kernels, x, self.gpu_dtypes):
-            return self.fused_forward(*_kernel_operands(x, factors))
+            operands = _kernel_operands(x, factors)
+            return self.fused_forward(*operands, self.save_intermediate)[0]
         return super()._run(x, factors)

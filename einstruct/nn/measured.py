@@ -327,7 +327,7 @@ def time_paths(
         try:
             for _ in range(max(1, warmup)):
                 run()
-        except Exception as exc:  # a path that cannot run here is not a candidate here
+        except Exception as exc:  # noqa: BLE001  a path that cannot run here is not a candidate here
             failed[name] = f"failed: {type(exc).__name__}: {str(exc)[:200]}"
             del runs[name]
     samples: dict[str, list[float]] = {name: [] for name in runs}
