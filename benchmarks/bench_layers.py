@@ -213,7 +213,7 @@ def bench_one(name: str, d: int, n: int, repeats: int, device: str, dtype, modes
     if device == "cuda":
         try:
             Fused = einstruct.compile(src, batch=n, backend="triton")
-            if Fused.kernel_families:
+            if Fused.fused_forward is not None:
                 layers["triton"] = Fused(bias=False, kernels="fused", strategy="structured", **kw)
                 kernels_default[name, d] = Fused.default_kernels
         except Exception as exc:  # triton is optional for this script
