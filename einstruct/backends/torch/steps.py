@@ -20,7 +20,7 @@ from fractions import Fraction
 
 from ...planner.order import BATCH
 from ...planner.plan_data import Plan, PlannedStep
-from ...planner.views import OperandView
+from ...planner.views import OperandView, is_strided
 from ..common import tuple_code
 
 __all__ = [
@@ -106,13 +106,21 @@ def step_code(plan: Plan, guards: dict[str, str] | None = None) -> tuple[list[st
             f"{local[st.result]} = {_call(st.op)}(l{n}, {_right(st, 'l')}).view{_shape(st.result_shape)}"
         )
         operands += [f"l{n}", f"r{n}"]
+    # the memory order of each gradient g_<local> as the backward produces it
+    memory = {plan.steps[-1].result: grad_layout(plan)}
     for st in reversed(plan.steps):
         n = st.number
         call = _call(st.op)
         rows = st.left.matmul_shape[:-1]
         cols = st.right.matmul_shape[-1:]
         backward.append(f"# step {n} backward: {st.einsum}")
-        backward.append(f"g{n} = g_{local[st.result]}.reshape{_shape((*rows, *cols))}")
+        grad = f"g_{local[st.result]}.reshape{_shape((*rows, *cols))}"
+        if not is_strided(memory[st.result], [list(st.batch), list(st.m), list(st.n)], sizes):
+            # a view BLAS cannot take (no unit-stride matrix axis): copied once here,
+            # not once inside each of the two products below
+            grad += ".contiguous()"
+        backward.append(f"g{n} = {grad}")
+        memory.update(_grad_memory(st))
         for side, view in (("l", st.left), ("r", st.right)):
             other = _right(st, "g") if side == "l" else f"l{n}"
             # grad left = g @ right^T, grad right = left^T @ g; the transposed
@@ -133,6 +141,27 @@ def step_code(plan: Plan, guards: dict[str, str] | None = None) -> tuple[list[st
                 backward.append(f"if {guard}:")
                 backward.append(f"    {code}")
     return forward, backward, operands
+
+
+def grad_layout(plan: Plan) -> tuple[str, ...]:
+    """The memory order of the last result's gradient as :func:`output_grad_code` views it:
+    the output's ``(tokens, *output)``."""
+    if plan.output_permute is None:
+        return plan.steps[-1].result_layout
+    return (BATCH, *plan.structure.output.indices)
+
+
+def _grad_memory(st: PlannedStep) -> dict[str, tuple[str, ...]]:
+    """The memory order of the gradients step ``st``'s backward computes for its operands:
+    the product ``(batch, rows, cols)`` of the matmul operand, or ``(batch, cols, rows)``
+    when computed as the transposed product."""
+    out = {}
+    for view, batch, rows, cols in (
+        (st.left, st.batch, st.m, st.k),
+        (st.right, () if st.broadcast else st.batch, st.k, st.n),
+    ):
+        out[view.name] = (*batch, *(cols + rows if view.grad_transposed else rows + cols))
+    return out
 
 
 def intermediate_names(plan: Plan) -> list[str]:
