@@ -32,6 +32,7 @@ __all__ = [
     "dense_code",
     "output_code",
     "output_grad_code",
+    "result_rows_cols",
     "with_gate",
     "sizes_of",
 ]
@@ -103,7 +104,8 @@ def step_code(plan: Plan, guards: dict[str, str] | None = None) -> tuple[list[st
         forward.append(f"l{n} = {_operand(st.left, local[st.left.name])}")
         forward.append(f"r{n} = {_operand(st.right, local[st.right.name])}")
         forward.append(
-            f"{local[st.result]} = {_call(st.op)}(l{n}, {_right(st, 'l')}).view{_shape(st.result_shape)}"
+            f"{local[st.result]} = {_call(st.op)}({_side(st, 'l', 'r')}, {_side(st, 'r', 'l')})"
+            f".view{_shape(st.result_shape)}"
         )
         operands += [f"l{n}", f"r{n}"]
     # the memory order of each gradient g_<local> as the backward produces it
@@ -111,26 +113,25 @@ def step_code(plan: Plan, guards: dict[str, str] | None = None) -> tuple[list[st
     for st in reversed(plan.steps):
         n = st.number
         call = _call(st.op)
-        rows = st.left.matmul_shape[:-1]
-        cols = st.right.matmul_shape[-1:]
+        rows, cols = result_rows_cols(st)
         backward.append(f"# step {n} backward: {st.einsum}")
         grad = f"g_{local[st.result]}.reshape{_shape((*rows, *cols))}"
-        if not is_strided(memory[st.result], [list(st.batch), list(st.m), list(st.n)], sizes):
+        if _bad_view(memory[st.result], [list(st.batch), list(st.m), list(st.n)], sizes):
             # a view BLAS cannot take (no unit-stride matrix axis): copied once here,
             # not once inside each of the two products below
             grad += ".contiguous()"
         backward.append(f"g{n} = {grad}")
         memory.update(_grad_memory(st))
         for side, view in (("l", st.left), ("r", st.right)):
-            other = _right(st, "g") if side == "l" else f"l{n}"
+            other = _side(st, "r", "g") if side == "l" else _side(st, "l", "g")
             # grad left = g @ right^T, grad right = left^T @ g; the transposed
             # product (right @ g^T)^T lands the gradient in its source's order
             if side == "l":
                 product = f"{call}({other}, g{n}.mT)" if view.grad_transposed else f"{call}(g{n}, {other}.mT)"
             else:
                 product = f"{call}(g{n}.mT, {other})" if view.grad_transposed else f"{call}({other}.mT, g{n})"
-                if st.broadcast:  # the same factor for every token: its gradient sums over them
-                    product += ".sum(0)"
+            if st.broadcast and view.is_factor:  # the same factor for every token: its gradient sums
+                product += ".sum(0)"
             target = f"g_{local[view.name]}"
             code = f"{target} = {_grad_back(product, view, sizes)}"
             guard = needs.get(local[view.name])
@@ -141,6 +142,29 @@ def step_code(plan: Plan, guards: dict[str, str] | None = None) -> tuple[list[st
                 backward.append(f"if {guard}:")
                 backward.append(f"    {code}")
     return forward, backward, operands
+
+
+def result_rows_cols(st: PlannedStep) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Step ``st``'s result as its matmul makes it: ``(batch, M)`` and ``(N,)`` (the batch,
+    ``-1`` for the tokens, from whichever operand has one: a broadcast factor has none)."""
+    lhs, rhs = st.left.matmul_shape, st.right.matmul_shape
+    batch = lhs[:-2] if len(lhs) >= len(rhs) else rhs[:-2]
+    return (*batch, lhs[-2]), (rhs[-1],)
+
+
+def _bad_view(memory: tuple[str, ...], groups: list[list[str]], sizes: dict[str, int]) -> bool:
+    """Whether ``reshape`` into ``groups`` (batch, rows, cols) of a tensor laid out as
+    ``memory`` returns a view (each group one block, in order) that BLAS cannot take
+    (its innermost axis is no matrix axis); otherwise reshape copies, or the view is fine."""
+    if is_strided(memory, groups, sizes):
+        return False
+    real = [i for i in memory if i == BATCH or sizes[i] != 1]
+    position = {axis: k for k, axis in enumerate(real)}
+    for group in groups:
+        places = [position[i] for i in group if i in position]
+        if places and places != list(range(places[0], places[0] + len(places))):
+            return False  # not one block: reshape copies (into a contiguous tensor)
+    return True
 
 
 def grad_layout(plan: Plan) -> tuple[str, ...]:
@@ -156,10 +180,8 @@ def _grad_memory(st: PlannedStep) -> dict[str, tuple[str, ...]]:
     the product ``(batch, rows, cols)`` of the matmul operand, or ``(batch, cols, rows)``
     when computed as the transposed product."""
     out = {}
-    for view, batch, rows, cols in (
-        (st.left, st.batch, st.m, st.k),
-        (st.right, () if st.broadcast else st.batch, st.k, st.n),
-    ):
+    for view, rows, cols in ((st.left, st.m, st.k), (st.right, st.k, st.n)):
+        batch = () if st.broadcast and view.is_factor else st.batch
         out[view.name] = (*batch, *(cols + rows if view.grad_transposed else rows + cols))
     return out
 
@@ -181,11 +203,15 @@ def operand_code(plan: Plan) -> list[str]:
     return lines
 
 
-def _right(st: PlannedStep, tokens: str) -> str:
-    """Step k's right operand ``r<k>`` as its matmul takes it: a broadcast factor expanded (a
-    view) over the tokens of ``<tokens><k>`` (``l`` forward, ``g`` backward)."""
+def _side(st: PlannedStep, side: str, tokens: str) -> str:
+    """Step k's operand ``<side><k>`` (``l`` or ``r``) as its matmul takes it: a broadcast
+    factor expanded (a view) over the tokens of ``<tokens><k>`` (the other operand
+    forward, ``g`` backward)."""
     n = st.number
-    return f"r{n}.expand({tokens}{n}.shape[0], -1, -1)" if st.broadcast else f"r{n}"
+    view = st.left if side == "l" else st.right
+    if st.broadcast and view.is_factor:
+        return f"{side}{n}.expand({tokens}{n}.shape[0], -1, -1)"
+    return f"{side}{n}"
 
 
 def _grad_back(product: str, view: OperandView, sizes: dict[str, int]) -> str:
