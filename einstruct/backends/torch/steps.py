@@ -15,12 +15,13 @@ names and quoted strings (see :mod:`einstruct.backends.torch`).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from fractions import Fraction
 
 from ...planner.order import BATCH
 from ...planner.plan_data import Plan, PlannedStep
-from ...planner.views import OperandView, is_strided
+from ...planner.views import OperandView, copy_weight, is_strided
 from ..common import tuple_code
 
 __all__ = [
@@ -115,12 +116,7 @@ def step_code(plan: Plan, guards: dict[str, str] | None = None) -> tuple[list[st
         call = _call(st.op)
         rows, cols = result_rows_cols(st)
         backward.append(f"# step {n} backward: {st.einsum}")
-        grad = f"g_{local[st.result]}.reshape{_shape((*rows, *cols))}"
-        if _bad_view(memory[st.result], [list(st.batch), list(st.m), list(st.n)], sizes):
-            # a view BLAS cannot take (no unit-stride matrix axis): copied once here,
-            # not once inside each of the two products below
-            grad += ".contiguous()"
-        backward.append(f"g{n} = {grad}")
+        backward.append(f"g{n} = {_grad_view(st, memory[st.result], local, sizes, plan.batch)}")
         memory.update(_grad_memory(st))
         for side, view in (("l", st.left), ("r", st.right)):
             other = _side(st, "r", "g") if side == "l" else _side(st, "l", "g")
@@ -152,18 +148,44 @@ def result_rows_cols(st: PlannedStep) -> tuple[tuple[int, ...], tuple[int, ...]]
     return (*batch, lhs[-2]), (rhs[-1],)
 
 
-def _bad_view(memory: tuple[str, ...], groups: list[list[str]], sizes: dict[str, int]) -> bool:
-    """Whether ``reshape`` into ``groups`` (batch, rows, cols) of a tensor laid out as
-    ``memory`` returns a view (each group one block, in order) that BLAS cannot take
-    (its innermost axis is no matrix axis); otherwise reshape copies, or the view is fine."""
+def _grad_view(
+    st: PlannedStep, memory: tuple[str, ...], local: dict[str, str], sizes: dict[str, int], batch: int
+) -> str:
+    """Step ``st``'s result gradient as its matmul's ``(batch, M, N)``: a view when its memory
+    order (``memory``) is one BLAS takes; otherwise copied once (not inside each of the two
+    products) into the order BLAS takes that is cheapest to reach (:func:`copy_weight`:
+    e.g. a local transpose of each token's block rather than moving the innermost axis far)."""
+    rows, cols = result_rows_cols(st)
+    shape = _shape((*rows, *cols))
+    code = f"g_{local[st.result]}"
+    groups = [list(st.batch), list(st.m), list(st.n)]
     if is_strided(memory, groups, sizes):
-        return False
+        return f"{code}.reshape{shape}"
+    weights = {**sizes, BATCH: batch}
+    plain = tuple(i for g in groups for i in g)
+    # every block order of the three groups that BLAS takes (the batch may be anywhere)
+    orders = [tuple(i for g in p for i in g) for p in itertools.permutations(groups)]
+    orders = [o for o in dict.fromkeys(orders) if is_strided(o, groups, sizes)]
+    # ties: the order keeping more of the source's outer axes outer (the copy then walks
+    # memory block by block), then the plain one
+    kept = lambda o: next((k for k, (a, b) in enumerate(zip(o, memory)) if a != b), len(o))  # noqa: E731
+    target = min(orders, key=lambda o: (copy_weight(memory, o, weights), -kept(o), o != plain))
+    if target == plain:  # reshape copies into it, or returns a view that contiguous() copies
+        return f"{code}.reshape{shape}" + (".contiguous()" if _one_block(memory, groups, sizes) else "")
+    layout = st.result_layout
+    there = tuple_code(str(layout.index(i)) for i in target)
+    back = tuple_code(str(target.index(i)) for i in layout)
+    return f"{code}.permute{there}.contiguous().permute{back}.reshape{shape}"
+
+
+def _one_block(memory: tuple[str, ...], groups: list[list[str]], sizes: dict[str, int]) -> bool:
+    """Whether each of ``groups`` is one block of ``memory``, in order: ``reshape`` then views."""
     real = [i for i in memory if i == BATCH or sizes[i] != 1]
     position = {axis: k for k, axis in enumerate(real)}
     for group in groups:
         places = [position[i] for i in group if i in position]
         if places and places != list(range(places[0], places[0] + len(places))):
-            return False  # not one block: reshape copies (into a contiguous tensor)
+            return False
     return True
 
 
