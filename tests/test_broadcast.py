@@ -28,6 +28,9 @@ def test_kronecker_broadcasts_its_first_factor_on_the_left_then_runs_one_mm(d):
     ]
     assert plan.steps[0].result_layout == ("__batch", "o1", "i2")
     assert plan.copies == 0
+    # stored as a factor right of the tokens would be ([K, M], viewed transposed): a state
+    # dict saved before the planner learned the left side loads with the same meaning
+    assert plan.factor_layouts == {"A": ("i1", "o1"), "B": ("i2", "o2")}
 
 
 def test_tiny_or_lopsided_blocks_are_not_broadcast():

@@ -154,6 +154,11 @@ def plan_layouts(
             is_factor = name in factor_names
             if is_factor:  # stored in exactly the order its step needs: no permute
                 factor_layouts[name] = tuple(i for g in groups for i in g)
+                if wide and name == a:
+                    # broadcast left, stored as it would be right ([K, M], viewed transposed
+                    # for free): the stored layout, and so a saved state dict, does not
+                    # depend on the side the planner picks
+                    factor_layouts[name] = (*k, *m)
                 layouts[name] = factor_layouts[name]
             views.append(view_operand(name, is_factor, layouts[name], [list(g) for g in groups], sizes))
         left, right = views
