@@ -9,12 +9,21 @@ tokens kept outermost, rather than the tokens moved inward. The layers stay
 their dense matrices.
 """
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from reference import dense_torch
 
 import einstruct
 from einstruct.runtime import compile_structure, module_source
+
+#: three broadcast steps whose backward lines run past 88 columns in one piece
+THREE = (
+    "structure s(d = 4096):\n    y[o1, o2, o3] = x[i1, i2, i3] * A[i1, o1] * B[i2, o2] * C[i3, o3]\n"
+    "    where i1 = o1 = i2 = o2 = i3 = o3 = 16"
+)
 
 BFLY = "structure m(d = {d}):\n    y[e, f] = x[g, a] * A[g, a, f] * B[f, g, e]\n    where g = a = f = e = {b}"
 
@@ -48,3 +57,16 @@ def test_butterfly_order_is_its_dense_matrix_forward_and_backward(save):
     torch.testing.assert_close(x.grad, xr.grad)
     for name, ref in factors.items():
         torch.testing.assert_close(getattr(layer, name).grad, ref.grad)
+
+
+@pytest.mark.parametrize("spec", [THREE, BFLY.format(d=4096, b=64)])
+def test_long_backward_lines_are_split_and_the_file_is_ruff_clean(spec, tmp_path):
+    text = module_source(einstruct.load(spec))
+    assert all(len(line) <= 88 for line in text.splitlines() if line.lstrip().startswith("g"))
+    out = tmp_path / "layer.py"
+    out.write_text(text)
+    for args in (["check", "--isolated", str(out)], ["format", "--isolated", "--check", str(out)]):
+        result = subprocess.run(
+            [sys.executable, "-m", "ruff", *args], cwd=tmp_path, capture_output=True, text=True
+        )
+        assert result.returncode == 0, result.stdout + result.stderr

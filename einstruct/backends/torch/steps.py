@@ -116,7 +116,7 @@ def step_code(plan: Plan, guards: dict[str, str] | None = None) -> tuple[list[st
         call = _call(st.op)
         rows, cols = result_rows_cols(st)
         backward.append(f"# step {n} backward: {st.einsum}")
-        backward.append(f"g{n} = {_grad_view(st, memory[st.result], local, sizes, plan.batch)}")
+        backward += _fit(f"g{n}", *_grad_view(st, memory[st.result], local, sizes, plan.batch), 4)
         memory.update(_grad_memory(st))
         for side, view in (("l", st.left), ("r", st.right)):
             other = _side(st, "r", "g") if side == "l" else _side(st, "l", "g")
@@ -129,15 +129,29 @@ def step_code(plan: Plan, guards: dict[str, str] | None = None) -> tuple[list[st
             if st.broadcast and view.is_factor:  # the same factor for every token: its gradient sums
                 product += ".sum(0)"
             target = f"g_{local[view.name]}"
-            code = f"{target} = {_grad_back(product, view, sizes)}"
             guard = needs.get(local[view.name])
+            code = _fit(target, product, _grad_back("", view, sizes), 4 if guard is None else 8)
             if guard is None:
-                backward.append(code)
+                backward += code
             else:
                 backward.append(f"{target} = None")
                 backward.append(f"if {guard}:")
-                backward.append(f"    {code}")
+                backward += [f"    {line}" for line in code]
     return forward, backward, operands
+
+
+#: The line length generated files are formatted for (ruff's and black's default).
+LINE_LENGTH = 88
+
+
+def _fit(target: str, value: str, then: str, indent: int) -> list[str]:
+    """``target = value + then`` as one line when it fits in :data:`LINE_LENGTH` at
+    ``indent``, else as two (``target = value``, then ``target = target + then``), so
+    the generated file needs no reformatting."""
+    line = f"{target} = {value}{then}"
+    if not then or indent + len(line) <= LINE_LENGTH:
+        return [line]
+    return [f"{target} = {value}", f"{target} = {target}{then}"]
 
 
 def result_rows_cols(st: PlannedStep) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -150,17 +164,18 @@ def result_rows_cols(st: PlannedStep) -> tuple[tuple[int, ...], tuple[int, ...]]
 
 def _grad_view(
     st: PlannedStep, memory: tuple[str, ...], local: dict[str, str], sizes: dict[str, int], batch: int
-) -> str:
+) -> tuple[str, str]:
     """Step ``st``'s result gradient as its matmul's ``(batch, M, N)``: a view when its memory
     order (``memory``) is one BLAS takes; otherwise copied once (not inside each of the two
     products) into the order BLAS takes that is cheapest to reach (:func:`copy_weight`:
-    e.g. a local transpose of each token's block rather than moving the innermost axis far)."""
+    e.g. a local transpose of each token's block rather than moving the innermost axis far).
+    Returned as ``(value, then)``: the copy, then what views it (see :func:`_fit`)."""
     rows, cols = result_rows_cols(st)
     shape = _shape((*rows, *cols))
     code = f"g_{local[st.result]}"
     groups = [list(st.batch), list(st.m), list(st.n)]
     if is_strided(memory, groups, sizes):
-        return f"{code}.reshape{shape}"
+        return f"{code}.reshape{shape}", ""
     weights = {**sizes, BATCH: batch}
     plain = tuple(i for g in groups for i in g)
     # every block order of the three groups that BLAS takes (the batch may be anywhere)
@@ -177,11 +192,11 @@ def _grad_view(
 
     target = min(orders, key=cost)
     if target == plain:  # reshape copies into it, or returns a view that contiguous() copies
-        return f"{code}.reshape{shape}" + (".contiguous()" if _one_block(memory, groups, sizes) else "")
+        return f"{code}.reshape{shape}" + (".contiguous()" if _one_block(memory, groups, sizes) else ""), ""
     layout = st.result_layout
     there = tuple_code(str(layout.index(i)) for i in target)
     back = tuple_code(str(target.index(i)) for i in layout)
-    return f"{code}.permute{there}.contiguous().permute{back}.reshape{shape}"
+    return f"{code}.permute{there}.contiguous()", f".permute{back}.reshape{shape}"
 
 
 def _one_block(memory: tuple[str, ...], groups: list[list[str]], sizes: dict[str, int]) -> bool:
