@@ -1,9 +1,10 @@
 """Steps that broadcast a factor over the tokens (a bmm on strided views, no copy).
 
 The planner runs an activation-times-factor step as a ``bmm`` with the factor
-expanded when that removes copies and its per-token matrices are not tiny
-(Kronecker's two steps). The compiled layer must still be its dense matrix,
-forward and backward, with and without saved operands.
+expanded, on either side of the tokens' matrices, when that removes copies and
+its per-token matrices are not tiny (Kronecker's first step, its factor left).
+The compiled layer must still be its dense matrix, forward and backward, with
+and without saved operands.
 """
 
 import pytest
@@ -17,10 +18,19 @@ from einstruct.runtime import compile_structure
 
 
 @pytest.mark.parametrize("d", [1024, 2048])
-def test_kronecker_runs_both_steps_broadcast_with_no_copy(d):
+def test_kronecker_broadcasts_its_first_factor_on_the_left_then_runs_one_mm(d):
+    # A[o1, i1] @ x[n, i1, i2] lands as [n, o1, i2]: the second step is then one plain
+    # matmul over the flattened tokens (its factor's gradient too), no copy anywhere
     plan = make_plan(einstruct.load(f"structure k = kronecker(d = {d})"), 2048)
-    assert [(st.op, st.broadcast) for st in plan.steps] == [("bmm", True), ("bmm", True)]
+    assert [(st.op, st.broadcast, st.activation_left) for st in plan.steps] == [
+        ("bmm", True, False),
+        ("mm", False, True),
+    ]
+    assert plan.steps[0].result_layout == ("__batch", "o1", "i2")
     assert plan.copies == 0
+    # stored as a factor right of the tokens would be ([K, M], viewed transposed): a state
+    # dict saved before the planner learned the left side loads with the same meaning
+    assert plan.factor_layouts == {"A": ("i1", "o1"), "B": ("i2", "o2")}
 
 
 def test_tiny_or_lopsided_blocks_are_not_broadcast():
@@ -49,3 +59,33 @@ def test_a_broadcast_layer_is_its_dense_matrix_forward_and_backward(spec, save):
     torch.testing.assert_close(x.grad, xr.grad)
     for name, ref in factors.items():
         torch.testing.assert_close(getattr(layer, name).grad, ref.grad)
+
+
+#: written Kronecker orders whose plans broadcast a factor left of the tokens twice (swapped
+#: output) and right of them three times (three factors)
+RAW = {
+    "left-twice": "structure s(d = 1024):\n    y[o2, o1] = x[i1, i2] * A[i1, o1] * B[i2, o2]\n"
+    "    where i1 = o1 = i2 = o2 = 32",
+    "right-thrice": "structure s(d = 4096):\n"
+    "    y[o1, o2, o3] = x[i1, i2, i3] * A[i1, o1] * B[i2, o2] * C[i3, o3]\n"
+    "    where i1 = o1 = i2 = o2 = i3 = o3 = 16",
+}
+
+
+@pytest.mark.parametrize("name, left", [("left-twice", [False, False]), ("right-thrice", [True, True, True])])
+def test_broadcast_on_either_side_is_the_dense_matrix(name, left):
+    structure = einstruct.load(RAW[name])
+    plan = make_plan(structure, 8)
+    assert [(st.broadcast, st.activation_left) for st in plan.steps] == [(True, a) for a in left]
+    layer = compile_structure(structure, batch=8)(dtype=torch.float64)
+    x = torch.randn(8, layer.in_features, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(8, layer.out_features, dtype=torch.float64)
+    (layer(x) * g).sum().backward()
+    factors = {n: getattr(layer, n).detach().clone().requires_grad_() for n in layer.factor_axes}
+    xr = x.detach().clone().requires_grad_()
+    y_ref = xr @ dense_torch(layer, factors).T + layer.bias.detach()
+    (y_ref * g).sum().backward()
+    torch.testing.assert_close(layer(x), y_ref)
+    torch.testing.assert_close(x.grad, xr.grad)
+    for n, ref in factors.items():
+        torch.testing.assert_close(getattr(layer, n).grad, ref.grad)

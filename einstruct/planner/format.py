@@ -48,15 +48,16 @@ def format_plan(plan: Plan) -> str:
         shape = " x ".join(str(s.size(i)) for i in lay)
         lines.append(f"  factor {f.name} stored as [{', '.join(lay)}] ({shape})")
     for st in plan.steps:
-        side = "" if st.activation_left else "  (tokens as columns)"
-        side += f"  ({st.right.name} broadcast over the tokens)" if st.broadcast else ""
+        side = "" if st.activation_left or st.broadcast else "  (tokens as columns)"
+        factor = st.left.name if st.left.is_factor else st.right.name
+        side += f"  ({factor} broadcast over the tokens)" if st.broadcast else ""
         names = f"{st.result} = {st.left.name} @ {st.right.name}"
         lines.append(f"  step {st.number}: {names}   {st.einsum}{side}")
         dims = f"batch {_dims(st.batch, s)}, M {_dims(st.m, s)}, N {_dims(st.n, s)}, K {_dims(st.k, s)}"
         lines.append(f"    {st.op}: {dims}; {plain_number(_per_token(plan, st.flops))} FLOPs per token")
         lhs, rhs = st.left.matmul_shape, st.right.matmul_shape
         shapes = f"{_shape_text(lhs, plan.batch)} @ {_shape_text(rhs, plan.batch)}"
-        out = _shape_text((*lhs[:-1], rhs[-1]), plan.batch)
+        out = _shape_text((*(lhs if len(lhs) >= len(rhs) else rhs)[:-2], lhs[-2], rhs[-1]), plan.batch)
         lines.append(f"    {st.op} shapes {shapes} -> {out}; result [{axes_text(st.result_layout)}]")
         for v in (st.left, st.right):
             if v.copies:

@@ -69,10 +69,13 @@ def _with_broadcasts(
     for k in range(len(flips)):
         if not _can_broadcast(best, k):
             continue
-        trial_flips = (*flips[:k], False, *flips[k + 1 :])
-        trial = plan_layouts(structure, order, batch, trial_flips, (*wide[:k], True, *wide[k + 1 :]))
-        if trial.steps[k].broadcast and trial.copy_cost < best.copy_cost:
-            best, flips[k], wide[k] = trial, False, True
+        # the factor right of the tokens' matrices, or left (the result's axes then come
+        # factor-first, which may spare the next step a copy); ties keep it right
+        for flip in (False, True):
+            trial_flips = (*flips[:k], flip, *flips[k + 1 :])
+            trial = plan_layouts(structure, order, batch, trial_flips, (*wide[:k], True, *wide[k + 1 :]))
+            if trial.steps[k].broadcast and trial.copy_cost < best.copy_cost:
+                best, flips[k], wide[k] = trial, flip, True
     return best
 
 
@@ -127,11 +130,12 @@ def plan_layouts(
         result_set = set(step.indices)
         batch_ix = [i for i in ia if i in ib and i in result_set]
         wide = number <= len(broadcast) and broadcast[number - 1] and not batch_ix
-        wide = wide and BATCH in ia and b in factor_names
+        # the factor right (tokens x factor), or left when flipped (factor x tokens)
+        wide = wide and ((BATCH in ia and b in factor_names) or (BATCH in ib and a in factor_names))
         if wide:  # tokens become the batch axis, the factor the same matrix for each
             batch_ix = [BATCH]
         m = [i for i in ia if i not in ib and i in result_set and i not in batch_ix]
-        n = [i for i in ib if i not in ia and i in result_set]
+        n = [i for i in ib if i not in ia and i in result_set and i not in batch_ix]
         k = [i for i in ia if i in ib and i not in result_set]
         # stored tensors keep their memory order; new factors follow the activation
         lay_a, lay_b = layouts.get(a), layouts.get(b)
@@ -143,15 +147,26 @@ def plan_layouts(
         if lay_b is not None:
             n = _ordered(n, lay_b)
         views = []
-        for name, groups in ((a, (batch_ix, m, k)), (b, ([] if wide else batch_ix, k, n))):
+        for name, groups in (
+            (a, ([] if wide and a in factor_names else batch_ix, m, k)),
+            (b, ([] if wide and b in factor_names else batch_ix, k, n)),
+        ):
             is_factor = name in factor_names
             if is_factor:  # stored in exactly the order its step needs: no permute
                 factor_layouts[name] = tuple(i for g in groups for i in g)
+                if wide and name == a:
+                    # broadcast left, stored as it would be right ([K, M], viewed transposed
+                    # for free): the stored layout, and so a saved state dict, does not
+                    # depend on the side the planner picks
+                    factor_layouts[name] = (*k, *m)
                 layouts[name] = factor_layouts[name]
             views.append(view_operand(name, is_factor, layouts[name], [list(g) for g in groups], sizes))
         left, right = views
         if wide:  # the factor is a 2-D matrix, expanded over the tokens when the step runs
-            right = drop_batch(right)
+            if right.is_factor:
+                right = drop_batch(right)
+            else:
+                left = drop_batch(left)
         result_layout = tuple(batch_ix + m + n)
         result = step.result
         layouts[result] = result_layout

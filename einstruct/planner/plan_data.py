@@ -28,8 +28,9 @@ class PlannedStep:
 
     ``activation_left`` says which side holds the input's lineage (tokens are
     matmul rows when true, columns when false). ``broadcast``: a ``bmm`` over
-    the tokens whose right operand, a factor, is the same matrix for every
-    token (expanded, never copied): no copy of the activation is needed.
+    the tokens whose factor operand (right, or left when ``activation_left`` is
+    false) is the same matrix for every token (expanded, never copied): no copy
+    of the activation is needed.
     """
 
     number: int

@@ -40,6 +40,7 @@ from .names import checked_names
 from .projection import projection_code, projection_kind, projection_note
 from .routed import route_context
 from .steps import (
+    LINE_LENGTH,
     dense_code,
     factor_locals,
     output_code,
@@ -88,10 +89,6 @@ def runtime_context(modules: tuple[str, ...], runtime: str) -> dict[str, Any]:
         "runtime_modules": modules,
         "runtime_imports": [],
     }
-
-
-#: The line length generated files are formatted for (ruff's and black's default).
-LINE_LENGTH = 88
 
 
 def _isort_key(name: str) -> tuple[int, str]:
