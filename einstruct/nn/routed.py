@@ -285,7 +285,8 @@ def static_experts(
     owner = torch.searchsorted(ends, starts, right=True).clamp(max=experts - 1)
     rows = x.index_select(0, tokens) * weights.reshape(-1, 1).index_select(0, order)
     rows = rows.new_zeros(tiles * tile, x.shape[1]).index_copy(0, where, rows)
-    parts, dims = [], []
+    parts: list[Any] = []
+    dims: list[int | None] = []
     for w, (dim, _, _) in zip(factors, layer.expert_slicing):
         if dim is None:  # shared by every expert
             parts.append(w)

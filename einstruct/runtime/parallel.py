@@ -279,7 +279,11 @@ def tensor_parallel_plan(model: nn.Module, plan: dict[str, str] | None = None) -
 
 
 def _routed_layers(model: nn.Module) -> list[tuple[str, Any]]:
-    return [(n, m) for n, m in model.named_modules() if is_structured(m) and getattr(m, "routed_index", "")]
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if is_structured(m) and bool(getattr(m, "routed_index", None))
+    ]
 
 
 def shard_experts(model: nn.Module, group: Any = None) -> list[str]:
