@@ -89,7 +89,9 @@ class Record:
     loaded_bytes_per_token: float
     stored_bytes_per_token: float
     ideal_bytes_per_token: float
-    torch_bytes_per_token: float
+    #: What the planned torch steps move for the same role (role records only: a launch has
+    #: no one torch step to stand beside, so it is None there).
+    torch_bytes_per_token: float | None
     loaded_ratio: float
     #: (loaded + stored) over (each operand read once + each result written once).
     moved_ratio: float
@@ -272,7 +274,7 @@ def structure_records(source: str, tokens: int = 16384, every_config: bool = Fal
                 loaded_bytes_per_token=round(loaded, 1),
                 stored_bytes_per_token=round(stored, 1),
                 ideal_bytes_per_token=round(ideal, 1),
-                torch_bytes_per_token=0.0,
+                torch_bytes_per_token=None,
                 loaded_ratio=round(loaded / ideal, 2),
                 moved_ratio=round((loaded + stored) / (ideal + written), 2),
                 loaded_by_operand={str(names[i]): round(v, 1) for i, v in sorted(by_operand.items())},
@@ -347,7 +349,7 @@ def _table(records: list[Record]) -> str:
     ]
     for r in records:
         config = " ".join(f"{k.removeprefix('BLOCK_')}={v}" for k, v in r.config.items()) or "(role total)"
-        torch_bytes = f"{r.torch_bytes_per_token:,.0f}" if r.role == "role" else ""
+        torch_bytes = "" if r.torch_bytes_per_token is None else f"{r.torch_bytes_per_token:,.0f}"
         name = f"**{r.kernel}**" if r.role == "role" else r.kernel
         lines.append(
             f"| {r.structure} | {name} | {config} | {r.loaded_bytes_per_token:,.0f} "
