@@ -25,8 +25,12 @@ the intermediate is stored once in the input's dtype, as the planned torch
 steps store it. Without Triton this module still imports: the layer then runs
 the planned torch steps.
 
-    >>> chain = FusedChain(sizes, layouts, configs, interpreter)  # in a generated module
-    >>> y = chain.forward(x, p, q)
+    >>> layouts = {"x": ("alpha",), "p": ("alpha", "rho"), "q": ("rho", "epsilon"),
+    ...            "y": ("epsilon",)}  # low rank: x (n, 8) @ P (8, 2) @ Q (2, 8)
+    >>> rows = {name: (32, 16, 16, False, 4, 1) for name in STEPS}
+    >>> rows |= {name: (32, 16, 16, 4, 1) for name in FACTOR_GRADS}
+    >>> chain = FusedChain({"alpha": 8, "rho": 2, "epsilon": 8}, layouts, {}, rows)
+    >>> y = chain.forward(x, p, q)  # TRITON_INTERPRET=1 on CPU, or CUDA tensors
 """
 
 import math
