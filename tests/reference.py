@@ -45,6 +45,25 @@ def dense_torch(layer, factors: dict):
     return full[: layer.in_features, : layer.out_features].T
 
 
+def assert_dense_forward_and_backward(layer, tokens: int = 8) -> None:
+    """The layer's output and the gradients of its input and every factor equal those of
+    its dense matrix (``dense_torch``, bias added) on random float64 tokens."""
+    import torch
+
+    x = torch.randn(tokens, layer.in_features, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(tokens, layer.out_features, dtype=torch.float64)
+    y = layer(x)
+    (y * g).sum().backward()
+    factors = {n: getattr(layer, n).detach().clone().requires_grad_() for n in layer.factor_axes}
+    xr = x.detach().clone().requires_grad_()
+    y_ref = xr @ dense_torch(layer, factors).T + layer.bias.detach()
+    (y_ref * g).sum().backward()
+    torch.testing.assert_close(y, y_ref)
+    torch.testing.assert_close(x.grad, xr.grad)
+    for name, ref in factors.items():
+        torch.testing.assert_close(getattr(layer, name).grad, ref.grad)
+
+
 def routed_reference(layer, x: np.ndarray):
     """A routed (BTT-MoE) layer's output and aux loss for ``x`` (tokens, in_features),
     computed with numpy and one opt_einsum call over the input, the gate and the factors."""

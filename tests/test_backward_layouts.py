@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import torch
-from reference import dense_torch
+from reference import assert_dense_forward_and_backward
 
 import einstruct
 from einstruct.runtime import compile_structure, module_source
@@ -46,17 +46,7 @@ def test_butterfly_order_is_its_dense_matrix_forward_and_backward(save):
     layer = compile_structure(structure, batch=8, strategy="structured")(
         dtype=torch.float64, save_intermediate=save
     )
-    x = torch.randn(8, layer.in_features, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(8, layer.out_features, dtype=torch.float64)
-    (layer(x) * g).sum().backward()
-    factors = {n: getattr(layer, n).detach().clone().requires_grad_() for n in layer.factor_axes}
-    xr = x.detach().clone().requires_grad_()
-    y_ref = xr @ dense_torch(layer, factors).T + layer.bias.detach()
-    (y_ref * g).sum().backward()
-    torch.testing.assert_close(layer(x), y_ref)
-    torch.testing.assert_close(x.grad, xr.grad)
-    for name, ref in factors.items():
-        torch.testing.assert_close(getattr(layer, name).grad, ref.grad)
+    assert_dense_forward_and_backward(layer)
 
 
 @pytest.mark.parametrize("spec", [THREE, BFLY.format(d=4096, b=64)])

@@ -9,7 +9,7 @@ and without saved operands.
 
 import pytest
 import torch
-from reference import dense_torch
+from reference import assert_dense_forward_and_backward
 
 import einstruct
 from einstruct.planner.layouts import BROADCAST_MIN
@@ -48,17 +48,7 @@ def test_a_broadcast_layer_is_its_dense_matrix_forward_and_backward(spec, save):
     structure = einstruct.load(f"structure k = {spec}")
     assert any(st.broadcast for st in make_plan(structure, 8).steps)
     layer = compile_structure(structure, batch=8)(dtype=torch.float64, save_intermediate=save)
-    x = torch.randn(8, layer.in_features, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(8, layer.out_features, dtype=torch.float64)
-    (layer(x) * g).sum().backward()
-    factors = {n: getattr(layer, n).detach().clone().requires_grad_() for n in layer.factor_axes}
-    xr = x.detach().clone().requires_grad_()
-    y_ref = xr @ dense_torch(layer, factors).T + layer.bias.detach()
-    (y_ref * g).sum().backward()
-    torch.testing.assert_close(layer(x), y_ref)
-    torch.testing.assert_close(x.grad, xr.grad)
-    for name, ref in factors.items():
-        torch.testing.assert_close(getattr(layer, name).grad, ref.grad)
+    assert_dense_forward_and_backward(layer)
 
 
 #: written Kronecker orders whose plans broadcast a factor left of the tokens twice (swapped
@@ -78,14 +68,4 @@ def test_broadcast_on_either_side_is_the_dense_matrix(name, left):
     plan = make_plan(structure, 8)
     assert [(st.broadcast, st.activation_left) for st in plan.steps] == [(True, a) for a in left]
     layer = compile_structure(structure, batch=8)(dtype=torch.float64)
-    x = torch.randn(8, layer.in_features, dtype=torch.float64, requires_grad=True)
-    g = torch.randn(8, layer.out_features, dtype=torch.float64)
-    (layer(x) * g).sum().backward()
-    factors = {n: getattr(layer, n).detach().clone().requires_grad_() for n in layer.factor_axes}
-    xr = x.detach().clone().requires_grad_()
-    y_ref = xr @ dense_torch(layer, factors).T + layer.bias.detach()
-    (y_ref * g).sum().backward()
-    torch.testing.assert_close(layer(x), y_ref)
-    torch.testing.assert_close(x.grad, xr.grad)
-    for n, ref in factors.items():
-        torch.testing.assert_close(getattr(layer, n).grad, ref.grad)
+    assert_dense_forward_and_backward(layer)

@@ -315,3 +315,16 @@ def test_the_planner_splits_factor_gradients_as_the_runtime_does():
             assert _shares(rows, entries) == shares(rows, entries), (rows, entries)
             count, per_share = shares(rows, entries)
             assert per_share % 256 == 0 and count * per_share >= rows > (count - 1) * per_share
+
+
+def test_the_planner_plans_the_launches_the_runtime_runs():
+    """fusion.LAUNCHES (the planner cannot import the runtime: it imports torch) names the
+    runtime's launches with the same batch, row, summed and made classes."""
+    from einstruct.nn.kernels import FACTOR_GRADS, STEPS
+    from einstruct.planner.fusion import LAUNCHES
+
+    runtime = {
+        **{name: ("step", *entry[3:]) for name, entry in STEPS.items()},
+        **{name: ("factor", *entry[3:]) for name, entry in FACTOR_GRADS.items()},
+    }
+    assert LAUNCHES == runtime

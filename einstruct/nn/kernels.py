@@ -413,14 +413,10 @@ def _strides(layout: tuple, sizes: dict) -> dict:
     return out
 
 
-def _three(classes: tuple, sizes: dict, *strides: dict) -> tuple:
-    """Sizes of up to three classes, then each tensor's strides for them (padded with
-    size 1, stride 0)."""
-    classes = (*classes, None, None)[:3]
-    out = [sizes.get(c, 1) if c else 1 for c in classes]
-    for table in strides:
-        out += [table.get(c, 0) if c else 0 for c in classes]
-    return tuple(out)
+def _three(classes: tuple, table: dict, absent: int) -> tuple:
+    """table's values for up to three classes, padded to three with ``absent`` (a size
+    of 1 or a stride of 0)."""
+    return (*(table[c] for c in classes), *(absent,) * (3 - len(classes)))
 
 
 class FusedChain:
@@ -441,8 +437,7 @@ class FusedChain:
         self.layouts = {**layouts, **INTERMEDIATES}
         self.strides = {r: _strides(lay, self.sizes) for r, lay in self.layouts.items()}
         self.widths = {
-            r: math.prod(self.sizes.get(c, 1) for c in lay)
-            for r, lay in self.layouts.items()
+            r: math.prod(self.sizes[c] for c in lay) for r, lay in self.layouts.items()
         }
         self.tables = {
             name: (
@@ -453,11 +448,8 @@ class FusedChain:
             for name in (*STEPS, *FACTOR_GRADS)
         }
 
-    def _size(self, cls: str) -> int:
-        return self.sizes.get(cls, 1)
-
     def _width(self, classes: tuple) -> int:
-        return math.prod(self._size(c) for c in classes)
+        return math.prod(self.sizes[c] for c in classes)
 
     def step(
         self, name: str, a: torch.Tensor, w: torch.Tensor, config: Any = None
@@ -471,8 +463,8 @@ class FusedChain:
         if n == 0:
             return out
         sa, sw, so = (self.strides[r] for r in (src, weight, dst))
-        rows = n * self._size(row)
-        groups = self._size(batch)
+        rows = n * self.sizes[row]
+        groups = self.sizes[batch]
         width = self._width(made)
 
         def grid(meta: dict) -> tuple:
@@ -488,20 +480,20 @@ class FusedChain:
             w,
             out,
             rows,
-            self._size(row),
-            *_three(summed, self.sizes),
-            *_three(made, self.sizes),
+            self.sizes[row],
+            *_three(summed, self.sizes, 1),
+            *_three(made, self.sizes, 1),
             self.widths[src],
             sa[row],
             sa[batch],
-            *_three(summed, self.sizes, sa)[3:],
+            *_three(summed, sa, 0),
             sw[batch],
-            *_three(summed, self.sizes, sw)[3:],
-            *_three(made, self.sizes, sw)[3:],
+            *_three(summed, sw, 0),
+            *_three(made, sw, 0),
             self.widths[dst],
             so[row],
             so[batch],
-            *_three(made, self.sizes, so)[3:],
+            *_three(made, so, 0),
         )
         launch(_step_kernel, grid, args, a.dtype, self.tables[name], config)
         return out
@@ -518,9 +510,9 @@ class FusedChain:
         gradient d of its output, both (tokens, width): shaped and typed as factor."""
         src, grad, _, batch, row, summed, made = FACTOR_GRADS[name]
         a, d, factor = a.contiguous(), d.contiguous(), factor.contiguous()
-        rows = a.shape[0] * self._size(row)
+        rows = a.shape[0] * self.sizes[row]
         k_width, c_width = self._width(summed), self._width(made)
-        shares, per_share = _shares(rows, self._size(batch) * k_width * c_width)
+        shares, per_share = _shares(rows, self.sizes[batch] * k_width * c_width)
         acc = torch.float64 if a.dtype == torch.float64 else torch.float32
         partial = torch.empty((shares, *factor.shape), device=a.device, dtype=acc)
         if rows == 0:
@@ -531,7 +523,7 @@ class FusedChain:
         def grid(meta: dict) -> tuple:
             tiles = triton.cdiv(k_width, meta["BLOCK_K"])
             tiles *= triton.cdiv(c_width, meta["BLOCK_C"])
-            return (tiles, self._size(batch), shares)
+            return (tiles, self.sizes[batch], shares)
 
         args = (
             a,
@@ -539,21 +531,21 @@ class FusedChain:
             partial,
             rows,
             per_share,
-            self._size(row),
-            *_three(summed, self.sizes),
-            *_three(made, self.sizes),
+            self.sizes[row],
+            *_three(summed, self.sizes, 1),
+            *_three(made, self.sizes, 1),
             self.widths[src],
             sa[row],
             sa[batch],
-            *_three(summed, self.sizes, sa)[3:],
+            *_three(summed, sa, 0),
             self.widths[grad],
             sd[row],
             sd[batch],
-            *_three(made, self.sizes, sd)[3:],
+            *_three(made, sd, 0),
             factor.numel(),
             sw[batch],
-            *_three(summed, self.sizes, sw)[3:],
-            *_three(made, self.sizes, sw)[3:],
+            *_three(summed, sw, 0),
+            *_three(made, sw, 0),
         )
         launch(_factor_grad_kernel, grid, args, a.dtype, self.tables[name], config)
         return partial.sum(0).to(factor.dtype)
