@@ -94,7 +94,10 @@ def test_autocast_forward_and_backward_match_float64(form, strategy):
 @pytest.mark.parametrize("sparse", [True, False], ids=["top-k experts", "every expert, masked"])
 def test_routed_autocast_forward_and_backward_match_float64(sparse):
     layer = _routed(sparse)
-    x = torch.randn(11, layer.in_features)
+    # a fixed input: for about 1 in 80 random ones two router logits are so close that
+    # bfloat16 picks another expert than the float64 reference (a different output, not
+    # an error of the layer)
+    x = torch.randn(11, layer.in_features, generator=torch.Generator().manual_seed(1))
     y, grads = _run(layer, x, autocast=True)
     assert y.dtype == torch.bfloat16
     _check(y, grads, *_reference(layer, x))

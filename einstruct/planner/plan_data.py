@@ -17,7 +17,7 @@ from fractions import Fraction
 from ..ir import Structure
 from .dense import DenseWeight
 from .order import BATCH, ContractionOrder
-from .views import WIDE_PENALTY, OperandView
+from .views import WIDE_PENALTY, OperandView, written_axes
 
 __all__ = ["PlannedStep", "Estimate", "Plan"]
 
@@ -161,6 +161,41 @@ class Plan:
             if not st.activation_left and st.op == "mm":
                 cost += math.prod(v for v in st.result_shape if v != -1) * self.batch * WIDE_PENALTY
         return cost
+
+    def result_memory(self, step: PlannedStep) -> tuple[str, ...] | None:
+        """The memory order ``step``'s matmul writes its result in (``out=``, the runtime's
+        ``matmul_into``), or ``None`` for the product's own order: the last step writes
+        the output's ``(tokens, *output)`` when the output needs a permute, which then is
+        a view (where BLAS can write there, :func:`written_axes`).
+
+        Only there: intermediates written tokens first, so that the next step's copy
+        reads token blocks, measured no faster on CPU (and BTT rank 2 at d = 1024 twice
+        as slow: short rows written at a stride of a whole token).
+        """
+        if step.number != len(self.steps) or self.output_permute is None:
+            return None
+        final = (BATCH, *self.structure.output.indices)
+        return (
+            final
+            if written_axes(final, [list(step.batch), list(step.m), list(step.n)], self._sizes())
+            else None
+        )
+
+    def grad_memory(self, step: PlannedStep, view: OperandView) -> tuple[str, ...] | None:
+        """The memory order the planned backward writes the gradient of ``step``'s operand
+        ``view`` in, or ``None`` for the product's own order (``(batch, rows, cols)`` of
+        the operand, or ``(batch, cols, rows)`` when computed as the transposed product):
+        the input's gradient goes straight into the input's ``(tokens, *input)`` order
+        where BLAS can write there (no permute after it)."""
+        if view.name != self.structure.input.name:
+            return None
+        rows, cols = (step.m, step.k) if view is step.left else (step.k, step.n)
+        first, second = (cols, rows) if view.grad_transposed else (rows, cols)
+        product = [list(step.batch), list(first), list(second)]
+        return self.input_layout if written_axes(self.input_layout, product, self._sizes()) else None
+
+    def _sizes(self) -> dict[str, int]:
+        return {**{i.name: int(i.size) for i in self.structure.indices}, BATCH: self.batch}
 
     @property
     def output_inner_moved(self) -> bool:

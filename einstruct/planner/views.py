@@ -35,6 +35,7 @@ __all__ = [
     "copy_weight",
     "is_local_transpose",
     "is_strided",
+    "written_axes",
     "view_operand",
     "drop_batch",
     "axes_text",
@@ -178,6 +179,26 @@ def is_strided(layout: tuple[str, ...], groups: list[list[str]], sizes: dict[str
     if not real_rows or not real_cols:  # a vector or 1x1 matrix: any stride works
         return True
     return real[-1] in (real_rows[-1], real_cols[-1])
+
+
+def written_axes(
+    memory: tuple[str, ...], groups: list[list[str]], sizes: dict[str, int]
+) -> tuple[int, ...] | None:
+    """Where a matmul can write its product ``groups`` (batch, rows, cols) straight into a
+    tensor laid out as ``memory`` (``out=``): the permutation of ``memory``'s axes whose
+    groups merge into the product's ``(batch, M, N)``; ``None`` when BLAS cannot write
+    there (see :func:`is_strided`) or the product already comes in that order.
+
+        >>> sizes = {"__batch": 2048, "f": 4, "e": 256}
+        >>> written_axes(("__batch", "f", "e"), [["f"], ["__batch"], ["e"]], sizes)
+        (1, 0, 2)
+    """
+    order = tuple(i for g in groups for i in g)
+    if sorted(order) != sorted(memory) or _real(order, sizes) == _real(memory, sizes):
+        return None
+    if not is_strided(memory, groups, sizes):
+        return None
+    return tuple(memory.index(i) for i in order)
 
 
 def view_operand(

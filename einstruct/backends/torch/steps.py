@@ -104,10 +104,10 @@ def step_code(plan: Plan, guards: dict[str, str] | None = None) -> tuple[list[st
         forward.append(f"# step {n}: {st.einsum}  ({st.op}, {Fraction(st.flops, plan.batch)} FLOPs/token)")
         forward.append(f"l{n} = {_operand(st.left, local[st.left.name])}")
         forward.append(f"r{n} = {_operand(st.right, local[st.right.name])}")
-        forward.append(
-            f"{local[st.result]} = {_call(st.op)}({_side(st, 'l', 'r')}, {_side(st, 'r', 'l')})"
-            f".view{_shape(st.result_shape)}"
-        )
+        args = [_side(st, "l", "r"), _side(st, "r", "l")]
+        into = _into(plan.result_memory(st), st.result_layout, sizes)
+        then = f".view{_shape(st.result_shape)}"
+        forward += _product_lines(local[st.result], _call(st.op), args, into, then, 4)
         operands += [f"l{n}", f"r{n}"]
     # the memory order of each gradient g_<local> as the backward produces it
     memory = {plan.steps[-1].result: grad_layout(plan)}
@@ -123,14 +123,20 @@ def step_code(plan: Plan, guards: dict[str, str] | None = None) -> tuple[list[st
             # grad left = g @ right^T, grad right = left^T @ g; the transposed
             # product (right @ g^T)^T lands the gradient in its source's order
             if side == "l":
-                product = f"{call}({other}, g{n}.mT)" if view.grad_transposed else f"{call}(g{n}, {other}.mT)"
+                args = [other, f"g{n}.mT"] if view.grad_transposed else [f"g{n}", f"{other}.mT"]
             else:
-                product = f"{call}(g{n}.mT, {other})" if view.grad_transposed else f"{call}({other}.mT, g{n})"
+                args = [f"g{n}.mT", other] if view.grad_transposed else [f"{other}.mT", f"g{n}"]
+            product = f"{call}({', '.join(args)})"
             if st.broadcast and view.is_factor:  # the same factor for every token: its gradient sums
                 product += ".sum(0)"
             target = f"g_{local[view.name]}"
             guard = needs.get(local[view.name])
-            code = _fit(target, product, _grad_back("", view, sizes), 4 if guard is None else 8)
+            into = _into(plan.grad_memory(st, view), _grad_memory(st)[view.name], sizes)
+            indent = 4 if guard is None else 8
+            if into:  # written in the memory order the plan says (see Plan.grad_memory)
+                code = _product_lines(target, call, args, into, _grad_back("", view, sizes), indent)
+            else:
+                code = _fit(target, product, _grad_back("", view, sizes), indent)
             if guard is None:
                 backward += code
             else:
@@ -152,6 +158,36 @@ def _fit(target: str, value: str, then: str, indent: int) -> list[str]:
     if not then or indent + len(line) <= LINE_LENGTH:
         return [line]
     return [f"{target} = {value}", f"{target} = {target}{then}"]
+
+
+def _into(memory: tuple[str, ...] | None, order: tuple[str, ...], sizes: dict[str, int]) -> list[str]:
+    """``matmul_into``'s two last arguments as source (the memory's shape, -1 for the
+    tokens, and the axes that view it as the product ``order``), or [] for none."""
+    if memory is None:
+        return []
+    shape = _shape(tuple(-1 if i == BATCH else sizes[i] for i in memory))
+    return [shape, tuple_code(str(memory.index(i)) for i in order)]
+
+
+def _product_lines(
+    target: str, call: str, args: list[str], into: list[str], then: str, indent: int
+) -> list[str]:
+    """``target = call(*args) + then``, or with ``into``, ``target =
+    matmul_into(*args, *into) + then``, as ruff formats it at ``indent``: one line when it
+    fits in :data:`LINE_LENGTH`, else ``then`` on a line of its own (as :func:`_fit`), and
+    a call still too long with its arguments on one line, or one per line."""
+    if not into:
+        return _fit(target, f"{call}({', '.join(args)})", then, indent)
+    inner = ", ".join([*args, *into])
+    after = [f"{target} = {target}{then}"] if then else []
+    if indent + len(f"{target} = matmul_into({inner}){then}") <= LINE_LENGTH:
+        return [f"{target} = matmul_into({inner}){then}"]
+    if indent + len(f"{target} = matmul_into({inner})") <= LINE_LENGTH:
+        return [f"{target} = matmul_into({inner})", *after]
+    body = (
+        [f"    {inner}"] if indent + 4 + len(inner) <= LINE_LENGTH else [f"    {a}," for a in (*args, *into)]
+    )
+    return [f"{target} = matmul_into(", *body, ")", *after]
 
 
 def result_rows_cols(st: PlannedStep) -> tuple[tuple[int, ...], tuple[int, ...]]:
