@@ -24,8 +24,11 @@ before any timing, a peer that disagrees is dropped with a note). Peers:
 - ``fastkron``: pyfastkron's fused ``gemkm``, for Kronecker.
 
 Timing: one thread, forward (no grad) and forward + backward (gradients of the
-input and every factor), medians of interleaved rounds after a warm-up. The
-ratio is the fastest peer's time over einstruct's (> 1: einstruct is faster).
+input and every factor), medians of interleaved rounds after a warm-up, each
+round in a new (seeded) random order, with glibc's allocator told to keep freed
+memory (``--malloc default`` to leave it as it starts; see
+``timing.steady_allocator``). The ratio is the fastest peer's time over
+einstruct's (> 1: einstruct is faster).
 
     python benchmarks/bench_peers.py                          # d = 1024 and 2048, N = 2048
     python benchmarks/bench_peers.py --sizes 1024 --structures kronecker --repeats 5
@@ -45,7 +48,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_layers import einsum_one, einsum_steps  # noqa: E402
-from timing import interleaved, median_ms  # noqa: E402
+from timing import interleaved, median_ms, steady_allocator  # noqa: E402
 
 import einstruct  # noqa: E402
 
@@ -352,7 +355,7 @@ def bench(name: str, d: int, n: int, repeats: int) -> list[tuple[str, int, str, 
                     fn(xg, *params).backward(gy)
 
             fns[key] = call
-        times = interleaved(fns, repeats=repeats, warmup=2)
+        times = interleaved(fns, repeats=repeats, warmup=2, shuffle=len(rows))
         ms = {k: median_ms(v) for k, v in times.items()}
         rows.append((name, d, mode, ms, notes))
         print(_line(rows[-1]), flush=True)
@@ -394,7 +397,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", help="write the markdown table here")
+    ap.add_argument(
+        "--malloc",
+        choices=["steady", "default"],
+        default="steady",
+        help="steady: glibc keeps freed memory (timing.steady_allocator); default: as the process starts",
+    )
     args = ap.parse_args(argv)
+    steady = args.malloc == "steady" and steady_allocator()
     torch.set_num_threads(args.threads)
     torch._dynamo.config.recompile_limit = 64
     rows = []
@@ -403,7 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench(name, d, args.batch, args.repeats)
     header = (
         f"CPU {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-        f"{args.threads} thread(s), N = {args.batch}, fp32, medians of {args.repeats} interleaved rounds (ms)"
+        f"{args.threads} thread(s), N = {args.batch}, fp32, medians of {args.repeats} interleaved rounds "
+        f"in shuffled order, {'steady' if steady else 'default'} allocator (ms)"
     )
     text = markdown(rows, header)
     print(text)

@@ -9,11 +9,14 @@ warm-up, and summarized by the median.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import random
 import statistics
 import time
 from collections.abc import Callable, Mapping
 
-__all__ = ["interleaved", "median_ms", "SavedBytes"]
+__all__ = ["interleaved", "median_ms", "steady_allocator", "SavedBytes"]
 
 
 def interleaved(
@@ -21,8 +24,14 @@ def interleaved(
     repeats: int = 7,
     warmup: int = 2,
     sync: Callable[[], None] | None = None,
+    shuffle: int | None = None,
 ) -> dict[str, list[float]]:
     """Run each function ``warmup`` times, then ``repeats`` rounds, one call of each per round.
+
+    ``shuffle``: a seed; each round then calls the functions in a new random order
+    (the same for the same seed), so that no variant always runs first or after
+    the same neighbour (what a variant leaves in the caches and the allocator
+    otherwise biases the next one, the same one every round).
 
     Returns name -> list of wall times in seconds.
     """
@@ -32,14 +41,41 @@ def interleaved(
             fn()
     sync()
     out: dict[str, list[float]] = {k: [] for k in fns}
+    rng = random.Random(shuffle)
     for _ in range(repeats):
-        for name, fn in fns.items():
+        names = list(fns)
+        if shuffle is not None:
+            rng.shuffle(names)
+        for name in names:
+            fn = fns[name]
             sync()
             t0 = time.perf_counter()
             fn()
             sync()
             out[name].append(time.perf_counter() - t0)
     return out
+
+
+def steady_allocator() -> bool:
+    """Make glibc's malloc keep the memory freed tensors return (no trimming, no mmap per
+    large block), as jemalloc and tcmalloc do, which PyTorch's CPU performance guide
+    recommends: a block of a size just freed is then reused, instead of fresh pages
+    that fault in on first touch (thousands of faults per call, their count changing
+    with the order of frees: a noise source of several percent between runs that has
+    nothing to do with the code timed). Applies to every variant in the process alike.
+
+    Returns whether it was applied (False off glibc).
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+        mallopt = libc.mallopt if libc is not None else None
+    except (OSError, AttributeError):
+        return False
+    if mallopt is None:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 62))
 
 
 def median_ms(samples: list[float]) -> float:
