@@ -32,35 +32,48 @@ MAX_SEARCH = 8
 BROADCAST_MIN = 16
 
 
-def best_layouts(structure: Structure, order: ContractionOrder, batch: int) -> Plan:
+def best_layouts(
+    structure: Structure,
+    order: ContractionOrder,
+    batch: int,
+    stored: dict[str, tuple[str, ...]] | None = None,
+) -> Plan:
     """The orientation of every step with the least copy cost (structured strategy, no estimate).
 
     Tries every orientation (up to :data:`MAX_SEARCH` steps; beyond, one pass of
     single flips from tokens-as-rows throughout); ties go to the fewest flipped
     steps, then the earliest in a fixed enumeration, so the result is
-    deterministic.
+    deterministic. ``stored``: each factor's memory order, fixed (views or copies of it
+    per call, see :func:`plan_layouts`).
     """
     n = len(order.steps)
     if n <= MAX_SEARCH:
         found: tuple[Plan, tuple[bool, ...]] | None = None
         for flips in sorted(itertools.product((False, True), repeat=n), key=sum):
-            plan = plan_layouts(structure, order, batch, flips)
+            plan = plan_layouts(structure, order, batch, flips, stored=stored)
             if found is None or plan.copy_cost < found[0].copy_cost:
                 found = plan, flips
         assert found is not None
         best, chosen = found[0], list(found[1])
     else:
         chosen = [False] * n
-        best = plan_layouts(structure, order, batch, tuple(chosen))
+        best = plan_layouts(structure, order, batch, tuple(chosen), stored=stored)
         for k in range(n):
-            trial = plan_layouts(structure, order, batch, (*chosen[:k], True, *chosen[k + 1 :]))
+            trial = plan_layouts(
+                structure, order, batch, (*chosen[:k], True, *chosen[k + 1 :]), stored=stored
+            )
             if trial.copy_cost < best.copy_cost:
                 best, chosen[k] = trial, True
-    return _with_broadcasts(structure, order, batch, best, chosen)
+    return _with_broadcasts(structure, order, batch, best, chosen, stored)
 
 
 def _with_broadcasts(
-    structure: Structure, order: ContractionOrder, batch: int, best: Plan, flips: list[bool]
+    structure: Structure,
+    order: ContractionOrder,
+    batch: int,
+    best: Plan,
+    flips: list[bool],
+    stored: dict[str, tuple[str, ...]] | None = None,
 ) -> Plan:
     """One pass over the steps: broadcast a factor over the tokens where that saves copying."""
     if structure.route is not None:  # the gate indexes the planned results: kept as they are
@@ -73,7 +86,8 @@ def _with_broadcasts(
         # factor-first, which may spare the next step a copy); ties keep it right
         for flip in (False, True):
             trial_flips = (*flips[:k], flip, *flips[k + 1 :])
-            trial = plan_layouts(structure, order, batch, trial_flips, (*wide[:k], True, *wide[k + 1 :]))
+            wider = (*wide[:k], True, *wide[k + 1 :])
+            trial = plan_layouts(structure, order, batch, trial_flips, wider, stored)
             if trial.steps[k].broadcast and trial.copy_cost < best.copy_cost:
                 best, flips[k], wide[k] = trial, flip, True
     return best
@@ -107,12 +121,15 @@ def plan_layouts(
     batch: int,
     flips: tuple[bool, ...],
     broadcast: tuple[bool, ...] = (),
+    stored: dict[str, tuple[str, ...]] | None = None,
 ) -> Plan:
     """The plan for one choice of orientation per step (``True``: tokens as the matmul's columns).
 
     ``broadcast[k]``: run step k, an activation times a factor with no shared
     batch axis, as a ``bmm`` over the tokens with the factor expanded (ignored
-    where the step is not of that kind).
+    where the step is not of that kind). ``stored``: each factor's memory order,
+    fixed (a step then views it, or copies it once per call: no tokens); by
+    default each factor is stored as its step needs it.
     """
     sizes = {i.name: int(i.size) for i in structure.indices}
     sizes[BATCH] = batch
@@ -152,7 +169,9 @@ def plan_layouts(
             (b, ([] if wide and b in factor_names else batch_ix, k, n)),
         ):
             is_factor = name in factor_names
-            if is_factor:  # stored in exactly the order its step needs: no permute
+            if is_factor and stored is not None:  # fixed: viewed, or copied per call
+                factor_layouts[name] = layouts[name] = stored[name]
+            elif is_factor:  # stored in exactly the order its step needs: no permute
                 factor_layouts[name] = tuple(i for g in groups for i in g)
                 if wide and name == a:
                     # broadcast left, stored as it would be right ([K, M], viewed transposed
