@@ -4,7 +4,8 @@ For each structure and token count: the chooser (``einstruct.nn.measured``, no
 disk cache) times the layer's two paths (structured steps, dense W) once, as a
 layer in ``auto`` mode would on its first call, and picks one; then both fixed
 paths are timed side by side (forward + backward, medians of interleaved
-rounds) and the pick is compared with the best of them. Also reported: the
+rounds in shuffled order, glibc's allocator kept steady: ``timing.steady_allocator``)
+and the pick is compared with the best of them. Also reported: the
 first call's measuring cost, and what the cost model alone would have chosen.
 
     python benchmarks/bench_measured.py                 # a few minutes on 2 loaded cores
@@ -21,7 +22,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import interleaved, median_ms  # noqa: E402
+from timing import interleaved, median_ms, steady_allocator  # noqa: E402
 
 import einstruct  # noqa: E402
 from einstruct.nn.measured import PathChooser  # noqa: E402
@@ -56,7 +57,7 @@ def run_case(label: str, spec: str, tokens: int, repeats: int) -> dict[str, obje
 
         return run
 
-    times = interleaved({name: fixed(name) for name in paths}, repeats=repeats, warmup=1)
+    times = interleaved({name: fixed(name) for name in paths}, repeats=repeats, warmup=1, shuffle=0)
     ms = {name: median_ms(v) for name, v in times.items()}
     best = min(ms, key=ms.__getitem__)
     model = make_plan(structure, tokens, "auto").strategy
@@ -97,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out")
     args = ap.parse_args(argv)
+    steady_allocator()
     torch.set_num_threads(args.threads)
     rows = []
     for label, spec in CASES:
