@@ -74,8 +74,10 @@ def steady_allocator() -> bool:
         return False
     if mallopt is None:
         return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int  # int mallopt(int, int)
     m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
-    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, 1 << 62))
+    most = 2**31 - 1  # the largest value an int takes (2 GiB)
+    return bool(mallopt(m_mmap_threshold, 1 << 30)) and bool(mallopt(m_trim_threshold, most))
 
 
 def median_ms(samples: list[float]) -> float:

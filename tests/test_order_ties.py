@@ -51,11 +51,3 @@ def test_the_tied_order_is_the_dense_matrix_and_counts_what_the_analyzer_counts(
             layer(x).sum().backward()
         assert counter.get_total_flops() == analyze_structure(structure, batch=8).counts.train_flops * 8
 
-
-def test_a_state_dict_keeps_its_meaning_across_the_tie():
-    # the factors' stored order is the FLOP-minimal order's: a layer planned either way
-    # loads the other's state dict and computes the same map
-    structure = einstruct.load(TT.format(d=256))
-    tied = compile_structure(structure, batch=8, strategy="structured")(dtype=torch.float64)
-    plain = best_layouts(structure, contraction_order(structure, 8), 8)
-    assert tied.factor_axes == plain.factor_layouts

@@ -132,3 +132,29 @@ def test_a_layer_call_binds_no_signature(monkeypatch):
     (g_ref,) = torch.autograd.grad(y_ref.sum(), x)
     assert torch.equal(g, g_ref)
     layer(x).sum().backward()  # the layer's own call takes the same path
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "btt(d = 256, rank = 1)",
+        "btt(d = 256, rank = 2)",
+        "monarch(d = 256)",
+        "monarch(d = 256, blocks = 4)",
+        "kronecker(d = 256)",
+        "tensor_train(d = 256, rank = 4)",
+        "low_rank(d = 256, rank = 32)",
+    ],
+)
+def test_every_emitted_write_writes(spec):
+    # the generator emits matmul_into only where the runtime then writes (a row-major left
+    # operand): no call that always falls back to the plain product
+    structure = einstruct.load(f"structure s = {spec}")
+    for batch in (64, 2048):  # (the plans differ: BTT rank 2 copies at 64 tokens, views at 2048)
+        text = module_source(structure, batch=batch, strategy="structured", runtime="import")
+        layer = compile_structure(structure, batch=batch, strategy="structured")(bias=False)
+        x = torch.randn(64, layer.in_features, requires_grad=True)
+        with _Ops() as ops:
+            layer(x).backward(torch.randn(64, layer.out_features))
+        written = ops.ops.count("bmm_out") + ops.ops.count("mm_out")
+        assert written == text.count("matmul_into(")

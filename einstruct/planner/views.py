@@ -82,6 +82,8 @@ class OperandView:
         grad_transposed: the planned backward computes this operand's gradient as
             the transposed product, so it lands with the source's innermost axis
             innermost.
+        row_major: whether the matmul operand is row-major in memory (its innermost
+            axis a column axis), as copied or viewed.
     """
 
     name: str
@@ -95,6 +97,7 @@ class OperandView:
     entries: int = 0
     copy_weight: int = 0
     grad_transposed: bool = False
+    row_major: bool = True
 
     @property
     def inner_moved(self) -> bool:
@@ -222,12 +225,36 @@ def view_operand(
     shape = tuple(-1 if BATCH in g else math.prod(sizes[i] for i in g) for g in use)
     permute = None if order == layout else tuple(layout.index(i) for i in order)
     copy = not is_strided(layout, use, sizes)
+    # the view before its transpose is row-major when copied, or when the innermost axis
+    # ends its last group; the transpose swaps that
+    row = copy or inner is None or inner in use[-1]
     if not copy:
-        return OperandView(name, is_factor, layout, order, permute, shape, transposed, grad_transposed=grad_t)
+        return OperandView(
+            name,
+            is_factor,
+            layout,
+            order,
+            permute,
+            shape,
+            transposed,
+            grad_transposed=grad_t,
+            row_major=row != transposed,
+        )
     weight = copy_weight(layout, order, sizes)
     entries = math.prod(sizes[i] for i in layout if i != BATCH)
     return OperandView(
-        name, is_factor, layout, order, permute, shape, transposed, True, entries, weight, grad_t
+        name,
+        is_factor,
+        layout,
+        order,
+        permute,
+        shape,
+        transposed,
+        True,
+        entries,
+        weight,
+        grad_t,
+        row != transposed,
     )
 
 

@@ -105,7 +105,8 @@ def step_code(plan: Plan, guards: dict[str, str] | None = None) -> tuple[list[st
         forward.append(f"l{n} = {_operand(st.left, local[st.left.name])}")
         forward.append(f"r{n} = {_operand(st.right, local[st.right.name])}")
         args = [_side(st, "l", "r"), _side(st, "r", "l")]
-        into = _into(plan.result_memory(st), st.result_layout, sizes)
+        # BLAS writes a strided result fast from a row-major left operand only (CPU, measured)
+        into = _into(plan.result_memory(st), st.result_layout, sizes) if st.left.row_major else []
         then = f".view{_shape(st.result_shape)}"
         forward += _product_lines(local[st.result], _call(st.op), args, into, then, 4)
         operands += [f"l{n}", f"r{n}"]
@@ -117,6 +118,8 @@ def step_code(plan: Plan, guards: dict[str, str] | None = None) -> tuple[list[st
         rows, cols = result_rows_cols(st)
         backward.append(f"# step {n} backward: {st.einsum}")
         backward += _fit(f"g{n}", *_grad_view(st, memory[st.result], local, sizes, plan.batch), 4)
+        # the memory order g<n> is read from: its gradient's, or the copy's
+        g_memory = _grad_target(st, memory[st.result], sizes, plan.batch) or memory[st.result]
         memory.update(_grad_memory(st))
         for side, view in (("l", st.left), ("r", st.right)):
             other = _side(st, "r", "g") if side == "l" else _side(st, "l", "g")
@@ -132,6 +135,7 @@ def step_code(plan: Plan, guards: dict[str, str] | None = None) -> tuple[list[st
             target = f"g_{local[view.name]}"
             guard = needs.get(local[view.name])
             into = _into(plan.grad_memory(st, view), _grad_memory(st)[view.name], sizes)
+            into = into if _left_row_major(st, view, g_memory, sizes) else []
             indent = 4 if guard is None else 8
             if into:  # written in the memory order the plan says (see Plan.grad_memory)
                 code = _product_lines(target, call, args, into, _grad_back("", view, sizes), indent)
@@ -203,15 +207,33 @@ def _grad_view(
 ) -> tuple[str, str]:
     """Step ``st``'s result gradient as its matmul's ``(batch, M, N)``: a view when its memory
     order (``memory``) is one BLAS takes; otherwise copied once (not inside each of the two
-    products) into the order BLAS takes that is cheapest to reach (:func:`copy_weight`:
-    e.g. a local transpose of each token's block rather than moving the innermost axis far).
+    products) into the order BLAS takes that is cheapest to reach (:func:`_grad_target`).
     Returned as ``(value, then)``: the copy, then what views it (see :func:`_fit`)."""
     rows, cols = result_rows_cols(st)
     shape = _shape((*rows, *cols))
     code = f"g_{local[st.result]}"
     groups = [list(st.batch), list(st.m), list(st.n)]
-    if is_strided(memory, groups, sizes):
+    target = _grad_target(st, memory, sizes, batch)
+    if target is None:
         return f"{code}.reshape{shape}", ""
+    if target == tuple(i for g in groups for i in g):  # reshape copies, or views what contiguous() copies
+        return f"{code}.reshape{shape}" + (".contiguous()" if _one_block(memory, groups, sizes) else ""), ""
+    layout = st.result_layout
+    there = tuple_code(str(layout.index(i)) for i in target)
+    back = tuple_code(str(target.index(i)) for i in layout)
+    return f"{code}.permute{there}.contiguous()", f".permute{back}.reshape{shape}"
+
+
+def _grad_target(
+    st: PlannedStep, memory: tuple[str, ...], sizes: dict[str, int], batch: int
+) -> tuple[str, ...] | None:
+    """The order step ``st``'s result gradient is copied into before its two products, or
+    ``None`` when its memory order is already one BLAS takes: of the block orders of
+    ``(batch, M, N)`` BLAS takes, the cheapest to reach (:func:`copy_weight`: e.g. a local
+    transpose of each token's block rather than moving the innermost axis far)."""
+    groups = [list(st.batch), list(st.m), list(st.n)]
+    if is_strided(memory, groups, sizes):
+        return None
     weights = {**sizes, BATCH: batch}
     plain = tuple(i for g in groups for i in g)
     # every block order of the three groups that BLAS takes (the batch may be anywhere)
@@ -226,13 +248,25 @@ def _grad_view(
         weight = copy_weight(memory, order, weights)
         return weight, -kept(order) if weight > 1 else 0, order != plain
 
-    target = min(orders, key=cost)
-    if target == plain:  # reshape copies into it, or returns a view that contiguous() copies
-        return f"{code}.reshape{shape}" + (".contiguous()" if _one_block(memory, groups, sizes) else ""), ""
-    layout = st.result_layout
-    there = tuple_code(str(layout.index(i)) for i in target)
-    back = tuple_code(str(target.index(i)) for i in layout)
-    return f"{code}.permute{there}.contiguous()", f".permute{back}.reshape{shape}"
+    return min(orders, key=cost)
+
+
+def _left_row_major(
+    st: PlannedStep, view: OperandView, g_memory: tuple[str, ...], sizes: dict[str, int]
+) -> bool:
+    """Whether the left operand of the product giving ``view``'s gradient (``g<n>`` from
+    ``g_memory``, or the other operand, maybe transposed; see :func:`step_code`) is row-major."""
+    g_rows = _innermost_in(g_memory, st.n, sizes)
+    if view is st.left:
+        return st.right.row_major if view.grad_transposed else g_rows
+    return not g_rows if view.grad_transposed else not st.left.row_major
+
+
+def _innermost_in(order: tuple[str, ...], group: tuple[str, ...], sizes: dict[str, int]) -> bool:
+    """Whether the innermost axis of ``order`` that matters (size > 1, or the tokens) is in
+    ``group``: a matrix viewed from that memory is row-major when ``group`` is its columns."""
+    real = [i for i in order if i == BATCH or sizes[i] != 1]
+    return not real or real[-1] in group
 
 
 def _one_block(memory: tuple[str, ...], groups: list[list[str]], sizes: dict[str, int]) -> bool:
