@@ -50,4 +50,3 @@ def test_the_tied_order_is_the_dense_matrix_and_counts_what_the_analyzer_counts(
         with FlopCounterMode(display=False) as counter:
             layer(x).sum().backward()
         assert counter.get_total_flops() == analyze_structure(structure, batch=8).counts.train_flops * 8
-
