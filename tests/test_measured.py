@@ -122,6 +122,15 @@ def test_token_buckets_key_the_choice():
         b'{"version": 1, "entries": {"k": {"winner": "zz", "timings_ms": {"a": 1.0}, "skipped": {}}}}',
         b'{"version": 1, "entries": {"k": {"winner": "a", "timings_ms": {"a": 2, "b": 1}, "skipped": {}}}}',
         b'{"version": 2, "entries": {}}',
+        b'{"version": true, "entries": {"k": {"winner": "a", "timings_ms": {"a": 1.0}, "skipped": {}}}}',
+        pytest.param(
+            b'{"version": 1, "entries": {"k": {"winner": "a", "timings_ms": {"a": 1'
+            + b"0" * 400
+            + b'}, "skipped": {}}}}',
+            id="an-int-too-large-for-a-float",
+        ),
+        b'{"version": 1, "entries": {"k": {"winner": "a", "timings_ms": {"a": true}, "skipped": {}}}}',
+        b'{"version": 1, "entries": {"k": {"winner": "a", "timings_ms": {"a": -1}, "skipped": {}}}}',
         b"[1, 2, 3]",
         pytest.param(b"[" * 100000, id="deeply-nested"),
     ],
@@ -178,6 +187,27 @@ def test_the_prior_skips_hopeless_paths_and_failures_are_reported():
     assert pick.winner == "dense" and "fused" not in clock.calls
     assert "10.0x" in pick.skipped["fused"] and "no kernel" in pick.skipped["broken"]
     assert set(pick.timings_ms) == {"steps", "dense"}
+
+
+def test_the_fallback_is_timed_whatever_the_prior_says():
+    clock = FakeClock()
+    chooser = PathChooser(cache_dir=None, clock=clock, prior_skip=4.0)
+    paths = _paths(clock, {"steps": 0.001, "dense": 0.002})
+    pick = chooser.choose("s", paths, X, prior={"steps": 100.0, "dense": 1.0}, fallback="steps")
+    assert pick.winner == "steps" and set(pick.timings_ms) == {"steps", "dense"}  # the prior was wrong
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_pipe_at_the_cache_path_does_not_block(tmp_path):
+    import threading
+
+    os.chmod(tmp_path, 0o700)
+    os.mkfifo(tmp_path / measured.CACHE_FILE, 0o600)
+    result = []
+    reader = threading.Thread(target=lambda: result.append(measured._read_cache(str(tmp_path))), daemon=True)
+    reader.start()
+    reader.join(10)
+    assert result == [{}], "reading a pipe at the cache path blocked"
 
 
 def test_a_remembered_winner_that_is_no_longer_a_candidate_is_measured_again():

@@ -64,3 +64,20 @@ def test_plan_measure_says_which_path_and_why_then_reads_the_cache(cache_home, t
     measured.default_chooser.cache_clear()
     assert main(["plan", str(spec), "--batch", "16", "--measure", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["measured"]["source"] == "measured"
+
+
+def test_plan_measure_refuses_a_batch_too_large_to_time_before_allocating(tmp_path, capsys, monkeypatch):
+    from einstruct.runtime import measured_paths
+
+    spec = tmp_path / "k.ein"
+    spec.write_text(SPEC + "\n")
+    assert main(["plan", str(spec), "--batch", str(10**15), "--measure"]) == 2
+    err = capsys.readouterr().err
+    assert "EINSTRUCT_MAX_PARAMS" in err and "--batch" in err and "Traceback" not in err
+    monkeypatch.setattr(measured_paths, "_memory_bytes", lambda: 2**20)  # a 1 MiB machine
+    assert main(["plan", str(spec), "--batch", "4096", "--measure"]) == 2
+    assert "more than half of this machine's" in capsys.readouterr().err
+    cls = compile_structure(load(SPEC), batch=4096)
+    layer = cls(bias=False)
+    need = measured_paths.timing_bytes(cls, 4096, 4)
+    assert need >= 4 * 4096 * (layer.in_features + layer.out_features)  # at least x and y

@@ -384,6 +384,15 @@ def _fit(layer: "StructuredLinear", target: torch.Tensor, max_iter: int) -> None
             p.data = p.data.to(dtype)
 
 
+def _learns(module: nn.Module) -> bool:
+    """Whether any parameter of ``module`` (or its children) requires grad: what
+    ``any(p.requires_grad for p in module.parameters())`` says, without its generators."""
+    for p in module._parameters.values():
+        if p is not None and p.requires_grad:
+            return True
+    return any(m is not None and _learns(m) for m in module._modules.values())
+
+
 class StructuredLinear(nn.Module):
     """A structured linear layer: y = x W^T + b, W an einsum of learned factors.
 
@@ -419,8 +428,10 @@ class StructuredLinear(nn.Module):
     #: Exact numbers from the analysis along the planned order, as text: params,
     #: flops (per token at the compiled batch), omega, psi, nu where defined.
     layer_metrics: ClassVar[dict[str, str]] = {}
-    #: The token count the contraction order was planned for.
+    #: The token count the contraction order was planned for, and the sha256 (16 hex
+    #: digits) of the planned steps' code (a measured choice is kept per plan).
     planned_batch: ClassVar[int] = 0
+    plan_hash: ClassVar[str] = ""
     #: The strategies this layer can run, the planner's choice and why.
     strategies: ClassVar[tuple[str, ...]] = ("structured", "dense", "measured")
     default_strategy: ClassVar[str] = "structured"
@@ -513,8 +524,10 @@ class StructuredLinear(nn.Module):
         self.save_intermediate = save_intermediate
         if self.strategy == "dense":
             self._check_dense_size()
-        #: The last measured choice (strategy="measured"), else None.
+        #: The last measured choice (strategy="measured"), else None; the PathChooser
+        #: that measures (None: einstruct.nn.measured's process-wide one).
         self.path_choice: Any = None
+        self.path_chooser: Any = None
         factory = {"device": device, "dtype": dtype}
         for factor, axes in self.factor_axes.items():
             shape = tuple(self.index_sizes[i] for i in axes)
@@ -617,37 +630,80 @@ class StructuredLinear(nn.Module):
             )
 
     def _measured_strategy(self, x: torch.Tensor) -> str:
-        """The strategy measured fastest for x's device, dtype and token count: timed on
-        the first call for that key (the cost model's estimates as the prior), then
-        remembered. While tracing or compiling: the last choice, else the default."""
+        """The strategy measured fastest for x's device, dtype, token count, training or
+        inference and autocast: timed on the first call for that key (the cost model's
+        estimates as the prior where they hold: training at the planned batch's bucket),
+        then remembered on the layer, so a later call costs a dict lookup. While tracing
+        or compiling nothing is timed: the choice measured for this device, dtype and
+        mode if every token bucket agreed on it, else the default."""
+        grad = torch.is_grad_enabled() and (x.requires_grad or _learns(self))
+        device = x.device
+        kind = device.type
+        amp = (
+            torch.get_autocast_dtype(kind)
+            if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
+            else None
+        )
+        mode = (device, x.dtype, grad, amp)
+        choices = self.__dict__.setdefault("_measured_choices", {})
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
-            known = self.path_choice
-            return known.winner if known is not None else self.default_strategy
+            agreed = {c.winner for k, c in choices.items() if k[:4] == mode}
+            return agreed.pop() if len(agreed) == 1 else self.default_strategy
+        rows = x.numel() // self.in_features if self.in_features else 0
+        key = (*mode, torch.get_num_threads(), (max(rows, 1) - 1).bit_length())
+        known = choices.get(key)
+        if known is None:
+            known = choices[key] = self._measure_strategy(x, grad, amp, rows)
+        if self.path_choice is not known:  # a plain attribute: no Module.__setattr__
+            self.__dict__["path_choice"] = known
+        return str(known.winner)
+
+    def _measure_strategy(
+        self, x: torch.Tensor, grad: bool, amp: Any, rows: int
+    ) -> Any:
+        """The measured choice for this call's key (the chooser's memory, its cache
+        file, else timed now)."""
         try:
-            from einstruct.nn.measured import default_chooser, structure_key
+            from einstruct.nn.measured import (
+                default_chooser,
+                structure_key,
+                token_bucket,
+            )
         except ImportError as error:
             raise RuntimeError(
                 "strategy='measured' times the paths with einstruct.nn.measured: "
                 "pip install einstruct, or choose strategy='structured' or 'dense'"
             ) from error
-        flat = x.reshape(-1, self.in_features)
         paths: dict[str, Any] = {"structured": self._structured}
         if self.padded_in * self.padded_out <= max_params():
             paths["dense"] = lambda a: torch.nn.functional.linear(a, self.to_dense())
-        state = autocast_state(x)
-        key = structure_key(self.spec_hash, "torch") + (
-            f"/amp-{state[2]}" if state[1] else ""
+        # what changes the candidates' code or cost besides the hardware: the spec,
+        # the planned steps (their hash; the batch in a file older than the hash) and
+        # the options the forward reads
+        plan = getattr(self, "plan_hash", "") or f"b{self.planned_batch}"
+        code = ".".join(
+            [
+                self.spec_hash,
+                plan,
+                f"s{int(self.save_intermediate)}n{int(self.normalize)}"
+                f"g{int(self.gain is not None)}",
+            ]
         )
-        wrt = tuple(p for p in self.parameters() if p.requires_grad)
-        self.path_choice = default_chooser().choose(
+        # a fused layer's kernels option runs other code on the structured path
+        backend = str(getattr(self, "kernels", "torch"))
+        key = structure_key(code, backend) + (f"/amp-{amp}" if amp is not None else "")
+        # the prior is the model's forward + backward at the planned batch: it rules
+        # paths out only where it holds
+        holds = grad and token_bucket(rows) == token_bucket(self.planned_batch)
+        chooser = self.__dict__.get("path_chooser") or default_chooser()
+        return chooser.choose(
             key,
             paths,
-            (flat,),
-            wrt=wrt,
-            prior=self.strategy_estimate_ms,
+            (x.reshape(-1, self.in_features),),
+            wrt=tuple(p for p in self.parameters() if p.requires_grad),
+            prior=self.strategy_estimate_ms if holds else None,
             fallback=self.default_strategy,
         )
-        return str(self.path_choice.winner)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_tracing():  # a traced graph keeps no Python checks

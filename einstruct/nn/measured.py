@@ -190,7 +190,11 @@ def _read_cache(directory: str) -> dict[str, dict[str, Any]]:
     try:
         fd = os.open(
             os.path.join(directory, CACHE_FILE),
-            os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0),
+            # no link followed; a FIFO or device at the path must not block the open
+            os.O_RDONLY
+            | getattr(os, "O_NOFOLLOW", 0)
+            | getattr(os, "O_NONBLOCK", 0)
+            | getattr(os, "O_CLOEXEC", 0),
         )
     except OSError:
         return {}
@@ -204,12 +208,13 @@ def _read_cache(directory: str) -> dict[str, dict[str, Any]]:
             return {}
         with os.fdopen(fd, "rb", closefd=False) as fh:
             raw = fh.read(MAX_CACHE_BYTES + 1)
-        data = json.loads(raw.decode("utf-8"))
-    except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+        if len(raw) > MAX_CACHE_BYTES:
+            return {}
+        return _valid_entries(json.loads(raw.decode("utf-8")))
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError, OverflowError):
         return {}
     finally:
         os.close(fd)
-    return _valid_entries(data)
 
 
 def _short_text(value: object) -> bool:
@@ -221,6 +226,7 @@ def _valid_entries(data: object) -> dict[str, dict[str, Any]]:
     if (
         not isinstance(data, dict)
         or set(data) != {"version", "entries"}
+        or type(data["version"]) is not int
         or data["version"] != CACHE_VERSION
     ):
         return {}
@@ -235,6 +241,18 @@ def _valid_entries(data: object) -> dict[str, dict[str, Any]]:
     )
 
 
+def _milliseconds(value: object) -> bool:
+    """Whether a cache file's timing is a plain, finite, non-negative number of ms
+    (an int of any size is accepted only below 2**53: float() of a huge one raises).
+
+    >>> _milliseconds(1.5), _milliseconds(10**400), _milliseconds(float("nan")), _milliseconds(True)
+    (True, False, False, False)
+    """
+    if type(value) is int:
+        return 0 <= value < 2**53
+    return type(value) is float and math.isfinite(value) and value >= 0
+
+
 def _valid_entry(key: object, entry: object) -> dict[str, Any] | None:
     fields = {"winner", "timings_ms", "skipped"}
     if not _short_text(key) or not isinstance(entry, dict) or set(entry) != fields:
@@ -247,8 +265,7 @@ def _valid_entry(key: object, entry: object) -> dict[str, Any] | None:
     ):
         return None
     for name, ms in timings.items():
-        number = isinstance(ms, (int, float)) and not isinstance(ms, bool)
-        if not _short_text(name) or not number or not math.isfinite(ms) or ms < 0:
+        if not _short_text(name) or not _milliseconds(ms):
             return None
     if len(skipped) > 64 or not all(
         _short_text(n) and _short_text(w) for n, w in skipped.items()
@@ -425,7 +442,7 @@ class PathChooser:
             )
             why = {name: "timing impossible while tracing or compiling"}
             return PathChoice(key, name, {}, why, "fallback")
-        timed, skipped = self._prune(names, prior)
+        timed, skipped = self._prune(names, prior, fallback)
         timings, failed = time_paths(
             {n: candidates[n] for n in timed},
             inputs,
@@ -446,9 +463,13 @@ class PathChooser:
         return choice
 
     def _prune(
-        self, names: list[str], prior: Mapping[str, float] | None
+        self,
+        names: list[str],
+        prior: Mapping[str, float] | None,
+        fallback: str | None = None,
     ) -> tuple[list[str], dict[str, str]]:
-        """The candidates worth timing and, for the rest, the prior's verdict."""
+        """The candidates worth timing and, for the rest, the prior's verdict (the
+        fallback, the path taken unmeasured, is always timed)."""
         prior = prior or {}
         known = [
             prior[n]
@@ -461,7 +482,7 @@ class PathChooser:
         timed, skipped = [], {}
         for n in names:
             ratio = prior.get(n, best) / best
-            if ratio > self.prior_skip:
+            if ratio > self.prior_skip and n != fallback:
                 skipped[n] = (
                     f"the cost model puts it at {ratio:.1f}x the best (> {self.prior_skip:g}x)"
                 )

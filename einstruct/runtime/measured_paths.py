@@ -2,10 +2,12 @@
 
 The candidates of a torch-backend layer are its two strategies, ``structured``
 (the planned steps) and ``dense`` (W materialized, one matmul); the planner's
-cost estimates are the prior. :func:`measure_structure` compiles the layer,
-times both on random inputs (forward + backward, or forward only) through
-:class:`einstruct.nn.measured.PathChooser` (the user's cache first) and returns
-the choice with its timings: what ``einstruct plan --measure`` prints.
+cost estimates are the prior. :func:`measure_structure` compiles the layer with
+``strategy="measured"`` and calls it once on random inputs (forward + backward,
+or forward only): the layer times both through
+:class:`einstruct.nn.measured.PathChooser` (the user's cache first), under the
+key a layer of that structure uses, and the choice with its timings is what
+``einstruct plan --measure`` prints.
 
     >>> choice = measure_structure(load("examples/btt.ein"), batch=64)   # doctest: +SKIP
     >>> choice.winner, choice.reason()                                   # doctest: +SKIP
@@ -14,17 +16,20 @@ the choice with its timings: what ``einstruct plan --measure`` prints.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from ..backends.common import spec_hash
+from ..errors import ParameterError
 from ..ir import Structure
-from ..nn.measured import PathChoice, PathChooser, default_chooser, structure_key
-from ..planner.plan import make_plan
+from ..nn.env import max_params
+from ..nn.measured import PathChoice, PathChooser
 from .build import compile_structure
 
-__all__ = ["strategy_paths", "measure_structure", "choice_dict"]
+__all__ = ["strategy_paths", "measure_structure", "timing_bytes", "choice_dict"]
 
 
 def strategy_paths(layer: torch.nn.Module) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
@@ -58,22 +63,68 @@ def measure_structure(
     factors), else the forward alone. ``chooser``: the process-wide one (the
     user's cache directory) by default.
     """
-    plan = make_plan(structure, batch, "auto")
-    layer = compile_structure(structure, batch=batch)(bias=False, dtype=dtype)
+    cls = compile_structure(structure, batch=batch)
+    _check_memory(cls, batch, torch.empty((), dtype=dtype).element_size())
+    layer = cls(bias=False, dtype=dtype, strategy="measured")
+    layer.path_chooser = chooser
     x = torch.randn(batch, layer.in_features, dtype=dtype, requires_grad=train)
-    prior = None
-    if plan.estimate is not None:
-        prior = {"structured": plan.estimate.structured_ms, "dense": plan.estimate.dense_ms}
-    chooser = chooser or default_chooser()
     with torch.set_grad_enabled(train):
-        return chooser.choose(
-            structure_key(spec_hash(plan), "torch"),
-            strategy_paths(layer),
-            (x,),
-            wrt=list(layer.parameters()) if train else (),
-            prior=prior,
-            fallback="structured",
+        layer(x)  # the measured layer times its paths (or finds them remembered)
+    choice: PathChoice = layer.path_choice
+    return choice
+
+
+def _widths(cls: Any) -> tuple[int, int, int]:
+    """A layer class's padded input and output widths and its largest intermediate, per token."""
+    sizes = cls.index_sizes
+    padded_in = math.prod(int(sizes[i]) for i in cls.input_axes)
+    padded_out = math.prod(int(sizes[i]) for i in cls.output_axes)
+    return padded_in, padded_out, int(cls.peak_intermediate)
+
+
+def timing_bytes(cls: Any, batch: int, itemsize: int) -> int:
+    """About what timing a layer class at ``batch`` tokens holds at once: the input, the
+    output and their gradients, the saved intermediates (up to twice the largest per
+    token, and its gradient), and the dense path's W with its gradient.
+
+    >>> class Layer:
+    ...     index_sizes, input_axes, output_axes, peak_intermediate = {"i": 64, "o": 64}, ("i",), ("o",), 128
+    >>> timing_bytes(Layer, 10, 4)
+    63488
+    """
+    padded_in, padded_out, peak = _widths(cls)
+    per_token = 2 * padded_in + 2 * padded_out + 4 * peak
+    return (batch * per_token + 2 * padded_in * padded_out) * itemsize
+
+
+def _check_memory(cls: Any, batch: int, itemsize: int) -> None:
+    """Refuse, before allocating, a measurement larger than the parameter limit or half
+    this machine's memory (where it can be read)."""
+    widest = max(_widths(cls))
+    limit = max_params()
+    if batch * widest > limit:
+        raise ParameterError(
+            f"timing {batch:,} tokens moves {batch * widest:,} entries in one tensor, more "
+            f"than EINSTRUCT_MAX_PARAMS = {limit:,}",
+            hint="measure a smaller --batch (a choice holds for its power-of-two bucket), "
+            "or raise EINSTRUCT_MAX_PARAMS",
         )
+    need, have = timing_bytes(cls, batch, itemsize), _memory_bytes()
+    if have is not None and need > have // 2:
+        raise ParameterError(
+            f"timing {batch:,} tokens needs about {need / 2**30:.1f} GiB, more than half of "
+            f"this machine's {have / 2**30:.1f} GiB",
+            hint="measure a smaller --batch (a choice holds for its power-of-two bucket)",
+        )
+
+
+def _memory_bytes() -> int | None:
+    """This machine's physical memory, or None where the OS does not say."""
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+    return pages * size if pages > 0 and size > 0 else None
 
 
 def choice_dict(choice: PathChoice) -> dict[str, object]:

@@ -16,6 +16,7 @@ byte-identical text (no timestamps, no hashes of Python objects).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tokenize
 from typing import Any
@@ -159,8 +160,11 @@ def _estimates(plan: Plan) -> list[tuple[str, str]]:
     ]
 
 
-def _tables(compiled: Compilation, name: str, factors: list[dict[str, Any]]) -> dict[str, Any]:
-    """The class's tables: what the runtime's StructuredLinear reads."""
+def _tables(
+    compiled: Compilation, name: str, factors: list[dict[str, Any]], step_lines: list[str]
+) -> dict[str, Any]:
+    """The class's tables: what the runtime's StructuredLinear reads (``step_lines``: the
+    planned forward's and backward's code, hashed into ``plan_hash``)."""
     plan = compiled.plan
     s = plan.structure
     sizes = sizes_of(plan)
@@ -173,6 +177,7 @@ def _tables(compiled: Compilation, name: str, factors: list[dict[str, Any]]) -> 
         "out_features": int(s.out_features),
         "param_count": sum(int(s.factor_params(f)) for f in s.factors) + router,
         "planned_batch": plan.batch,
+        "plan_hash": hashlib.sha256("\n".join(step_lines).encode()).hexdigest()[:16],
         "peak_intermediate": _peak(compiled),
         "layer_metrics": _table("layer_metrics", [(quoted(k), quoted(v)) for k, v in numbers.items()]),
         "strategy": plan.strategy,
@@ -250,7 +255,7 @@ def render_context(
         "class_doc": _class_doc(routed),
         "class_name": name,
         "bases": "RoutedStructuredLinear" if routed else "StructuredLinear",
-        "tables": _tables(compiled, name, factors),
+        "tables": _tables(compiled, name, factors, [*forward_lines, *backward_lines]),
         "d_in": int(s.d_in),
         "d_out": int(s.d_out),
         "input_view": tuple_code(["-1", *(str(sizes[i]) for i in s.input.indices)]),
