@@ -681,14 +681,8 @@ class StructuredLinear(nn.Module):
         # the planned steps (their hash; the batch in a file older than the hash) and
         # the options the forward reads
         plan = getattr(self, "plan_hash", "") or f"b{self.planned_batch}"
-        code = ".".join(
-            [
-                self.spec_hash,
-                plan,
-                f"s{int(self.save_intermediate)}n{int(self.normalize)}"
-                f"g{int(self.gain is not None)}",
-            ]
-        )
+        save, norm = int(self.save_intermediate), int(self.normalize)
+        code = f"{self.spec_hash}.{plan}.s{save}n{norm}g{int(self.gain is not None)}"
         # a fused layer's kernels option runs other code on the structured path
         backend = str(getattr(self, "kernels", "torch"))
         key = structure_key(code, backend) + (f"/amp-{amp}" if amp is not None else "")
