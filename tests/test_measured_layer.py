@@ -17,13 +17,13 @@ SPEC = "structure k = kronecker(d = 64)"
 class RecordingChooser:
     """Answers every question with ``winner`` and records the question."""
 
-    def __init__(self, winner: str) -> None:
-        self.winner, self.asked = winner, []
+    def __init__(self, winner: str, source: str = "measured") -> None:
+        self.winner, self.source, self.asked = winner, source, []
 
     def choose(self, structure, candidates, inputs, wrt=(), prior=None, fallback=None):
         rows = inputs[0].shape[0]
         self.asked.append({"structure": structure, "rows": rows, "prior": prior, "fallback": fallback})
-        return PathChoice(f"{structure}|{rows}", self.winner, {self.winner: 1.0})
+        return PathChoice(f"{structure}|{rows}", self.winner, {self.winner: 1.0}, source=self.source)
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +52,9 @@ def test_the_prior_is_offered_only_where_it_holds(layer_class):
 
 
 def test_a_layer_far_from_its_planned_batch_times_the_path_the_prior_dislikes():
-    """The reviewer's case: planned at 1 token, where the model puts the planned
-    steps at 10x dense; at 4096 tokens both paths are timed (a real chooser)."""
+    """Planned at 1 token, where the model puts the planned steps at 2.4x dense (prior_skip
+    1 rules out anything behind the best); at 4096 tokens both paths are timed (a real
+    chooser)."""
     cls = einstruct.compile("structure b = block_diagonal(d = 256, blocks = 2)", batch=1)
     layer = cls(strategy="measured")
     layer.path_chooser = PathChooser(cache_dir=None, repeats=1, warmup=0, prior_skip=1.0)
@@ -138,3 +139,64 @@ def test_without_a_chooser_of_its_own_the_layer_uses_the_process_wide_one(layer_
     monkeypatch.setattr(measured, "default_chooser", lambda: shared)
     layer_class(strategy="measured", dtype=torch.float64)(torch.randn(4, 64, dtype=torch.float64))
     assert len(shared.asked) == 1
+
+
+def test_an_untimed_fallback_is_not_remembered(layer_class):
+    """A call the chooser could not time (a tensor subclass, fake tensors) takes the
+    default; the next plain call is measured."""
+    layer, chooser = _measured(layer_class, "dense")
+    chooser.source = "fallback"
+    x = torch.randn(16, 64, dtype=torch.float64)
+    layer(x)
+    chooser.source = "measured"
+    layer(x)
+    layer(x)
+    assert len(chooser.asked) == 2 and layer.path_choice.source == "measured"
+
+
+def test_changing_an_option_after_measuring_measures_again(layer_class):
+    layer, chooser = _measured(layer_class, "structured")
+    x = torch.randn(16, 64, dtype=torch.float64)
+    layer(x)
+    layer.save_intermediate = False
+    layer(x)
+    layer.normalize = True
+    layer(x)
+    assert len({a["structure"] for a in chooser.asked}) == 3
+
+
+def test_copies_and_pickles_leave_what_was_measured_behind(layer_class):
+    import copy
+    import io
+
+    layer, chooser = _measured(layer_class, "dense")
+    x = torch.randn(16, 64, dtype=torch.float64)
+    layer(x)
+    for clone in (copy.deepcopy(layer), _reloaded(layer, io)):
+        assert clone.path_choice is None
+        clone.path_chooser = RecordingChooser("structured")
+        clone(x)  # another machine, maybe: measured where it runs
+        assert len(clone.path_chooser.asked) == 1 and clone.path_choice.winner == "structured"
+    assert layer.path_choice.winner == "dense"  # the original keeps its own
+
+
+def _reloaded(layer, io):
+    buffer = io.BytesIO()
+    layer.path_chooser = None  # the recording chooser is a test's local class
+    torch.save(layer, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=False)
+
+
+def test_the_default_path_is_part_of_the_key():
+    """Two classes of one spec and plan, one defaulting to the planned steps and one to
+    the dense W: each default is always timed, so they do not share a measurement."""
+    structured = einstruct.compile(SPEC, batch=16, strategy="structured")
+    dense = einstruct.compile(SPEC, batch=16, strategy="dense")
+    assert structured.plan_hash == dense.plan_hash
+    keys = []
+    for cls in (structured, dense):
+        layer, chooser = _measured(cls, "structured")
+        layer(torch.randn(16, 64, dtype=torch.float64))
+        keys.append(chooser.asked[0]["structure"])
+    assert keys[0] != keys[1]

@@ -644,19 +644,38 @@ class StructuredLinear(nn.Module):
             if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
             else None
         )
-        mode = (device, x.dtype, grad, amp)
+        # the options the forward reads: changing one after a measurement measures again
+        options = (
+            self.save_intermediate,
+            self.normalize,
+            self.gain is not None,
+            getattr(self, "kernels", None),
+        )
+        mode = (device, x.dtype, grad, amp, options)
         choices = self.__dict__.setdefault("_measured_choices", {})
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
-            agreed = {c.winner for k, c in choices.items() if k[:4] == mode}
+            agreed = {c.winner for k, c in choices.items() if k[:5] == mode}
             return agreed.pop() if len(agreed) == 1 else self.default_strategy
         rows = x.numel() // self.in_features if self.in_features else 0
         key = (*mode, torch.get_num_threads(), (max(rows, 1) - 1).bit_length())
         known = choices.get(key)
         if known is None:
-            known = choices[key] = self._measure_strategy(x, grad, amp, rows)
+            known = self._measure_strategy(x, grad, amp, rows)
+            if (
+                known.source != "fallback"
+            ):  # untimed (a subclass, fake tensors): ask again
+                choices[key] = known
         if self.path_choice is not known:  # a plain attribute: no Module.__setattr__
             self.__dict__["path_choice"] = known
         return str(known.winner)
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave out what was measured: it holds for this machine
+        (a loaded layer measures again where it runs)."""
+        state = super().__getstate__()
+        state["_measured_choices"] = {}
+        state["path_choice"] = None
+        return state
 
     def _measure_strategy(
         self, x: torch.Tensor, grad: bool, amp: Any, rows: int
@@ -678,11 +697,12 @@ class StructuredLinear(nn.Module):
         if self.padded_in * self.padded_out <= max_params():
             paths["dense"] = lambda a: torch.nn.functional.linear(a, self.to_dense())
         # what changes the candidates' code or cost besides the hardware: the spec,
-        # the planned steps (their hash; the batch in a file older than the hash) and
-        # the options the forward reads
+        # the planned steps (their hash; the batch in a file older than the hash), the
+        # options the forward reads, and the default path (always timed)
         plan = getattr(self, "plan_hash", "") or f"b{self.planned_batch}"
         save, norm = int(self.save_intermediate), int(self.normalize)
-        code = f"{self.spec_hash}.{plan}.s{save}n{norm}g{int(self.gain is not None)}"
+        gain, default = int(self.gain is not None), self.default_strategy
+        code = f"{self.spec_hash}.{plan}.s{save}n{norm}g{gain}.{default}"
         # a fused layer's kernels option runs other code on the structured path
         backend = str(getattr(self, "kernels", "torch"))
         key = structure_key(code, backend) + (f"/amp-{amp}" if amp is not None else "")
