@@ -637,21 +637,16 @@ class StructuredLinear(nn.Module):
         or compiling nothing is timed: the choice measured for this device, dtype and
         mode if every token bucket agreed on it, else the default."""
         grad = torch.is_grad_enabled() and (x.requires_grad or _learns(self))
-        device = x.device
-        kind = device.type
-        amp = (
-            torch.get_autocast_dtype(kind)
-            if torch.amp.is_autocast_available(kind) and torch.is_autocast_enabled(kind)
-            else None
-        )
+        _, autocasts, amp_dtype = autocast_state(x)
+        amp = amp_dtype if autocasts else None
         # the options the forward reads: changing one after a measurement measures again
         options = (
-            self.save_intermediate,
-            self.normalize,
-            self.gain is not None,
-            getattr(self, "kernels", None),
+            int(self.save_intermediate),
+            int(self.normalize),
+            int(self.gain is not None),
+            str(getattr(self, "kernels", "torch")),
         )
-        mode = (device, x.dtype, grad, amp, options)
+        mode = (x.device, x.dtype, grad, amp, options)
         choices = self.__dict__.setdefault("_measured_choices", {})
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
             agreed = {c.winner for k, c in choices.items() if k[:5] == mode}
@@ -660,10 +655,9 @@ class StructuredLinear(nn.Module):
         key = (*mode, torch.get_num_threads(), (max(rows, 1) - 1).bit_length())
         known = choices.get(key)
         if known is None:
-            known = self._measure_strategy(x, grad, amp, rows)
-            if (
-                known.source != "fallback"
-            ):  # untimed (a subclass, fake tensors): ask again
+            known = self._measure_strategy(x, grad, amp, rows, options)
+            # an untimed fallback (a tensor subclass, fake tensors) is asked again
+            if known.source != "fallback":
                 choices[key] = known
         if self.path_choice is not known:  # a plain attribute: no Module.__setattr__
             self.__dict__["path_choice"] = known
@@ -678,7 +672,7 @@ class StructuredLinear(nn.Module):
         return state
 
     def _measure_strategy(
-        self, x: torch.Tensor, grad: bool, amp: Any, rows: int
+        self, x: torch.Tensor, grad: bool, amp: Any, rows: int, options: tuple
     ) -> Any:
         """The measured choice for this call's key (the chooser's memory, its cache
         file, else timed now)."""
@@ -700,11 +694,8 @@ class StructuredLinear(nn.Module):
         # the planned steps (their hash; the batch in a file older than the hash), the
         # options the forward reads, and the default path (always timed)
         plan = getattr(self, "plan_hash", "") or f"b{self.planned_batch}"
-        save, norm = int(self.save_intermediate), int(self.normalize)
-        gain, default = int(self.gain is not None), self.default_strategy
-        code = f"{self.spec_hash}.{plan}.s{save}n{norm}g{gain}.{default}"
-        # a fused layer's kernels option runs other code on the structured path
-        backend = str(getattr(self, "kernels", "torch"))
+        save, norm, gain, backend = options  # backend: a fused layer's kernels option
+        code = f"{self.spec_hash}.{plan}.s{save}n{norm}g{gain}.{self.default_strategy}"
         key = structure_key(code, backend) + (f"/amp-{amp}" if amp is not None else "")
         # the prior is the model's forward + backward at the planned batch: it rules
         # paths out only where it holds
