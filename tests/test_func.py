@@ -111,3 +111,58 @@ def test_vmap_over_an_ensemble_of_layers(routed):
     ys = vmap(lambda p, b: functional_call(layers[0], (p, b), (x,)), in_dims=(0, 0))(params, buffers)
     expected = [_reference(layer, dict(layer.named_parameters()), x) for layer in layers]
     torch.testing.assert_close(ys, torch.stack(expected))
+
+
+def _penalty_gradients(layer, params: dict, x: torch.Tensor, forward) -> dict:
+    """Gradients, over the input and every parameter, of a gradient penalty: the
+    squared norm of the gradient (input's and parameters', as in gradient-norm
+    regularization; WGAN-GP takes the input's alone) of a weighted output sum. The
+    backward of a backward; zero for what the penalty does not use."""
+    x = x.clone().requires_grad_()
+    weights = torch.linspace(-1, 1, len(x) * layer.out_features, dtype=torch.float64)
+    y = forward(x) * weights.reshape(len(x), -1)
+    wrt = [x, *params.values()]
+    first = torch.autograd.grad(y.sum(), wrt, create_graph=True, allow_unused=True, materialize_grads=True)
+    penalty = sum(g.square().sum() for g in first)
+    grads = torch.autograd.grad(penalty, wrt, allow_unused=True, materialize_grads=True)
+    return dict(zip(["x", *params], grads))
+
+
+@pytest.mark.parametrize("routed, strategy", LAYERS)
+@pytest.mark.parametrize("save", [True, False], ids=["saved", "recomputed"])
+def test_a_gradient_penalty_differentiates_the_backward(routed, strategy, save):
+    """create_graph=True: the backward is differentiated again and reaches the factors
+    (the saved operands have no graph: the steps run again)."""
+    layer = _layer(routed, strategy, save_intermediate=save)
+    with torch.no_grad():
+        for name, p in layer.named_parameters():
+            p.copy_(_params(layer, 5)[name])
+    params = dict(layer.named_parameters())
+    x = torch.randn(7, layer.in_features, dtype=torch.float64)
+    got = _penalty_gradients(layer, params, x, layer)
+    own = {k: v.detach().clone().requires_grad_() for k, v in params.items()}
+    expected = _penalty_gradients(layer, own, x, lambda x: _reference(layer, own, x))
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], msg=name)
+    assert any(got[k].abs().max() > 0 for k in layer.factor_axes)
+
+
+@pytest.mark.parametrize("routed, strategy", LAYERS)
+def test_jacrev_of_grad_over_the_parameters(routed, strategy):
+    """A Hessian through torch.func (grad inside jacrev) with the default saved operands."""
+    layer = _layer(routed, strategy)
+    params = _params(layer, 6)
+    x = torch.randn(4, layer.in_features, dtype=torch.float64)
+    factors = list(layer.factor_axes)
+
+    def loss(p, forward):
+        return forward(p).sin().sum()
+
+    def hessian(forward):
+        return jacrev(grad(lambda p: loss(p, forward)))(params)
+
+    got = hessian(lambda p: functional_call(layer, p, (x,)))
+    expected = hessian(lambda p: _reference(layer, p, x))
+    for a in factors:
+        for b in factors:
+            torch.testing.assert_close(got[a][b], expected[a][b], msg=f"{a}, {b}")

@@ -164,34 +164,46 @@ def planned_setup(ctx: Any, inputs: tuple, output: tuple) -> None:
     """setup_context of a layer's planned-steps Function, whose forward is
     ``(x, *factors, save_intermediate) -> (y, *operands)`` (operands only when saved).
 
-    Saves the steps' matmul operands (views of the input and factors where no copy
-    was needed), or only the input and the factors to recompute them, and the
-    autocast state. Gradients of the extra outputs are never materialized: the
-    backward gets None for them (no zero-filled buffers).
+    Saves the input and the factors, the steps' matmul operands when asked (views of
+    the input and factors where no copy was needed, so the input costs nothing more
+    in the planned layouts), and the autocast state. Gradients of the extra outputs
+    are never materialized: the backward gets None for them (no zero-filled
+    buffers).
     """
     x, *factors, save_intermediate = inputs
     ctx.save_intermediate = save_intermediate
     ctx.amp = autocast_state(x)
     ctx.mark_non_differentiable(*output[1:])
     ctx.set_materialize_grads(False)
-    if save_intermediate:
-        ctx.save_for_backward(*output[1:])
-    else:
-        ctx.save_for_backward(x, *factors)
+    kept = output[1:] if save_intermediate else ()
+    ctx.save_for_backward(x, *factors, *kept)
+    ctx.arguments = 1 + len(factors)
 
 
 def planned_backward(ctx: Any, g_out: Any, steps: Any, grads: Any) -> tuple:
     """The backward of a planned-steps Function under the forward's autocast state:
-    ``grads(g_out, operands, needs)`` on the saved operands (or on ``steps`` run
-    again); all None when the output got no gradient."""
+    ``grads(g_out, operands, needs)`` on the saved operands, or on ``steps`` run
+    again from the saved input and factors; all None when the output got no
+    gradient.
+
+    A backward that is itself differentiated (``create_graph=True``, torch.func's
+    nested transforms: grad mode is on) always runs the steps again, so its result
+    has a graph back to the input and the factors (the saved operands are outputs
+    without one). Example, a gradient penalty::
+
+        >>> (g,) = torch.autograd.grad(layer(x).sum(), x, create_graph=True)
+        >>> g.pow(2).sum().backward()  # reaches the factors through the steps
+    """
     needs = ctx.needs_input_grad
     if g_out is None:
         return (None,) * len(needs)
+    saved = ctx.saved_tensors
+    arguments = saved[: ctx.arguments]
     with autocast_context(ctx.amp):
-        if ctx.save_intermediate:
-            operands = ctx.saved_tensors
+        if ctx.save_intermediate and not torch.is_grad_enabled():
+            operands = saved[ctx.arguments :]
         else:
-            _, operands = steps(*ctx.saved_tensors)
+            _, operands = steps(*arguments)
         return (*grads(g_out, operands, needs), None)
 
 

@@ -206,6 +206,9 @@ class SparseExperts(torch.autograd.Function):
                 for w, need in zip(factors, needs[1:])
             ]
             inner = iter(kept)
+            # a differentiated backward (grad mode on) runs the steps again: the
+            # kept intermediates are outputs with no graph to x and the factors
+            keep = ctx.save_intermediate and not torch.is_grad_enabled()
             start = 0
             for e, count in enumerate(ctx.counts):
                 if count == 0:
@@ -218,7 +221,7 @@ class SparseExperts(torch.autograd.Function):
                 ]
                 xs = x.index_select(0, tokens[rows])
                 xg = xs * ws[rows]
-                if ctx.save_intermediate:
+                if keep:
                     saved = [next(inner) for _ in range(layer.expert_intermediates)]
                 else:
                     _, saved = layer.expert_steps(xg, *mine)
