@@ -10,6 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.utils.checkpoint import checkpoint
 
+from einstruct.errors import ParameterError
 from einstruct.runtime.experts import all_to_all_experts, attach_aux_loss, balance_loss
 
 E, D, TOKENS = 4, 6, 10
@@ -89,3 +90,38 @@ def test_balance_over_a_group_and_expert_parallelism_equal_one_process(tmp_path)
         torch.testing.assert_close(y_r, y[halves[rank]].detach())
         torch.testing.assert_close(x_grad, tokens.grad[halves[rank]])
         torch.testing.assert_close(w_grad, w.grad[2 * rank : 2 * rank + 2])
+
+
+PROBS = torch.softmax(torch.linspace(-1, 1, 24).reshape(6, 4), dim=-1)
+
+
+@pytest.mark.parametrize(
+    "args, problem",
+    [
+        ((PROBS, torch.tensor([[0, 1]] * 5 + [[0, 5]])), "outside 0 .. 3"),  # counted as a 5th expert before
+        ((PROBS, torch.tensor([[-1, 1]] * 6)), "outside 0 .. 3"),
+        ((PROBS, torch.tensor([[0.0, 1.0]] * 6)), "integer tensor"),
+        ((PROBS, torch.tensor([0] * 5)), "5 tokens but probs has 6"),
+        ((PROBS, torch.tensor([0] * 6), 5), "num_experts is 5"),
+        ((PROBS[0], torch.tensor([0])), "2 axes"),
+        (([[0.5, 0.5]], torch.tensor([0])), "must be a tensor"),
+    ],
+)
+def test_balance_loss_refuses_inconsistent_arguments(args, problem):
+    with pytest.raises(ParameterError, match=problem):
+        balance_loss(*args)
+
+
+@pytest.mark.parametrize(
+    "args, problem",
+    [
+        ((torch.randn(3, 4), torch.tensor([0, 1]), 2), "2 entries but tokens has 3 rows"),  # 2 rows came back
+        ((torch.randn(2, 4), torch.tensor([0, 1]), 0), "positive integer"),  # ZeroDivisionError before
+        ((torch.randn(2, 4), torch.tensor([0.0, 1.0]), 2), "integer tensor"),
+        ((torch.randn(2, 4), torch.tensor([0, 1]), 1.5), "positive integer"),
+    ],
+)
+def test_all_to_all_experts_refuses_inconsistent_arguments(args, problem):
+    tokens, expert, per_rank = args
+    with pytest.raises(ParameterError, match=problem):  # before any collective
+        all_to_all_experts(tokens, expert, lambda rows, local: rows, per_rank)

@@ -47,6 +47,33 @@ def attach_aux_loss(output: torch.Tensor, aux: torch.Tensor, weight: float = 1.0
     return AttachLoss.apply(output, aux, float(weight))
 
 
+def _check_tensor(name: str, value: Any, floating: bool, dims: tuple) -> None:
+    """A ParameterError unless ``value`` is a tensor of the right kind and number of axes."""
+    if not isinstance(value, torch.Tensor):
+        raise ParameterError(f"{name} must be a tensor, got {type(value).__name__}", hint="pass a torch.Tensor")
+    kind_ok = value.is_floating_point() if floating else not (value.is_floating_point() or value.is_complex())
+    if not kind_ok or value.dtype == torch.bool:
+        kind = "a floating" if floating else "an integer"
+        raise ParameterError(
+            f"{name} must be {kind} tensor, got {value.dtype}",
+            hint="probabilities and token rows are floating; expert indices are integers",
+        )
+    if value.dim() not in dims:
+        raise ParameterError(
+            f"{name} must have {' or '.join(map(str, dims))} axes, got shape {tuple(value.shape)}",
+            hint="see the docstring for each argument's shape",
+        )
+
+
+def _check_indices(name: str, value: torch.Tensor, experts: int) -> None:
+    """A ParameterError unless every index lies in 0 .. experts - 1."""
+    if value.numel() and bool(((value < 0) | (value >= experts)).any()):
+        raise ParameterError(
+            f"{name} holds an expert index outside 0 .. {experts - 1}",
+            hint="pass the indices the router chose (e.g. probs.topk(k).indices)",
+        )
+
+
 def balance_loss(
     probs: torch.Tensor, chosen: torch.Tensor, num_experts: int | None = None, group: Any = None
 ) -> torch.Tensor:
@@ -55,14 +82,29 @@ def balance_loss(
     Args:
         probs: ``(tokens, E)`` router probabilities (differentiable).
         chosen: ``(tokens, k)`` (or ``(tokens,)``) the experts each token was sent to.
-        num_experts: E (default ``probs.shape[-1]``).
+        num_experts: E, if given: must equal ``probs.shape[-1]`` (the default).
         group: a process group: ``f`` (the fraction of assignments per expert) is
             then counted over every rank's tokens (one all-reduce); ``P`` (the mean
             probability) stays this rank's, so averaging the ranks' losses, or
             their gradients as DDP does, gives the global batch's when every rank
             has as many tokens.
     """
-    experts = int(num_experts if num_experts is not None else probs.shape[-1])
+    _check_tensor("probs", probs, floating=True, dims=(2,))
+    _check_tensor("chosen", chosen, floating=False, dims=(1, 2))
+    experts = probs.shape[-1]
+    if num_experts is not None and (
+        isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts != experts
+    ):
+        raise ParameterError(
+            f"num_experts is {num_experts!r:.40} but probs has {experts} experts (its last axis)",
+            hint="leave num_experts out, or pass probs.shape[-1]",
+        )
+    if chosen.shape[0] != probs.shape[0]:
+        raise ParameterError(
+            f"chosen has {chosen.shape[0]} tokens but probs has {probs.shape[0]}",
+            hint="pass the router's probabilities and choices for the same tokens",
+        )
+    _check_indices("chosen", chosen, experts)
     picks = chosen.reshape(chosen.shape[0], -1)
     counts = torch.zeros(experts + 1, dtype=torch.float64, device=probs.device)
     counts[:experts] = torch.bincount(picks.reshape(-1), minlength=experts)[:experts].to(counts.dtype)
@@ -96,6 +138,23 @@ def all_to_all_experts(
     """
     from torch.distributed.nn.functional import all_to_all_single
 
+    _check_tensor("tokens", tokens, floating=True, dims=(2,))
+    _check_tensor("expert", expert, floating=False, dims=(1,))
+    if expert.shape[0] != tokens.shape[0]:
+        raise ParameterError(
+            f"expert has {expert.shape[0]} entries but tokens has {tokens.shape[0]} rows",
+            hint="one expert index per token row (repeat a token's row for each of its experts)",
+        )
+    if isinstance(experts_per_rank, bool) or not isinstance(experts_per_rank, int) or experts_per_rank < 1:
+        raise ParameterError(
+            f"experts_per_rank must be a positive integer, got {experts_per_rank!r:.40}",
+            hint="the number of experts each rank holds, e.g. num_experts // world_size",
+        )
+    if not callable(local_experts):
+        raise ParameterError(
+            "local_experts must be a function (rows, local_index) -> outputs",
+            hint="pass the function that runs this rank's experts",
+        )
     world = dist.get_world_size(group)
     dest = torch.div(expert, experts_per_rank, rounding_mode="floor")
     if bool(((dest < 0) | (dest >= world)).any()):
