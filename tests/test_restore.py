@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 
 import pytest
 import torch
@@ -82,6 +83,45 @@ def test_restore_checks_everything_before_touching_the_model(tmp_path):
     assert report.names == ["up", "down", "mix"] and fresh.head.weight is fresh.embed.weight
     with pytest.raises(ParameterError, match="is a .*not a linear layer to restore"):
         einstruct.restore(fresh, tmp_path / "m.json")  # already restored
+
+
+def _bad_values(state: dict) -> list:
+    """(a state dict with one value the model cannot take as it is, what the error says)."""
+    bias = state["mix.bias"]
+    with warnings.catch_warnings():  # torch deprecates quantized tensors; checkpoints may still hold them
+        warnings.simplefilter("ignore")
+        quantized = torch.quantize_per_tensor(bias.float(), 0.1, 0, torch.qint8)
+    return [
+        ({**state, "mix.bias": bias.to_sparse()}, "'mix.bias' is a torch.sparse_coo tensor"),
+        ({**state, "mix.bias": quantized}, "'mix.bias' is a quantized tensor"),
+        ({**state, "mix.bias": bias.to(torch.complex64)}, r"'mix.bias' holds torch.complex64 values"),
+        ({**state, "mix.bias": torch.ones_like(bias, dtype=torch.int64)}, "holds torch.int64 values"),
+        ({**state, "mix.bias": torch.ones_like(bias, dtype=torch.bool)}, "holds torch.bool values"),
+        ({**state, "mix.A": state["mix.A"] * float("nan")}, "'mix.A' holds NaN or infinite values"),
+        ({**state, "embed.weight": state["embed.weight"] * float("inf")}, "holds NaN or infinite"),
+        ({**state, "head.weight": torch.zeros_like(state["head.weight"])}, "differ, but they are one tensor"),
+    ]
+
+
+def test_restore_refuses_values_the_model_cannot_take_and_changes_nothing(tmp_path):
+    """Checked before the first weight is copied: load_state_dict copies key by key and
+    raises at the end, which used to leave the embedding overwritten; a tied key that
+    disagrees silently replaced the other."""
+    model = _converted()
+    einstruct.save_manifest(model, tmp_path / "m.json")
+    state = model.state_dict()
+    for bad, problem in _bad_values(state):
+        fresh = Block()
+        before = {k: v.clone() for k, v in fresh.state_dict().items()}
+        with pytest.raises(ParameterError, match=problem):
+            einstruct.restore(fresh, tmp_path / "m.json", bad)
+        after = fresh.state_dict()
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[k], after[k]) for k in before), problem
+    fresh = Block()
+    half = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+    einstruct.restore(fresh, tmp_path / "m.json", half)  # another floating dtype is a cast, as in torch
+    torch.testing.assert_close(fresh.mix.A, state["mix.A"].half().float())
 
 
 def test_the_manifest_is_written_by_the_file_rule(tmp_path):

@@ -237,9 +237,40 @@ def _new_layer(model: Any, entry: LayerEntry, taken: dict[int, str]) -> tuple[tu
     return names, layer
 
 
+def _kind(tensor: Any) -> str:
+    """What a tensor's values are: "floating", "complex", "integer" or "bool"."""
+    if tensor.is_complex():
+        return "complex"
+    if tensor.is_floating_point():
+        return "floating"
+    return "bool" if str(tensor.dtype) == "torch.bool" else "integer"
+
+
+def _value_problem(value: Any, own: Any, parameter: bool) -> str:
+    """Why a state dict value cannot be loaded into ``own``, or ''."""
+    if value.layout != own.layout or getattr(value, "is_nested", False):
+        return f"is a {value.layout} tensor (the model's is {own.layout})"
+    if value.is_quantized:
+        return "is a quantized tensor"
+    kind, want = _kind(value), _kind(own)
+    if kind != want and not (want == "integer" and kind == "bool"):
+        return f"holds {value.dtype} values, the model's {own.dtype} ({want})"
+    if parameter and want in ("floating", "complex") and value.numel():
+        import torch
+
+        if not bool(torch.isfinite(value).all()):
+            return "holds NaN or infinite values"
+    return ""
+
+
 def _check_state(model: Any, state: Mapping[str, Any]) -> None:
-    """Every key of the model present (or tied to a present one), none unknown, every shape equal."""
+    """Every key of the model present (or tied to a present one), none unknown, every
+    shape equal, every value loadable (a dense tensor of the model's kind of values;
+    parameters finite) and tied keys equal: so ``load_state_dict`` cannot fail half-way."""
+    import torch
+
     own = model.state_dict(keep_vars=True)
+    parameters = {id(p) for p in model.parameters()}
     unknown = [k for k in state if k not in own]
     present = {id(own[k]) for k in state if k in own}
     missing = [k for k in own if k not in state and id(own[k]) not in present]
@@ -257,6 +288,21 @@ def _check_state(model: Any, state: Mapping[str, Any]) -> None:
                 + (" ..." if len(keys) > 4 else ""),
                 hint="save and restore the same architecture with the same manifest, "
                 "built on a real device (model.to_empty(device=...) for a meta model)",
+            )
+    first: dict[int, str] = {}
+    for key, value in state.items():
+        problem = _value_problem(value, own[key], id(own[key]) in parameters)
+        if problem:
+            raise ManifestError(
+                f"the state dict's '{key[:80]}' {problem}",
+                hint="load a checkpoint of this model's own parameters (state_dict() as saved)",
+            )
+        tied = first.setdefault(id(own[key]), key)
+        if tied != key and not torch.equal(state[tied].to(value.dtype), value):
+            raise ManifestError(
+                f"the state dict's '{key[:80]}' and '{tied[:80]}' differ, but they are one tensor "
+                "(tied) in the model",
+                hint="save the model's own state_dict(): tied weights are saved equal",
             )
 
 
