@@ -90,6 +90,8 @@ CASES = [
     (("layers",), [], r"manifest layers: must hold 1 to"),
     (("format",), 2, r"manifest format: must be 1: not an einstruct manifest"),
     (("format",), True, r"manifest format: must be 1"),
+    (("format",), 1.0, r"manifest format: must be 1.*got float 1\.0"),
+    (("skipped",), [{"name": "head", "reason": "\x1b[31mred"}], r"skipped\[0\]\.reason: .* not printable"),
     (("skipped",), [{"name": "head"}], r"skipped\[0\]\.reason: is missing"),
     (("skipped",), "head", r"manifest skipped: must be a list"),
 ]  # fmt: skip
@@ -231,3 +233,23 @@ def test_a_meta_device_model_gets_no_state_silently():
         einstruct.restore(fresh, MANIFEST, STATE)
     report = einstruct.restore(fresh, MANIFEST)  # structure only: fine on meta
     assert report.names == ["up", "down", "mix"]
+
+
+def test_a_limit_of_this_machine_is_not_blamed_on_the_manifest(monkeypatch):
+    monkeypatch.setenv("EINSTRUCT_MAX_PARAMS", "10")
+    fresh = Block()
+    before = _snapshot(fresh)
+    with pytest.raises(
+        einstruct.EinstructError, match=r"layer 'up' \(layers\[0\]\): .*EINSTRUCT_MAX_PARAMS = 10"
+    ) as info:
+        einstruct.restore(fresh, MANIFEST, STATE)
+    assert "save_manifest" not in str(info.value) and "raise or fix EINSTRUCT_MAX_PARAMS" in str(info.value)
+    assert _unchanged(fresh, before)
+
+
+def test_a_bad_setting_is_named_as_the_setting_for_a_manifest_file(monkeypatch, tmp_path):
+    (tmp_path / "m.json").write_text(json.dumps(MANIFEST))
+    monkeypatch.setenv("EINSTRUCT_MAX_INPUT_BYTES", "abc")
+    with pytest.raises(einstruct.EinstructError, match="EINSTRUCT_MAX_INPUT_BYTES='abc'") as info:
+        einstruct.restore(Block(), tmp_path / "m.json")
+    assert "cannot read the manifest" not in str(info.value)

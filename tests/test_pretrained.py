@@ -54,6 +54,39 @@ def test_a_plain_checkpoint_has_no_manifest_to_restore(tmp_path):
         einstruct.from_pretrained(GPT2LMHeadModel, tmp_path)
 
 
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda raw: raw.replace('"normalize": true', '"normalize": true, "normalize": false', 1),
+            "key 'normalize' appears twice",
+        ),
+        (
+            lambda raw: raw[: raw.rindex("}")] + ', "junk": ' + "[" * 100_000 + "]" * 100_000 + "}",
+            "nests too deeply",
+        ),
+        (lambda raw: "[1, 2]", "not a config object"),
+        (lambda raw: raw.replace('"n_embd": 64', '"n_embd": NaN', 1), "NaN is not a JSON number"),
+    ],
+    ids=["duplicate key", "deep nesting", "not an object", "NaN"],
+)
+def test_config_json_is_read_as_strictly_as_a_manifest(tmp_path, edit, message):
+    """transformers' reader lets the last of two equal keys win and fails on deep nesting
+    with a traceback: the manifest in config.json goes through einstruct's strict reader."""
+    _converted().save_pretrained(tmp_path)
+    raw = (tmp_path / "config.json").read_text()
+    (tmp_path / "config.json").write_text(edit(raw))
+    with pytest.raises(einstruct.EinstructError, match=message):
+        einstruct.from_pretrained(GPT2LMHeadModel, tmp_path)
+
+
+@pytest.mark.parametrize("dtype", ["float16", torch.int8, 3, torch.complex64])
+def test_from_pretrained_takes_only_a_floating_dtype(tmp_path, dtype):
+    _converted().save_pretrained(tmp_path)
+    with pytest.raises(ParameterError, match="dtype must be a floating torch.dtype"):
+        einstruct.from_pretrained(GPT2LMHeadModel, tmp_path, dtype=dtype)
+
+
 def test_weights_that_do_not_match_the_rebuilt_layers_are_refused(tmp_path):
     model = _converted()
     model.save_pretrained(tmp_path)

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 __all__ = [
     "MAX_PARAMS_DEFAULT",
     "MAX_SETTING_CHARS",
+    "LimitError",
     "SettingError",
     "env_flag",
     "max_params",
@@ -56,6 +57,16 @@ class SettingError(ValueError):
             f"give a positive whole number in plain digits, e.g. {variable}=4096 "
             f"(underscores between digits are allowed), or unset it for the default"
         )
+
+
+class LimitError(ValueError):
+    """A size over the limit an environment variable sets (``variable``, e.g.
+    EINSTRUCT_MAX_PARAMS): the setting, not the input, decides; raising it allows
+    the size."""
+
+    def __init__(self, message: str, variable: str):
+        self.variable = variable
+        super().__init__(message)
 
 
 def shown_value(value: str, limit: int = 40) -> str:

@@ -22,7 +22,7 @@ from torch import nn
 
 # in a standalone file this name is defined by env.py's text above
 if "max_params" not in globals():
-    from .env import max_params
+    from .env import LimitError, max_params
 
 __all__ = [
     "StructuredLinear",
@@ -518,15 +518,17 @@ class StructuredLinear(nn.Module):
         limit = max_params()
         widest = max(self.padded_in, self.padded_out, self.peak_intermediate)
         if widest > limit:
-            raise ValueError(
+            raise LimitError(
                 f"{name} moves {widest:,} entries per token (its padded widths and largest "
                 f"intermediate), more than EINSTRUCT_MAX_PARAMS = {limit:,}; set that variable "
-                "to allow it"
+                "to allow it",
+                "EINSTRUCT_MAX_PARAMS",
             )
         if self.param_count > limit:
-            raise ValueError(
+            raise LimitError(
                 f"{name} has {self.param_count:,} parameters, more than "
-                f"EINSTRUCT_MAX_PARAMS = {limit:,}; set that variable to allow it"
+                f"EINSTRUCT_MAX_PARAMS = {limit:,}; set that variable to allow it",
+                "EINSTRUCT_MAX_PARAMS",
             )
         if gain and not normalize:
             raise ValueError(f"{name}: gain=True needs normalize=True")
@@ -572,10 +574,11 @@ class StructuredLinear(nn.Module):
         entries = self.padded_in * self.padded_out
         limit = max_params()
         if entries > limit:
-            raise ValueError(
+            raise LimitError(
                 f"{type(self).__name__}: W has {entries:,} entries, more than "
                 f"EINSTRUCT_MAX_PARAMS = {limit:,}; use strategy='structured' or set "
-                "that variable"
+                "that variable",
+                "EINSTRUCT_MAX_PARAMS",
             )
 
     def reset_parameters(self) -> None:

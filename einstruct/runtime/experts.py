@@ -50,7 +50,9 @@ def attach_aux_loss(output: torch.Tensor, aux: torch.Tensor, weight: float = 1.0
 def _check_tensor(name: str, value: Any, floating: bool, dims: tuple) -> None:
     """A ParameterError unless ``value`` is a tensor of the right kind and number of axes."""
     if not isinstance(value, torch.Tensor):
-        raise ParameterError(f"{name} must be a tensor, got {type(value).__name__}", hint="pass a torch.Tensor")
+        raise ParameterError(
+            f"{name} must be a tensor, got {type(value).__name__}", hint="pass a torch.Tensor"
+        )
     kind_ok = value.is_floating_point() if floating else not (value.is_floating_point() or value.is_complex())
     if not kind_ok or value.dtype == torch.bool:
         kind = "a floating" if floating else "an integer"

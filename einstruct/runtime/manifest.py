@@ -29,6 +29,7 @@ from ..files import write_files
 from ..language.load import load
 from ..language.parser import parse_text
 from ..limits import ENVIRONMENT, current
+from ..nn.env import LimitError, SettingError
 from ..reading import read_bounded, shown_path
 from .adapters import adapter_for
 from .build import built_from, compile_structure
@@ -149,8 +150,9 @@ def _read_manifest(source: Any) -> Manifest:
             hint="e.g. einstruct.restore(model, 'ckpt')",
         )
     path = _manifest_path(source)
+    limit = current().max_input_bytes  # a bad setting is the environment's error, not the file's
     try:
-        data = read_bounded(path, current().max_input_bytes, "manifest", ENVIRONMENT["max_input_bytes"])
+        data = read_bounded(path, limit, "manifest", ENVIRONMENT["max_input_bytes"])
     except EinstructError as exc:
         raise ManifestError(
             f"cannot read the manifest: {exc.message}", hint="pass the file save_manifest wrote"
@@ -228,6 +230,12 @@ def _new_layer(model: Any, entry: LayerEntry, taken: dict[int, str]) -> tuple[tu
         layer = cls(bias=entry.bias, device=weight.device, dtype=weight.dtype, **dict(entry.options))
     except EinstructError as exc:
         raise _entry_error(entry, "options", exc) from None
+    except (LimitError, SettingError) as exc:  # this machine's settings, not the manifest
+        variable = exc.variable
+        raise ParameterError(
+            f"layer '{names[0][:80]}' ({entry.where}): {exc}",
+            hint=f"{variable} on this machine refuses it: raise or fix {variable}",
+        ) from None
     except (ValueError, TypeError, RuntimeError) as exc:
         raise ManifestError(
             f"manifest {entry.where}.options: {str(exc)[:200]}", hint="was it written by save_manifest?"

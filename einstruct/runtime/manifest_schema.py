@@ -178,6 +178,16 @@ def _text(value: Any, where: str, limit: int = MAX_TEXT) -> str:
     return value
 
 
+def _line(value: Any, where: str) -> str:
+    """Text shown on one line of a report: printable (no newlines, no terminal escapes)."""
+    text = _text(value, where)
+    if not text.isprintable():
+        raise _error(
+            where, f"{text[:60]!r} holds characters that are not printable (control or escape codes)"
+        )
+    return text
+
+
 def _choice(value: Any, where: str, choices: tuple[str, ...]) -> str:
     if not isinstance(value, str) or value not in choices:
         raise _error(where, f"must be one of {', '.join(choices)}, got {_shown(value)}")
@@ -249,7 +259,7 @@ def _skipped(value: Any) -> tuple[tuple[str, str], ...]:
     for k, item in enumerate(value):
         data = _object(item, f"skipped[{k}]", ("name", "reason"), ("name", "reason"))
         out.append(
-            (_module_name(data["name"], f"skipped[{k}].name"), _text(data["reason"], f"skipped[{k}].reason"))
+            (_module_name(data["name"], f"skipped[{k}].name"), _line(data["reason"], f"skipped[{k}].reason"))
         )
     return tuple(out)
 
@@ -258,7 +268,7 @@ def parse_manifest(data: Any) -> Manifest:
     """Check ``data`` (parsed JSON, or the dict ``model_manifest`` returns) against the schema."""
     top = _object(data, "(top level)", _TOP, ())
     given = top.get("format")
-    if isinstance(given, bool) or given != FORMAT:
+    if type(given) is not int or given != FORMAT:
         got = _shown(given) if "format" in top else "nothing"
         raise _error("format", f"must be {FORMAT}: not an einstruct manifest of format {FORMAT} (got {got})")
     if "layers" not in top:

@@ -26,8 +26,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ParameterError
+from ..limits import ENVIRONMENT, current
+from ..reading import read_bounded, shown_path
 from .groups import param_groups
 from .manifest import MANIFEST_NAME, model_manifest, restore
+from .manifest_schema import ManifestError, parse_json
 from .replace import replace_linear as _replace_linear
 from .summary import ModelReport
 
@@ -71,9 +74,33 @@ def replace_linear(model: Any, spec: Any, *args: Any, **kwargs: Any) -> ModelRep
     return report
 
 
-def _config_manifest(config: Any, path: Path) -> Any:
+def _saved_config(path: Path) -> dict[str, Any]:
+    """``config.json`` read as a manifest is: bounded, strict JSON (no duplicate keys,
+    no NaN, bounded nesting), an object. transformers' own reader resolves a
+    duplicated key silently (the last wins) and fails on deep nesting with a
+    traceback; the manifest inside must not depend on that."""
+    source = path / "config.json"
+    data = parse_json(
+        read_bounded(
+            source,
+            current().max_input_bytes,
+            "Hugging Face config",
+            ENVIRONMENT["max_input_bytes"],
+            hint="pass the directory save_pretrained wrote (it holds config.json)",
+        ),
+        f"'{shown_path(source)}'",
+    )
+    if not isinstance(data, dict):
+        raise ManifestError(
+            f"'{shown_path(source)}' holds a JSON {type(data).__name__}, not a config object",
+            hint="pass the directory save_pretrained wrote",
+        )
+    return data
+
+
+def _config_manifest(saved: dict[str, Any], path: Path) -> Any:
     """The manifest in the saved config, else an ``einstruct.json`` next to it."""
-    manifest = getattr(config, CONFIG_KEY, None)
+    manifest = saved.get(CONFIG_KEY)
     if manifest is not None:
         if not isinstance(manifest, dict):
             raise ParameterError(
@@ -124,6 +151,7 @@ def from_pretrained(
             does not have, or weights whose keys or shapes do not match the
             rebuilt layers (nothing is loaded then).
     """
+    import torch
     from transformers import AutoConfig
 
     if not isinstance(path, str | os.PathLike) or not Path(path).is_dir():
@@ -132,8 +160,20 @@ def from_pretrained(
             hint="e.g. einstruct.from_pretrained(GPT2LMHeadModel, 'ckpt')",
         )
     directory = Path(path)
-    config = AutoConfig.from_pretrained(directory, **config_kwargs)
-    manifest = _config_manifest(config, directory)
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ParameterError(
+            f"dtype must be a floating torch.dtype, got {dtype!r:.40}",
+            hint="e.g. dtype=torch.bfloat16",
+        )
+    manifest = _config_manifest(_saved_config(directory), directory)
+    try:
+        config = AutoConfig.from_pretrained(directory, **config_kwargs)
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+        raise ManifestError(
+            f"transformers cannot build a config from '{shown_path(directory / 'config.json')}': "
+            f"{type(exc).__name__}: {str(exc)[:200]}",
+            hint="pass the directory save_pretrained wrote, and config overrides it accepts",
+        ) from None
     model = _build(model_class, config)
     if dtype is not None:
         model.to(dtype)
