@@ -192,6 +192,53 @@ def test_shard_indexes_may_name_only_weights_inside_their_folder(tmp_path):
         read_state_dict(ckpt)
 
 
+def test_a_folders_own_weights_file_may_not_link_outside_it(tmp_path):
+    """The rule shards follow holds for the weights file a folder holds; a file passed
+    by its own path is the caller's choice and is read where it is."""
+    outside = tmp_path / "outside.bin"
+    torch.save({"secret": torch.ones(1)}, outside)
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "pytorch_model.bin").symlink_to(outside)
+    with pytest.raises(ManifestError, match="is a link leading outside the checkpoint folder"):
+        read_state_dict(ckpt)
+    assert list(read_state_dict(ckpt / "pytorch_model.bin")) == ["secret"]
+    inside = ckpt / "weights"
+    inside.mkdir()
+    torch.save({"mix.A": torch.zeros(1)}, inside / "real.bin")
+    (ckpt / "pytorch_model.bin").unlink()
+    (ckpt / "pytorch_model.bin").symlink_to(inside / "real.bin")  # a link within the folder is fine
+    assert list(read_state_dict(ckpt)) == ["mix.A"]
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["one file", "sharded"])
+def test_a_hugging_face_hub_snapshot_loads_through_its_blob_links(tmp_path, sharded):
+    """The hub cache's layout: snapshots/<revision>/<file> -> ../../blobs/<hash>. Its links
+    leave the snapshot folder but stay in the repository's blobs folder."""
+    repo = tmp_path / "models--org--name"
+    blobs, snapshot = repo / "blobs", repo / "snapshots" / "0123abc"
+    blobs.mkdir(parents=True)
+    snapshot.mkdir(parents=True)
+    if sharded:
+        torch.save({"a": torch.zeros(2)}, blobs / "h1")
+        torch.save({"b": torch.ones(3)}, blobs / "h2")
+        (blobs / "h3").write_text(json.dumps({"weight_map": {"a": "part-1.bin", "b": "part-2.bin"}}))
+        links = {"part-1.bin": "h1", "part-2.bin": "h2", "pytorch_model.bin.index.json": "h3"}
+    else:
+        torch.save({"a": torch.zeros(2), "b": torch.ones(3)}, blobs / "h1")
+        links = {"pytorch_model.bin": "h1"}
+    for name, blob in links.items():
+        (snapshot / name).symlink_to(f"../../blobs/{blob}")
+    state = read_state_dict(snapshot)
+    assert sorted(state) == ["a", "b"] and torch.equal(state["b"], torch.ones(3))
+    torch.save({"secret": torch.ones(1)}, tmp_path / "elsewhere.bin")  # out of the repository: refused
+    name = "part-2.bin" if sharded else "pytorch_model.bin"
+    (snapshot / name).unlink()
+    (snapshot / name).symlink_to("../../../elsewhere.bin")
+    with pytest.raises(ManifestError, match="outside the checkpoint folder"):
+        read_state_dict(snapshot)
+
+
 def test_corrupt_or_foreign_checkpoints_are_einstruct_errors(tmp_path):
     good = tmp_path / "good.pt"
     torch.save(STATE, good)

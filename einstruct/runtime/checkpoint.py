@@ -7,10 +7,13 @@ with ``weights_only=True``: no code runs), a ``.safetensors`` file, or a
 the key:
 
 - a path that is not a regular file (a FIFO or device is never opened);
+- in a directory, a weights file that is a link leading outside it (the same
+  rule as for shards; a file passed by its own path is read where it is);
 - a shard index (``*.index.json``) over the input size limit, not strict JSON,
   or whose ``weight_map`` is not ``{key: shard file}``; a shard that is
   absolute, climbs out with ``..``, resolves (through links) outside the
-  index's folder, is itself an index (no index points at an index, so none
+  index's folder (or, for a Hugging Face hub snapshot, its repository's
+  ``blobs`` folder: see :func:`_roots`), is itself an index (no index points at an index, so none
   refers to itself), or has another suffix; a key two shards both hold;
 - a file ``torch.load`` or safetensors cannot read (truncated, corrupt, not a
   checkpoint): the library's message, as an einstruct error;
@@ -74,6 +77,27 @@ def _regular(path: Path) -> bool:
         return False
 
 
+def _roots(folder: Path) -> tuple[Path, ...]:
+    """Where the files of the checkpoint folder ``folder`` may lie once links are
+    followed: the folder itself, and for a Hugging Face hub snapshot
+    (``models--org--name/snapshots/<revision>/``, whose files are links to
+    ``../../blobs/<hash>``) that repository's ``blobs`` folder.
+
+    >>> _roots(Path("/c/models--o--m/snapshots/abc"))[1].as_posix()
+    '/c/models--o--m/blobs'
+    """
+    here = folder.resolve()
+    if here.parent.name == "snapshots" and here.parent.parent.name.startswith("models--"):
+        return here, here.parent.parent / "blobs"
+    return (here,)
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Whether ``path``, links followed, lies in one of ``folder``'s roots."""
+    target = path.resolve()
+    return any(target.is_relative_to(root) for root in _roots(folder))
+
+
 def _shards(index: Path) -> list[Path]:
     """The shard files an index names, each checked to lie inside the index's folder."""
     source = f"shard index '{shown_path(index)}'"
@@ -88,7 +112,7 @@ def _shards(index: Path) -> list[Path]:
     files = sorted(set(weight_map.values()))
     if len(files) > MAX_SHARDS:
         raise ManifestError(f"{source} names more than {MAX_SHARDS:,} shards", hint=_HINT)
-    folder = index.parent.resolve()
+    folder = index.parent
     out = []
     for name in files:
         where = f"{source}: shard '{shown_path(name[:200])}'"
@@ -102,9 +126,9 @@ def _shards(index: Path) -> list[Path]:
                 hint=_HINT,
             )
         path = folder / relative
-        if not path.resolve().is_relative_to(folder):
+        if not _inside(path, folder):
             raise ManifestError(
-                f"{where} leads outside the checkpoint folder {shown_path(folder)}", hint=_HINT
+                f"{where} leads outside the checkpoint folder {shown_path(folder.resolve())}", hint=_HINT
             )
         out.append(path)
     return out
@@ -153,6 +177,12 @@ def read_state_dict(source: Any) -> Mapping[str, Any]:
         if not found:
             raise ManifestError(
                 f"{shown_path(path)} holds no model weights", hint="pass the state dict file itself"
+            )
+        if not _inside(found[0], path):
+            raise ManifestError(
+                f"'{shown_path(found[0])}' is a link leading outside the checkpoint folder "
+                f"{shown_path(path.resolve())}",
+                hint="copy the weights into the folder, or pass the file itself",
             )
         path = found[0]
     if not _regular(path):
