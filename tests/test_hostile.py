@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import keyword
 import os
+import shutil
 import subprocess
 import sys
 import unicodedata
@@ -138,6 +139,18 @@ def test_lookalike_names_are_the_names_python_reads():
     assert unicodedata.normalize("NFKC", "x²") == "x2"  # Python merges them, and rejects x² as written
 
 
+@pytest.mark.parametrize("name", ["ΐx", "ǆ_ǳ", "ﬁle", "ß_straße"])
+def test_a_valid_structure_name_gives_a_class_name_python_reads_as_written(name):
+    """Upper-casing may give several code points (ΐ) or a compatibility form (ǆ -> ǅ):
+    the default class name is the NFKC form, the one Python binds."""
+    source = f"structure {name}:\n    y[o] = x[i] * W[i, o]\n    where i = 4, o = 3\n"
+    layer = einstruct.compile(source)
+    assert layer.__name__ == unicodedata.normalize("NFKC", layer.__name__)
+    namespace: dict = {}
+    exec(f"class {layer.__name__}: pass", namespace)
+    assert layer.__name__ in namespace
+
+
 @pytest.mark.parametrize("name", ["forward", "training", "to", "bias", "strategy", "state_dict", "router"])
 def test_factor_names_taken_by_the_module_are_refused_at_the_factor(name):
     source = f"structure s:\n    y[o] = x[i] * {name}[i, o]\n    where i = 4, o = 3\n"
@@ -225,6 +238,14 @@ def test_nothing_from_argv_runs_when_the_module_is_imported(payload, tmp_path, m
     assert text.splitlines()[1].startswith("# command: einstruct compile ")
     header = text[: text.index('"""')].splitlines()  # everything before the module docstring
     assert header and all(line.startswith("#") for line in header), header
+    if shutil.which("bash"):  # the recorded command names the same files when bash reads it again
+        words = text.splitlines()[1].removeprefix("# command: einstruct ")
+        read = subprocess.run(
+            ["bash", "-c", f"printf '%s\\0' {words}"], capture_output=True, env={"LC_ALL": "C.UTF-8"}
+        )
+        assert read.stdout.decode("utf-8").split("\0")[:-1] == [
+            "compile", str(spec), "-o", str(out), "--set", "d=16", "--strategy", "structured"
+        ]  # fmt: skip
     code = (
         "import importlib.util, os, torch\n"
         f"spec = importlib.util.spec_from_file_location('layer', {str(out)!r})\n"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import unicodedata
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -34,8 +35,15 @@ __all__ = [
 
 
 def default_class_name(structure_name: str) -> str:
-    """``btt`` -> ``Btt``, ``low_rank`` -> ``LowRank``."""
-    return "".join(part[:1].upper() + part[1:] for part in structure_name.split("_") if part) or "Layer"
+    """``btt`` -> ``Btt``, ``low_rank`` -> ``LowRank``; in the form Python reads
+    (NFKC: an upper case letter may be several code points, as ``ΐ``'s is).
+
+    >>> default_class_name("low_rank"), default_class_name("ΐx")
+    ('LowRank', 'Ϊ́x')
+    """
+    name = "".join(part[:1].upper() + part[1:] for part in structure_name.split("_") if part)
+    name = unicodedata.normalize("NFKC", name)
+    return name if name.isidentifier() else "Layer"
 
 
 def spec_hash(plan: Plan) -> str:
@@ -129,6 +137,38 @@ def comment_text(text: str) -> str:
     not printable (line breaks of any kind, tabs, control and format characters, lone
     surrogates) become escapes, so nothing can leave the line."""
     return "".join("\\\\" if ch == "\\" else ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
+
+
+def _shell_word(word: str) -> str:
+    """``word`` quoted for bash, in printable characters: ``shlex.quote`` where it is
+    printable, else ANSI-C quoting (``$'...'``) with escapes for the rest."""
+    import shlex
+
+    if word.isprintable():
+        return shlex.quote(word)
+    out = []
+    for ch in word:
+        if ch in "\\'":
+            out.append("\\" + ch)
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            code = ord(ch)
+            width = 2 if code < 0x80 else 4 if code < 0x10000 else 8
+            out.append("\\" + {2: "x", 4: "u", 8: "U"}[width] + f"{code:0{width}x}")
+    return "$'" + "".join(out) + "'"
+
+
+def shell_command(argv: list[str]) -> str:
+    """The command line that runs ``einstruct`` with ``argv`` again in bash, in printable
+    characters only, so it fits one comment line as it is (no escapes doubled; an
+    argument with a line break or another unprintable character is written in
+    ``$'...'`` with escapes).
+
+    >>> shell_command(["compile", "my spec.ein", "-o", "layer.py"])
+    "einstruct compile 'my spec.ein' -o layer.py"
+    """
+    return " ".join(["einstruct", *(_shell_word(word) for word in argv)])
 
 
 @lru_cache(maxsize=1)

@@ -191,10 +191,8 @@ def _measured(structure: Structure, batch: int) -> dict[str, object]:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     """Generate a standalone module; ``--json`` describes what was written."""
-    import shlex
-
     from ..backends import get_backend
-    from ..backends.common import comment_text, default_class_name, spec_hash
+    from ..backends.common import comment_text, default_class_name, shell_command, spec_hash
     from ..backends.compilation import compilation, render_module
     from ..files import write_output
     from ..planner.format import plan_to_dict
@@ -210,7 +208,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     plan = compiled.plan
     # the header records how to regenerate the file; --json only changes what is printed
     recorded = [a for a in (args.argv or []) if a != "--json"]
-    command = "einstruct " + " ".join(shlex.quote(a) for a in recorded)
+    command = shell_command(recorded)
     text = render_module(compiled, backend.name, args.class_name, command, args.runtime)
     if args.output == "-":
         sys.stdout.write(text)

@@ -10,7 +10,6 @@ is missing.
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from typing import Any
 
@@ -77,7 +76,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         render_search(report, console())
     sys.stdout.flush()  # the table before the note on standard error
     if args.emit:
-        command = "einstruct " + " ".join(shlex.quote(a) for a in args.argv if a not in ("--json", "--force"))
+        from ..backends.common import shell_command
+
+        command = shell_command([a for a in args.argv if a not in ("--json", "--force")])
         paths = emit(report, args.emit, args.force, command)
         print(f"wrote {len(paths)} file{'s' if len(paths) != 1 else ''} to {args.emit}", file=sys.stderr)
     return 0

@@ -241,7 +241,7 @@ def render_context(
         **runtime_context(modules, runtime),
         "version": __version__,
         "structure": s.name,
-        "command": comment_text(command),
+        "command": command if command.isprintable() else comment_text(command),
         "spec_hash": spec_hash(plan),
         "source_lines": [comment_text(line) for line in s.to_source().rstrip("\n").splitlines()],
         "metrics_line": ", ".join(
