@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from hypothesis import given
@@ -156,3 +158,26 @@ def test_long_chains_plan_greedily_and_stay_exact():
     g = torch.randn(3, layer.out_features, dtype=torch.float64)
     (gx,) = torch.autograd.grad(layer(x), x, g)
     torch.testing.assert_close(gx, g @ dense)
+
+
+def test_the_token_axis_is_primed_when_an_index_is_called_n(tmp_path, capsys):
+    """Plans print the tokens as ``n``; a structure with its own index ``n`` gets ``n'`` for
+    the tokens, in the text, the JSON and the generated step comments."""
+    from einstruct.cli import main
+    from einstruct.planner.format import format_plan, plan_to_dict
+
+    text = "structure s(d = 64):\n  y[o, n] = x[i, n] * A[i, o]\n  where i = o = 8, n = 8\n"
+    plan = make_plan(einstruct.load(text), 64, "structured")
+    shown = format_plan(plan)
+    assert "(n' = tokens)" in shown and "viewed as [n',i,n]" in shown
+    data = plan_to_dict(plan)
+    assert data["token_axis"] == "n'" and data["input_layout"] == ["n'", "i", "n"]
+    assert "__batch" not in json.dumps(data)
+    plain = plan_to_dict(make_plan(einstruct.load("structure b = btt(d = 64)"), 64, "structured"))
+    assert plain["token_axis"] == "n" and plain["input_layout"][0] == "n"
+    (tmp_path / "s.ein").write_text(text)
+    assert (
+        main(["compile", str(tmp_path / "s.ein"), "--batch", "64", "--strategy", "structured", "-o", "-"])
+        == 0
+    )
+    assert "# step 1: [n',i,n] * [i,o] -> [n',n,o]" in capsys.readouterr().out

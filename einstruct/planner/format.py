@@ -12,7 +12,7 @@ from ..ir import Structure
 from ..numbers import json_number, plain_number
 from .order import BATCH
 from .plan_data import Plan
-from .views import LOCAL_PENALTY, OperandView, axes_text
+from .views import LOCAL_PENALTY, OperandView, axes_text, token_name
 
 __all__ = ["format_plan", "plan_to_dict"]
 
@@ -36,10 +36,11 @@ def _copy_text(weight: int) -> str:
 def format_plan(plan: Plan) -> str:
     """The plan as readable text (what ``einstruct plan`` prints)."""
     s = plan.structure
+    n = token_name(i.name for i in s.indices)
     lines = [
-        f"plan for {s.name} at batch {plan.batch} tokens (n = tokens)",
+        f"plan for {s.name} at batch {plan.batch} tokens ({n} = tokens)",
         f"  einsum {s.einsum()}, order by opt_einsum '{plan.order.optimizer}'",
-        f"  input x ({s.in_features} features) viewed as [{axes_text(plan.input_layout)}]",
+        f"  input x ({s.in_features} features) viewed as [{axes_text(plan.input_layout, n)}]",
     ]
     if int(s.d_in) != int(s.in_features):
         lines.append(f"    padded with zeros from {s.in_features} to {s.d_in} features")
@@ -53,25 +54,24 @@ def format_plan(plan: Plan) -> str:
         side += f"  ({factor} broadcast over the tokens)" if st.broadcast else ""
         names = f"{st.result} = {st.left.name} @ {st.right.name}"
         lines.append(f"  step {st.number}: {names}   {st.einsum}{side}")
-        dims = f"batch {_dims(st.batch, s)}, M {_dims(st.m, s)}, N {_dims(st.n, s)}, K {_dims(st.k, s)}"
+        dims = ", ".join(f"{what} {_dims(group, s, n)}" for what, group in zip("MNK", (st.m, st.n, st.k)))
+        dims = f"batch {_dims(st.batch, s, n)}, {dims}"
         lines.append(f"    {st.op}: {dims}; {plain_number(_per_token(plan, st.flops))} FLOPs per token")
         lhs, rhs = st.left.matmul_shape, st.right.matmul_shape
         shapes = f"{_shape_text(lhs, plan.batch)} @ {_shape_text(rhs, plan.batch)}"
         out = _shape_text((*(lhs if len(lhs) >= len(rhs) else rhs)[:-2], lhs[-2], rhs[-1]), plan.batch)
-        lines.append(f"    {st.op} shapes {shapes} -> {out}; result [{axes_text(st.result_layout)}]")
+        lines.append(f"    {st.op} shapes {shapes} -> {out}; result [{axes_text(st.result_layout, n)}]")
         for v in (st.left, st.right):
+            stored, read = axes_text(v.layout, n), axes_text(v.order, n)
             if v.copies:
-                how = _copy_text(v.copy_weight)
                 lines.append(
-                    f"    copy: {v.name} permuted [{axes_text(v.layout)}] -> [{axes_text(v.order)}] ({how})"
+                    f"    copy: {v.name} permuted [{stored}] -> [{read}] ({_copy_text(v.copy_weight)})"
                 )
             elif v.permute is not None or v.transposed:
-                lines.append(
-                    f"    {v.name}: strided view [{axes_text(v.layout)}] as [{axes_text(v.order)}], no copy"
-                )
+                lines.append(f"    {v.name}: strided view [{stored}] as [{read}], no copy")
     if plan.output_permute is not None:
         how = _copy_text(plan.output_copy_weight)
-        lines.append(f"  copy: output permuted to [n, {', '.join(s.output.indices)}] ({how})")
+        lines.append(f"  copy: output permuted to [{', '.join([n, *s.output.indices])}] ({how})")
     if int(s.d_out) != int(s.out_features):
         lines.append(f"  output truncated from {s.d_out} to {s.out_features} features")
     route, expert = s.route, plan.expert_plan
@@ -101,18 +101,18 @@ def format_plan(plan: Plan) -> str:
     return "\n".join(lines)
 
 
-def _dims(group: tuple[str, ...], s: Structure) -> str:
+def _dims(group: tuple[str, ...], s: Structure, token: str) -> str:
     if not group:
         return "1"
-    return "*".join("n" if i == BATCH else f"{i}={s.size(i)}" for i in group)
+    return "*".join(token if i == BATCH else f"{i}={s.size(i)}" for i in group)
 
 
-def _view_dict(view: OperandView, batch: int) -> dict[str, Any]:
+def _view_dict(view: OperandView, batch: int, token: str) -> dict[str, Any]:
     return {
         "name": view.name,
         "is_factor": view.is_factor,
-        "layout": _axes_list(view.layout),
-        "order": _axes_list(view.order),
+        "layout": _axes_list(view.layout, token),
+        "order": _axes_list(view.order, token),
         "permute": None if view.permute is None else list(view.permute),
         "shape": [batch if v == -1 else v for v in view.matmul_shape],
         "transposed": view.transposed,
@@ -122,17 +122,19 @@ def _view_dict(view: OperandView, batch: int) -> dict[str, Any]:
     }
 
 
-def _axes_list(layout: tuple[str, ...]) -> list[str]:
-    return ["n" if i == BATCH else i for i in layout]
+def _axes_list(layout: tuple[str, ...], token: str) -> list[str]:
+    return [token if i == BATCH else i for i in layout]
 
 
 def plan_to_dict(plan: Plan) -> dict[str, Any]:
     """The plan as JSON-ready data (``einstruct plan --json``).
 
-    Axes are index names, ``n`` for the tokens; shapes are at ``batch`` tokens;
-    per-token numbers are exact (a float where a step's cost is shared by the batch).
+    Axes are index names, ``token_axis`` (``n``, primed while an index is called
+    that) for the tokens; shapes are at ``batch`` tokens; per-token numbers are
+    exact (a float where a step's cost is shared by the batch).
     """
     s = plan.structure
+    n = token_name(i.name for i in s.indices)
     e = plan.estimate
     route = None
     if plan.gate_step is not None and s.route is not None and plan.expert_plan is not None:
@@ -148,6 +150,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "structure": s.name,
         "einsum": s.einsum(),
         "batch": plan.batch,
+        "token_axis": n,
         "order_optimizer": plan.order.optimizer,
         "strategy": plan.strategy,
         "forced": plan.forced,
@@ -156,7 +159,7 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "out_features": int(s.out_features),
         "padded_in_features": int(s.d_in),
         "padded_out_features": int(s.d_out),
-        "input_layout": _axes_list(plan.input_layout),
+        "input_layout": _axes_list(plan.input_layout, n),
         "factors": [
             {
                 "name": f.name,
@@ -171,13 +174,13 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
                 "result": st.result,
                 "op": st.op,
                 "einsum": st.einsum,
-                "batch": list(st.batch),
-                "m": _axes_list(st.m),
-                "n": _axes_list(st.n),
+                "batch": _axes_list(st.batch, n),
+                "m": _axes_list(st.m, n),
+                "n": _axes_list(st.n, n),
                 "k": list(st.k),
-                "left": _view_dict(st.left, plan.batch),
-                "right": _view_dict(st.right, plan.batch),
-                "result_layout": _axes_list(st.result_layout),
+                "left": _view_dict(st.left, plan.batch, n),
+                "right": _view_dict(st.right, plan.batch, n),
+                "result_layout": _axes_list(st.result_layout, n),
                 "tokens_as_rows": st.activation_left,
                 "broadcast": st.broadcast,
                 "flops_per_token": json_number(_per_token(plan, st.flops)),

@@ -21,7 +21,7 @@ from dataclasses import replace
 from ..ir import Structure
 from .order import BATCH, ContractionOrder
 from .plan_data import Plan, PlannedStep
-from .views import LOCAL_PENALTY, copy_weight, drop_batch, layout_einsum, view_operand
+from .views import LOCAL_PENALTY, copy_weight, drop_batch, layout_einsum, token_name, view_operand
 
 __all__ = ["MAX_SEARCH", "BROADCAST_MIN", "best_layouts", "plan_layouts"]
 
@@ -134,6 +134,7 @@ def plan_layouts(
     sizes = {i.name: int(i.size) for i in structure.indices}
     sizes[BATCH] = batch
     factor_names = {f.name for f in structure.factors}
+    token = token_name(sizes)
     layouts: dict[str, tuple[str, ...]] = {structure.input.name: (BATCH, *structure.input.indices)}
     factor_layouts: dict[str, tuple[str, ...]] = {}
     steps = []
@@ -202,7 +203,7 @@ def plan_layouts(
         steps.append(
             PlannedStep(
                 number=number,
-                einsum=layout_einsum(left.layout, right.layout, result_layout),
+                einsum=layout_einsum(left.layout, right.layout, result_layout, token=token),
                 op=op,
                 left=left,
                 right=right,

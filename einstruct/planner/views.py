@@ -23,7 +23,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
-from .order import BATCH
+from .order import BATCH, fresh_name
 
 __all__ = [
     "TRANSPOSE_PENALTY",
@@ -40,6 +40,7 @@ __all__ = [
     "drop_batch",
     "axes_text",
     "layout_einsum",
+    "token_name",
 ]
 
 #: Weight of a copy that moves the innermost axis (measured ~10x slower on CPU).
@@ -263,12 +264,21 @@ def drop_batch(view: OperandView) -> OperandView:
     return replace(view, shape=view.shape[1:])
 
 
-def axes_text(layout: tuple[str, ...]) -> str:
-    """Axes as ``n,g,a``: the token axis printed as ``n``."""
-    return ",".join("n" if i == BATCH else i for i in layout)
+def token_name(index_names: Iterable[str]) -> str:
+    """How plans print the token axis: ``n``, primed while an index has that name.
+
+    >>> token_name(["g", "a"]), token_name(["n", "o"])
+    ('n', "n'")
+    """
+    return fresh_name("n", set(index_names))
 
 
-def layout_einsum(*layouts: tuple[str, ...]) -> str:
+def axes_text(layout: tuple[str, ...], token: str = "n") -> str:
+    """Axes as ``n,g,a``: the token axis printed as ``token``."""
+    return ",".join(token if i == BATCH else i for i in layout)
+
+
+def layout_einsum(*layouts: tuple[str, ...], token: str = "n") -> str:
     """A readable einsum with index names: ``[n,g,a] * [g,a,f,r] -> [g,n,f,r]``."""
-    *ins, out = (axes_text(lay) for lay in layouts)
+    *ins, out = (axes_text(lay, token) for lay in layouts)
     return f"{' * '.join(f'[{s}]' for s in ins)} -> [{out}]"
