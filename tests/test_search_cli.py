@@ -17,13 +17,16 @@ from einstruct.cli import main
 SMALL = ["search", "--d-in", "256", "--d-out", "128", "--flops-ratio", "1/4", "--grid", "1/4"]
 
 
-def run(*args: str, cwd=ROOT, env: dict | None = None) -> subprocess.CompletedProcess:
+def run(
+    *args: str, cwd=ROOT, env: dict | None = None, timeout: float | None = None
+) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "einstruct", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
         env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        timeout=timeout,
     )
 
 
@@ -84,6 +87,23 @@ def test_the_table_is_deterministic_and_fits_100_columns(capsys):
 )
 def test_mistakes_exit_2_with_a_message(args, message):
     result = run("search", "--d-in", "64", "--d-out", "64", "--grid", "1/2", *args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--d", "99999999999999999989"], "--d 99,999,999,999,999,999,989 is over the widest layer"),
+        (["--d-in", "64", "--d-out", str(2**30 + 1)], "--d-out 1,073,741,825 is over the widest layer"),
+        (["--d", "1024", "--measure", "--batch", "100000000"], "moves 102,400,000,000 entries in one tensor"),
+    ],
+)
+def test_sizes_that_would_never_finish_are_refused_before_the_search(args, message):
+    """Splitting a width tries divisors up to its square root, and timing allocates the
+    batch: both are checked first, so each of these ends at once (they used to run for
+    hours, or search for seconds and then fail to allocate)."""
+    result = run("search", "--flops-ratio", "0.05", "--top", "1", *args, timeout=30)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
 

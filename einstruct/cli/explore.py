@@ -62,6 +62,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     if args.rank == "measured" and not args.measure:
         raise ParameterError("--rank measured needs --measure", hint="add --measure (and --device, --batch)")
     query = query_from(args, args.top, args.rank, args.all)
+    if args.measure:  # a batch too large to time is refused before the search, not after it
+        from ..runtime.measure import check_measurable
+
+        check_measurable(query.d_in, query.d_out, args.batch)
     static = replace(query, rank="guidance") if args.rank == "measured" else query
     report = replace(run_query(args, static), query=query)
     if args.measure:

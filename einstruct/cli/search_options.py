@@ -71,8 +71,19 @@ def add_width_options(p: argparse.ArgumentParser, kind: Any) -> None:
     p.add_argument("--d-out", "--d_out", dest="d_out", type=kind, metavar="M", help="the output width")
 
 
+#: The widest layer ``--d``, ``--d-in`` and ``--d-out`` take: realizing sizes splits a
+#: width by trial division (up to its square root), so a width of 10^20 would never end.
+MAX_LAYER_WIDTH = 2**30
+
+
 def widths(args: argparse.Namespace, example: str) -> tuple[int, int] | None:
     """``(d_in, d_out)`` from :func:`add_width_options`' options, ``None`` when none is given."""
+    for flag, value in (("--d", args.d), ("--d-in", args.d_in), ("--d-out", args.d_out)):
+        if value is not None and value > MAX_LAYER_WIDTH:
+            raise ParameterError(
+                f"{flag} {value:,} is over the widest layer einstruct realizes, {MAX_LAYER_WIDTH:,} (2^30)",
+                hint=f"give a width of at most {MAX_LAYER_WIDTH:,}",
+            )
     if args.d is not None and (args.d_in is not None or args.d_out is not None):
         raise ParameterError(
             "give --d, or --d-in and --d-out, not both",

@@ -62,6 +62,16 @@ def _torch() -> Any:
     return torch
 
 
+def check_measurable(d_in: int, d_out: int, batch: int) -> None:
+    """Refuse, before any search or allocation, timing ``batch`` tokens of a
+    ``d_in -> d_out`` layer whose dense baseline alone would not fit (the parameter
+    limit, half this machine's memory)."""
+    from .measured_paths import check_timing_size
+
+    dense_bytes = 4 * (batch * 2 * (d_in + d_out) + 2 * d_in * d_out)
+    check_timing_size(batch, max(d_in, d_out), dense_bytes, "time a smaller --batch")
+
+
 def measure_report(
     report: SearchReport, device: str = "cpu", batch: int = 256, repeats: int = 7, warmup: int = 2
 ) -> SearchReport:
@@ -73,8 +83,12 @@ def measure_report(
     torch = _torch()
     if device == "cuda" and not torch.cuda.is_available():
         raise ParameterError("CUDA is not available to torch here", hint="measure with --device cpu")
+    from .measured_paths import _widths, check_timing_size, timing_bytes
+
     results = list(report.results)
     q = report.query
+    hint = "time a smaller --batch"
+    check_measurable(q.d_in, q.d_out, batch)
     kw = {"device": device, "dtype": torch.float32}
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, q.d_in, generator=gen).to(device).requires_grad_(True)
@@ -83,7 +97,9 @@ def measure_report(
     layers: dict[str, Any] = {"dense": dense}
     strategies: dict[str, str] = {}
     for r in results:
-        layer = compile_structure(r.structure, batch=batch)(bias=False, **kw)
+        cls = compile_structure(r.structure, batch=batch)
+        check_timing_size(batch, max(_widths(cls)), timing_bytes(cls, batch, 4), hint)
+        layer = cls(bias=False, **kw)
         layers[r.name] = layer
         strategies[r.name] = layer.strategy
 

@@ -97,25 +97,30 @@ def timing_bytes(cls: Any, batch: int, itemsize: int) -> int:
     return (batch * per_token + 2 * padded_in * padded_out) * itemsize
 
 
-def _check_memory(cls: Any, batch: int, itemsize: int) -> None:
-    """Refuse, before allocating, a measurement larger than the parameter limit or half
-    this machine's memory (where it can be read)."""
-    widest = max(_widths(cls))
+def check_timing_size(batch: int, widest: int, need: int, hint: str) -> None:
+    """Refuse, before allocating, timing ``batch`` tokens whose widest tensor holds
+    ``batch * widest`` entries, more than the parameter limit, or that needs ``need``
+    bytes, more than half this machine's memory (where it can be read)."""
     limit = max_params()
     if batch * widest > limit:
         raise ParameterError(
             f"timing {batch:,} tokens moves {batch * widest:,} entries in one tensor, more "
             f"than EINSTRUCT_MAX_PARAMS = {limit:,}",
-            hint="measure a smaller --batch (a choice holds for its power-of-two bucket), "
-            "or raise EINSTRUCT_MAX_PARAMS",
+            hint=f"{hint}, or raise EINSTRUCT_MAX_PARAMS",
         )
-    need, have = timing_bytes(cls, batch, itemsize), _memory_bytes()
+    have = _memory_bytes()
     if have is not None and need > have // 2:
         raise ParameterError(
             f"timing {batch:,} tokens needs about {need / 2**30:.1f} GiB, more than half of "
             f"this machine's {have / 2**30:.1f} GiB",
-            hint="measure a smaller --batch (a choice holds for its power-of-two bucket)",
+            hint=hint,
         )
+
+
+def _check_memory(cls: Any, batch: int, itemsize: int) -> None:
+    """check_timing_size for timing one layer class (``plan --measure``)."""
+    hint = "measure a smaller --batch (a choice holds for its power-of-two bucket)"
+    check_timing_size(batch, max(_widths(cls)), timing_bytes(cls, batch, itemsize), hint)
 
 
 def _memory_bytes() -> int | None:
