@@ -13,6 +13,10 @@ workers, jobs       0 (``workers`` only: in this process) or 1 to the CPUs this
 seeds               0 to 2^32 - 1 (what numpy and torch generators take)
 training widths     1 to ``EINSTRUCT_MAX_WIDTH`` (default 2^16: a dense teacher of
                     that width is 16 GiB in float32)
+memory at once      what one allocation step of an experiment needs (a student's
+                    dense layers as first built, the training stream of a seed in
+                    each worker): at most this machine's physical memory
+                    (``memory_bytes``); unbounded where the OS does not say
 ==================  ==================================================================
 
     >>> checked_workers(1, "workers")
@@ -28,7 +32,16 @@ from typing import Any
 from .errors import ParameterError
 from .nn.env import SettingError, positive_setting, shown_value
 
-__all__ = ["MAX_SEED", "DEFAULT_MAX_WIDTH", "usable_cpus", "checked_workers", "checked_seed", "checked_width"]
+__all__ = [
+    "MAX_SEED",
+    "DEFAULT_MAX_WIDTH",
+    "usable_cpus",
+    "memory_bytes",
+    "checked_workers",
+    "checked_seed",
+    "checked_width",
+    "checked_memory",
+]
 
 MAX_SEED = 2**32 - 1
 DEFAULT_MAX_WIDTH = 2**16
@@ -40,6 +53,19 @@ def usable_cpus() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # not on Linux
         return max(1, os.cpu_count() or 1)
+
+
+def memory_bytes() -> int | None:
+    """This machine's physical memory in bytes, or None where the OS does not say."""
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return pages * size if pages > 0 and size > 0 else None
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:,.1f} GiB"
 
 
 def _whole(value: Any, what: str, example: str) -> int:
@@ -93,3 +119,17 @@ def checked_width(value: Any, what: str = "width") -> int:
             hint="set EINSTRUCT_MAX_WIDTH to train wider layers (a dense d x d teacher needs 4 d^2 bytes)",
         )
     return number
+
+
+def checked_memory(nbytes: int, what: str, hint: str) -> int:
+    """Refuse ``what``, which needs ``nbytes`` bytes at once, when that exceeds the physical memory.
+
+    ``hint`` says which argument to make smaller. Returns ``nbytes``.
+    """
+    memory = memory_bytes()
+    if memory is not None and nbytes > memory:
+        raise ParameterError(
+            f"{what} needs {_gib(nbytes)} of memory at once, more than this machine's {_gib(memory)}",
+            hint=hint,
+        )
+    return nbytes

@@ -35,6 +35,10 @@ __all__ = [
 ]
 
 
+#: The most characters of a source line an error shows (around the spot).
+CARET_WINDOW = 120
+
+
 @dataclass(frozen=True)
 class Span:
     """A place in a spec: 1-based line and column, and the text of that line.
@@ -74,10 +78,17 @@ class Span:
         if not self.source_line:
             return ""
         text = _printable(self.source_line.rstrip("\r\n").expandtabs(1))
-        before = text[: self.column - 1]
-        spot = text[self.column - 1 : self.column - 1 + max(1, self.length)] or " "
+        column = self.column - 1
+        head = tail = ""
+        if len(text) > CARET_WINDOW:  # a long line: the part around the spot, marked as cut
+            start = max(0, min(column - CARET_WINDOW // 2, len(text) - CARET_WINDOW))
+            head = "..." if start else ""
+            tail = "..." if start + CARET_WINDOW < len(text) else ""
+            text, column = text[start : start + CARET_WINDOW], column - start
+        before = head + text[:column]
+        spot = text[column : column + max(1, self.length)] or " "
         pad = " " * _width(before)
-        return f"    {text}\n    {pad}{'^' * max(1, _width(spot))}"
+        return f"    {head}{text}{tail}\n    {pad}{'^' * max(1, _width(spot))}"
 
 
 class EinstructError(Exception):

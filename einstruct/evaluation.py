@@ -37,6 +37,7 @@ from .expressions import (
     is_exact,
     names_in,
     to_text,
+    value_text,
 )
 from .limits import ENVIRONMENT, current
 from .splits import split
@@ -183,8 +184,14 @@ def _power_fits(base_bits: float, exponent: float, expr: Expr) -> None:
         raise _too_large(to_text(expr), expr.span)
 
 
+def _log2(n: int) -> float:
+    """log2 |n| (0 for 0 and 1): the bits a power's estimate counts per factor of ``n``
+    (not ``bit_length``, which counts 2 as 2 bits and refused 2^200 / 2^190)."""
+    return math.log2(abs(n)) if n else 0.0
+
+
 def _power(base: Fraction, exponent: Fraction, expr: Expr) -> Fraction:
-    bits = max(base.numerator.bit_length(), base.denominator.bit_length())
+    bits = max(_log2(base.numerator), _log2(base.denominator))
     _power_fits(bits, float(exponent), expr)
     if exponent.denominator == 1:
         if base == 0 and exponent < 0:
@@ -219,6 +226,12 @@ def _exact_eval(expr: Expr, env: Mapping[str, Value]) -> Fraction:
         if expr.func == "sqrt":
             return _power(args[0], Fraction(1, 2), expr)
         if expr.func in SPLIT_FUNCTIONS:
+            if args[0] <= 0:
+                raise SizeError(
+                    f"{expr.func}() splits a width, which must be positive; got {value_text(args[0])}",
+                    expr.span,
+                    "give the width to split, e.g. sqrt_lo(d)",
+                )
             return Fraction(_split_part(args[0], SPLIT_FUNCTIONS[expr.func]))
         return min(args) if expr.func == "min" else max(args)
     left, right = _exact_eval(expr.left, env), _exact_eval(expr.right, env)

@@ -313,3 +313,51 @@ def test_tables_fit_100_columns_without_cutting_names():
         else:
             factors[-1] += cells[0]
     assert factors == ["first_factor_with_a_long_name", "second_factor_with_a_long_name"]
+
+
+def test_compare_refuses_a_set_parameter_no_file_has(capsys):
+    """Each file may lack a --set parameter (strict=False per file); all of them together may not."""
+    btt, kron = str(EXAMPLES / "btt.ein"), str(EXAMPLES / "kronecker.ein")
+    assert main(["compare", btt, "--set", "D=4096"]) == 2
+    assert "no structure of" in capsys.readouterr().err
+    assert main(["compare", btt, kron, "--set", "rank=4"]) == 0  # btt has it, kronecker does not
+    assert re.search(r"btt\s+1,024\s+1,024", capsys.readouterr().out)
+
+
+def test_plan_of_a_file_of_many_structures_asks_which_before_resolving_them(tmp_path, capsys):
+    many = "".join(f"structure m{k} = monarch(d = 16)\n" for k in range(500))
+    (tmp_path / "many.ein").write_text(many)
+    assert main(["plan", str(tmp_path / "many.ein")]) == 2
+    err = capsys.readouterr().err
+    assert "declares 500 structures" in err and "m19, ... (480 more)" in err and "m20," not in err
+    assert main(["plan", str(tmp_path / "many.ein"), "--structure", "m7"]) == 0
+    assert capsys.readouterr().out.startswith("plan for m7 ")
+
+
+def test_a_file_named_after_a_module_does_not_shadow_it(tmp_path, capsys):
+    """compile -o DIR/ names the file after the structure; `torch.py` would break every
+    `import torch` run in that directory."""
+    for name, file in (("torch", "torch_layer.py"), ("typing", "typing_layer.py"), ("mixer", "mixer.py")):
+        (tmp_path / f"{name}.ein").write_text(f"structure {name} = btt(d = 16)\n")
+        out = tmp_path / name
+        out.mkdir()
+        assert main(["compile", str(tmp_path / f"{name}.ein"), "-o", f"{out}/"]) == 0
+        assert [p.name for p in out.iterdir()] == [file]
+    capsys.readouterr()
+
+
+def test_a_theta_class_given_by_name_and_letter_is_refused_at_the_second():
+    source = "structure m = theta(alpha = 1, α = 1/2, gamma = 1/2, epsilon = 1/2, phi = 1/2, d = 16)\n"
+    with pytest.raises(einstruct.EinstructError, match=r"class alpha is given twice \(alpha and α\)") as info:
+        einstruct.load(source)
+    assert (info.value.span.line, info.value.span.column) == (1, 32)
+
+
+def test_an_error_on_a_long_line_shows_the_part_around_the_spot():
+    line = "    where i = o = " + "1 + " * 50_000 + "(d"
+    with pytest.raises(einstruct.EinstructError) as info:
+        einstruct.load("structure s(d = 4):\n    y[o] = x[i] * W[i, o]\n" + line + "\n")
+    shown = str(info.value).splitlines()
+    assert all(len(text) < 140 for text in shown), [len(text) for text in shown]
+    source, caret = next((a, b) for a, b in zip(shown, shown[1:]) if b.strip().startswith("^"))
+    assert source.strip().startswith("...") and caret.index("^") <= len(source)  # at the end of the line

@@ -31,6 +31,9 @@ def _balanced(depth: int) -> str:
     return "1" if depth == 0 else f"({_balanced(depth - 1)} + {_balanced(depth - 1)})"
 
 
+DEEP_PARENTHESES = "(" * 1_000_000 + "d" + ")" * 1_000_000  # no tree node: counted before parsing
+MANY_BLOCKS = "structure m = monarch(blocks = 2^60, d = 2^62)\n"  # the hint's count searched 2^31 k
+
 REFUSED = [
     ("tower", _layer_source("2^2^2^2^2^2"), "is too large for a size", (1, 19)),
     ("tower10", _layer_source("10^10^10"), "is too large for a size", (1, 17)),
@@ -42,6 +45,9 @@ REFUSED = [
     ("long sum", _layer_source("4", "+".join(["1"] * 20000)), "nests more than 100", (3, 19)),
     ("nested minus", _layer_source("4", "-" * 5000 + "4"), "nests more than 100", (3, 119)),
     ("wide expression", _layer_source("4", _balanced(12)), "more than 2000 terms", (3, 20)),
+    ("deep parentheses", _layer_source("4", DEEP_PARENTHESES), "nest more than 100", (3, 119)),
+    ("monarch blocks at 2^62", MANY_BLOCKS, "fewer than the 1152921504606846976 blocks", (1, 23)),
+    ("split of a negative width", _layer_source("4", "sqrt_lo(-4)"), "sqrt_lo() splits a width", (3, 19)),
 ]
 
 
@@ -179,6 +185,25 @@ SYMBOLIC_K = (
     "structure m(d = 16, k):\n    y[f, e] = x[g, a] * A[g, a, f, r] * B[f, g, r, e]\n"
     "    where g = a = f = e = d^(1/2), r = 4\n    route r top k\n"
 )
+
+
+def test_powers_are_refused_by_their_size_not_their_bits():
+    """2^200 has 61 digits: the estimate used to count 2 as 2 bits and refused it."""
+    assert einstruct.analyze(_layer_source("4", "2^200 / 2^198")).params == 4 * 4
+    assert einstruct.analyze(_layer_source("4", "10^90 - 10^90 + 4")).params == 4 * 4
+    with pytest.raises(einstruct.EinstructError, match="too large for a size"):
+        einstruct.analyze(_layer_source("4", "2^400"))
+
+
+def test_an_index_far_wider_than_d_is_analyzed(tmp_path, capsys):
+    """theta = 22 (a rank of 2^22 at d = 2) once overflowed a float in the taxonomy."""
+    from einstruct.cli import main
+
+    source = "structure m = low_rank(rank = 2^22, d = 2)\n"
+    assert einstruct.analyze(source).params == 2 * 2**22 * 2
+    (tmp_path / "m.ein").write_text(source)
+    for command in ("analyze", "compare"):
+        assert main([command, str(tmp_path / "m.ein")]) == 0, capsys.readouterr().err
 
 
 def test_specs_that_once_crashed_later_are_analyzed_in_every_command(tmp_path, capsys):

@@ -215,8 +215,12 @@ def _is_number(v: Exponent) -> bool:
 def _cheapest_exponent(structure: Structure, theta: dict[str, Exponent]) -> Exponent:
     """Leading exponent of per-vector FLOPs along the asymptotically cheapest path."""
     opt_einsum = import_opt_einsum()
-    scale = 48  # sizes 2^(48 theta): the path optimal as d grows
-    sizes = {i: max(1, round(2 ** (float(theta[i]) * scale))) for i in theta}
+    # sizes 2^(scale theta), exact integers: the path optimal as d grows. scale is 48
+    # unless an index grows much faster than d (a rank of 2^22 at d = 2 has theta 22):
+    # then smaller, so no size passes 2^960 (a float would overflow)
+    widest = max((float(t) for t in theta.values()), default=0.0)
+    scale = min(48.0, 960.0 / widest) if widest > 0 else 48.0
+    sizes = {i: 1 << max(0, round(float(theta[i]) * scale)) for i in theta}
     names = list(theta)
     sym = {n: opt_einsum.get_symbol(k) for k, n in enumerate(names)}
     operands = [structure.input.indices, *(f.indices for f in structure.factors)]

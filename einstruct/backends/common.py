@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import unicodedata
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -44,6 +45,23 @@ def default_class_name(structure_name: str) -> str:
     name = "".join(part[:1].upper() + part[1:] for part in structure_name.split("_") if part)
     name = unicodedata.normalize("NFKC", name)
     return name if name.isidentifier() else "Layer"
+
+
+#: Modules a generated file imports or its users commonly do, besides the standard
+#: library's: a file named after one of them would shadow it in its directory.
+_SHADOWED = frozenset({"torch", "triton", "einstruct", "numpy", "jinja2", "lark", "transformers"})
+
+
+def default_file_name(structure_name: str) -> str:
+    """The file ``compile -o DIR/`` writes: ``<structure>.py``, or ``<structure>_layer.py``
+    where that would shadow a module (a structure named ``torch`` or ``typing``: every
+    ``import torch`` run in that directory would find the layer instead).
+
+    >>> default_file_name("btt"), default_file_name("torch"), default_file_name("typing")
+    ('btt.py', 'torch_layer.py', 'typing_layer.py')
+    """
+    shadows = structure_name in sys.stdlib_module_names or structure_name in _SHADOWED
+    return f"{structure_name}_layer.py" if shadows else f"{structure_name}.py"
 
 
 def spec_hash(plan: Plan) -> str:

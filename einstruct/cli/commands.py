@@ -30,6 +30,7 @@ from ..errors import MissingExtraError, ParameterError, StructureNotFoundError
 from ..expressions import names_in
 from ..ir import Structure
 from ..language.load import load, load_all, read_spec
+from ..language.names import normalize_name
 from ..language.parser import parse_bytes, parse_text, parse_value
 from ..language.spec import SpecFile
 from ..limits import ENVIRONMENT, current
@@ -68,14 +69,18 @@ def _load(args: argparse.Namespace, symbolic: bool = False) -> list[Structure]:
 
 
 def _one(args: argparse.Namespace) -> Structure:
-    """The one structure ``plan``/``compile`` work on (``--structure`` picks it)."""
-    structures = _load(args)
-    if len(structures) > 1:
+    """The one structure ``plan``/``compile`` work on (``--structure`` picks it); a
+    file of several without ``--structure`` is refused before any is resolved."""
+    spec = _read_spec(args.file)
+    names = spec.names()
+    if not args.structure and len(names) > 1:
+        shown = ", ".join(names[:20]) + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")
         raise StructureNotFoundError(
-            f"{args.file} declares {len(structures)} structures; say which one",
-            hint=f"pass --structure with one of {', '.join(s.name for s in structures)}",
+            f"{args.file} declares {len(names)} structures; say which one",
+            hint=f"pass --structure with one of {shown}",
         )
-    return structures[0]
+    names_wanted = [args.structure] if args.structure else None
+    return load_all(spec, _parse_sets(args.set), names=names_wanted)[0]
 
 
 def _analyses(args: argparse.Namespace, structures: list[Structure]) -> list[Any]:
@@ -117,6 +122,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
     structures: list[Structure] = []
     for path in args.files:
         structures += load_all(_read_spec(path), overrides, symbolic=args.symbolic, strict=False)
+    known = {p.name for s in structures for p in s.parameters}
+    unused = sorted(k for k in map(normalize_name, overrides) if k not in known)
+    if unused:  # each file may lack a --set parameter; all of them together may not
+        raise ParameterError(
+            f"no structure of {', '.join(args.files)} has parameter '{unused[0]}'",
+            hint=f"the parameters are {', '.join(sorted(known)) or 'none'}",
+        )
     analyses = _analyses(args, structures)
     fmt = "json" if args.json else args.format
     if fmt == "json":
@@ -192,7 +204,13 @@ def _measured(structure: Structure, batch: int) -> dict[str, object]:
 def cmd_compile(args: argparse.Namespace) -> int:
     """Generate a standalone module; ``--json`` describes what was written."""
     from ..backends import get_backend
-    from ..backends.common import comment_text, default_class_name, shell_command, spec_hash
+    from ..backends.common import (
+        comment_text,
+        default_class_name,
+        default_file_name,
+        shell_command,
+        spec_hash,
+    )
     from ..backends.compilation import compilation, render_module
     from ..files import write_output
     from ..planner.format import plan_to_dict
@@ -215,7 +233,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         return 0
     inputs = [] if args.file == "-" else [args.file]
     out = write_output(
-        args.output, text, default_name=f"{structure.name}.py", force=args.force, inputs=inputs
+        args.output, text, default_name=default_file_name(structure.name), force=args.force, inputs=inputs
     )
     lines = len(text.splitlines())
     if args.json:

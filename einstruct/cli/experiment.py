@@ -6,15 +6,17 @@ records each run's loss curve, and prints each structure's compute-optimal
 frontier, its fitted power-law exponent (with an interval over seeds) beside
 omega, psi and nu; ``--moe`` compares BTT-MoE, BTT, dense and a standard MoE.
 ``lr-transfer`` sweeps learning rates at several widths with einstruct's
-param_groups and with one global learning rate. Both write a JSON summary, a
-markdown table and (``--plot``) a figure. torch is imported only when a command
-runs, and matplotlib only for ``--plot``.
+param_groups and with one global learning rate. Both write a JSON summary
+(``<results>.summary.json`` by default), a markdown table and (``--plot``) a
+figure, by the overwrite rule of :mod:`einstruct.files` (``--force`` replaces a
+file einstruct did not write); every output path is checked before the sweep
+starts. torch is imported only when a command runs, and matplotlib only for
+``--plot``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -39,13 +41,20 @@ def _at_least(minimum: int) -> Any:
     return parse
 
 
+#: The largest learning rate accepted: far above any that trains, far below float overflow in Adam.
+MAX_LR = 1e6
+
+
 def _rate(text: str) -> float:
+    """An argparse type: a learning rate, above 0 and at most :data:`MAX_LR`."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"a learning rate must be positive, got {text}")
+    if not 0 < value <= MAX_LR:
+        raise argparse.ArgumentTypeError(
+            f"a learning rate must be above 0 and at most {MAX_LR:g}, got {text}"
+        )
     return value
 
 
@@ -58,16 +67,34 @@ def _common(s: Any, default_files: str) -> None:
     s.add_argument("--steps", type=_at_least(1), help="training steps per run")
     s.add_argument("--seeds", type=_at_least(0), nargs="+", metavar="SEED", help="seeds (default 0 1 2)")
     s.add_argument("--widths", type=_at_least(1), nargs="+", metavar="D", help="widths of the structures")
-    s.add_argument("--lrs", type=_rate, nargs="+", metavar="LR", help="learning rates (at the base width 64)")
+    s.add_argument(
+        "--lrs",
+        type=_rate,
+        nargs="+",
+        metavar="LR",
+        help="learning rates (at the base width 64; at most 1e6)",
+    )
     s.add_argument(
         "--workers",
         type=_at_least(0),
         help="single-thread worker processes, at most the CPUs (default 2, or 1 on one CPU)",
     )
     s.add_argument("--results", metavar="FILE", help="JSON-lines results, one line per run")
-    s.add_argument("--json", metavar="FILE", help="the summary as JSON (default: the results file, .json)")
+    s.add_argument(
+        "--json",
+        metavar="FILE",
+        help="the summary as JSON (default: the results file's name with .summary.json appended, "
+        "e.g. quick.jsonl.summary.json)",
+    )
     s.add_argument("--table", metavar="FILE", help="also write the markdown table here")
-    s.add_argument("--plot", metavar="FILE", help="draw the figure into this PNG (needs matplotlib)")
+    s.add_argument(
+        "--plot", metavar="FILE", help="draw the figure into this .png, .svg or .pdf (needs matplotlib)"
+    )
+    s.add_argument(
+        "--force",
+        action="store_true",
+        help="replace an existing --json, --table or --plot file that einstruct did not write",
+    )
 
 
 def _weight(text: str) -> float:
@@ -195,18 +222,47 @@ def _sweep(name: str, task: Any, runs: list, results: Path, workers: int | None)
     return rows
 
 
-def _write(args: argparse.Namespace, results: Path, summary: dict[str, Any], table: str) -> None:
-    Path(args.json or results.with_suffix(".json")).write_text(
-        json.dumps(summary, indent=1, sort_keys=True) + "\n", encoding="utf-8"
-    )
+def _targets(args: argparse.Namespace, results: Path, plots: list[Path]) -> list[Any]:
+    """The output files of the command: the summary, the table, the figures."""
+    from ..experiments.outputs import default_summary, figure_target, summary_target, table_target
+
+    targets = [summary_target(Path(args.json) if args.json else default_summary(results))]
     if args.table:
-        Path(args.table).write_text(table, encoding="utf-8")
+        targets.append(table_target(Path(args.table)))
+    return targets + [figure_target(p) for p in plots]
+
+
+def _inputs(args: argparse.Namespace) -> list[Path]:
+    return [Path(f) for f in args.files]
+
+
+def _check(args: argparse.Namespace, results: Path, targets: list[Any]) -> None:
+    """Every output path checked before the sweep: a bad one fails now, not after training."""
+    from ..experiments.outputs import check_outputs
+
+    check_outputs(targets, results, _inputs(args), force=args.force)
+
+
+def _write(args: argparse.Namespace, results: Path, targets: list[Any], data: list[str | bytes]) -> None:
+    from ..experiments.outputs import write_outputs
+
+    write_outputs(list(zip(targets, data, strict=True)), results, _inputs(args), force=args.force)
 
 
 def _task(args: argparse.Namespace, preset: Any) -> Any:
+    """The preset's task with --steps and --aux-weight; --steps checked against the memory."""
+    from ..capacity import checked_memory
+    from ..experiments.scaling import stream_bytes
+
     task = preset.task
     if args.steps is not None:
         task = replace(task, steps=args.steps)
+        checked_memory(
+            stream_bytes(task),
+            f"--steps {args.steps:,}: the training stream ({args.steps:,} x {task.batch} samples, "
+            "held in memory by each worker)",
+            hint="give fewer --steps",
+        )
     if getattr(args, "aux_weight", None) is not None:
         task = replace(task, aux_weight=args.aux_weight)
     return task
@@ -215,6 +271,7 @@ def _task(args: argparse.Namespace, preset: Any) -> Any:
 def cmd_scaling(args: argparse.Namespace) -> int:
     """Run the sweep (what the results file lacks), print the frontiers, laws and verdict."""
     from ..experiments.frontier import best_points, budgets, leads
+    from ..experiments.outputs import figure_kind, summary_text, table_text
     from ..experiments.presets import PRESETS, structures
     from ..experiments.report import laws_table, plot_laws, summarize
     from ..experiments.sweep import plan_runs
@@ -224,6 +281,9 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     preset = PRESETS[name]
     task = _task(args, preset)
     specs = structures(args.files, dense=not args.no_dense, thetas=args.theta, moe=args.moe)
+    results = Path(args.results or f"scaling-{name}.jsonl")
+    targets = _targets(args, results, [Path(args.plot)] if args.plot else [])
+    _check(args, results, targets)
     chosen = {
         "dense": tuple(args.dense_widths or preset.dense_widths),
         "standard_moe": tuple(args.moe_widths or preset.moe_widths or preset.dense_widths),
@@ -231,7 +291,6 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     widths = {label: chosen.get(label, tuple(args.widths or preset.widths)) for label in specs}
     lrs = {label: tuple(args.lrs or preset.lrs_of(label)) for label in specs}
     runs = plan_runs(specs, widths, lrs, tuple(args.seeds or preset.seeds))
-    results = Path(args.results or f"scaling-{name}.jsonl")
     rows = _sweep("scaling", task, runs, results, args.workers)
     summary = summarize(rows, specs)
     summary["task"] = vars(task)
@@ -249,14 +308,17 @@ def cmd_scaling(args: argparse.Namespace) -> int:
             f"{lead['upper_half']} budgets in the upper half of the compute range "
             f"({lead['mean_all']} of {lead['budgets']} overall), mean over seeds; per seed ({seeds})\n"
         )
-    _write(args, results, summary, table)
+    data: list[str | bytes] = [summary_text(summary)]
+    data += [table_text(table)] if args.table else []
     if args.plot:
-        plot_laws(rows, summary, Path(args.plot))
+        data.append(plot_laws(rows, summary, figure_kind(Path(args.plot))))
+    _write(args, results, targets, data)
     return 0
 
 
 def cmd_transfer(args: argparse.Namespace) -> int:
     """Run the lr sweep under both rules, print the loss grid, the best lr per width, the drift."""
+    from ..experiments.outputs import figure_kind, summary_text, table_text
     from ..experiments.presets import TRANSFER, structures
     from ..experiments.scaling import Run
     from ..experiments.transfer import RULES, plot_transfer, transfer_summary, transfer_table
@@ -267,6 +329,10 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     specs = structures(args.files, dense=False)
     if not args.files:
         specs = {"btt": specs["btt"]}  # the default: BTT alone
+    results = Path(args.results or f"lr-transfer-{name}.jsonl")
+    plots = _plot_paths(Path(args.plot), list(specs)) if args.plot else []
+    targets = _targets(args, results, plots)
+    _check(args, results, targets)
     runs = [
         Run(label, spec, width, lr, seed, rule)
         for seed in tuple(args.seeds or preset.seeds)
@@ -275,14 +341,21 @@ def cmd_transfer(args: argparse.Namespace) -> int:
         for width in tuple(args.widths or preset.widths)
         for lr in tuple(args.lrs or preset.lrs)
     ]
-    results = Path(args.results or f"lr-transfer-{name}.jsonl")
     rows = _sweep("lr-transfer", task, runs, results, args.workers)
     summary = {label: transfer_summary([r for r in rows if r["structure"] == label]) for label in specs}
     table = "\n".join(f"## {label}\n\n{transfer_table(s)}" for label, s in summary.items())
     sys.stdout.write(table)
-    _write(args, results, {"task": vars(task), "structures": summary}, table)
+    data: list[str | bytes] = [summary_text({"task": vars(task), "structures": summary})]
+    data += [table_text(table)] if args.table else []
     if args.plot:
-        for k, (label, s) in enumerate(summary.items()):
-            path = Path(args.plot)
-            plot_transfer(s, path if k == 0 else path.with_name(f"{path.stem}-{label}{path.suffix}"))
+        data += [plot_transfer(s, figure_kind(p)) for p, s in zip(plots, summary.values(), strict=True)]
+    _write(args, results, targets, data)
     return 0
+
+
+def _plot_paths(path: Path, labels: list[str]) -> list[Path]:
+    """One figure per structure: the first at ``path``, the others as ``<stem>-<label><suffix>``."""
+    return [
+        path if k == 0 else path.with_name(f"{path.stem}-{label}{path.suffix}")
+        for k, label in enumerate(labels)
+    ]

@@ -29,6 +29,7 @@ __all__ = [
     "best_curves",
     "envelope",
     "exponent",
+    "finite_curves",
     "fit_power_law",
     "fit_window",
     "log_grid",
@@ -84,6 +85,13 @@ def best_curves(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Curve]]:
     return out
 
 
+def finite_curves(curves: Mapping[str, Sequence[Curve]]) -> dict[str, list[Curve]]:
+    """The curves with finite points, of the structures that have any: a seed or structure
+    whose every run diverged is left out."""
+    kept = {name: [c for c in cs if c.points] for name, cs in curves.items()}
+    return {name: cs for name, cs in kept.items() if cs}
+
+
 def envelope(curves: Sequence[Curve], budget: float, seed: int | None = None) -> float:
     """The lowest loss reached within ``budget`` FLOPs by one seed's curves; ``seed=None``:
     the mean over seeds of each seed's envelope."""
@@ -105,7 +113,10 @@ def log_grid(low: float, high: float, count: int) -> list[float]:
 
 def fit_window(curves: Mapping[str, Sequence[Curve]], decades: float = 1.5) -> tuple[float, float]:
     """The compute range the laws are fitted on: up to the smallest of the structures' largest
-    budgets, ``decades`` below that, but not below the point where every structure has a loss."""
+    budgets, ``decades`` below that, but not below the point where every structure has a loss.
+
+    Every structure needs a finite point (:func:`finite_curves` leaves out those without).
+    """
     high = min(max(f for c in cs for f, _ in c.points) for cs in curves.values())
     first = max(min(f for c in cs for f, _ in c.points) for cs in curves.values())
     return max(first, high / 10**decades), high
@@ -138,8 +149,18 @@ def t_interval(values: Sequence[float]) -> tuple[float, float, float]:
 
 
 def exponent(curves: Sequence[Curve], grid: Sequence[float]) -> Exponent:
-    """The power-law exponent of each seed's envelope on ``grid``, with its interval over seeds."""
-    seeds = sorted({c.seed for c in curves})
-    per_seed = tuple(fit_power_law(grid, [envelope(curves, c, s) for c in grid])[1] for s in seeds)
+    """The power-law exponent of each seed's envelope on ``grid``, with its interval over seeds.
+
+    A seed whose envelope has a finite loss at fewer than two budgets (its runs
+    diverged) is left out; ``ValueError`` when no seed is left.
+    """
+    per_seed = []
+    for s in sorted({c.seed for c in curves}):
+        try:
+            per_seed.append(fit_power_law(grid, [envelope(curves, c, s) for c in grid])[1])
+        except ValueError:
+            continue
+    if not per_seed:
+        raise ValueError("no seed has finite losses at two or more budgets")
     mean, low, high = t_interval(per_seed)
-    return Exponent(mean, low, high, per_seed)
+    return Exponent(mean, low, high, tuple(per_seed))

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from ..figures.mpl import literal_text
 from .frontier import PlotError
-from .laws import best_curves, envelope, exponent, fit_power_law, fit_window, log_grid
+from .laws import best_curves, envelope, exponent, finite_curves, fit_power_law, fit_window, log_grid
+from .outputs import figure_bytes
 
 __all__ = ["summarize", "laws_table", "plot_laws", "taxonomy_of"]
 
@@ -47,25 +48,37 @@ def taxonomy_of(spec: str, width: int) -> dict[str, Any]:
 def summarize(
     rows: Sequence[Mapping[str, Any]], specs: Mapping[str, str], budgets: int = 12
 ) -> dict[str, Any]:
-    """Frontiers, fits and taxonomy of a sweep, as a JSON-ready dict."""
-    curves = best_curves(rows)
-    low, high = fit_window(curves)
-    grid = log_grid(low, high, budgets)
+    """Frontiers, fits and taxonomy of a sweep, as a JSON-ready dict.
+
+    A structure whose every run diverged has no frontier (``None`` at each
+    budget) and no exponent, and is listed under ``diverged``; a seed whose
+    every run diverged is left out of its structure's frontier and fit and
+    listed under the structure's ``diverged_seeds``.
+    """
+    every = best_curves(rows)
+    curves = finite_curves(every)
+    low, high = fit_window(curves) if curves else (None, None)
+    grid = log_grid(low, high, budgets) if low is not None and high is not None else []
     structures: dict[str, Any] = {}
-    for name, cs in curves.items():
-        widths = sorted({c.width for c in cs})
+    for name, all_curves in every.items():
+        cs = curves.get(name, [])
+        widths = sorted({c.width for c in all_curves})
         structures[name] = {
-            "exponent": None,  # None: the curves overlap on too few budgets to fit
+            "exponent": None,  # None: the curves overlap on too few budgets to fit, or diverged
             "exponent_95": None,
             "exponent_per_seed": None,
             "fit_mean": None,
-            "frontier": [envelope(cs, c) for c in grid],
-            "widths": {str(c.width): c.lr for c in cs},
+            "frontier": [envelope(cs, c) if cs else None for c in grid],
+            "widths": {str(c.width): c.lr for c in all_curves},
+            "diverged_seeds": sorted({c.seed for c in all_curves} - {c.seed for c in cs}),
             "taxonomy": taxonomy_of(specs[name], widths[len(widths) // 2]) if name in specs else None,
         }
-        if len(set(grid)) > 1:
-            law = exponent(cs, grid)
-            a, b = fit_power_law(grid, [envelope(cs, c) for c in grid])
+        if cs and len(set(grid)) > 1:
+            try:
+                law = exponent(cs, grid)
+                a, b = fit_power_law(grid, [envelope(cs, c) for c in grid])
+            except ValueError:  # finite at fewer than two budgets
+                continue
             structures[name].update(
                 exponent=law.mean,
                 exponent_95=[law.low, law.high],
@@ -76,12 +89,20 @@ def summarize(
         "fit_window": [low, high],
         "budgets": grid,
         "seeds": sorted({int(r["seed"]) for r in rows}),
+        "diverged": sorted(set(every) - set(curves)),
         "structures": structures,
     }
 
 
 def _cell(value: Any) -> str:
     return "-" if value is None else str(value)
+
+
+def _loss(value: float | None, best: float | None) -> str:
+    """A frontier cell: '-' for none (diverged or not reached), bold for the lowest."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"**{value:.4f}**" if value == best else f"{value:.4f}"
 
 
 def laws_table(summary: Mapping[str, Any]) -> str:
@@ -91,8 +112,8 @@ def laws_table(summary: Mapping[str, Any]) -> str:
     lines = ["| training FLOPs | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for k, budget in enumerate(summary["budgets"]):
         values = [data[n]["frontier"][k] for n in names]
-        best = min(values)
-        cells = [f"**{v:.4f}**" if v == best else f"{v:.4f}" for v in values]
+        best = min((v for v in values if v is not None and math.isfinite(v)), default=None)
+        cells = [_loss(v, best) for v in values]
         lines.append(f"| {budget:.3g} | " + " | ".join(cells) + " |")
     lines += [
         "",
@@ -112,13 +133,29 @@ def laws_table(summary: Mapping[str, Any]) -> str:
             f"{_cell(tax.get('omega'))} | {_cell(tax.get('psi'))} | {_cell(tax.get('nu'))} |"
         )
     low, high = summary["fit_window"]
-    lines.append(f"\nfit window: {low:.3g} to {high:.3g} training FLOPs, {len(summary['budgets'])} budgets")
+    if low is None:
+        lines.append("\nfit window: none (every run diverged)")
+    else:
+        lines.append(
+            f"\nfit window: {low:.3g} to {high:.3g} training FLOPs, {len(summary['budgets'])} budgets"
+        )
+    for name in summary.get("diverged", []):
+        lines.append(f"{name}: every run diverged (no finite loss): no frontier, no exponent")
+    for name in names:
+        lost = [
+            str(s) for s in data[name].get("diverged_seeds", []) if name not in summary.get("diverged", [])
+        ]
+        if lost:
+            lines.append(
+                f"{name}: every run of seed {', '.join(lost)} diverged; left out of its frontier and fit"
+            )
     return "\n".join(lines) + "\n"
 
 
-def plot_laws(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], path: Path) -> None:
+def plot_laws(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], kind: str = "png") -> bytes:
     """Loss against training FLOPs (log-log): every best-lr curve (thin), the frontier (thick)
-    and the fitted power law (dashed) of each structure."""
+    and the fitted power law (dashed) of each structure; the image as ``kind`` (png, svg, pdf),
+    marked as einstruct's (:mod:`.outputs` writes it)."""
     try:
         import matplotlib
 
@@ -134,7 +171,8 @@ def plot_laws(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], pat
     for name, cs in curves.items():
         data = summary["structures"][name]
         label = name if data["exponent"] is None else f"{name}: b = {data['exponent']:.3f}"
-        (line,) = ax.plot(grid, data["frontier"], linewidth=2.2, label=label)
+        shown = [(c, v) for c, v in zip(grid, data["frontier"]) if v is not None and math.isfinite(v)]
+        (line,) = ax.plot([c for c, _ in shown], [v for _, v in shown], linewidth=2.2, label=label)
         color = line.get_color()
         for c in cs:
             ax.plot(
@@ -144,7 +182,8 @@ def plot_laws(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], pat
             a, b = data["fit_mean"]["a"], data["fit_mean"]["b"]
             xs = [grid[0] / 3, grid[-1] * 1.5]
             ax.plot(xs, [a * x ** (-b) for x in xs], color=color, linestyle="--", linewidth=1)
-    ax.axvspan(*summary["fit_window"], color="grey", alpha=0.08, label="fit window")
+    if summary["fit_window"][0] is not None:
+        ax.axvspan(*summary["fit_window"], color="grey", alpha=0.08, label="fit window")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("training FLOPs")
@@ -153,6 +192,8 @@ def plot_laws(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], pat
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
+    literal_text(fig)
+    try:
+        return figure_bytes(fig, kind)
+    finally:
+        plt.close(fig)

@@ -40,7 +40,6 @@ import time
 import warnings
 import zlib
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 __all__ = [
@@ -48,6 +47,9 @@ __all__ = [
     "Run",
     "build_teacher",
     "make_data",
+    "data_shapes",
+    "stream_bytes",
+    "construction_bytes",
     "build_student",
     "eval_steps",
     "layer_train_flops",
@@ -111,18 +113,14 @@ def build_teacher(task: Task, seed: int) -> Any:
     return nn.Sequential(*layers[:-1]).requires_grad_(False)
 
 
-def make_data(task: Task, seed: int, path: Path | None = None) -> dict[str, Any]:
-    """The training stream (steps x batch samples) and the held-out set of ``seed``.
+def make_data(task: Task, seed: int) -> dict[str, Any]:
+    """The training stream (steps x batch samples) and the held-out set of ``seed``, in memory.
 
-    With ``path``, the tensors are saved there (and read back when present), so a
-    sweep computes each seed's teacher outputs once.
+    The sweep caches it per seed (:mod:`.data_cache`), so each seed's teacher
+    outputs are computed once. Its size is :func:`stream_bytes`.
     """
     import torch
 
-    if path is not None and path.exists():
-        data: dict[str, Any] = torch.load(path)
-        if data["task"] == asdict(task):
-            return data
     teacher = build_teacher(task, seed)
     gen = torch.Generator().manual_seed(20_000 + seed)
     with torch.no_grad():
@@ -131,17 +129,41 @@ def make_data(task: Task, seed: int, path: Path | None = None) -> dict[str, Any]
         x_eval = torch.randn(task.eval_samples, task.in_dim, generator=gen)
         x = torch.randn(task.steps * task.batch, task.in_dim, generator=gen)
         y = torch.cat([teacher(chunk) for chunk in x.split(65536)])
-        data = {
+        return {
             "task": asdict(task),
             "x": x,
             "y": (y - mean) / std,
             "x_eval": x_eval,
             "y_eval": (teacher(x_eval) - mean) / std,
         }
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(data, path)
-    return data
+
+
+def data_shapes(task: Task) -> dict[str, tuple[int, int]]:
+    """The shape of each tensor :func:`make_data` returns."""
+    samples = task.steps * task.batch
+    return {
+        "x": (samples, task.in_dim),
+        "y": (samples, 1),
+        "x_eval": (task.eval_samples, task.in_dim),
+        "y_eval": (task.eval_samples, 1),
+    }
+
+
+def stream_bytes(task: Task) -> int:
+    """Bytes of one seed's data (float32), held whole by every process that trains."""
+    return 4 * sum(rows * cols for rows, cols in data_shapes(task).values())
+
+
+def construction_bytes(task: Task, spec: str, width: int) -> int:
+    """Bytes (float32) of the student as first built, before its hidden layers are replaced:
+    every block's dense W1 and W2 (or the standard MoE's whole experts) exist at once."""
+    from .moe import parse_moe
+
+    moe = parse_moe(spec)
+    experts = 1 if moe is None else moe[0]
+    ffn = experts * (8 * width * width + 5 * width)  # W1: d -> 4d and W2: 4d -> d, with biases
+    outer = (task.in_dim + 1) * width + width + 1 + 2 * (task.blocks + 2) * width
+    return 4 * (task.blocks * ffn + outer)
 
 
 def _student_class() -> Any:

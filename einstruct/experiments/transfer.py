@@ -20,10 +20,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
+from ..figures.mpl import literal_text
 from .frontier import PlotError
+from .outputs import figure_bytes
 
 __all__ = ["RULES", "best_lr", "transfer_summary", "transfer_table", "plot_transfer"]
 
@@ -106,8 +107,9 @@ def transfer_table(summary: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def plot_transfer(summary: Mapping[str, Any], path: Path) -> None:
-    """The first paper's figure: loss against learning rate, one curve per width, one panel per rule."""
+def plot_transfer(summary: Mapping[str, Any], kind: str = "png") -> bytes:
+    """The first paper's figure: loss against learning rate, one curve per width, one panel per
+    rule; the image as ``kind`` (png, svg, pdf), marked as einstruct's (:mod:`.outputs` writes it)."""
     try:
         import matplotlib
 
@@ -133,6 +135,8 @@ def plot_transfer(summary: Mapping[str, Any], path: Path) -> None:
         ax.legend(fontsize=8)
     axes[0].set_ylabel("held-out MSE (mean over seeds)")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, metadata={"Software": None})
-    plt.close(fig)
+    literal_text(fig)
+    try:
+        return figure_bytes(fig, kind)
+    finally:
+        plt.close(fig)

@@ -270,6 +270,25 @@ def _catalog_text(
     return _header(order, values), body
 
 
+def _most_blocks(w_in: int, w_out: int) -> int:
+    """The most blocks k whose blocks hold at least k features on both sides
+    (ceil(w / k) >= k, which holds up to some k and fails after it: a binary search,
+    so a width of 2^62 costs 32 steps, not 2^31).
+
+    >>> _most_blocks(1024, 1024), _most_blocks(10, 4096), _most_blocks(1, 1)
+    (32, 3, 1)
+    """
+
+    def fits(k: int) -> bool:
+        return min(-(-w_in // k), -(-w_out // k)) >= k
+
+    low, high = 1, math.isqrt(min(w_in, w_out)) + 1  # fits(low); not fits(high + 1)
+    while low < high:
+        middle = (low + high + 1) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle - 1)
+    return low
+
+
 def _check_blocks(
     call: ShorthandDecl, names: Mapping[str, Ident], values: Mapping[str, Any], din: str, dout: str
 ) -> None:
@@ -292,8 +311,7 @@ def _check_blocks(
         )
     block = min(-(-int(w_in) // int(b)), -(-int(w_out) // int(b)))
     if block < b:
-        limit = math.isqrt(min(int(w_in), int(w_out))) + 1
-        most = max(k for k in range(1, limit + 1) if min(-(-int(w_in) // k), -(-int(w_out) // k)) >= k)
+        most = _most_blocks(int(w_in), int(w_out))
         raise ParameterError(
             f"monarch() with {b} blocks has blocks of {block} features, fewer than the {b} blocks "
             "the permutation spreads them over",
@@ -323,6 +341,13 @@ def _theta_text(
                 f"theta class {arg.name} must be a rational number in [0, 1], got {value}",
                 arg.span,
                 "use a fraction such as 1/2 or 1/3",
+            )
+        if THETA_ALIASES[arg.name] in spans:
+            given = next(a.name for a, _ in call.args if THETA_ALIASES.get(a.name) == THETA_ALIASES[arg.name])
+            raise ParameterError(
+                f"theta class {THETA_ALIASES[arg.name]} is given twice ({given} and {arg.name})",
+                arg.span,
+                "give each class once, by its name or its Greek letter",
             )
         theta[THETA_ALIASES[arg.name]] = Fraction(value)
         spans[THETA_ALIASES[arg.name]] = arg.span

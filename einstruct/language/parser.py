@@ -24,7 +24,7 @@ from ..expressions import FUNCTIONS, BinOp, Call, Expr, Name, Neg, Num, span_of
 from ..limits import ENVIRONMENT, current
 from ..reading import read_bounded
 from ..resources import grammar_file
-from .guards import check_tree
+from .guards import check_nesting, check_tree
 from .names import normalize_name
 from .parser_cache import private_cache_file
 from .spec import (
@@ -98,6 +98,7 @@ def parse_text(text: str, file: str = "<string>") -> SpecFile:
     """Parse spec text; ``file`` is the name used in error messages."""
     lines = source_lines(text)
     source = text if text.endswith("\n") else text + "\n"
+    check_nesting(text, file, lines)
     try:
         tree = _parser("start").parse(source)
     except UnexpectedInput as exc:
@@ -129,6 +130,7 @@ def source_lines(text: str) -> list[str]:
 
 def parse_value(text: str, where: str = "--set") -> Expr:
     """Parse a value given outside a file (``--set d=4096``): an expression."""
+    check_nesting(text, where, source_lines(text))
     try:
         tree = _parser("value").parse(text)
     except UnexpectedInput:

@@ -22,8 +22,9 @@ more CPU per process).
 from __future__ import annotations
 
 import os
-import stat
 from pathlib import Path
+
+from ..private import private_directory, private_file
 
 __all__ = ["private_cache_file"]
 
@@ -44,10 +45,10 @@ def private_cache_file(name: str) -> str | None:
     directory = _cache_directory()
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not _private_directory(directory, getuid()):
+        if not private_directory(directory, getuid()):
             return None
         file = directory / name
-        if os.path.lexists(file) and not _private_file(file, getuid()):
+        if os.path.lexists(file) and not private_file(file, getuid()):
             return None
     except (OSError, RuntimeError, ValueError):
         return None
@@ -58,18 +59,3 @@ def _cache_directory() -> Path:
     base = os.environ.get("XDG_CACHE_HOME", "").strip()
     root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
     return root / "einstruct"
-
-
-def _private_directory(directory: Path, uid: int) -> bool:
-    """``directory`` is ours alone (0700, not a link), in a parent others cannot rename it out of."""
-    info = os.lstat(directory)
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or info.st_mode & 0o077:
-        return False
-    parent = os.lstat(directory.parent)
-    writable_by_others = parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX
-    return parent.st_uid in (uid, 0) and not writable_by_others
-
-
-def _private_file(file: Path, uid: int) -> bool:
-    info = os.lstat(file)
-    return stat.S_ISREG(info.st_mode) and info.st_uid == uid and not info.st_mode & 0o022

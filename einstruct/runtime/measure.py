@@ -66,6 +66,7 @@ def check_measurable(d_in: int, d_out: int, batch: int) -> None:
     """Refuse, before any search or allocation, timing ``batch`` tokens of a
     ``d_in -> d_out`` layer whose dense baseline alone would not fit (the parameter
     limit, half this machine's memory)."""
+    _torch()  # timing needs torch: say so first
     from .measured_paths import check_timing_size
 
     dense_bytes = 4 * (batch * 2 * (d_in + d_out) + 2 * d_in * d_out)
