@@ -361,3 +361,18 @@ def test_an_error_on_a_long_line_shows_the_part_around_the_spot():
     assert all(len(text) < 140 for text in shown), [len(text) for text in shown]
     source, caret = next((a, b) for a, b in zip(shown, shown[1:]) if b.strip().startswith("^"))
     assert source.strip().startswith("...") and caret.index("^") <= len(source)  # at the end of the line
+
+
+def test_theta_pastes_the_parsed_exponents_not_the_raw_text(capsys):
+    """A comment in an exponent used to swallow the rest of the built spec line."""
+    assert main(["theta", "1,0,0,0,1,0,0 # x", "--d", "64"]) == 0
+    assert "d_in = 64, d_out = 64" in capsys.readouterr().out
+
+
+def test_structure_names_given_on_the_command_line_are_read_as_in_files(tmp_path, capsys):
+    (tmp_path / "two.ein").write_text("structure s = btt(d = 16)\nstructure t = btt(d = 16)\n")
+    assert main(["plan", str(tmp_path / "two.ein"), "--structure", "ｓ"]) == 0  # fullwidth s: NFKC s
+    assert capsys.readouterr().out.startswith("plan for s ")
+    for command in ("plan", "analyze"):
+        assert main([command, str(tmp_path / "two.ein"), "--structure", " "]) == 2
+        assert "--structure needs a structure's name" in capsys.readouterr().err

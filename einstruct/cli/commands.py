@@ -27,7 +27,7 @@ from ..analysis.render import (
 )
 from ..classes import CLASS_NAMES
 from ..errors import MissingExtraError, ParameterError, StructureNotFoundError
-from ..expressions import names_in
+from ..expressions import names_in, to_text
 from ..ir import Structure
 from ..language.load import load, load_all, read_spec
 from ..language.names import normalize_name
@@ -63,8 +63,17 @@ def _read_spec(path: str) -> SpecFile:
     return read_spec(Path(path))
 
 
+def _structure_names(args: argparse.Namespace) -> list[str] | None:
+    """``--structure``'s name as a list, None when not given; an empty name is refused."""
+    if args.structure is None:
+        return None
+    if not args.structure.strip():
+        raise ParameterError("--structure needs a structure's name", hint="e.g. --structure btt")
+    return [args.structure.strip()]
+
+
 def _load(args: argparse.Namespace, symbolic: bool = False) -> list[Structure]:
-    names = [args.structure] if args.structure else None
+    names = _structure_names(args)
     return load_all(_read_spec(args.file), _parse_sets(args.set), symbolic=symbolic, names=names)
 
 
@@ -73,14 +82,14 @@ def _one(args: argparse.Namespace) -> Structure:
     file of several without ``--structure`` is refused before any is resolved."""
     spec = _read_spec(args.file)
     names = spec.names()
-    if not args.structure and len(names) > 1:
+    wanted = _structure_names(args)
+    if wanted is None and len(names) > 1:
         shown = ", ".join(names[:20]) + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")
         raise StructureNotFoundError(
             f"{args.file} declares {len(names)} structures; say which one",
             hint=f"pass --structure with one of {shown}",
         )
-    names_wanted = [args.structure] if args.structure else None
-    return load_all(spec, _parse_sets(args.set), names=names_wanted)[0]
+    return load_all(spec, _parse_sets(args.set), names=wanted)[0]
 
 
 def _analyses(args: argparse.Namespace, structures: list[Structure]) -> list[Any]:
@@ -150,12 +159,15 @@ def cmd_theta(args: argparse.Namespace) -> int:
             f"got {len(parts)}: '{args.vector}'",
             hint='e.g. einstruct theta "1/2,0,1/2,0,1/2,1/2,0" --d 4096',
         )
+    exponents = []
     for name, part in zip(CLASS_NAMES, parts):
-        if names_in(parse_value(part, f"theta {name}")):
+        expr = parse_value(part, f"theta {name}")
+        if names_in(expr):
             raise ParameterError(
                 f"theta {name}: '{part}' is not a number",
                 hint="give each exponent as a number between 0 and 1, such as 1/2 or 0",
             )
+        exponents.append(to_text(expr))  # the expression as parsed, never the raw text
     shape = widths(args, 'einstruct theta "1/2,0,1/2,0,1/2,1/2,0" --d-in 1024 --d-out 4096')
     if shape is not None and args.d is not None:
         width = f"d = {args.d}"
@@ -166,7 +178,7 @@ def cmd_theta(args: argparse.Namespace) -> int:
             "theta needs the width",
             hint='e.g. einstruct theta "1/2,0,1/2,0,1/2,1/2,0" --d 4096 (or --d-in, --d-out)',
         )
-    classes = ", ".join(f"{n} = {p}" for n, p in zip(CLASS_NAMES, parts))
+    classes = ", ".join(f"{n} = {p}" for n, p in zip(CLASS_NAMES, exponents))
     source = f"structure theta = theta({classes}, {width})\n"
     _emit(args, _analyses(args, [load(parse_text(source, "<theta>"))]))
     return 0

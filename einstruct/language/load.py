@@ -92,6 +92,7 @@ def load_all(
     _check_flag("symbolic", symbolic)
     for name in names or []:
         _check_name_argument("structure", name)
+    names = None if names is None else [normalize_name(n) for n in names]  # read as Python reads names
     overrides = {normalize_name(str(k)): v for k, v in (overrides or {}).items()}
     available = parsed.names()
     if not available:

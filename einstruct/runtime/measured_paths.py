@@ -118,8 +118,17 @@ def check_timing_size(batch: int, widest: int, need: int, hint: str) -> None:
 
 
 def _check_memory(cls: Any, batch: int, itemsize: int) -> None:
-    """check_timing_size for timing one layer class (``plan --measure``)."""
-    hint = "measure a smaller --batch (a choice holds for its power-of-two bucket)"
+    """check_timing_size for timing one layer class (``plan --measure``); the hint says
+    when the dense path's W, not the batch, is what does not fit."""
+    padded_in, padded_out, _ = _widths(cls)
+    have = _memory_bytes()
+    if have is not None and 2 * padded_in * padded_out * itemsize > have // 2:
+        hint = (
+            f"the dense path's W and its gradient alone ({padded_in:,} x {padded_out:,}) need more: "
+            "time it on a machine with more memory, or pick a fixed strategy (--strategy structured)"
+        )
+    else:
+        hint = "measure a smaller --batch (a choice holds for its power-of-two bucket)"
     check_timing_size(batch, max(_widths(cls)), timing_bytes(cls, batch, itemsize), hint)
 
 
