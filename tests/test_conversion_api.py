@@ -42,6 +42,28 @@ def test_a_catalog_name_with_keywords_converts_like_the_full_spec(short):
         torch.testing.assert_close(a, b)
 
 
+FORM_KEYWORDS = [
+    ("low_rank", {"rank": 3}, "low_rank(rank = 3)"),  # rank has no default: it used to be "needs 'rank'"
+    ("tensor_train", {"rank": 2}, "tensor_train(rank = 2)"),
+    ("block_diagonal", {"blocks": 4}, "block_diagonal(blocks = 4)"),
+    ("monarch", {"blocks": 4}, "monarch(blocks = 4)"),  # the blocks variant: "no parameter 'blocks'"
+    ("low_rank", {"rank": "2^2"}, "low_rank(rank = 4)"),
+]
+
+
+@pytest.mark.parametrize("name, keywords, call", FORM_KEYWORDS, ids=[c for _, _, c in FORM_KEYWORDS])
+def test_every_form_takes_its_arguments_as_keywords(name, keywords, call):
+    """docs/converting.md: a catalog form's name with its arguments is a spec, for every form."""
+    full, quick = _pair(64), _pair(64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NoSavingsWarning)
+        einstruct.replace_linear(full, f"structure s = {call}", strategy="structured")
+        einstruct.replace_linear(quick, name, strategy="structured", **keywords)
+    for a, b in zip(full.parameters(), quick.parameters(), strict=True):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b)
+
+
 def test_an_unknown_bare_name_is_still_a_spec_error():
     with pytest.raises(einstruct.EinstructError):
         einstruct.replace_linear(_pair(64), "bttt", rank=4)

@@ -23,15 +23,19 @@ holding the new layers next to the old ones until the swap).
 
 from __future__ import annotations
 
+import math
 import warnings
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 from ..backends.torch.projection import projection_kind
 from ..errors import EinstructError, NoSavingsWarning, ParameterError
+from ..expressions import to_text
 from ..ir import Structure
-from ..language.catalog import shorthand_source
+from ..language.catalog import CATALOG, shorthand_source
 from ..language.load import load, read_spec
+from ..language.parser import parse_value
 from ..numbers import count_text
 from .build import compile_structure
 from .groups import Selector, is_structured, param_groups
@@ -196,11 +200,41 @@ def no_savings_reason(layers: tuple[LayerReport, ...]) -> str | None:
     return f"the conversion saves no FLOPs ({flops}): {why}; {change}"
 
 
-def _spec_text(spec: Any) -> Any:
-    """A bare catalog form (``"btt"``, ``"btt(rank = 4)"``) as a declaration; anything else as given."""
-    if isinstance(spec, str) and not Path(spec).is_file():
-        return shorthand_source(spec) or spec
-    return spec
+def _spec_text(spec: Any, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """A bare catalog form (``"btt"``, ``"btt(rank = 4)"``) as a declaration, anything else
+    as given; and the parameters left to bind as overrides.
+
+    A form's own arguments given as keywords to a bare name go into its call, as if
+    written there: ``("low_rank", rank=3)`` is ``low_rank(rank = 3)`` (a required
+    argument, which an override of the expanded structure cannot supply) and
+    ``("monarch", blocks=4)`` picks the blocks variant.
+    """
+    if not isinstance(spec, str) or Path(spec).is_file():
+        return spec, params
+    source = shorthand_source(spec)
+    name = spec.strip()
+    if source is None or name not in CATALOG:  # not a bare name (already a call), or theta
+        return source or spec, params
+    form = CATALOG[name]
+    own = [k for k in params if k in (*form.parameters, *form.variants, *form.defaults)]
+    if not own:
+        return source, params
+    arguments = ", ".join(f"{k} = {_argument_text(k, params[k])}" for k in own)
+    rest = {k: v for k, v in params.items() if k not in own}
+    return f"structure {name} = {name}({arguments})", rest
+
+
+def _argument_text(name: str, value: Any) -> str:
+    """A keyword argument's value as spec text: a number, or an expression parsed (and
+    printed back) by the grammar, so nothing but a value reaches the spec."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Fraction):
+        raise ParameterError(
+            f"{name} must be a number or an expression, got {type(value).__name__}",
+            hint=f"e.g. {name}=4",
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParameterError(f"{name} must be finite, got {value}", hint=f"e.g. {name}=4")
+    return to_text(parse_value(str(value), name))
 
 
 def replace_linear(
@@ -257,7 +291,8 @@ def replace_linear(
     flags = {"normalize": normalize, "zero_init_last": zero_init_last, "gain": gain, "skip_tied": skip_tied}
     _check_options(init, flags, strategy, params)
     select, exclude = check_selector("select", select), check_selector("exclude", exclude)
-    parsed = read_spec(_spec_text(spec))
+    text, params = _spec_text(spec, params)
+    parsed = read_spec(text)
     probe = load(parsed, structure, symbolic=True, **params)  # unknown parameters fail here, early
     declared = [p.name for p in probe.parameters]
     fixed = load(parsed, structure, **params) if not set(WIDTHS) & set(declared) else probe
