@@ -84,7 +84,12 @@ def _worker(rank: int, world: int, model: torch.nn.Module, store: str, out: str,
     plan = {"1": einstruct.parallel.ColwiseStructured(), "3": einstruct.parallel.RowwiseStructured()}
     parallelize_module(model, mesh, plan)
     result = {"local": tuple(model[1].A.to_local().shape), "losses": _train(model)}
-    result["params"] = _full(model.named_parameters())
+    result["params"] = {k: v.clone() for k, v in _full(model.named_parameters()).items()}
+    # einstruct's AdamW with foreach (CUDA's default): one kind of tensor per group, or its step fails
+    opt = einstruct.optimizer(model, lr=1e-3, weight_decay=0.1, foreach=True)
+    result["group_kinds"] = [sorted({type(p).__name__ for p in g["params"]}) for g in opt.param_groups]
+    model(torch.randn(2, 8)).sum().backward()
+    opt.step()
     if lm:
         gpt2 = _gpt2()
         plan = {"transformer.h.*.mlp.c_fc": "colwise", "transformer.h.*.mlp.c_proj": "rowwise"}
@@ -103,6 +108,8 @@ def test_column_and_row_parallel_btt_train_like_one_process(tmp_path, world):
     lm = world == 2  # GPT-2 with its MLPs tensor-parallel: on 2 ranks only (CI time)
     mp.spawn(_worker, args=(world, model, str(tmp_path / "store"), str(out), lm), nprocs=world)
     got = torch.load(out)
+    assert ["DTensor"] in got["group_kinds"] and ["Parameter"] in got["group_kinds"]
+    assert all(len(kinds) == 1 for kinds in got["group_kinds"]), got["group_kinds"]
     a_axes = model[1].factor_axes["A"]
     sharded = a_axes.index(model[1].output_axes[0])
     assert got["local"][sharded] == model[1].A.shape[sharded] // world  # each rank holds a slice

@@ -179,3 +179,25 @@ def test_param_groups_with_a_base_model_is_the_papers_rule():
     with pytest.raises(ParameterError, match="layer 'extra' has no counterpart in the base model"):
         model.add_module("extra", nn.Linear(width, width))
         einstruct.param_groups(model, lr, base=base)
+
+
+@pytest.mark.parametrize("head_first", [True, False], ids=["head registered first", "embedding first"])
+def test_a_tied_embedding_keeps_lr_whatever_the_module_order(head_first):
+    """The weight an embedding shares with a head gets the embedding's lr (a tied head's
+    width scaling would shrink it 4x here); it used to depend on which module came first."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            if head_first:
+                self.head = nn.Linear(256, 1000, bias=False)
+                self.embed = nn.Embedding(1000, 256)
+            else:
+                self.embed = nn.Embedding(1000, 256)
+                self.head = nn.Linear(256, 1000, bias=False)
+            self.head.weight = self.embed.weight
+
+    net = Net()
+    groups = einstruct.param_groups(net, lr=1e-3, weight_decay=0.1)
+    assert [len(g["params"]) for g in groups] == [1]
+    assert groups[0]["params"][0] is net.embed.weight and groups[0]["lr"] == 1e-3

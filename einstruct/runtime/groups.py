@@ -205,8 +205,12 @@ def param_groups(
             ``cola_parameterize``); ``base_width`` is not used.
 
     Returns:
-        One group per distinct (lr, weight decay), in order of first appearance;
-        every parameter of ``model`` appears exactly once.
+        One group per distinct (lr, weight decay), in order of first appearance,
+        split further where DTensors (tensor or expert parallelism) and plain
+        tensors, or DTensors on other meshes or placements, would share one: a
+        foreach optimizer step takes one kind per group. Every parameter of
+        ``model`` appears exactly once; a tied embedding's weight keeps ``lr``
+        whatever the order the modules were registered in.
     """
     import torch.nn as nn
 
@@ -229,7 +233,7 @@ def param_groups(
         )
     is_fixed = selector(fixed, default=False)
     base_in = None if base is None else _in_features(base)
-    by_setting: dict[tuple[float, float], list[Any]] = {}
+    by_setting: dict[tuple[float, float, Any], list[Any]] = {}
     seen: set[int] = set()
 
     def add(param: Any, scale: float) -> None:
@@ -237,7 +241,12 @@ def param_groups(
             return
         seen.add(id(param))
         decay = decayed(param, weight_decay)
-        by_setting.setdefault((lr * scale, decay), []).append(param)
+        by_setting.setdefault((lr * scale, decay, _placement(param)), []).append(param)
+
+    # an embedding's weight keeps lr even when a linear layer (a tied head) is registered first
+    for module in model.modules():
+        if isinstance(module, nn.Embedding):
+            add(module.weight, 1.0)
 
     # a router's fan-in is the width whatever its number of experts: base_width / in_features
     routers = {id(getattr(m, "router", None)) for m in model.modules() if is_structured(m)}
@@ -268,4 +277,14 @@ def param_groups(
             add(module.weight, 1.0)
     for param in model.parameters():
         add(param, 1.0)
-    return [{"params": ps, "lr": rate, "weight_decay": wd} for (rate, wd), ps in by_setting.items()]
+    return [{"params": ps, "lr": rate, "weight_decay": wd} for (rate, wd, _), ps in by_setting.items()]
+
+
+def _placement(param: Any) -> Any:
+    """None for a plain tensor; a DTensor's mesh and placements. Groups never mix them:
+    a foreach optimizer step (AdamW's default on CUDA) refuses plain tensors and
+    DTensors in one call."""
+    mesh = getattr(param, "device_mesh", None)
+    if mesh is None:
+        return None
+    return (id(mesh), tuple(str(p) for p in getattr(param, "placements", ())))
