@@ -82,3 +82,18 @@ def test_a_conversion_that_saves_no_flops_warns_why_and_what_to_change():
         einstruct.replace_linear(
             _pair(1024)[:1], "btt", rank=1, strategy="structured", init="random"
         )  # saves
+
+
+def test_callables_and_classes_of_the_wrong_kind_are_named():
+    model = _pair(64)
+    with pytest.raises(einstruct.EinstructError, match=r"select must take 2 arguments \(name, module\)"):
+        einstruct.replace_linear(model, "btt", select=lambda name: True)
+    with pytest.raises(einstruct.EinstructError, match=r"fixed must take 2 arguments"):
+        einstruct.param_groups(model, lr=1e-3, fixed=lambda name: True)
+    with pytest.raises(
+        einstruct.EinstructError, match="optimizer_class must be a torch.optim.Optimizer class"
+    ):
+        einstruct.optimizer(model, lr=1e-3, optimizer_class=3)
+    assert isinstance(einstruct.optimizer(model, lr=1e-3, optimizer_class=torch.optim.SGD), torch.optim.SGD)
+    report = einstruct.replace_linear(model, "btt", select=lambda name, module: name == "0")
+    assert report.names == ["0"]

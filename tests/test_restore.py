@@ -165,3 +165,19 @@ def test_a_layer_from_a_generated_file_is_described_by_its_header(tmp_path):
         entry["names"] == ["mix"] and entry["spec"] == einstruct.load(EXAMPLES / "btt.ein", d=16).to_source()
     )
     assert einstruct.summary(model).layers[0].structure == "btt"
+
+
+def test_a_compiled_models_manifest_and_weights_restore_into_the_model_built_fresh(tmp_path):
+    """torch.compile prefixes every module name with _orig_mod. (DDP with module.): the
+    manifest names the layers inside the wrapper, and a wrapped state dict loads."""
+    model = _converted().eval()
+    compiled = torch.compile(model)
+    einstruct.save_manifest(compiled, tmp_path)
+    data = json.loads((tmp_path / "einstruct.json").read_text())
+    assert [e["names"] for e in data["layers"]] == [["up"], ["down"], ["mix"]]
+    state = compiled.state_dict()
+    assert all(k.startswith("_orig_mod.") for k in state)
+    fresh = Block().eval()
+    einstruct.restore(fresh, tmp_path, {f"module.{k}": v for k, v in state.items()})  # DDP's, over compile's
+    ids = torch.arange(12).reshape(3, 4) % 11
+    assert torch.equal(fresh(ids), model(ids))

@@ -36,6 +36,7 @@ whose fan-in is the same in both models, keep ``lr`` without being named.
 from __future__ import annotations
 
 import fnmatch
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Iterable
@@ -115,9 +116,27 @@ def _in_features(base: Any) -> dict[str, int]:
     return found
 
 
+def check_callable(what: str, value: Callable[..., Any], arguments: int) -> None:
+    """A ParameterError unless ``value`` can be called with ``arguments`` positional
+    arguments (where Python can tell: builtins may not say)."""
+    try:
+        inspect.signature(value).bind(*range(arguments))
+    except TypeError:
+        raise ParameterError(
+            f"{what} must take {arguments} argument{'s' if arguments != 1 else ''} (name, module); "
+            f"{getattr(value, '__name__', type(value).__name__)!s:.40} does not",
+            hint=f"e.g. {what}=lambda name, module: name.endswith('mlp.c_fc')",
+        ) from None
+    except ValueError:  # no signature to read (some builtins): called as given
+        pass
+
+
 def _check_fixed(model: Any, fixed: Any) -> None:
     """``fixed`` is None, a callable, a glob matching some layer, or names of layers the model has."""
-    if fixed is None or callable(fixed):
+    if fixed is None:
+        return
+    if callable(fixed):
+        check_callable("fixed", fixed, 2)
         return
     names = [name for name, _ in model.named_modules() if name]
     if isinstance(fixed, str):

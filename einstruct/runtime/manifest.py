@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,9 +47,50 @@ _MARK = "@generated"
 _OPTIONS = ("normalize", "zero_init_last", "strategy", "save_intermediate", "sparse_experts")
 
 
+def unwrapped(model: Any) -> Any:
+    """The model inside the wrappers that prefix its module names: ``torch.compile``'s
+    (``_orig_mod.``) and DistributedDataParallel's or DataParallel's (``module.``), so a
+    manifest names the layers as the model built fresh does."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    while True:
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None and isinstance(model, DataParallel | DistributedDataParallel):
+            inner = model.module
+        if inner is None:
+            return model
+        model = inner
+
+
+#: What torch.compile's and DDP's wrappers put before every key of a state dict.
+_WRAPPER_PREFIXES = ("_orig_mod.", "module.")
+
+
+def _without_wrapper_prefix(state: Mapping[str, Any], own: Iterable[str]) -> Mapping[str, Any]:
+    """``state`` with a wrapper's prefix taken off, where every key has it and no key of
+    the model (``own``) does: a state dict saved from a compiled or DDP-wrapped model
+    loads into the model built fresh."""
+    own = list(own)
+    while state:
+        prefix = next(
+            (
+                p
+                for p in _WRAPPER_PREFIXES
+                if all(k.startswith(p) for k in state) and not any(k.startswith(p) for k in own)
+            ),
+            None,
+        )
+        if prefix is None:
+            return state
+        state = {k[len(prefix) :]: v for k, v in state.items()}
+    return state
+
+
 def model_manifest(model: Any) -> dict[str, Any]:
-    """The manifest of ``model``'s structured layers, as data."""
+    """The manifest of ``model``'s structured layers, as data (names as in the model
+    built fresh: inside ``torch.compile`` and DDP wrappers)."""
     _check_module(model, "model_manifest")
+    model = unwrapped(model)
     names: dict[int, list[str]] = {}
     layers: dict[int, Any] = {}
     for name, module in model.named_modules(remove_duplicate=False):
@@ -329,8 +370,11 @@ def restore(model: Any, manifest: Any, state_dict: Any = None) -> ModelReport:
         :func:`einstruct.summary` of the restored model.
     """
     _check_module(model, "restore")
+    model = unwrapped(model)
     data = _read_manifest(manifest)
     state = read_state_dict(state_dict) if state_dict is not None else None
+    if state is not None:
+        state = _without_wrapper_prefix(state, model.state_dict().keys())
     taken: dict[int, str] = {}
     swaps = [_new_layer(model, entry, taken) for entry in data.layers]
     originals = [(names, model.get_submodule(names[0])) for names, _ in swaps]

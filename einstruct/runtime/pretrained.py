@@ -206,4 +206,9 @@ def optimizer(
 
     groups = param_groups(model, lr, weight_decay, base_width=base_width, fixed=fixed, base=base)
     cls = torch.optim.AdamW if optimizer_class is None else optimizer_class
+    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+        raise ParameterError(
+            f"optimizer_class must be a torch.optim.Optimizer class, got {cls!r:.40}",
+            hint="e.g. optimizer_class=torch.optim.SGD (the class, not an instance)",
+        )
     return cls(groups, lr=lr, **optimizer_kwargs)

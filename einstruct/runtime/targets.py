@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import ParameterError
 from .adapters import Adapter, adapter_for, adapter_names
-from .groups import Selector, is_structured
+from .groups import Selector, check_callable, is_structured
 from .summary import Skipped
 
 __all__ = ["Target", "find_targets", "check_selector"]
@@ -44,7 +44,10 @@ class Target:
 
 def check_selector(what: str, value: Any) -> Selector:
     """``value`` as a selector, or a ParameterError saying what a selector is."""
-    if value is None or callable(value) or isinstance(value, str):
+    if callable(value):
+        check_callable(what, value, 2)
+        return value
+    if value is None or isinstance(value, str):
         return value
     if isinstance(value, Iterable) and not isinstance(value, bytes | dict):
         items = list(value)
