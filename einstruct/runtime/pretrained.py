@@ -205,7 +205,7 @@ def optimizer(
     import torch
 
     groups = param_groups(model, lr, weight_decay, base_width=base_width, fixed=fixed, base=base)
-    cls = torch.optim.AdamW if optimizer_class is None else optimizer_class
+    cls: Any = torch.optim.AdamW if optimizer_class is None else optimizer_class
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise ParameterError(
             f"optimizer_class must be a torch.optim.Optimizer class, got {cls!r:.40}",
