@@ -205,10 +205,11 @@ def optimizer(
     import torch
 
     groups = param_groups(model, lr, weight_decay, base_width=base_width, fixed=fixed, base=base)
-    cls: Any = torch.optim.AdamW if optimizer_class is None else optimizer_class
+    cls = torch.optim.AdamW if optimizer_class is None else optimizer_class
     if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
         raise ParameterError(
             f"optimizer_class must be a torch.optim.Optimizer class, got {cls!r:.40}",
             hint="e.g. optimizer_class=torch.optim.SGD (the class, not an instance)",
         )
-    return cls(groups, lr=lr, **optimizer_kwargs)
+    build: Any = cls  # every torch optimizer takes lr; Optimizer itself says defaults
+    return build(groups, lr=lr, **optimizer_kwargs)
