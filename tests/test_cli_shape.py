@@ -61,3 +61,14 @@ def test_search_and_theta_take_the_same_width_options(capsys):
 def test_dir_lists_the_lazy_api():
     names = dir(einstruct)
     assert {"compile", "replace_linear", "from_pretrained", "optimizer", "parallel", "search"} <= set(names)
+
+
+@pytest.mark.parametrize("columns", ["80", "60", "10"])
+def test_compare_never_cuts_a_number_or_a_name_on_a_narrow_terminal(capsys, monkeypatch, columns):
+    """Below the table's width the lines get longer than the terminal (which wraps them)
+    instead of rich cutting numbers to '1,0…' or names to one letter, or dropping rows."""
+    monkeypatch.setenv("COLUMNS", columns)
+    out = _run(capsys, "compare", "examples/btt.ein", "examples/kronecker.ein", "examples/low_rank.ein")
+    assert "…" not in out
+    for name in ("btt", "kronecker_layer", "low_rank_layer"):
+        assert any(line.split()[:2] == [name, "1,024"] for line in out.splitlines() if line.strip()), name

@@ -89,11 +89,13 @@ def _traffic(a: Analysis) -> list[tuple[str, str]]:
     ]
 
 
-def _column(table: Any, header: str, numeric: bool, symbolic: bool = False) -> None:
+def _column(table: Any, header: str, numeric: bool, symbolic: bool = False, widest: int = 0) -> None:
     """Numbers are never wrapped or cut; names, text and symbolic expressions (which
-    can be long) fold onto more lines instead of being cut."""
+    can be long) fold onto more lines instead of being cut. ``widest``: the longest
+    cell, the least width a numeric column gets (so a narrow terminal wraps the line
+    rather than the table cutting a number: print it with ``crop=False``)."""
     if numeric and not symbolic:
-        table.add_column(header, justify="right", no_wrap=True)
+        table.add_column(header, justify="right", no_wrap=True, min_width=max(len(header), widest))
     else:
         table.add_column(header, justify="right" if numeric else "left", overflow="fold")
 
@@ -257,6 +259,14 @@ def render_compare_markdown(analyses: list[Analysis], sort: str) -> str:
     return _md_table(list(COMPARE_COLUMNS), compare_rows(analyses, sort)) + "\n"
 
 
+def _least_width(console: Any, table: Any) -> int:
+    """The width the compare table needs with every number whole and every name on one
+    line (a narrower terminal then wraps its lines; the table never cuts a number)."""
+    from rich.measure import Measurement
+
+    return Measurement.get(console, console.options.update(width=10_000), table).maximum
+
+
 def render_compare(analyses: list[Analysis], sort: str, console: Any) -> None:
     """The compare table on a rich console; diagnostics are listed under it.
 
@@ -276,12 +286,18 @@ def render_compare(analyses: list[Analysis], sort: str, console: Any) -> None:
         collapse_padding=True,
     )
     symbolic = any(a.structure.is_symbolic for a in analyses)
-    for col in header:
-        _column(table, col, numeric=col not in _TEXT_COLUMNS, symbolic=symbolic)
     rows = compare_rows(analyses, sort)
+    for k, col in enumerate(header):
+        widest = max((len(str(row[k])) for row in rows), default=0)
+        _column(table, col, numeric=col not in _TEXT_COLUMNS, symbolic=symbolic, widest=widest)
     for row in rows:
         table.add_row(*row[: len(header)])
-    console.print(table)
+    width = console.width  # rich draws no wider than the console: widen it for the table
+    console.width = max(width, _least_width(console, table))
+    try:
+        console.print(table, crop=False)
+    finally:
+        console.width = width
     flagged = [(row[0], row[-1]) for row in rows if row[-1] != "-"]
     if flagged:
         console.print("diagnostics:")
