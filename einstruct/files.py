@@ -67,6 +67,8 @@ def has_stamp(path: Path) -> bool:
 
 def resolve_output(given: str, default_name: str) -> Path:
     """The file ``-o given`` means: ``given`` itself, or ``default_name`` inside a directory."""
+    if not given.strip():
+        raise OutputError("-o is empty", hint="give a file name, e.g. -o layer.py, or - for standard output")
     path = Path(given)
     if given.endswith(("/", os.sep)) or path.is_dir():
         if not path.is_dir():

@@ -63,6 +63,9 @@ def test_analyze_json_keys():
             "examples/btt_moe.ein:7:",
         ),
         (["compile", "examples/btt.ein", "--symbolic", "-o", "-"], None, None),
+        (["analyze", ""], None, None),  # "cannot read '.'" before
+        (["compare", "-", "-"], "structure s = btt(d = 16)\n", None),  # the second - found stdin empty
+        (["compile", "examples/btt.ein", "-o", ""], None, None),  # wrote ./btt.py before
     ],
 )
 def test_errors_exit_2_without_traceback(args, stdin, located):

@@ -56,6 +56,8 @@ def _parse_sets(pairs: Sequence[str] | None) -> dict[str, str]:
 
 def _read_spec(path: str) -> SpecFile:
     """Parse a spec file, or standard input for ``-``."""
+    if not path.strip():
+        raise ParameterError("the spec file name is empty", hint="give a .ein file, or - for standard input")
     if path == "-":
         limit = current().max_input_bytes
         data = read_stream(sys.stdin.buffer, "standard input", limit, ENVIRONMENT["max_input_bytes"])
@@ -128,6 +130,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"cannot sort by '{args.sort}'", hint=f"choose one of {', '.join(COMPARE_COLUMNS)}"
         )
     overrides = _parse_sets(args.set)
+    if args.files.count("-") > 1:
+        raise ParameterError(
+            "standard input (-) is given more than once; it can be read once",
+            hint="give - once, and the other specs as files",
+        )
     structures: list[Structure] = []
     for path in args.files:
         structures += load_all(_read_spec(path), overrides, symbolic=args.symbolic, strict=False)
