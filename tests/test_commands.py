@@ -325,6 +325,9 @@ def test_compare_refuses_a_set_parameter_no_file_has(capsys):
     assert "no structure of" in capsys.readouterr().err
     assert main(["compare", btt, kron, "--set", "rank=4"]) == 0  # btt has it, kronecker does not
     assert re.search(r"btt\s+1,024\s+1,024", capsys.readouterr().out)
+    theta = str(EXAMPLES / "theta.ein")  # a theta() class is a parameter as analyze takes it
+    assert main(["analyze", theta, "--set", "alpha=1/2"]) == 0
+    assert main(["compare", theta, "--set", "alpha=1/2"]) == 0, capsys.readouterr().err
 
 
 def test_plan_of_a_file_of_many_structures_asks_which_before_resolving_them(tmp_path, capsys):

@@ -3,6 +3,7 @@ a warning when a conversion saves nothing; param_groups width-scales every adapt
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import pytest
@@ -90,10 +91,11 @@ def test_callables_and_classes_of_the_wrong_kind_are_named():
         einstruct.replace_linear(model, "btt", select=lambda name: True)
     with pytest.raises(einstruct.EinstructError, match=r"fixed must take 2 arguments"):
         einstruct.param_groups(model, lr=1e-3, fixed=lambda name: True)
-    with pytest.raises(
-        einstruct.EinstructError, match="optimizer_class must be a torch.optim.Optimizer class"
-    ):
-        einstruct.optimizer(model, lr=1e-3, optimizer_class=3)
+    for bad in (3, lambda groups, lr: [groups, lr]):
+        with pytest.raises(einstruct.EinstructError, match="optimizer_class must build a torch.optim"):
+            einstruct.optimizer(model, lr=1e-3, optimizer_class=bad)
     assert isinstance(einstruct.optimizer(model, lr=1e-3, optimizer_class=torch.optim.SGD), torch.optim.SGD)
+    factory = functools.partial(torch.optim.AdamW, foreach=False)  # a factory, as users pass
+    assert isinstance(einstruct.optimizer(model, lr=1e-3, optimizer_class=factory), torch.optim.AdamW)
     report = einstruct.replace_linear(model, "btt", select=lambda name, module: name == "0")
     assert report.names == ["0"]

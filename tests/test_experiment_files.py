@@ -35,7 +35,8 @@ def _rows(path: Path) -> list[dict]:
 
 
 def test_a_results_file_ending_in_json_keeps_its_runs_and_the_summary_goes_beside_it(tmp_path):
-    results = tmp_path / "r.json"
+    results = tmp_path / "new" / "folder" / "r.json"  # made as before: the outputs' check came first
+    tmp_path = results.parent
     assert main([*SMOKE, "--results", str(results)]) == 0
     assert {r["structure"] for r in _rows(results)} == LABELS  # four JSON lines, not one summary
     summary = json.loads((tmp_path / "r.json.summary.json").read_text())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import unicodedata
 from functools import lru_cache
@@ -158,8 +159,10 @@ def comment_text(text: str) -> str:
 
 
 def _shell_word(word: str) -> str:
-    """``word`` quoted for bash, in printable characters: ``shlex.quote`` where it is
-    printable, else ANSI-C quoting (``$'...'``) with escapes for the rest."""
+    """``word`` quoted for bash, in printable ASCII where it must be escaped:
+    ``shlex.quote`` where it is printable, else ANSI-C quoting (``$'...'``) with each
+    unprintable character as the bytes it stands for (``\\xHH``: a file name's raw
+    byte, or a character's UTF-8), which bash reads back whatever its locale."""
     import shlex
 
     if word.isprintable():
@@ -171,9 +174,8 @@ def _shell_word(word: str) -> str:
         elif ch.isprintable():
             out.append(ch)
         else:
-            code = ord(ch)
-            width = 2 if code < 0x80 else 4 if code < 0x10000 else 8
-            out.append("\\" + {2: "x", 4: "u", 8: "U"}[width] + f"{code:0{width}x}")
+            raw = os.fsencode(ch) if "\udc80" <= ch <= "\udcff" else ch.encode("utf-8", "surrogatepass")
+            out.append("".join(f"\\x{byte:02x}" for byte in raw))
     return "$'" + "".join(out) + "'"
 
 

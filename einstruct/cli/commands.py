@@ -29,7 +29,7 @@ from ..classes import CLASS_NAMES
 from ..errors import MissingExtraError, ParameterError, StructureNotFoundError
 from ..expressions import names_in, to_text
 from ..ir import Structure
-from ..language.load import load, load_all, read_spec
+from ..language.load import declared_parameters, load, load_all, read_spec
 from ..language.names import normalize_name
 from ..language.parser import parse_bytes, parse_text, parse_value
 from ..language.spec import SpecFile
@@ -136,9 +136,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
             hint="give - once, and the other specs as files",
         )
     structures: list[Structure] = []
+    known: set[str] = set()
     for path in args.files:
-        structures += load_all(_read_spec(path), overrides, symbolic=args.symbolic, strict=False)
-    known = {p.name for s in structures for p in s.parameters}
+        spec = _read_spec(path)
+        known.update(p for decl in spec.declarations for p in declared_parameters(decl))
+        structures += load_all(spec, overrides, symbolic=args.symbolic, strict=False)
     unused = sorted(k for k in map(normalize_name, overrides) if k not in known)
     if unused:  # each file may lack a --set parameter; all of them together may not
         raise ParameterError(

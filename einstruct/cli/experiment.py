@@ -23,6 +23,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..errors import OutputError
+
 __all__ = ["add_experiment_parser", "cmd_scaling", "cmd_transfer"]
 
 
@@ -240,6 +242,13 @@ def _check(args: argparse.Namespace, results: Path, targets: list[Any]) -> None:
     """Every output path checked before the sweep: a bad one fails now, not after training."""
     from ..experiments.outputs import check_outputs
 
+    try:  # the results' folder is made here, as the sweep did before: the summary goes there too
+        results.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot make the folder of --results {results}: {exc.strerror or exc}",
+            hint="give --results a path in a folder you can write",
+        ) from None
     check_outputs(targets, results, _inputs(args), force=args.force)
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -62,8 +63,25 @@ def default_summary(results: Path) -> Path:
 
 
 def summary_text(summary: dict[str, Any]) -> str:
-    """The summary as JSON, marked as einstruct's."""
-    return json.dumps({**summary, "generated_by": _MARK}, indent=1, sort_keys=True) + "\n"
+    """The summary as strict JSON, marked as einstruct's: a number that is not finite
+    (a frontier with no point at a budget) is written null, never ``Infinity``.
+
+    >>> summary_text({"loss": float("inf")}).splitlines()[2]
+    ' "loss": null'
+    """
+    data = _finite({**summary, "generated_by": _MARK})
+    return json.dumps(data, indent=1, sort_keys=True, allow_nan=False) + "\n"
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float, at any depth, replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _small_text(path: Path) -> str | None:

@@ -17,9 +17,9 @@ from .catalog import form_parameters
 from .names import normalize_name
 from .parser import parse_file, parse_text, source_lines
 from .resolve import Override, resolve
-from .spec import ShorthandDecl, SpecFile
+from .spec import Declaration, ShorthandDecl, SpecFile
 
-__all__ = ["read_spec", "load", "load_all", "declaration_sources"]
+__all__ = ["read_spec", "load", "load_all", "declaration_sources", "declared_parameters"]
 
 
 def read_spec(spec: str | Path | SpecFile) -> SpecFile:
@@ -70,6 +70,12 @@ def declaration_sources(spec: SpecFile) -> dict[str, str]:
     return out
 
 
+def declared_parameters(decl: Declaration) -> list[str]:
+    """The parameters a declaration takes (an override may set): a shorthand's arguments
+    and defaults (theta's classes too), or a structure's header parameters."""
+    return form_parameters(decl) if isinstance(decl, ShorthandDecl) else [p.name.name for p in decl.params]
+
+
 def load_all(
     spec: str | Path | SpecFile,
     overrides: Mapping[str, Override] | None = None,
@@ -114,9 +120,7 @@ def load_all(
     used: set[str] = set()
     structures = []
     for decl in chosen:
-        params = (
-            form_parameters(decl) if isinstance(decl, ShorthandDecl) else [p.name.name for p in decl.params]
-        )
+        params = declared_parameters(decl)
         mine = {k: v for k, v in overrides.items() if k in params}
         used.update(mine)
         structures.append(resolve(decl, mine, symbolic=symbolic, source=sources[decl.name.name]))

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -68,8 +69,15 @@ def _check_tensor(name: str, value: Any, floating: bool, dims: tuple) -> None:
 
 
 def _check_indices(name: str, value: torch.Tensor, experts: int) -> None:
-    """A ParameterError unless every index lies in 0 .. experts - 1."""
-    if value.numel() and bool(((value < 0) | (value >= experts)).any()):
+    """A ParameterError unless every index lies in 0 .. experts - 1: read on the CPU; on
+    an accelerator an asynchronous device assert (no host synchronization each step);
+    not under torch.compile (no graph break)."""
+    if not value.numel() or torch.compiler.is_compiling():
+        return
+    outside = ((value < 0) | (value >= experts)).any()
+    if value.device.type != "cpu":
+        torch._assert_async(~outside)
+    elif bool(outside):
         raise ParameterError(
             f"{name} holds an expert index outside 0 .. {experts - 1}",
             hint="pass the indices the router chose (e.g. probs.topk(k).indices)",
@@ -95,7 +103,9 @@ def balance_loss(
     _check_tensor("chosen", chosen, floating=False, dims=(1, 2))
     experts = probs.shape[-1]
     if num_experts is not None and (
-        isinstance(num_experts, bool) or not isinstance(num_experts, int) or num_experts != experts
+        isinstance(num_experts, bool)
+        or not isinstance(num_experts, numbers.Integral)
+        or num_experts != experts
     ):
         raise ParameterError(
             f"num_experts is {num_experts!r:.40} but probs has {experts} experts (its last axis)",
@@ -147,11 +157,16 @@ def all_to_all_experts(
             f"expert has {expert.shape[0]} entries but tokens has {tokens.shape[0]} rows",
             hint="one expert index per token row (repeat a token's row for each of its experts)",
         )
-    if isinstance(experts_per_rank, bool) or not isinstance(experts_per_rank, int) or experts_per_rank < 1:
+    if (
+        isinstance(experts_per_rank, bool)
+        or not isinstance(experts_per_rank, numbers.Integral)
+        or experts_per_rank < 1
+    ):
         raise ParameterError(
             f"experts_per_rank must be a positive integer, got {experts_per_rank!r:.40}",
             hint="the number of experts each rank holds, e.g. num_experts // world_size",
         )
+    experts_per_rank = int(experts_per_rank)
     if not callable(local_experts):
         raise ParameterError(
             "local_experts must be a function (rows, local_index) -> outputs",

@@ -262,10 +262,8 @@ def param_groups(
         decay = decayed(param, weight_decay)
         by_setting.setdefault((lr * scale, decay, _placement(param)), []).append(param)
 
-    # an embedding's weight keeps lr even when a linear layer (a tied head) is registered first
-    for module in model.modules():
-        if isinstance(module, nn.Embedding):
-            add(module.weight, 1.0)
+    # an embedding's weight keeps lr even when a linear layer (a tied head) is met first
+    embedded = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
 
     # a router's fan-in is the width whatever its number of experts: base_width / in_features
     routers = {id(getattr(m, "router", None)) for m in model.modules() if is_structured(m)}
@@ -287,7 +285,8 @@ def param_groups(
                 out = None if id(module) in routers else out_features
                 width = width_multiplier(in_features, base_width, out_features=out)
             if dense is not None:
-                add(dense[0], width if dense[0].dim() >= 2 else 1.0)
+                tied = id(dense[0]) in embedded or dense[0].dim() < 2
+                add(dense[0], 1.0 if tied else width)
                 continue
             for pname, mult in module.lr_multipliers().items():
                 param = module.get_parameter(pname)

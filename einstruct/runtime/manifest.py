@@ -67,23 +67,19 @@ _WRAPPER_PREFIXES = ("_orig_mod.", "module.")
 
 
 def _without_wrapper_prefix(state: Mapping[str, Any], own: Iterable[str]) -> Mapping[str, Any]:
-    """``state`` with a wrapper's prefix taken off, where every key has it and no key of
-    the model (``own``) does: a state dict saved from a compiled or DDP-wrapped model
-    loads into the model built fresh."""
-    own = list(own)
-    while state:
-        prefix = next(
-            (
-                p
-                for p in _WRAPPER_PREFIXES
-                if all(k.startswith(p) for k in state) and not any(k.startswith(p) for k in own)
-            ),
-            None,
-        )
+    """``state`` with wrappers' prefixes taken off (``module._orig_mod.``: DDP over
+    torch.compile), as many as make its keys fit the model's (``own``) best: a state
+    dict saved from a wrapped model loads into the model built fresh, also one whose
+    own top module is called ``module``."""
+    own = set(own)
+    candidates = [state]
+    while candidates[-1]:
+        last = candidates[-1]
+        prefix = next((p for p in _WRAPPER_PREFIXES if all(k.startswith(p) for k in last)), None)
         if prefix is None:
-            return state
-        state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state
+            break
+        candidates.append({k[len(prefix) :]: v for k, v in last.items()})
+    return max(candidates, key=lambda c: len(own.intersection(c)))  # the first of the best
 
 
 def model_manifest(model: Any) -> dict[str, Any]:
@@ -302,7 +298,7 @@ def _value_problem(value: Any, own: Any, parameter: bool) -> str:
     if value.is_quantized:
         return "is a quantized tensor"
     kind, want = _kind(value), _kind(own)
-    if kind != want and not (want == "integer" and kind == "bool"):
+    if kind != want and {kind, want} != {"integer", "bool"}:  # load_state_dict casts between these
         return f"holds {value.dtype} values, the model's {own.dtype} ({want})"
     if parameter and want in ("floating", "complex") and value.numel():
         import torch
@@ -347,7 +343,9 @@ def _check_state(model: Any, state: Mapping[str, Any]) -> None:
                 hint="load a checkpoint of this model's own parameters (state_dict() as saved)",
             )
         tied = first.setdefault(id(own[key]), key)
-        if tied != key and not torch.equal(state[tied].to(value.dtype), value):
+        target = own[key]  # compared as loaded: in the model's dtype, on its device
+        loaded = [state[k].to(device=target.device, dtype=target.dtype) for k in (tied, key)]
+        if tied != key and not torch.equal(*loaded):
             raise ManifestError(
                 f"the state dict's '{key[:80]}' and '{tied[:80]}' differ, but they are one tensor "
                 "(tied) in the model",

@@ -17,12 +17,12 @@ key a layer of that structure uses, and the choice with its timings is what
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
+from ..capacity import memory_bytes as _memory_bytes  # a name tests replace (a small machine)
 from ..errors import ParameterError
 from ..ir import Structure
 from ..nn.env import max_params
@@ -130,15 +130,6 @@ def _check_memory(cls: Any, batch: int, itemsize: int) -> None:
     else:
         hint = "measure a smaller --batch (a choice holds for its power-of-two bucket)"
     check_timing_size(batch, max(_widths(cls)), timing_bytes(cls, batch, itemsize), hint)
-
-
-def _memory_bytes() -> int | None:
-    """This machine's physical memory, or None where the OS does not say."""
-    try:
-        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, OSError, ValueError):
-        return None
-    return pages * size if pages > 0 and size > 0 else None
 
 
 def choice_dict(choice: PathChoice) -> dict[str, object]:

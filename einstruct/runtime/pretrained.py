@@ -205,11 +205,12 @@ def optimizer(
     import torch
 
     groups = param_groups(model, lr, weight_decay, base_width=base_width, fixed=fixed, base=base)
-    cls = torch.optim.AdamW if optimizer_class is None else optimizer_class
-    if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
-        raise ParameterError(
-            f"optimizer_class must be a torch.optim.Optimizer class, got {cls!r:.40}",
-            hint="e.g. optimizer_class=torch.optim.SGD (the class, not an instance)",
-        )
-    build: Any = cls  # every torch optimizer takes lr; Optimizer itself says defaults
-    return build(groups, lr=lr, **optimizer_kwargs)
+    build: Any = torch.optim.AdamW if optimizer_class is None else optimizer_class
+    problem = f"optimizer_class must build a torch.optim.Optimizer (a class or a factory), got {build!r:.40}"
+    hint = "e.g. optimizer_class=torch.optim.SGD, or functools.partial(torch.optim.AdamW, fused=True)"
+    if not callable(build):
+        raise ParameterError(problem, hint=hint)
+    built = build(groups, lr=lr, **optimizer_kwargs)
+    if not isinstance(built, torch.optim.Optimizer):
+        raise ParameterError(problem, hint=hint)
+    return built
