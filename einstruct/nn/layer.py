@@ -327,12 +327,22 @@ def _assign(layer: "StructuredLinear", factors: Any, bias: Any) -> None:
             layer.bias.copy_(bias.detach().reshape(layer.bias.shape))
 
 
+def _fitted(layer: "StructuredLinear", mask: Any) -> torch.Tensor:
+    """W as the fit sees it: dense_weight, on the entries ``mask`` keeps (all if None)."""
+    weight = layer.dense_weight()
+    return weight if mask is None else weight * mask
+
+
 def _least_squares(
-    layer: "StructuredLinear", param: torch.Tensor, target: torch.Tensor, steps: int
+    layer: "StructuredLinear",
+    param: torch.Tensor,
+    target: torch.Tensor,
+    steps: int,
+    mask: Any = None,
 ) -> None:
     """Fit one factor exactly, the others fixed (W is linear in it): CGLS, conjugate
-    gradients on the normal equations, with dense_weight as the operator and its
-    gradient as the adjoint."""
+    gradients on the normal equations, with dense_weight (on the entries ``mask``
+    keeps) as the operator and its gradient as the adjoint."""
 
     def adjoint(residual: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
@@ -340,7 +350,7 @@ def _least_squares(
 
     with torch.no_grad():
         x = param.detach().clone()
-        r = target - layer.dense_weight()
+        r = target - _fitted(layer, mask)
         s = adjoint(r)
         p = s.clone()
         gamma = float(s.pow(2).sum())
@@ -351,7 +361,7 @@ def _least_squares(
             if gamma <= stop or gamma == 0.0:
                 break
             param.copy_(p)
-            q = layer.dense_weight()
+            q = _fitted(layer, mask)
             qq = float(q.pow(2).sum())
             if qq == 0.0:
                 break
@@ -365,10 +375,13 @@ def _least_squares(
         param.copy_(x)
 
 
-def _fit(layer: "StructuredLinear", target: torch.Tensor, max_iter: int) -> None:
+def _fit(
+    layer: "StructuredLinear", target: torch.Tensor, max_iter: int, mask: Any = None
+) -> None:
     """Alternating least squares on the factors, unnormalized, in the target's
     precision: each sweep fits every factor exactly in turn; it stops when the error
-    stops falling."""
+    stops falling. ``mask``: fit only the entries it keeps (W's own in a padded
+    target; the target is zero elsewhere)."""
     names = tuple(layer.factor_axes)
     params = [getattr(layer, name) for name in names]
     kept = [p.dtype for p in params]
@@ -384,9 +397,9 @@ def _fit(layer: "StructuredLinear", target: torch.Tensor, max_iter: int) -> None
         best = float("inf")
         for _ in range(max_iter):
             for p in params:
-                _least_squares(layer, p, target, min(16, p.numel()))
+                _least_squares(layer, p, target, min(16, p.numel()), mask)
             with torch.no_grad():
-                error = float((layer.dense_weight() - target).norm()) / scale
+                error = float((_fitted(layer, mask) - target).norm()) / scale
             if error < 1e-13 or error > best * (1.0 - 1e-4):
                 break
             best = error
@@ -394,6 +407,24 @@ def _fit(layer: "StructuredLinear", target: torch.Tensor, max_iter: int) -> None
         layer.normalize = normalize
         for p, dtype in zip(params, kept):
             p.data = p.data.to(dtype)
+
+
+def _refine(
+    layer: "StructuredLinear",
+    factors: Any,
+    target: torch.Tensor,
+    shape: tuple,
+    max_iter: int,
+) -> None:
+    """The closed form's ``factors`` of the padded ``target`` (which fits the padding's
+    zeros too), then alternating least squares on W's own entries (``shape``): the
+    error on them only falls."""
+    with torch.no_grad():
+        for name, f in zip(layer.factor_axes, factors):
+            getattr(layer, name).copy_(f.reshape(getattr(layer, name).shape))
+    mask = torch.zeros_like(target)
+    mask[: shape[0], : shape[1]] = 1.0
+    _fit(layer, target, max_iter, mask)
 
 
 def _learns(module: nn.Module) -> bool:
@@ -451,7 +482,9 @@ class StructuredLinear(nn.Module):
     #: The cost model's forward + backward estimates (ms) at the planned batch: the
     #: prior of strategy="measured".
     strategy_estimate_ms: ClassVar[dict[str, float]] = {}
-    #: How ``from_dense`` projects: "exact", "iterative" or "none", and a sentence.
+    #: How ``from_dense`` projects: "exact", "refined" (the closed form, then a fit to
+    #: W's own entries: padding the closed form cannot leave out), "iterative" or
+    #: "none", and a sentence.
     projection: ClassVar[str] = "none"
     projection_note: ClassVar[str] = ""
     #: Axes of the input and output features, each factor's stored axes, the sizes.
@@ -788,12 +821,15 @@ class StructuredLinear(nn.Module):
         first = getattr(self, next(iter(self.factor_axes)))
         shape = (self.out_features, self.in_features)
         target = _padded_target(weight, shape, (self.padded_out, self.padded_in), first)
+        factors = None
         if self.projection == "iterative":
             _fit(self, target, max_iter)
-            factors = None
         else:
             with torch.no_grad():
                 factors = self._project(target, max_iter)
+            if self.projection == "refined":
+                _refine(self, factors, target, shape, max_iter)
+                factors = None
         with torch.no_grad():
             _assign(self, factors, bias)
             return _relative_error(weight, self.to_dense())

@@ -55,7 +55,7 @@ class LayerReport:
     flops_after: int | float
     strategy: str
     replaces: str | None = None  # the adapter of the layer it replaced ("linear", "conv1d")
-    projection: str | None = None  # "exact" or "iterative" if projected from the old weight
+    projection: str | None = None  # "exact", "refined" or "iterative" if projected from the old weight
     error: float | None = None  # ||W - to_dense()|| / ||W|| if projected
 
 
@@ -155,7 +155,7 @@ def _error_text(layer: LayerReport) -> str:
     if layer.error is None:
         return "-"
     shown = float_text(layer.error, 3) if layer.error >= 1e-4 else "< 0.0001"
-    return f"{shown} ({layer.projection})" if layer.projection == "iterative" else shown
+    return f"{shown} ({layer.projection})" if layer.projection in ("iterative", "refined") else shown
 
 
 # what replace_linear recorded about each layer it made, and about each model it converted

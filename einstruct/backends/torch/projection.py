@@ -46,7 +46,7 @@ from .steps import factor_locals, sizes_of
 __all__ = ["projection_kind", "projection_note", "projection_code"]
 
 #: The kinds: a closed-form optimum, an iterative fit, or none (routed layers).
-KINDS = ("exact", "iterative", "none")
+KINDS = ("exact", "refined", "iterative", "none")
 
 
 def _holders(s: Structure) -> dict[str, frozenset[str]]:
@@ -61,7 +61,9 @@ def _holders(s: Structure) -> dict[str, frozenset[str]]:
 
 
 def projection_kind(structure: Structure) -> str:
-    """``exact`` (closed-form optimum), ``iterative`` (alternating least squares) or ``none`` (routed)."""
+    """``exact`` (closed-form optimum), ``refined`` (the closed form of the zero-padded W,
+    then alternating least squares on W's own entries), ``iterative`` (alternating
+    least squares) or ``none`` (routed)."""
     if structure.route is not None:
         return "none"
     if len(structure.factors) == 1:
@@ -69,7 +71,34 @@ def projection_kind(structure: Structure) -> str:
     if len(structure.factors) > 2:
         return "iterative"
     coupled = {frozenset("x1y"), frozenset("x2y")}
-    return "iterative" if coupled.intersection(_holders(structure).values()) else "exact"
+    if coupled.intersection(_holders(structure).values()):
+        return "iterative"
+    return "exact" if _padding_is_whole_rows_or_columns(structure) else "refined"
+
+
+def _padding_is_whole_rows_or_columns(s: Structure) -> bool:
+    """Whether the closed form of the zero-padded W is also the best fit of W's own
+    entries: in each block of the matrix the SVD factors, the padded entries fill
+    whole rows or whole columns (truncating those leaves the optimum intact).
+
+    On each side the real entries are the flat indices below the width: every axis
+    of the longest suffix whose size divides the width is free, the axes before it
+    are constrained. Those must lie in block axes and at most one of the two factor
+    groups (rows: the first factor's, columns: the second's). Kronecker at 97 -> 50
+    constrains an axis of each factor on the input side: its padding scatters.
+    """
+    batch, first, second, _ = _two_factor_groups(s)
+    group = {i: "first" for i in first} | {i: "second" for i in second} | {i: "block" for i in batch}
+    for axes, width in ((s.input.indices, int(s.in_features)), (s.output.indices, int(s.out_features))):
+        sizes = [int(s.size(i)) for i in axes]
+        free, suffix = len(axes), 1
+        while free > 0 and width % (suffix * sizes[free - 1]) == 0:
+            suffix *= sizes[free - 1]
+            free -= 1
+        kinds = {group.get(i, "other") for i in axes[:free]} - {"block"}
+        if "other" in kinds or len(kinds) > 1:
+            return False
+    return True
 
 
 def projection_note(structure: Structure) -> str:
@@ -81,6 +110,12 @@ def projection_note(structure: Structure) -> str:
         return (
             "No closed form for this einsum: an iterative fit (alternating least squares, each "
             "factor solved exactly by conjugate gradients); the returned error says how close it got."
+        )
+    if kind == "refined":
+        return (
+            "The closed form (truncated SVD) of W zero-padded to the axes, whose padding it fits "
+            "too, then alternating least squares on W's own entries; the returned error says how "
+            "close it got."
         )
     if len(structure.factors) == 1:
         return "Exact: the least-squares optimum (the factor's entries of W; copies averaged)."
@@ -150,7 +185,7 @@ def projection_code(plan: Plan) -> tuple[str, list[str]]:
     fit and a routed layer's refusal are the runtime's too."""
     s = plan.structure
     kind = projection_kind(s)
-    if kind != "exact":
+    if kind not in ("exact", "refined"):  # a closed form to generate
         return kind, []
     lines, axes = _target_lines(plan)
     sizes = sizes_of(plan)

@@ -281,7 +281,7 @@ def render_context(
         "dense_equation": plan.dense.equation if plan.dense else None,
         "dense_lines": [] if routed else dense_code(plan),
         "route": route_context(plan) if routed else None,
-        "projection_exact": projection == "exact",
+        "projection_closed_form": projection in ("exact", "refined"),
         "projection_lines": projection_lines,
     }
 
