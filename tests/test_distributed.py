@@ -72,6 +72,7 @@ def _worker(rank: int, model: torch.nn.Module, store: str, out: str) -> None:
     fsdp_params = {k: v.full_tensor() for k, v in fsdp_model.named_parameters()}
     if rank == 0:
         torch.save({"ddp": dict(ddp_model.named_parameters()), "fsdp": fsdp_params}, out)
+    dist.barrier()  # both ranks done before either tears down (gloo may abort otherwise)
     dist.destroy_process_group()
 
 
@@ -117,6 +118,7 @@ def _balance_worker(rank: int, layer: torch.nn.Module, x: torch.Tensor, store: s
     term = _balance(layer, x[rank * half : (rank + 1) * half])
     if rank == 0:
         torch.save({"balance": term.detach()}, out)
+    dist.barrier()  # both ranks done before either tears down (gloo may abort otherwise)
     dist.destroy_process_group()
 
 

@@ -167,6 +167,7 @@ def _worker(rank: int, world: int, model, tmp: str) -> None:
             result["refused"] = (str(error), three.A.shape)
     if rank == 0:
         torch.save(result, f"{tmp}/out.pt")
+    dist.barrier()  # both ranks done before either tears down (gloo may abort otherwise)
     dist.destroy_process_group()
 
 

@@ -61,6 +61,7 @@ def _worker(rank: int, store: str, out: str) -> None:
     dist.all_gather_object(results, (y.detach(), tokens.grad, mine.grad))
     if rank == 0:
         torch.save({"stats": stats / 2, "experts": results}, out)
+    dist.barrier()  # both ranks done before either tears down (gloo aborted a rank otherwise)
     dist.destroy_process_group()
 
 

@@ -98,6 +98,7 @@ def _worker(rank: int, world: int, model: torch.nn.Module, store: str, out: str,
         result["lm_params"] = _full(gpt2.named_parameters())
     if rank == 0:
         torch.save(result, out)
+    dist.barrier()  # both ranks done before either tears down (gloo may abort otherwise)
     dist.destroy_process_group()
 
 
