@@ -16,10 +16,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..figures.mpl import literal_text
+from ..figures.mpl import figure_bytes, literal_text
 from .frontier import PlotError
 from .laws import best_curves, envelope, exponent, finite_curves, fit_power_law, fit_window, log_grid
-from .outputs import figure_bytes
 
 __all__ = ["summarize", "laws_table", "plot_laws", "taxonomy_of"]
 

@@ -22,9 +22,8 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ..figures.mpl import literal_text
+from ..figures.mpl import figure_bytes, literal_text
 from .frontier import PlotError
-from .outputs import figure_bytes
 
 __all__ = ["RULES", "best_lr", "transfer_summary", "transfer_table", "plot_transfer"]
 
