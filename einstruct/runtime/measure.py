@@ -84,11 +84,10 @@ def measure_report(
     torch = _torch()
     if device == "cuda" and not torch.cuda.is_available():
         raise ParameterError("CUDA is not available to torch here", hint="measure with --device cpu")
-    from .measured_paths import _widths, check_timing_size, timing_bytes
+    from .measured_paths import check_class_timing
 
     results = list(report.results)
     q = report.query
-    hint = "time a smaller --batch"
     check_measurable(q.d_in, q.d_out, batch)
     kw = {"device": device, "dtype": torch.float32}
     gen = torch.Generator().manual_seed(0)
@@ -99,7 +98,7 @@ def measure_report(
     strategies: dict[str, str] = {}
     for r in results:
         cls = compile_structure(r.structure, batch=batch)
-        check_timing_size(batch, max(_widths(cls)), timing_bytes(cls, batch, 4), hint)
+        check_class_timing(cls, batch, 4)
         layer = cls(bias=False, **kw)
         layers[r.name] = layer
         strategies[r.name] = layer.strategy

@@ -29,7 +29,14 @@ from ..nn.env import max_params
 from ..nn.measured import PathChoice, PathChooser
 from .build import compile_structure
 
-__all__ = ["strategy_paths", "measure_structure", "timing_bytes", "choice_dict"]
+__all__ = [
+    "strategy_paths",
+    "measure_structure",
+    "timing_bytes",
+    "check_timing_size",
+    "check_class_timing",
+    "choice_dict",
+]
 
 
 def strategy_paths(layer: torch.nn.Module) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
@@ -64,7 +71,7 @@ def measure_structure(
     user's cache directory) by default.
     """
     cls = compile_structure(structure, batch=batch)
-    _check_memory(cls, batch, torch.empty((), dtype=dtype).element_size())
+    check_class_timing(cls, batch, torch.empty((), dtype=dtype).element_size())
     layer = cls(bias=False, dtype=dtype, strategy="measured")
     layer.path_chooser = chooser
     x = torch.randn(batch, layer.in_features, dtype=dtype, requires_grad=train)
@@ -117,8 +124,9 @@ def check_timing_size(batch: int, widest: int, need: int, hint: str) -> None:
         )
 
 
-def _check_memory(cls: Any, batch: int, itemsize: int) -> None:
-    """check_timing_size for timing one layer class (``plan --measure``); the hint says
+def check_class_timing(cls: Any, batch: int, itemsize: int) -> None:
+    """check_timing_size for timing one layer class (``plan --measure``, ``search
+    --measure``); the hint says
     when the dense path's W, not the batch, is what does not fit."""
     padded_in, padded_out, _ = _widths(cls)
     have = _memory_bytes()
