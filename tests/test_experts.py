@@ -4,6 +4,8 @@ expert parallelism (all-to-all) equals every expert in one process; on 2 gloo ra
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -55,12 +57,15 @@ def _worker(rank: int, store: str, out: str) -> None:
     # expert parallelism: this rank holds experts 2 * rank, 2 * rank + 1
     mine = weight[2 * rank : 2 * rank + 2].detach().requires_grad_()
     tokens = x[rows].clone().requires_grad_()
-    y = all_to_all_experts(tokens, expert[rows], lambda t, i: torch.einsum("nd,nde->ne", t, mine[i]), 2)
-    (y**2).sum().backward()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        y = all_to_all_experts(tokens, expert[rows], lambda t, i: torch.einsum("nd,nde->ne", t, mine[i]), 2)
+        (y**2).sum().backward()
     results = [None, None]
     dist.all_gather_object(results, (y.detach(), tokens.grad, mine.grad))
     if rank == 0:
-        torch.save({"stats": stats / 2, "experts": results}, out)
+        said = [str(w.message) for w in caught]
+        torch.save({"stats": stats / 2, "experts": results, "warnings": said}, out)
     dist.barrier()  # both ranks done before either tears down (gloo aborted a rank otherwise)
     dist.destroy_process_group()
 
@@ -78,6 +83,7 @@ def test_balance_over_a_group_and_expert_parallelism_equal_one_process(tmp_path)
     out = tmp_path / "out.pt"
     mp.spawn(_worker, args=(str(tmp_path / "store"), str(out)), nprocs=2)
     got = torch.load(out)
+    assert got["warnings"] == []  # torch's deprecated all_to_all_single warned here before
     x, router, weight, expert = _data()
     probs = torch.softmax(x @ router, dim=-1)
     aux = balance_loss(probs, probs.argmax(dim=-1))  # the whole batch in one process

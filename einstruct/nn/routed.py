@@ -29,6 +29,7 @@ __all__ = [
     "AttachLoss",
     "RoutedStructuredLinear",
     "SparseExperts",
+    "exchange_rows",
     "static_experts",
     "static_shapes",
 ]
@@ -331,6 +332,12 @@ class _Exchange(torch.autograd.Function):
             back, g.contiguous(), send, recv, group=group
         )
         return back, None, None, None
+
+
+def exchange_rows(rows: torch.Tensor, send: list, recv: list, group: Any = None) -> Any:
+    """All-to-all of ``rows`` over ``group``: ``send[r]`` rows (in order) to rank r,
+    ``recv[r]`` rows from it, differentiable (the gradients go back the same way)."""
+    return _Exchange.apply(rows, send, recv, group)
 
 
 def _exchanged_experts(

@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 
 from ..errors import ParameterError
-from ..nn.routed import AttachLoss
+from ..nn.routed import AttachLoss, exchange_rows
 
 __all__ = ["attach_aux_loss", "balance_loss", "all_to_all_experts"]
 
@@ -148,8 +148,6 @@ def all_to_all_experts(
     Two all-to-alls (the rows, then their outputs) plus one of the counts; the
     gradient flows back through the same exchanges.
     """
-    from torch.distributed.nn.functional import all_to_all_single
-
     _check_tensor("tokens", tokens, floating=True, dims=(2,))
     _check_tensor("expert", expert, floating=False, dims=(1,))
     if expert.shape[0] != tokens.shape[0]:
@@ -186,13 +184,9 @@ def all_to_all_experts(
     send_sizes, recv_sizes = send.tolist(), recv.tolist()
     rows = tokens[order]
     local = (expert[order] - dest[order] * experts_per_rank).to(torch.int64)
-    arrived = all_to_all_single(
-        rows.new_empty(sum(recv_sizes), rows.shape[1]), rows, recv_sizes, send_sizes, group=group
-    )
+    arrived = exchange_rows(rows, send_sizes, recv_sizes, group)
     local_index = torch.empty(sum(recv_sizes), dtype=torch.int64, device=tokens.device)
     dist.all_to_all_single(local_index, local, recv_sizes, send_sizes, group=group)
     done = local_experts(arrived, local_index)
-    back = all_to_all_single(
-        done.new_empty(sum(send_sizes), done.shape[1]), done, send_sizes, recv_sizes, group=group
-    )
+    back = exchange_rows(done, recv_sizes, send_sizes, group)
     return back[torch.argsort(order)]  # back in this rank's token order
