@@ -247,6 +247,12 @@ def test_bad_queries_are_clear_errors(kwargs, message):
         SearchQuery(64, 64, **kwargs)
 
 
+@pytest.mark.parametrize("width, shown", [("64", "got str '64'"), (64.0, "got float 64.0"), (1, "got 1")])
+def test_a_width_that_is_not_an_integer_says_its_type(width, shown):
+    with pytest.raises(ParameterError, match=shown):  # a str '64' was shown as "got 64"
+        SearchQuery(width, 64)
+
+
 def test_a_huge_grid_is_refused_with_a_hint():
     with pytest.raises(ParameterError, match="coarser --grid"):
         run_search(SearchQuery(64, 64, grid=200))

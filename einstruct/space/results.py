@@ -67,8 +67,9 @@ class SearchQuery:
         for name in ("d_in", "d_out"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 2:
+                shown = f"{value}" if isinstance(value, int) else f"{type(value).__name__} {value!r:.40}"
                 raise ParameterError(
-                    f"{name.replace('_', '-')} must be an integer of at least 2, got {value}",
+                    f"{name.replace('_', '-')} must be an integer of at least 2, got {shown}",
                     hint="give the layer's widths, e.g. --d-in 4096 --d-out 4096",
                 )
         if self.max_flops is not None and self.flops_ratio is not None:
