@@ -181,3 +181,54 @@ def test_a_compiled_models_manifest_and_weights_restore_into_the_model_built_fre
     einstruct.restore(fresh, tmp_path, {f"module.{k}": v for k, v in state.items()})  # DDP's, over compile's
     ids = torch.arange(12).reshape(3, 4) % 11
     assert torch.equal(fresh(ids), model(ids))
+
+
+def _square(spec: str, **options) -> torch.nn.Sequential:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64))
+    einstruct.replace_linear(model, spec, **options)
+    return model
+
+
+def test_weights_saved_with_another_structures_manifest_are_refused(tmp_path):
+    # Tensor-Train of rank 8 and Monarch store the same keys with the same shapes at 64 -> 64
+    monarch, tt = _square("monarch"), _square("tensor_train", rank=8)
+    assert {k: v.shape for k, v in monarch.state_dict().items()} == {
+        k: v.shape for k, v in tt.state_dict().items()
+    }
+    for name, model in (("monarch", monarch), ("tt", tt)):
+        (tmp_path / name).mkdir()
+        einstruct.save_manifest(model, tmp_path / name)
+        torch.save(model.state_dict(), tmp_path / name / "model.pt")
+    fresh = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64))
+    before = [p.clone() for p in fresh.parameters()]
+    with pytest.raises(ParameterError, match="saved with another manifest"):
+        einstruct.restore(fresh, tmp_path / "tt", tmp_path / "monarch" / "model.pt")
+    assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters()))
+    einstruct.restore(fresh, tmp_path / "monarch", tmp_path / "monarch" / "model.pt")  # its own: loads
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(fresh(x), monarch(x), rtol=0, atol=0)
+
+
+def test_a_layer_the_manifest_does_not_list_is_named(tmp_path):
+    model = _square("low_rank", rank=4)
+    manifest = einstruct.runtime.manifest.model_manifest(model)
+    manifest["layers"] = manifest["layers"][:1]  # someone dropped the second layer's entry
+    fresh = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64))
+    with pytest.raises(
+        ParameterError, match="holds '2' as a structured layer .* the manifest does not list it"
+    ):
+        einstruct.restore(fresh, manifest, model.state_dict())
+
+
+def test_a_save_pretrained_folder_is_its_own_manifest_for_restore(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_embd=32, n_layer=1, n_head=4, vocab_size=61, n_positions=16)
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    einstruct.replace_linear(model, "low_rank", rank=4)
+    model.save_pretrained(tmp_path)  # config.json carries the manifest; no einstruct.json
+    fresh = transformers.GPT2LMHeadModel(config).eval()
+    einstruct.restore(fresh, tmp_path, tmp_path)
+    ids = torch.arange(8).reshape(1, 8)
+    torch.testing.assert_close(fresh(ids).logits, model(ids).logits, rtol=0, atol=0)

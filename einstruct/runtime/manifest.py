@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,19 +32,42 @@ from ..language.parser import parse_text
 from ..limits import ENVIRONMENT, current
 from ..nn.env import LimitError, SettingError
 from ..reading import read_bounded, shown_path
-from .adapters import adapter_for
+from .adapters import adapter_for, adapter_names
 from .build import built_from, compile_structure
 from .checkpoint import read_state_dict
 from .groups import is_structured
 from .manifest_schema import FORMAT, LayerEntry, Manifest, ManifestError, parse_json, parse_manifest
 from .replace import swap_layers
-from .summary import ModelReport, Skipped, layer_structure, record, record_skipped, skipped_in, summary
+from .summary import (
+    ModelReport,
+    Skipped,
+    layer_structure,
+    record,
+    record_skipped,
+    replaced_adapter,
+    skipped_in,
+    summary,
+)
 
-__all__ = ["MANIFEST_NAME", "model_manifest", "save_manifest", "restore", "read_state_dict"]
+__all__ = [
+    "CONFIG_KEY",
+    "MANIFEST_NAME",
+    "apply_manifest",
+    "directory_manifest",
+    "model_manifest",
+    "read_manifest",
+    "save_manifest",
+    "saved_config",
+    "restore",
+    "read_state_dict",
+]
 
 #: The file name ``save_manifest`` uses inside a directory (next to ``save_pretrained``'s files).
 MANIFEST_NAME = "einstruct.json"
+#: The key of the manifest in a Hugging Face config (``config.json``).
+CONFIG_KEY = "einstruct"
 _MARK = "@generated"
+_FOUND_BY_TYPE = ("linear", "conv1d")  # the built-in adapters: restore finds them by type
 _OPTIONS = ("normalize", "zero_init_last", "strategy", "save_intermediate", "sparse_experts")
 
 
@@ -110,6 +134,7 @@ def model_manifest(model: Any) -> dict[str, Any]:
         declared = getattr(type(layer), "constructor_options", _OPTIONS)
         options = {k: getattr(layer, k) for k in declared if k != "gain" and hasattr(layer, k)}
         options["gain"] = getattr(layer, "gain", None) is not None
+        adapter = replaced_adapter(layer)
         entries.append(
             {
                 "names": names[key],
@@ -122,6 +147,8 @@ def model_manifest(model: Any) -> dict[str, Any]:
                 "batch": built.batch if built else 2048,
                 "class_strategy": built.strategy if built else str(type(layer).default_strategy),
                 "options": options,
+                # a registered adapter's name, so restore can say which one to register
+                **({"adapter": adapter} if adapter not in (None, *_FOUND_BY_TYPE) else {}),
             }
         )
     skipped = [{"name": s.name, "reason": s.reason} for s in skipped_in(model)]
@@ -177,8 +204,52 @@ def save_manifest(model: Any, path: str | os.PathLike, *, force: bool = False) -
     return target
 
 
-def _read_manifest(source: Any) -> Manifest:
-    """The checked manifest from a path or a dict: the one reader (see :mod:`.manifest_schema`)."""
+def saved_config(directory: Path) -> dict[str, Any]:
+    """``config.json`` read as a manifest is: bounded, strict JSON (no duplicate keys,
+    no NaN, bounded nesting), an object. transformers' own reader resolves a
+    duplicated key silently (the last wins) and fails on deep nesting with a
+    traceback; the manifest inside must not depend on that."""
+    source = directory / "config.json"
+    data = parse_json(
+        read_bounded(
+            source,
+            current().max_input_bytes,
+            "Hugging Face config",
+            ENVIRONMENT["max_input_bytes"],
+            hint="pass the directory save_pretrained wrote (it holds config.json)",
+        ),
+        f"'{shown_path(source)}'",
+    )
+    if not isinstance(data, dict):
+        raise ManifestError(
+            f"'{shown_path(source)}' holds a JSON {type(data).__name__}, not a config object",
+            hint="pass the directory save_pretrained wrote",
+        )
+    return data
+
+
+def directory_manifest(directory: Path) -> Any:
+    """The manifest a checkpoint folder carries, unchecked: the ``einstruct`` entry of its
+    ``config.json`` (``save_pretrained`` after ``replace_linear``), else the path of its
+    ``einstruct.json`` (``save_manifest``), else None."""
+    if (directory / "config.json").is_file():
+        manifest = saved_config(directory).get(CONFIG_KEY)
+        if manifest is not None:
+            if not isinstance(manifest, dict):
+                raise ManifestError(
+                    f"'{shown_path(directory / 'config.json')}': the '{CONFIG_KEY}' entry is a "
+                    f"{type(manifest).__name__}, not a manifest",
+                    hint="save the model again after einstruct.replace_linear",
+                )
+            return manifest
+    if (directory / MANIFEST_NAME).is_file():
+        return directory / MANIFEST_NAME
+    return None
+
+
+def read_manifest(source: Any) -> Manifest:
+    """The checked manifest from a path (a manifest file, or a folder that carries one:
+    see :func:`directory_manifest`) or a dict: the one reader (see :mod:`.manifest_schema`)."""
     if isinstance(source, Mapping):
         return parse_manifest(source)
     if not isinstance(source, str | os.PathLike):
@@ -186,13 +257,19 @@ def _read_manifest(source: Any) -> Manifest:
             f"manifest must be a path or the dict model_manifest() returns, got {type(source).__name__}",
             hint="e.g. einstruct.restore(model, 'ckpt')",
         )
+    if Path(source).is_dir():
+        carried = directory_manifest(Path(source))
+        if isinstance(carried, dict):
+            return parse_manifest(carried)
     path = _manifest_path(source)
     limit = current().max_input_bytes  # a bad setting is the environment's error, not the file's
     try:
         data = read_bounded(path, limit, "manifest", ENVIRONMENT["max_input_bytes"])
     except EinstructError as exc:
         raise ManifestError(
-            f"cannot read the manifest: {exc.message}", hint="pass the file save_manifest wrote"
+            f"cannot read the manifest: {exc.message}",
+            hint="pass the file save_manifest wrote, or the folder save_pretrained wrote after "
+            f"replace_linear (its config.json carries the manifest under '{CONFIG_KEY}')",
         ) from None
     return parse_manifest(parse_json(data, f"the manifest {shown_path(path)}"))
 
@@ -238,6 +315,13 @@ def _new_layer(model: Any, entry: LayerEntry, taken: dict[int, str]) -> tuple[tu
         )
     taken[id(old)] = entry.where
     adapter = adapter_for(old)
+    if adapter is None and entry.adapter is not None and entry.adapter not in adapter_names():
+        raise ManifestError(
+            f"manifest {entry.where}.adapter: layer '{names[0][:80]}' is a {type(old).__name__}, which "
+            f"replace_linear converted with the adapter '{entry.adapter[:80]}', not registered here",
+            hint=f"call einstruct.register_adapter('{entry.adapter[:80]}', matches, dense) as when the "
+            "model was converted, before restore or from_pretrained",
+        )
     if adapter is None:
         raise ManifestError(
             f"manifest {entry.where}.names: layer '{names[0][:80]}' is a {type(old).__name__}, "
@@ -308,6 +392,18 @@ def _value_problem(value: Any, own: Any, parameter: bool) -> str:
     return ""
 
 
+def _unlisted_layer(model: Any, unknown: list[str]) -> str:
+    """The first layer the state dict holds structured (its keys are not the model's) that
+    is a plain linear layer of the model: a layer the manifest should have listed."""
+    for key in unknown:
+        name = key.rpartition(".")[0]
+        if name and _resolves(model, name):
+            module = model.get_submodule(name)
+            if not is_structured(module) and adapter_for(module) is not None:
+                return name[:80]
+    return ""
+
+
 def _check_state(model: Any, state: Mapping[str, Any]) -> None:
     """Every key of the model present (or tied to a present one), none unknown, every
     shape equal, every value loadable (a dense tensor of the model's kind of values;
@@ -321,6 +417,15 @@ def _check_state(model: Any, state: Mapping[str, Any]) -> None:
     missing = [k for k in own if k not in state and id(own[k]) not in present]
     wrong = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
     meta = [k for k in own if getattr(own[k], "is_meta", False)]
+    unlisted = _unlisted_layer(model, unknown)
+    if unlisted:
+        shown = ", ".join(k[:80] for k in unknown[:2]) + (" ..." if len(unknown) > 2 else "")
+        raise ManifestError(
+            f"the state dict holds '{unlisted}' as a structured layer ({shown}), but the manifest "
+            "does not list it",
+            hint="restore with the manifest saved with these weights (model_manifest of the converted "
+            "model, or config.json's 'einstruct' entry), unedited",
+        )
     for what, keys in (
         ("has keys the model lacks", unknown),
         ("lacks keys", missing),
@@ -358,27 +463,129 @@ def restore(model: Any, manifest: Any, state_dict: Any = None) -> ModelReport:
 
     Args:
         model: the model as built before ``replace_linear`` (same architecture and config).
-        manifest: a path (a manifest file, or a directory holding ``einstruct.json``)
-            or the dict :func:`model_manifest` returns.
+        manifest: a path (a manifest file, or a directory holding ``einstruct.json`` or a
+            ``config.json`` that carries the manifest) or the dict :func:`model_manifest` returns.
         state_dict: optional: a mapping, a ``.pt``/``.safetensors`` file, or a
             ``save_pretrained`` directory; loaded after the replacements, strictly
-            (only keys tied to a present key may be missing).
+            (only keys tied to a present key may be missing). Weights in a folder
+            that carries a manifest of other layers are refused: they were trained
+            as other structures, even where the shapes agree.
 
     Returns:
         :func:`einstruct.summary` of the restored model.
     """
     _check_module(model, "restore")
     model = unwrapped(model)
-    data = _read_manifest(manifest)
+    data = read_manifest(manifest)
+    if isinstance(state_dict, str | os.PathLike):
+        _check_same_layers(data, Path(state_dict))
     state = read_state_dict(state_dict) if state_dict is not None else None
+    return apply_manifest(model, data, state)
+
+
+def _check_same_layers(data: Manifest, weights: Path) -> None:
+    """Refuse weights whose folder carries a manifest of other layers (or other structures)."""
+    folder = weights if weights.is_dir() else weights.parent
+    try:
+        carried = directory_manifest(folder)
+        beside = read_manifest(carried) if carried is not None else None
+    except EinstructError:
+        return  # the manifest given is the authority; a broken one beside the weights is not read
+    if beside is None:
+        return
+    ours = sorted(data.layers, key=lambda e: e.names)
+    theirs = sorted(beside.layers, key=lambda e: e.names)
+    if len(ours) == len(theirs) and all(a.same_layers(b) for a, b in zip(ours, theirs)):
+        return
+    which = next(
+        (f"{a.where} ('{a.names[0][:60]}')" for a, b in zip(ours, theirs) if not a.same_layers(b)),
+        f"{len(ours)} entries against {len(theirs)}",
+    )
+    raise ManifestError(
+        f"the weights in '{shown_path(folder)}' were saved with another manifest (first difference: "
+        f"{which}): they belong to other structured layers",
+        hint=f"restore with the folder's own manifest, e.g. einstruct.restore(model, "
+        f"'{shown_path(folder)}', '{shown_path(weights)}')",
+    )
+
+
+def _resolves(model: Any, name: str) -> bool:
+    try:
+        model.get_submodule(name)
+    except (AttributeError, TypeError, ValueError, KeyError, IndexError):
+        return False
+    return True
+
+
+def _base_prefix(model: Any) -> tuple[str, bool] | None:
+    """Hugging Face's ``base_model_prefix`` (``"model."``) and whether ``model`` holds the
+    base model under it (a model with a head) or is the base model itself; None for a
+    model without one."""
+    prefix = getattr(model, "base_model_prefix", None)
+    if not isinstance(prefix, str) or not prefix.isidentifier():
+        return None
+    return prefix + ".", _resolves(model, prefix)
+
+
+def _fit_names(model: Any, data: Manifest) -> Manifest:
+    """``data`` with its names fitted to ``model`` as transformers fits a checkpoint's keys:
+    a manifest of the model with a head restores into the base model (the head's
+    layers are not there: their entries go) and a manifest written from the base
+    model (``replace_linear(model.model, ...)``) into the model with a head."""
+    fit = _base_prefix(model)
+    if fit is None or all(_resolves(model, n) for entry in data.layers for n in entry.names):
+        return data
+    prefix, has_base = fit
+    entries = []
+    for entry in data.layers:
+        if has_base:
+            names = tuple(prefix + n for n in entry.names)
+        else:
+            names = tuple(n[len(prefix) :] for n in entry.names if n.startswith(prefix))
+        if names:
+            entries.append(replace(entry, names=names))
+    if entries and all(_resolves(model, n) for entry in entries for n in entry.names):
+        return Manifest(tuple(entries), data.skipped)
+    return data  # restore names the first layer the model lacks
+
+
+def _fit_keys(model: Any, state: Mapping[str, Any], own: Iterable[str]) -> Mapping[str, Any]:
+    """``state`` with wrappers' prefixes taken off, then fitted to Hugging Face's base model
+    prefix as :func:`_fit_names` fits a manifest: whichever fits ``own`` best."""
+    state = _without_wrapper_prefix(state, own)
+    fit = _base_prefix(model)
+    if fit is None:
+        return state
+    prefix, has_base = fit
+    if has_base:
+        other = {prefix + k: v for k, v in state.items()}
+    else:  # the head's keys are not this model's
+        other = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+    own = set(own)
+    return other if len(own.intersection(other)) > len(own.intersection(state)) else state
+
+
+def apply_manifest(
+    model: Any,
+    data: Manifest,
+    state: Mapping[str, Any] | None = None,
+    saved_names: Any = None,
+) -> ModelReport:
+    """:func:`restore` of a checked manifest and a state dict already read: every layer
+    built and checked, then swapped in; the state dict (its keys first mapped by
+    ``saved_names(model, state)``, once the layers are swapped, if given) checked
+    whole, then loaded. On any error the model is as it was."""
+    data = _fit_names(model, data)
     if state is not None:
-        state = _without_wrapper_prefix(state, model.state_dict().keys())
+        state = _fit_keys(model, state, model.state_dict().keys())
     taken: dict[int, str] = {}
     swaps = [_new_layer(model, entry, taken) for entry in data.layers]
     originals = [(names, model.get_submodule(names[0])) for names, _ in swaps]
     swap_layers(model, swaps)
     if state is not None:
         try:
+            if saved_names is not None:
+                state = saved_names(model, state)
             _check_state(model, state)
             model.load_state_dict(state, strict=False)
         except Exception as exc:

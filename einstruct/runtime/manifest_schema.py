@@ -25,6 +25,9 @@ entry ``structure`` the name of a structure in ``spec``
 ``backend``         one of the registered backends
 ``batch``           a whole number from 1 to ``EINSTRUCT_MAX_SIZE``
 ``class_strategy``  ``auto``, ``structured`` or ``dense``
+``adapter``         the registered adapter the layer replaced (optional; absent:
+                    ``linear`` or ``conv1d``, found by type), a name of at most
+                    :data:`MAX_TEXT` printable characters
 ``options``         an object with at most ``normalize``, ``zero_init_last``,
                     ``gain``, ``save_intermediate``, ``sparse_experts`` (true or
                     false), ``strategy`` (``structured``, ``dense`` or
@@ -97,6 +100,7 @@ _ENTRY = (
     "class_strategy",
     "options",
 )
+_OPTIONAL_ENTRY = ("adapter",)
 _HINT = "pass the file or dict save_manifest / model_manifest wrote"
 
 
@@ -119,6 +123,11 @@ class LayerEntry:
     batch: int
     class_strategy: str
     options: tuple[tuple[str, bool | str | float | None], ...]
+    adapter: str | None = None
+
+    def same_layers(self, other: LayerEntry) -> bool:
+        """Whether ``other`` describes the same layers the same way (``where`` aside)."""
+        return {**vars(self), "where": ""} == {**vars(other), "where": ""}
 
 
 @dataclass(frozen=True)
@@ -236,7 +245,8 @@ def _options(value: Any, where: str) -> tuple[tuple[str, bool | str | float | No
 
 
 def _entry(value: Any, where: str) -> LayerEntry:
-    data = _object(value, where, _ENTRY, _ENTRY)
+    data = _object(value, where, (*_ENTRY, *_OPTIONAL_ENTRY), _ENTRY)
+    adapter = data.get("adapter")
     return LayerEntry(
         where=where,
         names=_names(data["names"], f"{where}.names"),
@@ -249,6 +259,7 @@ def _entry(value: Any, where: str) -> LayerEntry:
         batch=_whole(data["batch"], f"{where}.batch"),
         class_strategy=_choice(data["class_strategy"], f"{where}.class_strategy", STRATEGIES),
         options=_options(data["options"], f"{where}.options"),
+        adapter=None if adapter is None else _line(adapter, f"{where}.adapter"),
     )
 
 

@@ -19,25 +19,33 @@ refused before any weight is loaded, never left half random.
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import warnings
+import weakref
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import ParameterError
-from ..limits import ENVIRONMENT, current
-from ..reading import read_bounded, shown_path
+from ..errors import EinstructError, ParameterError
+from ..reading import shown_path
 from .groups import param_groups
-from .manifest import MANIFEST_NAME, model_manifest, restore
-from .manifest_schema import ManifestError, parse_json
+from .manifest import (
+    CONFIG_KEY,
+    MANIFEST_NAME,
+    apply_manifest,
+    directory_manifest,
+    model_manifest,
+    read_manifest,
+    read_state_dict,
+    saved_config,
+)
+from .manifest_schema import ManifestError
 from .replace import replace_linear as _replace_linear
 from .summary import ModelReport
 
 __all__ = ["CONFIG_KEY", "has_config", "manifest_to_config", "replace_linear", "from_pretrained", "optimizer"]
-
-#: The key of the manifest in a Hugging Face config (``config.json``).
-CONFIG_KEY = "einstruct"
 
 
 def has_config(model: Any) -> bool:
@@ -46,19 +54,54 @@ def has_config(model: Any) -> bool:
     return config is not None and callable(getattr(config, "to_json_string", None))
 
 
+#: Which model last put its manifest in each config object (by id; the model held weakly).
+_CONFIG_WRITERS: weakref.WeakValueDictionary[int, Any] = weakref.WeakValueDictionary()
+
+
+def _holds(outer: Any, inner: Any) -> bool:
+    return any(module is inner for module in outer.modules())
+
+
+def _config_writer(model: Any) -> Any:
+    """The model whose manifest belongs in ``model.config``, which ``model`` may share.
+
+    A submodule converted on its own (``replace_linear(model.model, ...)``) shares
+    its config with the model around it: that model's manifest, which names every
+    structured layer from the top, is the one to save. Two models built from one
+    config object (``from_config(cfg)`` twice) share it by accident: the second to
+    be converted gets a copy of its own, so neither saves the other's layers.
+    """
+    config = model.config
+    writer = _CONFIG_WRITERS.get(id(config))
+    if writer is None or writer is model or getattr(writer, "config", None) is not config:
+        return model
+    if _holds(writer, model):
+        return writer
+    if _holds(model, writer):
+        return model
+    own = copy.deepcopy(config)
+    for module in model.modules():
+        if getattr(module, "config", None) is config:
+            module.config = own
+    return model
+
+
 def manifest_to_config(model: Any) -> dict[str, Any]:
     """Put ``model``'s manifest in ``model.config.einstruct`` (so ``save_pretrained`` saves it); return it.
 
     :func:`replace_linear` calls this for every model with a config; call it
-    yourself after converting layers some other way.
+    yourself after converting layers some other way. A submodule's config shared
+    with the model around it gets that model's manifest.
     """
     if not has_config(model):
         raise ParameterError(
             f"{type(model).__name__} has no Hugging Face config to carry the manifest",
             hint="use einstruct.save_manifest(model, path) for other models",
         )
-    manifest = model_manifest(model)
-    setattr(model.config, CONFIG_KEY, manifest)
+    writer = _config_writer(model)
+    manifest = model_manifest(writer)
+    setattr(writer.config, CONFIG_KEY, manifest)
+    _CONFIG_WRITERS[id(writer.config)] = writer
     return manifest
 
 
@@ -74,48 +117,121 @@ def replace_linear(model: Any, spec: Any, *args: Any, **kwargs: Any) -> ModelRep
     return report
 
 
-def _saved_config(path: Path) -> dict[str, Any]:
-    """``config.json`` read as a manifest is: bounded, strict JSON (no duplicate keys,
-    no NaN, bounded nesting), an object. transformers' own reader resolves a
-    duplicated key silently (the last wins) and fails on deep nesting with a
-    traceback; the manifest inside must not depend on that."""
-    source = path / "config.json"
-    data = parse_json(
-        read_bounded(
-            source,
-            current().max_input_bytes,
-            "Hugging Face config",
-            ENVIRONMENT["max_input_bytes"],
-            hint="pass the directory save_pretrained wrote (it holds config.json)",
-        ),
-        f"'{shown_path(source)}'",
-    )
-    if not isinstance(data, dict):
-        raise ManifestError(
-            f"'{shown_path(source)}' holds a JSON {type(data).__name__}, not a config object",
-            hint="pass the directory save_pretrained wrote",
+def _config_manifest(directory: Path) -> Any:
+    """The manifest the folder carries (config.json's entry, else einstruct.json), checked."""
+    carried = directory_manifest(directory)
+    if carried is None:
+        raise ParameterError(
+            f"{directory} holds no einstruct manifest (no '{CONFIG_KEY}' entry in config.json, "
+            f"no {MANIFEST_NAME})",
+            hint="a model saved without structured layers loads with model_class.from_pretrained; "
+            "convert with einstruct.replace_linear before save_pretrained",
         )
-    return data
+    return read_manifest(carried)
 
 
-def _config_manifest(saved: dict[str, Any], path: Path) -> Any:
-    """The manifest in the saved config, else an ``einstruct.json`` next to it."""
-    manifest = saved.get(CONFIG_KEY)
-    if manifest is not None:
-        if not isinstance(manifest, dict):
-            raise ParameterError(
-                f"{path / 'config.json'}: the '{CONFIG_KEY}' entry is a {type(manifest).__name__}, "
-                "not a manifest",
-                hint="save the model again after einstruct.replace_linear",
-            )
-        return manifest
-    if (path / MANIFEST_NAME).is_file():
-        return path / MANIFEST_NAME
-    raise ParameterError(
-        f"{path} holds no einstruct manifest (no '{CONFIG_KEY}' entry in config.json, no {MANIFEST_NAME})",
-        hint="a model saved without structured layers loads with model_class.from_pretrained; "
-        "convert with einstruct.replace_linear before save_pretrained",
+def _place(tensor: Any) -> tuple:
+    """Where a tensor's values are: two tensors at one place are one tensor (or views alike)."""
+    return (
+        tensor.untyped_storage().data_ptr(),
+        tensor.storage_offset(),
+        tuple(tensor.shape),
+        tensor.stride(),
+        tensor.dtype,
     )
+
+
+def _model_names(directory: Path) -> Any:
+    """``(model, state) -> state`` with the keys the model names them by: transformers 5
+    renames some keys when it saves (GPT-NeoX's ``lm_head`` is saved as ``embed_out``,
+    ViT's ``layers.N.attention.q_proj`` as ``encoder.layer.N.attention.attention.query``).
+    Its save-time conversion of the rebuilt model's own state dict shows each key's
+    saved name (the same tensor, renamed); a checkpoint in the model's own names (older
+    transformers) stays as it is. Keys transformers saves converted (split, fused or
+    permuted values: Mixtral's experts) are refused by name, before anything loads."""
+
+    def names(model: Any, state: Mapping[str, Any]) -> Mapping[str, Any]:
+        try:
+            from transformers.core_model_loading import revert_weight_conversion
+        except ImportError:  # transformers 4 saves the model's own names
+            return state
+        own = model.state_dict()
+        try:
+            saved = revert_weight_conversion(model, dict(own))
+        except Exception as exc:  # noqa: BLE001 - transformers' own conversion, any failure
+            raise ManifestError(
+                f"transformers cannot name {type(model).__name__}'s weights as it saves them: "
+                f"{type(exc).__name__}: {str(exc)[:200]}",
+                hint="save and load with the same transformers version",
+            ) from None
+        at: dict[tuple, list[str]] = {}
+        for key, value in own.items():
+            at.setdefault(_place(value), []).append(key)
+        mapped: dict[str, str] = {}
+        taken: set[str] = set()
+        for key, value in saved.items():
+            keys = at.get(_place(value), [])
+            free = [k for k in keys if k not in taken]
+            if key in keys or free:
+                mapped[key] = key if key in keys else free[0]
+                taken.add(mapped[key])
+        if all(k == v for k, v in mapped.items()) and len(mapped) == len(saved):
+            return state  # nothing renamed, nothing converted
+        renamed = {mapped.get(k, k): v for k, v in state.items()}
+        mine = set(own)
+        if len(mine.intersection(state)) >= len(mine.intersection(renamed)):
+            return state  # saved in the model's own names
+        converted = [k for k in state if k in saved and k not in mapped]
+        if converted:
+            raise ManifestError(
+                f"'{shown_path(directory)}': transformers saves {type(model).__name__}'s "
+                f"'{converted[0][:80]}' converted (split, fused or permuted, not renamed), which "
+                "einstruct's strict loader does not convert back",
+                hint="keep that part of the model out of the checkpoint's conversions, or load the "
+                "dense parts with transformers and einstruct.restore the structured layers",
+            )
+        if len(renamed) != len(state):
+            clash = next(k for k in state if k in mapped and mapped[k] != k and mapped[k] in state)
+            raise ManifestError(
+                f"'{shown_path(directory)}': the checkpoint holds '{clash[:80]}' and "
+                f"'{mapped[clash][:80]}', two names of one weight",
+                hint="load a checkpoint save_pretrained wrote, unedited",
+            )
+        return renamed
+
+    return names
+
+
+def _generation_config(model: Any, directory: Path) -> None:
+    """The saved ``generation_config.json`` back on the model, as transformers' own
+    ``from_pretrained`` does (``generate`` then behaves as before the save)."""
+    source = directory / "generation_config.json"
+    if not source.is_file() or getattr(model, "generation_config", None) is None:
+        return
+    from transformers import GenerationConfig
+
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(directory)
+    except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
+        raise ManifestError(
+            f"transformers cannot read '{shown_path(source)}': {type(exc).__name__}: {str(exc)[:200]}",
+            hint="pass the directory save_pretrained wrote, unedited",
+        ) from None
+
+
+def _in_folder(exc: EinstructError, directory: Path, model: Any, saved: dict[str, Any]) -> EinstructError:
+    """``exc`` naming the checkpoint folder, and the class it was saved from when the
+    model built is another (a different head does not hold the same layers)."""
+    message = exc.message
+    if not message.startswith(f"'{shown_path(directory)}'"):
+        message = f"'{shown_path(directory)}': {message}"
+    hint = exc.hint
+    architectures = saved.get("architectures")
+    built = type(model).__name__
+    if isinstance(architectures, list) and architectures and built not in architectures:
+        named = ", ".join(str(a)[:80] for a in architectures[:3])
+        hint = f"the checkpoint was saved from {named}, this is {built}: load it with that class"
+    return type(exc)(message, exc.span, hint)
 
 
 def _build(model_class: Any, config: Any) -> Any:
@@ -165,7 +281,8 @@ def from_pretrained(
             f"dtype must be a floating torch.dtype, got {dtype!r:.40}",
             hint="e.g. dtype=torch.bfloat16",
         )
-    manifest = _config_manifest(_saved_config(directory), directory)
+    saved = saved_config(directory)
+    manifest = _config_manifest(directory)
     try:
         config = AutoConfig.from_pretrained(directory, **config_kwargs)
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
@@ -177,7 +294,11 @@ def from_pretrained(
     model = _build(model_class, config)
     if dtype is not None:
         model.to(dtype)
-    restore(model, manifest, directory)
+    try:
+        apply_manifest(model, manifest, read_state_dict(directory), _model_names(directory))
+        _generation_config(model, directory)
+    except EinstructError as exc:
+        raise _in_folder(exc, directory, model, saved) from None
     setattr(model.config, CONFIG_KEY, model_manifest(model))
     return model.eval()
 

@@ -29,6 +29,7 @@ from ..numbers import count_text, float_text
 from .groups import is_structured
 
 __all__ = [
+    "replaced_adapter",
     "LayerReport",
     "Skipped",
     "ModelReport",
@@ -166,6 +167,11 @@ _SKIPPED: weakref.WeakKeyDictionary[Any, tuple[Skipped, ...]] = weakref.WeakKeyD
 def record(layer: Any, replaces: str, projection: str | None, error: float | None) -> None:
     """Remember what ``layer`` replaced and its projection error, for :func:`summary`."""
     _RECORDS[layer] = (replaces, projection, error)
+
+
+def replaced_adapter(layer: Any) -> str | None:
+    """The name of the adapter of the layer ``layer`` replaced, if this process made it."""
+    return _RECORDS.get(layer, (None, None, None))[0]
 
 
 def layer_structure(layer: Any) -> Structure | None:

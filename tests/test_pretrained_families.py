@@ -1,0 +1,168 @@
+"""Hugging Face round trips beyond GPT-2 (tiny configs, nothing downloaded): model families whose
+keys transformers renames when it saves, heads other than the saved one, submodules converted on
+their own, configs shared by two models, generation settings and registered adapters."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import transformers
+from transformers import AutoModel, AutoModelForCausalLM, AutoModelForImageClassification
+
+import einstruct
+from einstruct.errors import EinstructError
+from einstruct.runtime.adapters import ADAPTERS
+
+LLAMA = {
+    "hidden_size": 32,
+    "intermediate_size": 48,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 61,
+}
+IDS = torch.arange(16).reshape(2, 8) * 5 % 61
+
+
+def _nudged(model):
+    """Every parameter moved off its start, so a reload cannot match by accident."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return model.eval()
+
+
+def _llama(seed=0, **extra):
+    torch.manual_seed(seed)
+    return AutoModelForCausalLM.from_config(transformers.LlamaConfig(**LLAMA, **extra)).eval()
+
+
+@pytest.mark.parametrize("family", ["gpt_neox", "vit"])
+def test_families_whose_keys_transformers_renames_on_save_reload_exactly(tmp_path, family):
+    torch.manual_seed(0)
+    if family == "gpt_neox":  # lm_head is saved as embed_out
+        config = transformers.GPTNeoXConfig(
+            hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4, vocab_size=61
+        )
+        auto, inputs = AutoModelForCausalLM, {"input_ids": IDS}
+    else:  # vit.layers.N.attention.q_proj is saved as vit.encoder.layer.N.attention.attention.query
+        config = transformers.ViTConfig(
+            hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+            image_size=16, patch_size=8, num_labels=3,
+        )  # fmt: skip
+        auto, inputs = AutoModelForImageClassification, {"pixel_values": torch.randn(2, 3, 16, 16)}
+    model = auto.from_config(config)
+    einstruct.replace_linear(model, "btt", rank=2)
+    _nudged(model)
+    expected = model(**inputs).logits
+    model.save_pretrained(tmp_path)
+    loaded = einstruct.from_pretrained(auto, tmp_path)
+    torch.testing.assert_close(loaded(**inputs).logits, expected, rtol=0, atol=0)
+
+
+def test_a_checkpoint_transformers_saves_converted_is_refused_by_name(tmp_path):
+    torch.manual_seed(0)  # Mixtral's fused experts are saved split per expert
+    config = transformers.MixtralConfig(**LLAMA, num_local_experts=2, num_experts_per_tok=1)
+    model = AutoModelForCausalLM.from_config(config)
+    einstruct.replace_linear(model, "low_rank", select="*.self_attn.*", rank=4)
+    model.save_pretrained(tmp_path)
+    with pytest.raises(EinstructError, match=r"experts\.0\.w1\.weight' converted"):
+        einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)
+
+
+def test_the_base_model_loads_from_a_checkpoint_with_a_head(tmp_path):
+    model = _llama()
+    einstruct.replace_linear(model, "low_rank", rank=4)  # the head too: its entry is not the base's
+    _nudged(model)
+    expected = model.model(IDS).last_hidden_state
+    model.save_pretrained(tmp_path)
+    base = einstruct.from_pretrained(AutoModel, tmp_path)
+    torch.testing.assert_close(base(IDS).last_hidden_state, expected, rtol=0, atol=0)
+
+
+def test_another_head_is_refused_naming_the_class_it_was_saved_from(tmp_path):
+    model = _llama()
+    einstruct.replace_linear(model, "low_rank", select="*.mlp.*", rank=4)
+    model.save_pretrained(tmp_path)
+    with pytest.raises(EinstructError, match="load it with that class") as error:
+        einstruct.from_pretrained(transformers.AutoModelForSequenceClassification, tmp_path)
+    assert "saved from LlamaForCausalLM" in error.value.hint
+    assert str(tmp_path) in error.value.message
+
+
+def test_a_submodule_converted_on_its_own_saves_the_whole_models_manifest(tmp_path):
+    model = _llama()
+    einstruct.replace_linear(model, "btt", select="*.mlp.*", rank=2)
+    einstruct.replace_linear(model, "low_rank", select="lm_head", rank=4)
+    einstruct.replace_linear(model.model, "low_rank", select="*.self_attn.*", rank=4)  # shares the config
+    _nudged(model)
+    expected = model(IDS).logits
+    names = {n for entry in model.config.einstruct["layers"] for n in entry["names"]}
+    assert {"lm_head", "model.layers.0.mlp.up_proj", "model.layers.0.self_attn.q_proj"} <= names
+    model.save_pretrained(tmp_path)
+    loaded = einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)
+    torch.testing.assert_close(loaded(IDS).logits, expected, rtol=0, atol=0)
+
+
+def test_a_manifest_written_from_the_base_model_loads_into_the_model_with_a_head(tmp_path):
+    model = _llama()
+    einstruct.replace_linear(model.model, "low_rank", select="*.mlp.*", rank=4)  # names without "model."
+    _nudged(model)
+    expected = model(IDS).logits
+    model.save_pretrained(tmp_path)
+    loaded = einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)
+    torch.testing.assert_close(loaded(IDS).logits, expected, rtol=0, atol=0)
+
+
+def test_two_models_built_from_one_config_object_save_their_own_layers(tmp_path):
+    config = transformers.LlamaConfig(**LLAMA)
+    first = AutoModelForCausalLM.from_config(config)
+    second = AutoModelForCausalLM.from_config(config)
+    assert first.config is second.config  # transformers shares it
+    einstruct.replace_linear(first, "monarch", select="*.mlp.*")
+    einstruct.replace_linear(second, "low_rank", select="*.mlp.*", rank=4)
+    first.save_pretrained(tmp_path / "first")
+    saved = json.loads((tmp_path / "first" / "config.json").read_text())["einstruct"]
+    assert all(entry["structure"] == "monarch" for entry in saved["layers"])  # not the second's
+    expected = _nudged(first)(IDS).logits
+    first.save_pretrained(tmp_path / "first")
+    loaded = einstruct.from_pretrained(AutoModelForCausalLM, tmp_path / "first")
+    torch.testing.assert_close(loaded(IDS).logits, expected, rtol=0, atol=0)
+
+
+def test_generation_settings_come_back_with_the_model(tmp_path):
+    model = _llama(eos_token_id=5)
+    einstruct.replace_linear(model, "low_rank", select="*.mlp.*", rank=4)
+    model.generation_config.max_new_tokens = 3
+    model.generation_config.repetition_penalty = 1.5
+    model.save_pretrained(tmp_path)
+    loaded = einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)
+    assert (loaded.generation_config.max_new_tokens, loaded.generation_config.repetition_penalty) == (3, 1.5)
+    assert loaded.generate(IDS[:1], do_sample=False).shape == model.generate(IDS[:1], do_sample=False).shape
+
+
+class _Scaled(torch.nn.Module):
+    """A linear layer einstruct knows only through an adapter."""
+
+    def __init__(self, d_in, d_out):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(d_out, d_in) / d_in**0.5)
+
+    def forward(self, x):
+        return x @ self.w.T
+
+
+def test_a_registered_adapter_is_named_in_the_manifest_and_asked_for_on_restore(tmp_path):
+    model = torch.nn.Sequential(_Scaled(16, 16), torch.nn.ReLU(), _Scaled(16, 16))
+    einstruct.register_adapter("scaled", lambda m: isinstance(m, _Scaled), lambda m: (m.w, None))
+    try:
+        einstruct.replace_linear(model, "low_rank", rank=2)
+        manifest = einstruct.runtime.manifest.model_manifest(model)
+        assert [entry.get("adapter") for entry in manifest["layers"]] == ["scaled", "scaled"]
+    finally:
+        ADAPTERS.pop("scaled")
+    fresh = torch.nn.Sequential(_Scaled(16, 16), torch.nn.ReLU(), _Scaled(16, 16))
+    with pytest.raises(EinstructError, match="register_adapter\\('scaled'"):
+        einstruct.restore(fresh, manifest)
