@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -104,37 +105,42 @@ def test_ddp_and_fsdp2_train_like_one_process(tmp_path):
     assert not torch.equal(expected["0.A"], model[0].A)  # training moved the parameters
 
 
-def _balance(layer, x) -> torch.Tensor:
-    """The balance term of the layer's aux loss on x: the aux loss less its z-loss part."""
+def _aux(layer, x) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's aux loss on x and its gradient for the router."""
     layer(x)
-    logits = layer.router(x)
-    return layer.aux_loss - 0.1 * logits.logsumexp(dim=-1).pow(2).mean()
+    (grad,) = torch.autograd.grad(layer.aux_loss, layer.router.weight)
+    return layer.aux_loss.detach(), grad
 
 
-def _balance_worker(rank: int, layer: torch.nn.Module, x: torch.Tensor, store: str, out: str) -> None:
+def _balance_worker(
+    rank: int, layer: torch.nn.Module, x: torch.Tensor, split: int, store: str, out: str
+) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     layer.balance_group = dist.group.WORLD
-    half = x.shape[0] // 2
-    term = _balance(layer, x[rank * half : (rank + 1) * half])
+    aux, grad = _aux(layer, x[:split] if rank == 0 else x[split:])
+    dist.all_reduce(grad)  # as DDP does, then halved
     if rank == 0:
-        torch.save({"balance": term.detach()}, out)
+        torch.save({"aux": aux, "grad": grad / 2}, out)
     dist.barrier()  # both ranks done before either tears down (gloo may abort otherwise)
     dist.destroy_process_group()
 
 
-def test_the_balance_term_over_a_process_group_is_the_global_batchs(tmp_path):
-    """With balance_group, each rank's balance term is the one the whole batch gives in
-    one process (without it, a rank balances its own tokens only)."""
+@pytest.mark.parametrize("split", [8, 3, 16], ids=["even", "uneven", "a rank without tokens"])
+def test_the_balance_term_over_a_process_group_is_the_global_batchs(tmp_path, split):
+    """With balance_group, each rank's aux loss is the one the whole batch gives in one
+    process, and the ranks' router gradients averaged (as DDP does) are its gradient,
+    however many tokens each rank holds (the ranks' means were averaged unweighted, and
+    a rank without tokens made every rank's loss NaN). Without it, a rank balances its
+    own tokens only."""
     torch.manual_seed(0)
     layer = einstruct.compile(SPEC)().double()
     with torch.no_grad():
         layer.router.weight.normal_()
     x = torch.randn(16, layer.in_features, dtype=torch.float64)
     out = tmp_path / "balance.pt"
-    mp.spawn(_balance_worker, args=(layer, x, str(tmp_path / "store"), str(out)), nprocs=2)
-    whole = copy.deepcopy(layer)
-    expected = _balance(whole, x)
+    mp.spawn(_balance_worker, args=(layer, x, split, str(tmp_path / "store"), str(out)), nprocs=2)
+    expected = _aux(copy.deepcopy(layer), x)
     got = torch.load(out)
-    torch.testing.assert_close(got["balance"], expected.detach())
-    local = copy.deepcopy(layer)
-    assert not torch.allclose(_balance(local, x[:8]), expected)  # one rank alone differs
+    torch.testing.assert_close(got["aux"], expected[0])
+    torch.testing.assert_close(got["grad"], expected[1])
+    assert not torch.allclose(_aux(copy.deepcopy(layer), x[:8])[0], expected[0])  # one rank alone differs

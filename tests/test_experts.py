@@ -132,3 +132,13 @@ def test_all_to_all_experts_refuses_inconsistent_arguments(args, problem):
     tokens, expert, per_rank = args
     with pytest.raises(ParameterError, match=problem):  # before any collective
         all_to_all_experts(tokens, expert, lambda rows, local: rows, per_rank)
+
+
+def test_balance_loss_of_a_rank_without_tokens_is_zero_not_an_error():
+    """A rank whose share of the batch is empty raised a reshape error (and skipped the
+    all-reduce the other ranks wait in); its contribution is 0."""
+    probs = torch.softmax(torch.randn(0, 4), dim=-1).requires_grad_()
+    loss = balance_loss(probs, torch.zeros(0, 2, dtype=torch.int64))
+    assert loss.item() == 0.0
+    loss.backward()
+    assert probs.grad.shape == (0, 4)

@@ -17,6 +17,7 @@ import torch.multiprocessing as mp
 
 import einstruct
 from einstruct.errors import ParameterError
+from einstruct.runtime.parallel import shard_axis, tensor_parallel_plan
 
 STEPS = 3
 
@@ -180,3 +181,34 @@ def test_the_plan_follows_the_hugging_face_config():
     assert all(name.startswith("model.layers.0.") for name in plan)
     with pytest.raises(ParameterError, match="no tensor-parallel plan"):
         einstruct.parallel.tensor_parallel_plan(torch.nn.Sequential(torch.nn.Linear(4, 4)))
+
+
+@pytest.mark.parametrize(
+    "kind, ways, problem",
+    [
+        ("diagonal", 2, "kind must be 'column' or 'row'"),
+        ("Column", 2, "kind must be"),
+        ("column", 0, "ways must be"),
+    ],
+)
+def test_shard_axis_checks_its_arguments(kind, ways, problem):
+    """'diagonal' gave the row axis, ways=0 a ZeroDivisionError."""
+    layer = einstruct.compile("structure b = btt(rank = 2, d = 16)")()
+    with pytest.raises(ParameterError, match=problem):
+        shard_axis(layer, kind, ways)
+    for bad in (None, True, -2):
+        with pytest.raises(ParameterError, match="ways must be a positive integer"):
+            shard_axis(layer, "column", bad)
+
+
+def test_a_plan_with_a_kind_einstruct_does_not_shard_is_refused():
+    """shard_axis's words in a plan were dropped: the model stayed whole, silently."""
+    model = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 16))
+    einstruct.replace_linear(model, "low_rank", rank=4)
+    with pytest.raises(ParameterError, match="'column' is not a kind einstruct shards"):
+        tensor_parallel_plan(model, {"0": "column", "1": "row"})
+    with pytest.raises(ParameterError, match="both match '0'"):
+        tensor_parallel_plan(model, {"0": "colwise", "0*": "rowwise"})
+    with pytest.raises(ParameterError, match="plan must be a dict"):
+        tensor_parallel_plan(model, [("0", "colwise")])
+    assert set(tensor_parallel_plan(model, {"0": "colwise", "1": "rowwise"})) == {"0", "1"}

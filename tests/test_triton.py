@@ -485,7 +485,7 @@ def test_generated_files_are_stamped_deterministic_and_ruff_clean(tmp_path):
         (tmp_path / seed).mkdir()
         out = tmp_path / seed / "layer.py"
         env = {**os.environ, "PYTHONHASHSEED": seed, "PYTHONPATH": str(ROOT)}
-        spec = str(ROOT / "examples" / "btt.ein")
+        spec = str(ROOT / "examples" / "tensor_train.ein")  # its chain_ops call is the longest line
         args = [sys.executable, "-m", "einstruct", "compile", spec, "--backend", "triton", "-o", "layer.py"]
         result = subprocess.run(args, cwd=tmp_path / seed, env=env, capture_output=True, text=True)
         assert result.returncode == 0, result.stderr
@@ -598,3 +598,108 @@ def test_the_byte_model_matches_the_bytes_the_kernels_request(source):
     torch_path = sum(r.torch_bytes_per_token for r in roles)
     if fused > torch_path:
         assert fusion.default == "torch"
+
+
+@pytest.mark.parametrize("frozen", ["x and A", "x and B", "the layer"])
+def test_the_fused_backward_with_two_gradients_not_needed(frozen):
+    """One gradient needed of three: the op returned one empty tensor for both others,
+    which custom ops refuse (outputs may not alias)."""
+    _, layer = _layer(CASES[1], kernels="fused")
+    _, planned = _layer(CASES[1], kernels="torch")
+    x = torch.randn(TOKENS, layer.in_features, dtype=torch.float64)
+    for model in (layer, planned):
+        if frozen == "the layer":
+            model.requires_grad_(False)
+        else:
+            getattr(model, frozen[-1]).requires_grad_(False)
+    xs = [x.clone().requires_grad_(frozen == "the layer") for _ in range(2)]
+    with FlopCounterMode(display=False) as counter:
+        layer(xs[0]).square().sum().backward()
+    planned(xs[1]).square().sum().backward()
+    assert _einstruct_ops(counter) == {"forward", "backward"}
+    for name in layer.factor_axes:
+        got, want = getattr(layer, name).grad, getattr(planned, name).grad
+        assert (got is None) == (want is None)
+        if want is not None:
+            torch.testing.assert_close(got, want, **TOLERANCE[torch.float64])
+    if frozen == "the layer":
+        torch.testing.assert_close(xs[0].grad, xs[1].grad, **TOLERANCE[torch.float64])
+
+
+def test_a_gradient_penalty_through_the_fused_layer_equals_the_dense_references():
+    """create_graph=True: the backward differentiates the planned steps (the backward op has
+    no derivative of its own); second-order gradients against autograd through the dense W."""
+    _, layer = _layer(CASES[1], kernels="fused")
+    x = torch.randn(TOKENS, layer.in_features, dtype=torch.float64, requires_grad=True)
+    (gx,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    gx.square().sum().backward()
+    factors = {k: getattr(layer, k).detach().clone().requires_grad_() for k in layer.factor_axes}
+    xr = x.detach().clone().requires_grad_()
+    y = xr @ dense_torch(layer, factors).T + layer.bias.detach()
+    (gr,) = torch.autograd.grad(y.square().sum(), xr, create_graph=True)
+    gr.square().sum().backward()
+    torch.testing.assert_close(gx, gr, **TOLERANCE[torch.float64])
+    for name, ref in factors.items():
+        torch.testing.assert_close(getattr(layer, name).grad, ref.grad, **TOLERANCE[torch.float64])
+
+
+def test_float64_under_autocast_stays_float64_as_in_f_linear():
+    _, layer = _layer(CASES[1], torch.float64, kernels="fused")
+    x = torch.randn(TOKENS, layer.in_features, dtype=torch.float64)
+    with torch.autocast("cpu", dtype=torch.float16):
+        y = layer(x)
+        assert torch.nn.functional.linear(x, layer.to_dense()).dtype == torch.float64
+    assert y.dtype == torch.float64
+    expected = x @ layer.to_dense().T + layer.bias
+    torch.testing.assert_close(y, expected, **TOLERANCE[torch.float64])
+
+
+def test_the_flop_counter_counts_the_intermediates_gradient_without_the_inputs():
+    """The input needs no gradient (a first layer): P's gradient still needs g Q^T."""
+    for source in (CASES[1], CASES[7]):
+        _, fused = _layer(source, kernels="fused")
+        _, planned = _layer(source, kernels="torch")
+        counts = []
+        for layer in (fused, planned):
+            x = torch.randn(TOKENS, layer.in_features, dtype=torch.float64)
+            with FlopCounterMode(display=False) as counter:
+                layer(x).sum().backward()
+            counts.append(counter.get_total_flops())
+        assert counts[0] == counts[1]  # torch's own formulas for the planned steps' matmuls
+
+
+def test_a_refused_kernels_option_says_why():
+    source = "structure s = btt(d_in = 40, d_out = 24, rank = 3)"  # at 2048 tokens: W first
+    layer_class = compile_structure(einstruct.load(source), batch=2048, backend="triton")
+    assert layer_class.kernel_choices == ("torch",)
+    with pytest.raises(ValueError, match="multiplies the two factors first"):
+        layer_class(kernels="fused")
+
+
+def test_triton_imported_before_the_interpreter_was_asked_for_runs_the_planned_steps(tmp_path):
+    """TRITON_INTERPRET=1 set after Triton was imported (as by transformers): Triton's own
+    functions stay compiled, which interpreted kernels cannot call; CPU tensors must run
+    the planned steps, not fail inside the kernel."""
+    import subprocess
+
+    from conftest import ROOT
+
+    script = (
+        "import os\n"
+        "os.environ.pop('TRITON_INTERPRET', None)\n"
+        "import triton, torch\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "import einstruct\n"
+        "spec = 'structure s = btt(d_in = 40, d_out = 24, rank = 3)'\n"
+        "L = einstruct.compile(spec, backend='triton', batch=8)\n"
+        "layer = L(dtype=torch.float64, strategy='structured', kernels='fused')\n"
+        "x = torch.randn(5, 40, dtype=torch.float64, requires_grad=True)\n"
+        "y = layer(x)\n"
+        "y.sum().backward()\n"
+        "print(float((y - x @ layer.to_dense().T - layer.bias).abs().max()))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("TRITON_INTERPRET", None)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert float(result.stdout.strip()) < 1e-10

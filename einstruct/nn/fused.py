@@ -40,20 +40,30 @@ def _use_kernels(kernels: str, x: torch.Tensor, gpu_dtypes: tuple) -> bool:
             "(or pip install 'einstruct[triton]'), or construct it with kernels='torch'"
         )
     kind = x.device.type
-    autocast = torch.is_autocast_enabled(kind)
-    dtype = torch.get_autocast_dtype(kind) if autocast else x.dtype
+    dtype = _run_dtype(x)
     if x.is_cuda:
         return dtype in gpu_dtypes
     interpreted = _INTERPRET and triton is not None and kind == "cpu"
     return interpreted and dtype != torch.bfloat16
 
 
-def _kernel_operands(x: torch.Tensor, factors: tuple) -> tuple:
-    """The input and the factors in one dtype: autocast's when it is on (as F.linear),
-    else the input's."""
+#: What autocast casts to its dtype (as F.linear): float64 is never cast down.
+_AUTOCAST_ELIGIBLE = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _run_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype a call runs in: autocast's when it is on and casts x's dtype, else x's."""
     kind = x.device.type
-    if torch.is_autocast_enabled(kind):
-        dtype = torch.get_autocast_dtype(kind)
+    if torch.is_autocast_enabled(kind) and x.dtype in _AUTOCAST_ELIGIBLE:
+        return torch.get_autocast_dtype(kind)
+    return x.dtype
+
+
+def _kernel_operands(x: torch.Tensor, factors: tuple) -> tuple:
+    """The input and the factors in one dtype: autocast's when it is on and casts the
+    input's dtype (as F.linear), else the input's."""
+    dtype = _run_dtype(x)
+    if dtype != x.dtype:
         return (x.to(dtype), *(w.to(dtype) for w in factors))
     for w in factors:
         if w.dtype != x.dtype:
@@ -80,7 +90,12 @@ def _check_operands(x: torch.Tensor, width: int, factors: tuple, chain: Any) -> 
 
 
 def chain_ops(
-    name: str, chain: FusedChain, first: int, flops: int, factor_flops: tuple
+    name: str,
+    chain: FusedChain,
+    first: int,
+    flops: int,
+    factor_flops: tuple,
+    reference: Any = None,
 ) -> Any:
     """The fused forward of a chain as a custom op ``einstruct::<name>_forward`` (with
     its backward op ``einstruct::<name>_backward``, autograd and FLOP formulas).
@@ -91,8 +106,11 @@ def chain_ops(
     (t empty when not saved); first
     (0 or 1) says which meets the input (the chain's P). flops: FLOPs per token of the
     forward (what ``einstruct analyze`` counts; also the input's gradient's);
-    factor_flops: of each factor's gradient, in the layer's order. Defined once per
-    name (a module's text is run once per process).
+    factor_flops: of each factor's gradient, in the layer's order. reference:
+    ``(x, f1, f2) -> (y, ...)``, the planned torch steps: a backward that builds a
+    graph (``create_graph=True``: gradient penalties, Hessians) differentiates them,
+    since the backward op has no derivative of its own. Defined once per name (a
+    module's text is run once per process).
     """
     d_in, d_out = chain.widths["x"], chain.widths["y"]
 
@@ -129,11 +147,10 @@ def chain_ops(
         saved = t if t.numel() or not x.shape[0] else None
         g_x, g_p, g_q = chain.backward(x, g, p, q, (need_x, need_p, need_q), saved)
         g_f1, g_f2 = ordered(g_p, g_q)
-        empty = x.new_empty(0)
-        return (
-            empty if g_x is None else g_x,
-            empty if g_f1 is None else g_f1.view(f1.shape),
-            empty if g_f2 is None else g_f2.view(f2.shape),
+        return (  # a new empty tensor for each: a custom op's outputs may not alias
+            x.new_empty(0) if g_x is None else g_x,
+            f1.new_empty(0) if g_f1 is None else g_f1.view(f1.shape),
+            f2.new_empty(0) if g_f2 is None else g_f2.view(f2.shape),
         )
 
     @backward.register_fake
@@ -153,19 +170,29 @@ def chain_ops(
     def grads(ctx: Any, g_out: torch.Tensor, _: Any) -> tuple:
         x, f1, f2, t = ctx.saved_tensors
         needs = ctx.needs_input_grad[:3]
+        if torch.is_grad_enabled() and reference is not None:  # create_graph=True
+            with autocast_context(ctx.amp):
+                y = reference(x, f1, f2)[0]
+            wanted = [v for v, need in zip((x, f1, f2), needs) if need]
+            got = iter(
+                torch.autograd.grad(y, wanted, g_out.to(y.dtype), create_graph=True)
+            )
+            return (*(next(got) if need else None for need in needs), None)
         with autocast_context(ctx.amp):
             out = backward(x, g_out.to(x.dtype), f1, f2, t, *needs)
         return (*(v if need else None for v, need in zip(out, needs)), None)
 
     forward.register_autograd(grads, setup_context=setup_context)
-    _register_flops(name, flops, factor_flops)
+    _register_flops(name, flops, factor_flops, first)
     return forward
 
 
-def _register_flops(name: str, flops: int, per_factor: tuple) -> None:
+def _register_flops(name: str, flops: int, per_factor: tuple, first: int) -> None:
     """FLOP formulas for torch's FLOP counter that count what ``einstruct analyze``
     reports: ``flops`` per token for the forward and for the input's gradient, and
-    each needed factor's product (``per_factor``) for the factors' gradients."""
+    each needed factor's product (``per_factor``) for the factors' gradients; the
+    intermediate's gradient (``g Q^T``, as many FLOPs as Q's gradient) is counted
+    once, with the input's gradient or, without it, for P's."""
     from torch.utils.flop_counter import flop_registry, register_flop_formula
 
     def forward_flops(
@@ -178,7 +205,8 @@ def _register_flops(name: str, flops: int, per_factor: tuple) -> None:
     ) -> int:
         need_x, *needs = args[3:]
         each = sum(c * int(n) for c, n in zip(per_factor, needs))
-        return (flops * int(need_x) + each) * x_shape[0]
+        intermediate = per_factor[1 - first] if needs[first] and not need_x else 0
+        return (flops * int(need_x) + intermediate + each) * x_shape[0]
 
     for kind, formula in (("forward", forward_flops), ("backward", backward_flops)):
         target = getattr(torch.ops.einstruct, f"{name}_{kind}")
@@ -190,7 +218,8 @@ def _kernels_option(layer: Any, kernels: Any) -> str:
     """The ``kernels`` option checked against the layer's choices (None: its default)."""
     if kernels is not None and kernels not in layer.kernel_choices:
         choices = ", ".join(repr(k) for k in layer.kernel_choices)
-        raise ValueError(f"kernels must be one of {choices}: {kernels!r:.40}")
+        why = f" ({layer.kernels_note})" if layer.kernels_note else ""
+        raise ValueError(f"kernels must be one of {choices}: {kernels!r:.40}{why}")
     return kernels or layer.default_kernels
 
 

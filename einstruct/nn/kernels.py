@@ -54,8 +54,15 @@ except ImportError:  # the module still works: CPU tensors run the planned torch
 
 __all__ = ["FusedChain", "launch"]
 
-#: Run the kernels in Triton's interpreter on CPU tensors (read when this is imported).
-_INTERPRET = env_flag("TRITON_INTERPRET")
+#: Run the kernels in Triton's interpreter on CPU tensors (read when this is imported),
+#: if Triton itself runs interpreted: set after Triton was imported, the variable
+#: leaves Triton's own functions compiled, which interpreted kernels cannot call (CPU
+#: tensors then run the planned torch steps).
+_INTERPRET = (
+    env_flag("TRITON_INTERPRET")
+    and triton is not None
+    and not isinstance(tl.cdiv, triton.runtime.JITFunction)
+)
 #: A factor gradient gives each share at least this many rows, in at most _MAX_SPLIT
 #: shares; a step's program loops over enough row tiles that a launch has about
 #: _PROGRAMS programs.

@@ -125,14 +125,33 @@ class AttachLoss(torch.autograd.Function):
         return g, torch.full_like(loss, ctx.weight), None
 
 
-def _reduced(value: torch.Tensor, group: Any) -> torch.Tensor:
-    """The mean of ``value`` over the ranks of ``group`` (differentiable), or ``value``
-    itself without a group."""
-    if group is None:
-        return value
-    from torch.distributed.nn.functional import all_reduce
+class _Summed(torch.autograd.Function):
+    """The sum of a tensor over the ranks of a process group; the backward sums the
+    gradients the same way (every rank's loss reads the sum)."""
 
-    return all_reduce(value, group=group) / torch.distributed.get_world_size(group)
+    @staticmethod
+    def forward(ctx, value, group):  # type: ignore[no-untyped-def]
+        ctx.group = group
+        out = value.clone()
+        torch.distributed.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):  # type: ignore[no-untyped-def]
+        out = g.clone()
+        torch.distributed.all_reduce(out, group=ctx.group)
+        return out, None
+
+
+def _token_means(sums: torch.Tensor, tokens: int, group: Any) -> torch.Tensor:
+    """``sums`` (per-token values summed over this rank's tokens) as means over every
+    token of ``group``'s ranks (differentiable; a rank without tokens adds nothing),
+    or over this rank's tokens without a group; 0 where there are no tokens at all."""
+    count = torch.full((1,), float(tokens), dtype=sums.dtype, device=sums.device)
+    both = torch.cat([sums, count])
+    if group is not None:
+        both = _Summed.apply(both, group)
+    return both[:-1] / both[-1].clamp(min=1)
 
 
 class SparseExperts(torch.autograd.Function):
@@ -388,10 +407,12 @@ class RoutedStructuredLinear(StructuredLinear):
             (its gradient reaches the router whenever the output's does, under
             reentrant checkpointing too) and keeps ``aux_loss`` for logging,
             detached: do not add it again.
-        balance_group: a torch.distributed process group: the balance term uses
-            the router statistics averaged over its ranks (the global batch), not
-            this rank's tokens alone. Not a constructor option a manifest saves:
-            set the attribute after construction.
+        balance_group: a torch.distributed process group: the aux loss (balance
+            and z-loss) uses the router statistics over every token of its ranks
+            (the global batch, however many tokens each rank holds; a rank
+            without tokens adds none), not this rank's tokens alone. Not a
+            constructor option a manifest saves: set the attribute after
+            construction.
         expert_group: a torch.distributed process group over which the experts
             are sharded (set by ``einstruct.parallel.shard_experts``, which also
             makes the factors DTensors sharded on the routed axis): each rank
@@ -522,12 +543,20 @@ class RoutedStructuredLinear(StructuredLinear):
         weights = probs.gather(-1, chosen)
         weights = weights / weights.sum(dim=-1, keepdim=True)
         if not torch.compiler.is_exporting():  # export keeps no attribute side effects
-            slots = torch.zeros_like(logits).scatter(-1, chosen, 1.0)
-            slots = slots.mean(0) / self.top_k
-            mean_probs = _reduced(probs.mean(0), self.balance_group)
-            slots = _reduced(slots, self.balance_group)
-            balance = self.experts * (mean_probs * slots).sum()
-            self._aux = balance + 0.1 * logits.logsumexp(dim=-1).pow(2).mean()
+            slots = (
+                torch.zeros_like(logits).scatter(-1, chosen, 1.0).sum(0) / self.top_k
+            )
+            z = logits.logsumexp(dim=-1).pow(2).sum().reshape(1)
+            # means over the group's tokens, however many each rank holds (none: 0, not NaN)
+            means = _token_means(
+                torch.cat([probs.sum(0), slots, z]), logits.shape[0], self.balance_group
+            )
+            mean_probs, slots, z = (
+                means[: self.experts],
+                means[self.experts : -1],
+                means[-1],
+            )
+            self._aux = self.experts * (mean_probs * slots).sum() + 0.1 * z
             attached = self.aux_weight is not None
             self.aux_loss = self._aux.detach() if attached else self._aux
         return weights, chosen

@@ -97,7 +97,8 @@ def balance_loss(
             then counted over every rank's tokens (one all-reduce); ``P`` (the mean
             probability) stays this rank's, so averaging the ranks' losses, or
             their gradients as DDP does, gives the global batch's when every rank
-            has as many tokens.
+            has as many tokens. A rank without tokens adds 0 (and still joins
+            the all-reduce).
     """
     _check_tensor("probs", probs, floating=True, dims=(2,))
     _check_tensor("chosen", chosen, floating=False, dims=(1, 2))
@@ -117,14 +118,15 @@ def balance_loss(
             hint="pass the router's probabilities and choices for the same tokens",
         )
     _check_indices("chosen", chosen, experts)
-    picks = chosen.reshape(chosen.shape[0], -1)
+    picks = chosen.reshape(-1)
     counts = torch.zeros(experts + 1, dtype=torch.float64, device=probs.device)
-    counts[:experts] = torch.bincount(picks.reshape(-1), minlength=experts)[:experts].to(counts.dtype)
+    counts[:experts] = torch.bincount(picks, minlength=experts)[:experts].to(counts.dtype)
     counts[experts] = picks.numel()
-    if group is not None:
+    if group is not None:  # every rank joins, also one without tokens
         dist.all_reduce(counts, group=group)
-    fraction = (counts[:experts] / counts[experts]).to(probs.dtype)
-    return experts * (fraction * probs.mean(dim=0)).sum()
+    fraction = (counts[:experts] / counts[experts].clamp(min=1)).to(probs.dtype)
+    mean = probs.sum(dim=0) / max(probs.shape[0], 1)  # a rank without tokens adds 0, not NaN
+    return experts * (fraction * mean).sum()
 
 
 def all_to_all_experts(

@@ -58,6 +58,13 @@ def shard_axis(layer: Any, kind: str, ways: int) -> str:
     >>> shard_axis(einstruct.compile("structure b = btt(rank = 2, d = 16)")(), "column", 2)  # doctest: +SKIP
     'f'
     """
+    if kind not in ("column", "row"):
+        raise ParameterError(f"kind must be 'column' or 'row', got {kind!r:.40}", hint="e.g. kind='column'")
+    if isinstance(ways, bool) or not isinstance(ways, int) or ways < 1:
+        raise ParameterError(
+            f"ways must be a positive integer (the ranks to shard over), got {ways!r:.40}",
+            hint="e.g. ways=mesh.size()",
+        )
     if not is_structured(layer):
         raise ParameterError(f"{_name(layer)} is not an einstruct layer", hint="use torch's styles for it")
     sizes = dict(layer.index_sizes)
@@ -233,6 +240,22 @@ _STYLES: dict[str, tuple[type[ParallelStyle], type[ParallelStyle]]] = {
 }
 
 
+def _check_plan(plan: Any) -> None:
+    """A plan the caller wrote: a dict of globs to "colwise" or "rowwise", nothing else."""
+    if not isinstance(plan, dict):
+        raise ParameterError(
+            f"plan must be a dict of layer-name globs to 'colwise' or 'rowwise', got {type(plan).__name__}",
+            hint="e.g. plan={'*.mlp.c_fc': 'colwise', '*.mlp.c_proj': 'rowwise'}",
+        )
+    for pattern, kind in plan.items():
+        if not isinstance(pattern, str) or kind not in _STYLES:
+            raise ParameterError(
+                f"plan entry {pattern!r:.80}: {kind!r:.40} is not a kind einstruct shards",
+                hint=f"use one of {', '.join(repr(k) for k in _STYLES)} (shard_axis's 'column' is "
+                "'colwise', 'row' is 'rowwise'); leave other layers out of the plan",
+            )
+
+
 def tensor_parallel_plan(model: nn.Module, plan: dict[str, str] | None = None) -> dict[str, ParallelStyle]:
     """A ``parallelize_module`` plan for a converted model: structured layers get these styles.
 
@@ -257,11 +280,22 @@ def tensor_parallel_plan(model: nn.Module, plan: dict[str, str] | None = None) -
             )
         prefix = getattr(model, "base_model_prefix", "")
         plan = {(f"{prefix}.{k}" if prefix and hasattr(model, prefix) else k): v for k, v in base.items()}
+    else:
+        _check_plan(plan)
     styles: dict[str, ParallelStyle] = {}
+    kinds: dict[str, tuple[str, str]] = {}
     for pattern, kind in plan.items():
         matched = [(n, m) for n, m in model.named_modules() if n and fnmatch.fnmatchcase(n, pattern)]
         if kind not in _STYLES:
-            continue  # kinds einstruct does not shard (embedding, gather/split variants): left whole
+            continue  # the config's kinds einstruct does not shard (embedding, ...): left whole
+        for name, _ in matched:
+            earlier = kinds.setdefault(name, (pattern, kind))
+            if earlier[1] != kind:
+                raise ParameterError(
+                    f"plan entries '{earlier[0][:80]}' ({earlier[1]}) and '{pattern[:80]}' ({kind}) "
+                    f"both match '{name[:80]}'",
+                    hint="give each layer one kind: make the globs disjoint",
+                )
         if not matched:
             raise ParameterError(f"plan entry '{pattern}' matches no layer", hint="check the qualified names")
         structured_style, linear_style = _STYLES[kind]
@@ -314,6 +348,12 @@ def shard_experts(model: nn.Module, group: Any = None) -> list[str]:
     if not dist.is_initialized():
         raise ParameterError(
             "shard_experts needs torch.distributed", hint="call dist.init_process_group first"
+        )
+    if group is not None and not isinstance(group, dist.ProcessGroup):
+        raise ParameterError(
+            f"group must be a torch.distributed process group or None (the world), got "
+            f"{type(group).__name__}",
+            hint="e.g. group=dist.new_group([0, 1]), or mesh.get_group() of a 1-D DeviceMesh",
         )
     group = dist.group.WORLD if group is None else group
     world = dist.get_world_size(group)
