@@ -105,7 +105,7 @@ def test_ddp_and_fsdp2_train_like_one_process(tmp_path):
     assert not torch.equal(expected["0.A"], model[0].A)  # training moved the parameters
 
 
-def _aux(layer, x) -> tuple[torch.Tensor, torch.Tensor]:
+def _aux_and_grad(layer, x) -> tuple[torch.Tensor, torch.Tensor]:
     """The layer's aux loss on x and its gradient for the router."""
     layer(x)
     (grad,) = torch.autograd.grad(layer.aux_loss, layer.router.weight)
@@ -117,7 +117,7 @@ def _balance_worker(
 ) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     layer.balance_group = dist.group.WORLD
-    aux, grad = _aux(layer, x[:split] if rank == 0 else x[split:])
+    aux, grad = _aux_and_grad(layer, x[:split] if rank == 0 else x[split:])
     dist.all_reduce(grad)  # as DDP does, then halved
     if rank == 0:
         torch.save({"aux": aux, "grad": grad / 2}, out)
@@ -139,8 +139,10 @@ def test_the_balance_term_over_a_process_group_is_the_global_batchs(tmp_path, sp
     x = torch.randn(16, layer.in_features, dtype=torch.float64)
     out = tmp_path / "balance.pt"
     mp.spawn(_balance_worker, args=(layer, x, split, str(tmp_path / "store"), str(out)), nprocs=2)
-    expected = _aux(copy.deepcopy(layer), x)
+    expected = _aux_and_grad(copy.deepcopy(layer), x)
     got = torch.load(out)
     torch.testing.assert_close(got["aux"], expected[0])
     torch.testing.assert_close(got["grad"], expected[1])
-    assert not torch.allclose(_aux(copy.deepcopy(layer), x[:8])[0], expected[0])  # one rank alone differs
+    assert not torch.allclose(
+        _aux_and_grad(copy.deepcopy(layer), x[:8])[0], expected[0]
+    )  # one rank alone differs

@@ -91,6 +91,17 @@ def _worker(rank: int, world: int, model: torch.nn.Module, store: str, out: str,
     result["group_kinds"] = [sorted({type(p).__name__ for p in g["params"]}) for g in opt.param_groups]
     model(torch.randn(2, 8)).sum().backward()
     opt.step()
+    refusals = []  # the unsharded layer's input checks and from_dense's refusal, by name
+    for call in (
+        lambda: model[1](torch.randn(2, 16, dtype=torch.float64)),
+        lambda: model[3](torch.randn(2, 32)),  # the whole input to a row style that expects a part
+        lambda: model[1].from_dense(torch.randn(32, 16)),
+    ):
+        try:
+            call()
+        except (TypeError, ValueError) as exc:
+            refusals.append(str(exc))
+    result["refusals"] = refusals
     if lm:
         gpt2 = _gpt2()
         plan = {"transformer.h.*.mlp.c_fc": "colwise", "transformer.h.*.mlp.c_proj": "rowwise"}
@@ -112,6 +123,10 @@ def test_column_and_row_parallel_btt_train_like_one_process(tmp_path, world):
     got = torch.load(out)
     assert ["DTensor"] in got["group_kinds"] and ["Parameter"] in got["group_kinds"]
     assert all(len(kinds) == 1 for kinds in got["group_kinds"]), got["group_kinds"]
+    dtype, whole, project = got["refusals"]  # torch's own errors before: no name, no hint
+    assert "holds its factors in torch.float32, got an input in torch.float64" in dtype
+    assert "input_sharded=False" in whole
+    assert "project W before parallelize_module" in project
     a_axes = model[1].factor_axes["A"]
     sharded = a_axes.index(model[1].output_axes[0])
     assert got["local"][sharded] == model[1].A.shape[sharded] // world  # each rank holds a slice
@@ -212,3 +227,15 @@ def test_a_plan_with_a_kind_einstruct_does_not_shard_is_refused():
     with pytest.raises(ParameterError, match="plan must be a dict"):
         tensor_parallel_plan(model, [("0", "colwise")])
     assert set(tensor_parallel_plan(model, {"0": "colwise", "1": "rowwise"})) == {"0", "1"}
+
+
+def test_a_block_diagonal_layer_is_refused_by_both_styles_and_the_analysis():
+    """The column style accepted it and failed in torch's einsum at the first forward
+    (the input's block axis was sliced in the factors only)."""
+    layer = einstruct.compile("structure k = block_diagonal(blocks = 4, d = 16)")()
+    for kind in ("column", "row"):
+        with pytest.raises(ParameterError, match="neither style shards this layer"):
+            shard_axis(layer, kind, 2)
+    analysis = einstruct.analyze("structure k = block_diagonal(blocks = 4, d = 16)")
+    refusals = [s["refused"] for s in analysis.to_dict()["sharding"]]
+    assert all(r and "neither style" in r for r in refusals), refusals

@@ -78,8 +78,15 @@ def _refusal(structure: Structure, kind: str, axis: str) -> str | None:
         return "a routed layer: shard its experts instead"
     if not structure.is_symbolic and structure.is_padded:
         return "the axes pad the widths (ranks would split padding unevenly)"
-    if kind == "row" and axis in structure.output.indices:
+    shared = structure.output.indices if kind == "row" else structure.input.indices
+    if axis in shared and kind == "row" and structure.output.indices[0] not in structure.input.indices:
         return f"its first input axis {axis} is also an output axis (shard it column-wise)"
+    if axis in shared:
+        return (
+            f"its first {'input' if kind == 'row' else 'output'} axis {axis} is also an "
+            f"{'output' if kind == 'row' else 'input'} axis (a block index the input and output "
+            "share: neither style shards it)"
+        )
     return None
 
 

@@ -819,6 +819,11 @@ class StructuredLinear(nn.Module):
         """
         _check_extras(self, bias, max_iter)
         first = getattr(self, next(iter(self.factor_axes)))
+        if type(first).__name__ == "DTensor":  # sharded by a tensor-parallel style
+            raise ValueError(
+                f"from_dense: {type(self).__name__} is sharded over ranks (tensor "
+                "parallelism); project W before parallelize_module"
+            )
         shape = (self.out_features, self.in_features)
         target = _padded_target(weight, shape, (self.padded_out, self.padded_in), first)
         factors = None

@@ -88,10 +88,16 @@ def shard_axis(layer: Any, kind: str, ways: int) -> str:
         )
     axes = layer.output_axes if kind == "column" else layer.input_axes
     axis = axes[0]
-    if kind == "row" and axis in layer.output_axes:
+    other = layer.output_axes if kind == "row" else layer.input_axes
+    if axis in other:
+        column_ok = layer.output_axes[0] not in layer.input_axes
         raise ParameterError(
-            f"{_name(layer)}'s first input axis '{axis}' is also an output axis",
-            hint="shard it column-wise",
+            f"{_name(layer)}'s first {'input' if kind == 'row' else 'output'} axis '{axis}' is also an "
+            f"{'output' if kind == 'row' else 'input'} axis",
+            hint="shard it column-wise"
+            if kind == "row" and column_ok
+            else "a block index the input and output share: neither style shards this layer; "
+            "leave it out of the plan (it stays whole on every rank)",
         )
     if sizes[axis] % ways:
         raise ParameterError(
@@ -134,11 +140,17 @@ def _replicated_input(x: Any, mesh: DeviceMesh) -> Any:
     return x.to_local(grad_placements=[Partial()])
 
 
-def _einsum(layer: Any, x: Any, in_axes_local: list[int]) -> Any:
+def _einsum(layer: Any, x: Any, in_axes_local: list[int], hint: str = "") -> Any:
     if x.dim() == 0 or x.shape[-1] != math.prod(in_axes_local):
         raise ValueError(
             f"{_name(layer)} (sharded) expects inputs whose last dimension is {math.prod(in_axes_local)} "
-            f"on this rank, got shape {tuple(x.shape)}"
+            f"on this rank, got shape {tuple(x.shape)}{hint}"
+        )
+    held = layer.get_parameter(next(iter(layer.factor_axes))).dtype  # as the unsharded layer's check
+    if x.dtype != held and (not torch.is_autocast_enabled(x.device.type) or not x.is_floating_point()):
+        raise TypeError(
+            f"{_name(layer)} holds its factors in {held}, got an input in {x.dtype}; convert "
+            "one to the other (x.to(...) or layer.to(...)) or run under torch.autocast"
         )
     lead = x.shape[:-1]
     y = torch.einsum(_equation(layer), x.reshape(-1, *in_axes_local), *_local_factors(layer))
@@ -163,7 +175,8 @@ def _row_forward(layer: Any, mesh: DeviceMesh, ways: int, input_sharded: bool, x
         block = layer.in_features // ways
         rank = mesh.get_local_rank()
         x = _replicated_input(x, mesh)[..., rank * block : (rank + 1) * block]
-    partial = _einsum(layer, x, [sizes[a] for a in layer.input_axes])
+    whole = " (the whole input? construct RowwiseStructured(input_sharded=False))" if input_sharded else ""
+    partial = _einsum(layer, x, [sizes[a] for a in layer.input_axes], whole)
     summed = DTensor.from_local(partial, mesh, [Partial()], run_check=False).redistribute(mesh, [Replicate()])
     y = summed.to_local()
     if layer.bias is not None:
