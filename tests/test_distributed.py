@@ -121,6 +121,7 @@ def _balance_worker(
     dist.all_reduce(grad)  # as DDP does, then halved
     if rank == 0:
         torch.save({"aux": aux, "grad": grad / 2}, out)
+    layer.balance_group = layer.aux_loss = layer._aux = None  # nothing holds the group at teardown
     dist.barrier()  # both ranks done before either tears down (gloo may abort otherwise)
     dist.destroy_process_group()
 

@@ -143,12 +143,12 @@ class _Summed(torch.autograd.Function):
         return out, None
 
 
-def _token_means(sums: torch.Tensor, tokens: int, group: Any) -> torch.Tensor:
-    """``sums`` (per-token values summed over this rank's tokens) as means over every
-    token of ``group``'s ranks (differentiable; a rank without tokens adds nothing),
+def _token_means(sums: torch.Tensor, tokens: torch.Tensor, group: Any) -> torch.Tensor:
+    """``sums`` (per-token values summed over this rank's tokens; ``tokens``: their
+    count, shape (1,), a tensor so traces follow it) as means over every token of
+    ``group``'s ranks (differentiable; a rank without tokens adds nothing),
     or over this rank's tokens without a group; 0 where there are no tokens at all."""
-    count = torch.full((1,), float(tokens), dtype=sums.dtype, device=sums.device)
-    both = torch.cat([sums, count])
+    both = torch.cat([sums, tokens])
     if group is not None:
         both = _Summed.apply(both, group)
     return both[:-1] / both[-1].clamp(min=1)
@@ -548,9 +548,9 @@ class RoutedStructuredLinear(StructuredLinear):
             )
             z = logits.logsumexp(dim=-1).pow(2).sum().reshape(1)
             # means over the group's tokens, however many each rank holds (none: 0, not NaN)
-            means = _token_means(
-                torch.cat([probs.sum(0), slots, z]), logits.shape[0], self.balance_group
-            )
+            tokens = torch.ones_like(logits[:, :1]).sum(0)  # traceable: no int to float
+            sums = torch.cat([probs.sum(0), slots, z])
+            means = _token_means(sums, tokens, self.balance_group)
             mean_probs, slots, z = (
                 means[: self.experts],
                 means[self.experts : -1],
