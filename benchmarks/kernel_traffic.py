@@ -12,9 +12,11 @@ attributed to the tensor it falls in). These are the bytes the programs
 only be lower.
 
 The interpreter would take hours for a full grid at d = 4096, so each grid axis
-runs its first and last programs and a few evenly spaced interior ones, each
-standing for its share (exact for these kernels: interior programs make the
-same accesses, shifted).
+runs its first and last stretches of programs and a few evenly spaced interior
+ones, each standing for its share; a stretch on axis 0 is one cycle through the
+column blocks (the last one partial). Interior stretches make the same
+accesses, shifted; ``count_launch(..., exact=True)`` runs every program, and
+the tests compare the two.
 
 Beside each launch: the ideal (each operand read once: the input, and the
 weight once per call), and per role of the training step (forward, input
@@ -158,25 +160,44 @@ class _Counter:
         )
 
 
-#: Interior programs run per grid axis; the rest are counted as the sampled ones (see _sample).
+#: Interior stretches run per grid axis; the rest are counted as the sampled ones (see _sample).
 SAMPLED = 3
 
 
-def _sample(size: int) -> list[tuple[int, float]]:
-    """(index, weight) along one grid axis: the first and last index run (edge blocks may be
-    partial), and up to :data:`SAMPLED` evenly spaced interior ones, each standing for its share
-    of the interior. Exact when the interior programs make the same accesses (shifted), as the
-    kernels' regular tilings do; ``Counts.uniform`` records whether the sampled ones did."""
-    if size <= 2 + SAMPLED:
+def _sample(size: int, period: int = 1) -> list[tuple[int, float]]:
+    """(index, weight) along one grid axis, in whole stretches of ``period`` programs (axis 0
+    of both kernels cycles through the column blocks, the last one partial, every
+    ``period`` programs): the first and the last stretch run (edge blocks and the last run
+    of row tiles may be partial), and up to :data:`SAMPLED` evenly spaced interior
+    stretches, each standing for its share of the interior. Exact where the interior
+    stretches make the same accesses, shifted, as the kernels' tilings do; a sample can be
+    checked against every program (``count_launch(..., exact=True)``)."""
+    period = max(1, min(period, size))
+    stretches = -(-size // period)
+    if stretches <= 2 + SAMPLED:
         return [(k, 1.0) for k in range(size)]
-    interior = size - 2
+    interior = stretches - 2
     picks = [1 + (interior - 1) * k // (SAMPLED - 1) for k in range(SAMPLED)]
-    return [(0, 1.0), *((k, interior / SAMPLED) for k in picks), (size - 1, 1.0)]
+    chosen = [(0, 1.0), *((k, interior / SAMPLED) for k in picks), (stretches - 1, 1.0)]
+    return [
+        (index, weight)
+        for stretch, weight in chosen
+        for index in range(stretch * period, min(size, (stretch + 1) * period))
+    ]
 
 
-def _run_sampled(executor, args_dev: tuple, kwargs: dict, counter: _Counter) -> None:
-    """Triton's GridExecutor.__call__ (interpreter) over a sample of the grid, each program's
-    bytes weighted by how many programs it stands for."""
+def _period(args: dict) -> int:
+    """How many programs of grid axis 0 cycle through the column blocks (1 when a program
+    loops over them itself, C_INNER)."""
+    if args.get("C_INNER") or not all(k in args for k in ("C1", "C2", "C3", "BLOCK_C")):
+        return 1
+    columns = int(args["C1"]) * int(args["C2"]) * int(args["C3"])
+    return max(1, -(-columns // int(args["BLOCK_C"])))
+
+
+def _run_sampled(executor, args_dev: tuple, kwargs: dict, counter: _Counter, exact: bool = False) -> None:
+    """Triton's GridExecutor.__call__ (interpreter) over a sample of the grid (every program
+    when ``exact``), each program's bytes weighted by how many programs it stands for."""
     import itertools
 
     from triton.runtime import interpreter as it
@@ -187,11 +208,15 @@ def _run_sampled(executor, args_dev: tuple, kwargs: dict, counter: _Counter) -> 
     scope = it._patch_lang(executor.fn)
     try:
         args = inspect.getcallargs(executor.fn, *args_hst, **kwargs_hst)
+        period = _period(args)
         args = {n: a if n in executor.constexprs else it._implicit_cvt(a) for n, a in args.items()}
         grid = executor.grid(args) if callable(executor.grid) else executor.grid
         grid = tuple(grid) + (1,) * (3 - len(grid))
         it.interpreter_builder.set_grid_dim(*grid)
-        axes = [_sample(g) for g in grid]
+        if exact:
+            axes = [[(k, 1.0) for k in range(g)] for g in grid]
+        else:
+            axes = [_sample(g, period if axis == 0 else 1) for axis, g in enumerate(grid)]
         for picks in itertools.product(*axes):
             counter.weight = float(math.prod(w for _, w in picks))
             it.interpreter_builder.set_grid_idx(*(k for k, _ in picks))
@@ -201,8 +226,9 @@ def _run_sampled(executor, args_dev: tuple, kwargs: dict, counter: _Counter) -> 
         scope.restore()
 
 
-def count_launch(kernel, grid, args: tuple, config: dict) -> Counts:
-    """Run one kernel in the interpreter with ``config``'s blocks and count its bytes."""
+def count_launch(kernel, grid, args: tuple, config: dict, exact: bool = False) -> Counts:
+    """Run one kernel in the interpreter with ``config``'s blocks and count its bytes (over a
+    sample of its programs; every program when ``exact``)."""
     import triton.language as tl
 
     constants = {"ACC_DTYPE": tl.float32, "DOT_PRECISION": "ieee"}
@@ -210,7 +236,7 @@ def count_launch(kernel, grid, args: tuple, config: dict) -> Counts:
         from triton.runtime import interpreter
 
         executor = interpreter.GridExecutor(kernel.rewrite(), kernel.arg_names, grid, kernel.pre_run_hooks)
-        _run_sampled(executor, args, {**constants, **config}, counter)
+        _run_sampled(executor, args, {**constants, **config}, counter, exact)
     return counter.counts
 
 
@@ -237,9 +263,12 @@ def _captured_launches(layer_class, factors: tuple[str, str], tokens: int, dtype
     return found
 
 
-def structure_records(source: str, tokens: int = 16384, every_config: bool = False) -> list[Record]:
+def structure_records(
+    source: str, tokens: int = 16384, every_config: bool = False, exact: bool = False
+) -> list[Record]:
     """The records of one structure's fused launches (bf16: the 2-byte GPU rows), then one
-    record per role of the training step (its launches' first rows together)."""
+    record per role of the training step (its launches' first rows together); ``exact``
+    runs every program of every launch instead of a sample."""
     structure = einstruct.load(f"structure s = {source}")
     plan = make_plan(structure, batch=tokens)
     fusion = plan_fusion(plan)
@@ -256,7 +285,7 @@ def structure_records(source: str, tokens: int = 16384, every_config: bool = Fal
         blocks, rows, _ = table
         for k, row in enumerate(rows[ITEMSIZE] if every_config else rows[ITEMSIZE][:1]):
             config = dict(zip(blocks, row))
-            counts = count_launch(kernel, grid, args, config)
+            counts = count_launch(kernel, grid, args, config, exact)
             names = list(inspect.signature(kernel.fn).parameters)
             by_operand = {names.index(n): v / tokens for n, v in counts.loaded.items() if n in names}
             loaded = sum(counts.loaded.values()) / tokens
@@ -330,15 +359,17 @@ def _role_written(chain, role: str, tokens: int) -> float:
 
 def _role_ideal(chain, role: str, tokens: int) -> float:
     """Bytes per token a role must load: its tensors with tokens once, the factors once per
-    call (forward: x and both factors; input gradient: gy and both; P's gradient: x and gy
-    and Q; Q's: x and gy and P)."""
+    call. Forward: x and both factors; input gradient: gy and both factors (it makes gt
+    = gy Q^T on the way to gx); P's gradient: x and gt (P's gradient is x^T gt); Q's: t
+    and gy (Q's gradient is t^T gy, t saved by the forward)."""
     factors = chain.width("p") + chain.width("q")
     if role == "forward":
         return ITEMSIZE * (chain.width("x") + factors / tokens)
     if role == "grad_input":
         return ITEMSIZE * (chain.width("y") + factors / tokens)
-    other = chain.width("q" if role == "grad_first" else "p")
-    return ITEMSIZE * (chain.width("x") + chain.width("y") + other / tokens)
+    other = chain.width("x") if role == "grad_first" else chain.width("y")
+    t = math.prod(chain.sizes[c] for c in ("gamma", "beta", "phi", "delta", "rho"))  # t's (and gt's) classes
+    return ITEMSIZE * (other + t)
 
 
 def _table(records: list[Record]) -> str:
