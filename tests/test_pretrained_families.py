@@ -62,13 +62,25 @@ def test_families_whose_keys_transformers_renames_on_save_reload_exactly(tmp_pat
     torch.testing.assert_close(loaded(**inputs).logits, expected, rtol=0, atol=0)
 
 
-def test_a_checkpoint_transformers_saves_converted_is_refused_by_name(tmp_path):
-    torch.manual_seed(0)  # Mixtral's fused experts are saved split per expert
+def test_a_family_transformers_saves_converted_loads_through_transformers(tmp_path):
+    """Mixtral's fused experts are saved split per expert: transformers converts them back,
+    the structured attention comes from the checkpoint; outputs equal, and a checkpoint
+    missing a dense weight is refused rather than left at random."""
+    torch.manual_seed(0)
     config = transformers.MixtralConfig(**LLAMA, num_local_experts=2, num_experts_per_tok=1)
     model = AutoModelForCausalLM.from_config(config)
     einstruct.replace_linear(model, "low_rank", select="*.self_attn.*", rank=4)
+    _nudged(model)
+    expected = model(IDS).logits
     model.save_pretrained(tmp_path)
-    with pytest.raises(EinstructError, match=r"experts\.0\.w1\.weight' converted"):
+    loaded = einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)
+    torch.testing.assert_close(loaded(IDS).logits, expected, rtol=0, atol=0)
+    assert type(loaded.model.layers[0].self_attn.q_proj) is type(model.model.layers[0].self_attn.q_proj)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "norm" not in k}, tmp_path / "model.safetensors")
+    with pytest.raises(EinstructError, match="which transformers would leave at random"):
         einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)
 
 

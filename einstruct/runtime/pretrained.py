@@ -30,7 +30,7 @@ from typing import Any
 
 from ..errors import EinstructError, ParameterError
 from ..reading import shown_path
-from .groups import param_groups
+from .groups import is_structured, param_groups
 from .manifest import (
     CONFIG_KEY,
     MANIFEST_NAME,
@@ -141,63 +141,144 @@ def _place(tensor: Any) -> tuple:
     )
 
 
+def _saved_names(model: Any, own: Mapping[str, Any]) -> dict[str, str]:
+    """Model key -> the name transformers saves it by, for the keys of ``own`` (tensors of
+    ``model``'s state dict) it saves renamed; ``{}`` before transformers 5. Each saved
+    tensor is paired with the model's own at the same place (a rename keeps the
+    tensor); a key saved converted (a new tensor) is not in the result."""
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+    except ImportError:  # transformers 4 saves the model's own names
+        return {}
+    try:
+        saved = revert_weight_conversion(model, dict(own))
+    except Exception as exc:  # noqa: BLE001 - transformers' own conversion, any failure
+        raise ManifestError(
+            f"transformers cannot name {type(model).__name__}'s weights as it saves them: "
+            f"{type(exc).__name__}: {str(exc)[:200]}",
+            hint="save and load with the same transformers version",
+        ) from None
+    at: dict[tuple, list[str]] = {}
+    for key, value in own.items():
+        at.setdefault(_place(value), []).append(key)
+    names: dict[str, str] = {}
+    for key, value in saved.items():
+        keys = at.get(_place(value), [])
+        free = [k for k in keys if k not in names]
+        if key in keys and key not in names:
+            names[key] = key
+        elif free:
+            names[free[0]] = key
+    return names
+
+
 def _model_names(directory: Path) -> Any:
     """``(model, state) -> state`` with the keys the model names them by: transformers 5
     renames some keys when it saves (GPT-NeoX's ``lm_head`` is saved as ``embed_out``,
     ViT's ``layers.N.attention.q_proj`` as ``encoder.layer.N.attention.attention.query``).
     Its save-time conversion of the rebuilt model's own state dict shows each key's
     saved name (the same tensor, renamed); a checkpoint in the model's own names (older
-    transformers) stays as it is. Keys transformers saves converted (split, fused or
-    permuted values: Mixtral's experts) are refused by name, before anything loads."""
+    transformers) stays as it is. A model some of whose keys transformers saves
+    converted loads through transformers (:func:`_dense_parts_by_transformers`)."""
 
     def names(model: Any, state: Mapping[str, Any]) -> Mapping[str, Any]:
-        try:
-            from transformers.core_model_loading import revert_weight_conversion
-        except ImportError:  # transformers 4 saves the model's own names
-            return state
         own = model.state_dict()
-        try:
-            saved = revert_weight_conversion(model, dict(own))
-        except Exception as exc:  # noqa: BLE001 - transformers' own conversion, any failure
-            raise ManifestError(
-                f"transformers cannot name {type(model).__name__}'s weights as it saves them: "
-                f"{type(exc).__name__}: {str(exc)[:200]}",
-                hint="save and load with the same transformers version",
-            ) from None
-        at: dict[tuple, list[str]] = {}
-        for key, value in own.items():
-            at.setdefault(_place(value), []).append(key)
-        mapped: dict[str, str] = {}
-        taken: set[str] = set()
-        for key, value in saved.items():
-            keys = at.get(_place(value), [])
-            free = [k for k in keys if k not in taken]
-            if key in keys or free:
-                mapped[key] = key if key in keys else free[0]
-                taken.add(mapped[key])
-        if all(k == v for k, v in mapped.items()) and len(mapped) == len(saved):
-            return state  # nothing renamed, nothing converted
-        renamed = {mapped.get(k, k): v for k, v in state.items()}
+        saved = {v: k for k, v in _saved_names(model, own).items()}  # saved name -> model key
+        if all(k == v for k, v in saved.items()):
+            return state  # nothing renamed
+        renamed = {saved.get(k, k): v for k, v in state.items()}
         mine = set(own)
         if len(mine.intersection(state)) >= len(mine.intersection(renamed)):
             return state  # saved in the model's own names
-        converted = [k for k in state if k in saved and k not in mapped]
-        if converted:
-            raise ManifestError(
-                f"'{shown_path(directory)}': transformers saves {type(model).__name__}'s "
-                f"'{converted[0][:80]}' converted (split, fused or permuted, not renamed), which "
-                "einstruct's strict loader does not convert back",
-                hint="keep that part of the model out of the checkpoint's conversions, or load the "
-                "dense parts with transformers and einstruct.restore the structured layers",
-            )
         if len(renamed) != len(state):
-            clash = next(k for k in state if k in mapped and mapped[k] != k and mapped[k] in state)
+            clash = next(k for k in state if k in saved and saved[k] != k and saved[k] in state)
             raise ManifestError(
                 f"'{shown_path(directory)}': the checkpoint holds '{clash[:80]}' and "
-                f"'{mapped[clash][:80]}', two names of one weight",
+                f"'{saved[clash][:80]}', two names of one weight",
                 hint="load a checkpoint save_pretrained wrote, unedited",
             )
         return renamed
+
+    return names
+
+
+def _saves_converted(model: Any) -> bool:
+    """Whether transformers saves some of ``model``'s weights converted (split, fused or
+    permuted: a transform in its conversion mapping that is not a renaming)."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightRenaming
+    except ImportError:  # transformers 4: saved as the model names them
+        return False
+    try:
+        transforms = get_model_conversion_mapping(model, add_legacy=False)
+    except Exception:  # noqa: BLE001 - transformers' own mapping, any failure: the strict path
+        return False
+    return any(not isinstance(t, WeightRenaming) for t in transforms)
+
+
+def _dense_parts_by_transformers(model_class: Any, directory: Path, config: Any, built: Any) -> tuple:
+    """``model_class`` loaded by transformers itself (which converts its weights back),
+    the dense layers the manifest replaces left missing (their factors are in the
+    checkpoint under the structured layers' names), and transformers' loading info
+    (for :func:`_beside_transformers` to check)."""
+    import transformers
+
+    logging = transformers.utils.logging
+    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        dtype = next(built.parameters()).dtype
+        model, info = model_class.from_pretrained(
+            directory, config=config, dtype=dtype, output_loading_info=True
+        )
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise ManifestError(
+            f"transformers cannot load the checkpoint's dense parts: {type(exc).__name__}: {str(exc)[:200]}",
+            hint="pass the directory save_pretrained wrote, unedited",
+        ) from None
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+    wrong = [*info.get("mismatched_keys", ()), *info.get("error_msgs", ())]
+    if wrong:
+        raise ManifestError(
+            f"transformers refuses parts of the checkpoint: {str(wrong[0])[:200]}",
+            hint="save and load the same architecture with the same config",
+        )
+    return model, {k: list(info.get(k, ())) for k in ("missing_keys", "unexpected_keys")}
+
+
+def _beside_transformers(info: dict) -> Any:
+    """``(model, state) -> state`` for a model transformers loaded (``state``: the
+    checkpoint's entries, then the model's own state dict over them, so every dense
+    part is as transformers converted it): the structured layers' keys taken from the
+    checkpoint by their saved names (transformers only renames those), everything
+    else from the model. A key transformers missed outside the structured layers (it
+    would stay at random), or one it did not use that no structured layer names, is
+    refused."""
+
+    def names(model: Any, state: Mapping[str, Any]) -> Mapping[str, Any]:
+        structured = {n for n, m in model.named_modules() if n and is_structured(m)}
+        own = model.state_dict()
+        mine = {k: v for k, v in own.items() if k.rpartition(".")[0] in structured}
+        saved = _saved_names(model, mine)
+        random = [k for k in info["missing_keys"] if k.rpartition(".")[0] not in structured]
+        unused = set(info["unexpected_keys"]) - {saved.get(k, k) for k in mine} - set(mine)
+        for key, problem in (
+            (random, "lacks '{}', which transformers would leave at random"),
+            (sorted(unused), "holds '{}', which no layer of the model takes"),
+        ):
+            if key:
+                raise ManifestError(
+                    "the checkpoint " + problem.format(key[0][:80]),
+                    hint="save and load the same architecture with the same config and manifest",
+                )
+        out = {k: v for k, v in state.items() if k in own and k not in mine}
+        out.update({k: state[saved.get(k, k)] for k in mine if saved.get(k, k) in state})
+        return out
 
     return names
 
@@ -295,7 +376,12 @@ def from_pretrained(
     if dtype is not None:
         model.to(dtype)
     try:
-        apply_manifest(model, manifest, read_state_dict(directory), _model_names(directory))
+        if _saves_converted(model):  # Mixtral's experts: transformers converts them back
+            model, info = _dense_parts_by_transformers(model_class, directory, config, model)
+            state = {**read_state_dict(directory), **model.state_dict()}
+            apply_manifest(model, manifest, state, _beside_transformers(info))
+        else:
+            apply_manifest(model, manifest, read_state_dict(directory), _model_names(directory))
         _generation_config(model, directory)
     except EinstructError as exc:
         raise _in_folder(exc, directory, model, saved) from None
