@@ -226,6 +226,8 @@ def test_a_plan_with_a_kind_einstruct_does_not_shard_is_refused():
         tensor_parallel_plan(model, {"0": "colwise", "0*": "rowwise"})
     with pytest.raises(ParameterError, match="plan must be a dict"):
         tensor_parallel_plan(model, [("0", "colwise")])
+    # a config's own plan passed as is: transformers' other kinds are left whole
+    assert set(tensor_parallel_plan(model, {"0": "colwise", "1": "embedding_rowwise"})) == {"0"}
     assert set(tensor_parallel_plan(model, {"0": "colwise", "1": "rowwise"})) == {"0", "1"}
 
 

@@ -36,7 +36,7 @@ def _nudged(model):
 
 def _llama(seed=0, **extra):
     torch.manual_seed(seed)
-    return AutoModelForCausalLM.from_config(transformers.LlamaConfig(**LLAMA, **extra)).eval()
+    return AutoModelForCausalLM.from_config(transformers.LlamaConfig(**{**LLAMA, **extra})).eval()
 
 
 @pytest.mark.parametrize("family", ["gpt_neox", "vit"])
@@ -178,3 +178,74 @@ def test_a_registered_adapter_is_named_in_the_manifest_and_asked_for_on_restore(
     fresh = torch.nn.Sequential(_Scaled(16, 16), torch.nn.ReLU(), _Scaled(16, 16))
     with pytest.raises(EinstructError, match="register_adapter\\('scaled'"):
         einstruct.restore(fresh, manifest)
+
+
+def test_restore_with_the_models_own_manifest_dict_and_its_save_pretrained_folder(tmp_path):
+    """config.json is written with sorted keys, so the options came back in another order
+    and the folder's own manifest was taken for another one."""
+    model = _llama()
+    einstruct.replace_linear(model, "btt", select="*.mlp.*", rank=2, normalize=True)
+    _nudged(model)
+    model.save_pretrained(tmp_path)
+    for weights in (tmp_path, tmp_path / "model.safetensors"):
+        fresh = _llama(seed=1)
+        einstruct.restore(fresh, einstruct.runtime.manifest.model_manifest(model), weights)
+        torch.testing.assert_close(fresh(IDS).logits, model(IDS).logits, rtol=0, atol=0)
+
+
+def test_restore_maps_renamed_keys_of_a_save_pretrained_folder(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(
+        hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+        image_size=16, patch_size=8, num_labels=3,
+    )  # fmt: skip
+    model = AutoModelForImageClassification.from_config(config).eval()
+    einstruct.replace_linear(model, "low_rank", rank=4)
+    model.save_pretrained(tmp_path)
+    fresh = AutoModelForImageClassification.from_config(config).eval()
+    einstruct.restore(fresh, tmp_path, tmp_path)
+    pixels = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(fresh(pixel_values=pixels).logits, model(pixel_values=pixels).logits)
+
+
+def test_a_loaded_model_converted_further_keeps_every_layer_in_its_manifest(tmp_path):
+    model = _llama()
+    einstruct.replace_linear(model, "low_rank", select="lm_head", rank=4)
+    model.save_pretrained(tmp_path / "first")
+    loaded = einstruct.from_pretrained(AutoModelForCausalLM, tmp_path / "first")
+    einstruct.replace_linear(loaded.model, "low_rank", select="*.mlp.*", rank=4)  # the base model
+    names = {n for entry in loaded.config.einstruct["layers"] for n in entry["names"]}
+    assert {"lm_head", "model.layers.0.mlp.up_proj"} <= names  # lm_head was lost
+    _nudged(loaded)
+    loaded.save_pretrained(tmp_path / "second")
+    again = einstruct.from_pretrained(AutoModelForCausalLM, tmp_path / "second")
+    torch.testing.assert_close(again(IDS).logits, loaded(IDS).logits, rtol=0, atol=0)
+
+
+def test_converting_parts_of_a_model_keeps_one_config_and_says_what_to_do(tmp_path):
+    """A per-layer loop over attention blocks: each conversion took the blocks for two
+    models sharing a config and gave all but the first a copy (settings then changed on
+    the model no longer reached them)."""
+    model = _llama(num_hidden_layers=2)
+    for layer in model.model.layers:
+        with pytest.warns(UserWarning, match="manifest_to_config"):
+            einstruct.replace_linear(layer.self_attn, "low_rank", rank=4)
+    assert all(layer.self_attn.config is model.config for layer in model.model.layers)
+    einstruct.manifest_to_config(model)
+    _nudged(model)
+    model.save_pretrained(tmp_path)
+    loaded = einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)
+    torch.testing.assert_close(loaded(IDS).logits, model(IDS).logits, rtol=0, atol=0)
+
+
+def test_a_base_model_loading_error_keeps_its_hint(tmp_path):
+    model = _llama()
+    einstruct.replace_linear(model, "low_rank", select="*.mlp.*", rank=4)
+    model.save_pretrained(tmp_path)
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(tmp_path / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if "norm" not in k}, tmp_path / "model.safetensors")
+    with pytest.raises(EinstructError) as error:
+        einstruct.from_pretrained(AutoModel, tmp_path)
+    assert "load it with that class" not in error.value.hint  # the base model loads from any head

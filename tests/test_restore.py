@@ -196,16 +196,21 @@ def test_weights_saved_with_another_structures_manifest_are_refused(tmp_path):
     assert {k: v.shape for k, v in monarch.state_dict().items()} == {
         k: v.shape for k, v in tt.state_dict().items()
     }
-    for name, model in (("monarch", monarch), ("tt", tt)):
+    from safetensors.torch import save_file
+
+    for name, model in (("monarch", monarch), ("tt", tt)):  # as save_pretrained lays a folder out
         (tmp_path / name).mkdir()
         einstruct.save_manifest(model, tmp_path / name)
-        torch.save(model.state_dict(), tmp_path / name / "model.pt")
+        save_file(
+            {k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / name / "model.safetensors"
+        )
     fresh = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64))
     before = [p.clone() for p in fresh.parameters()]
-    with pytest.raises(ParameterError, match="saved with another manifest"):
-        einstruct.restore(fresh, tmp_path / "tt", tmp_path / "monarch" / "model.pt")
+    for weights in (tmp_path / "monarch", tmp_path / "monarch" / "model.safetensors"):
+        with pytest.raises(ParameterError, match="saved with another manifest"):
+            einstruct.restore(fresh, tmp_path / "tt", weights)
     assert all(torch.equal(a, b) for a, b in zip(before, fresh.parameters()))
-    einstruct.restore(fresh, tmp_path / "monarch", tmp_path / "monarch" / "model.pt")  # its own: loads
+    einstruct.restore(fresh, einstruct.runtime.manifest.model_manifest(monarch), tmp_path / "monarch")
     x = torch.randn(3, 64)
     torch.testing.assert_close(fresh(x), monarch(x), rtol=0, atol=0)
 
@@ -232,3 +237,35 @@ def test_a_save_pretrained_folder_is_its_own_manifest_for_restore(tmp_path):
     einstruct.restore(fresh, tmp_path, tmp_path)
     ids = torch.arange(8).reshape(1, 8)
     torch.testing.assert_close(fresh(ids).logits, model(ids).logits, rtol=0, atol=0)
+
+
+def test_another_runs_manifest_beside_a_weights_file_does_not_block_it(tmp_path):
+    """A folder of several runs' checkpoints with one run's manifest: only a save_pretrained
+    folder (or its weights file) is held to the manifest beside it."""
+    small, large = _square("low_rank", rank=2), _square("low_rank", rank=4)
+    einstruct.save_manifest(small, tmp_path)
+    torch.save(large.state_dict(), tmp_path / "run2.pt")
+    fresh = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64))
+    einstruct.restore(fresh, einstruct.runtime.manifest.model_manifest(large), tmp_path / "run2.pt")
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(fresh(x), large(x), rtol=0, atol=0)
+
+
+def test_another_programs_config_json_beside_the_manifest_is_not_read(tmp_path):
+    model = _square("low_rank", rank=2)
+    einstruct.save_manifest(model, tmp_path)
+    torch.save(model.state_dict(), tmp_path / "model.pt")
+    (tmp_path / "config.json").write_text('{"lr": NaN, "epochs": 3}')  # json.dump writes NaN
+    fresh = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64))
+    einstruct.restore(fresh, tmp_path, tmp_path / "model.pt")
+    x = torch.randn(3, 64)
+    torch.testing.assert_close(fresh(x), model(x), rtol=0, atol=0)
+
+
+def test_an_extra_key_on_a_plain_layer_is_not_called_an_unlisted_layer():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8, bias=False))
+    einstruct.replace_linear(model, "low_rank", select=["0"], rank=2)
+    state = {**model.state_dict(), "2.bias": torch.zeros(8)}
+    fresh = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8, bias=False))
+    with pytest.raises(ParameterError, match="has keys the model lacks: 2.bias"):
+        einstruct.restore(fresh, einstruct.runtime.manifest.model_manifest(model), state)

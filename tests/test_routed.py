@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -247,3 +249,18 @@ def test_a_wrong_expert_dispatch_is_refused():
         compile_structure(einstruct.load(SPEC))(expert_dispatch="sorted")
     layer = compile_structure(einstruct.load(SPEC))()
     assert layer.expert_dispatch == "auto" and layer._dispatch(torch.zeros(1)) == "counts"
+
+
+def test_the_aux_loss_of_a_large_half_precision_batch_stays_finite():
+    """The statistics are summed over the tokens: in float16 a z-loss summed over tens of
+    thousands of tokens (or their count) passed 65504 and gave inf, then NaN."""
+    torch.manual_seed(0)
+    layer = einstruct.compile(SPEC)()
+    with torch.no_grad():
+        layer.router.weight.normal_()
+    reference = copy.deepcopy(layer)
+    x = torch.randn(70_000, layer.in_features).half()
+    layer.half()(x)
+    reference(x.float())
+    assert layer.aux_loss.dtype == torch.float16
+    torch.testing.assert_close(layer.aux_loss.float(), reference.aux_loss, rtol=2e-3, atol=0)

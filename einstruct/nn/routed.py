@@ -543,20 +543,24 @@ class RoutedStructuredLinear(StructuredLinear):
         weights = probs.gather(-1, chosen)
         weights = weights / weights.sum(dim=-1, keepdim=True)
         if not torch.compiler.is_exporting():  # export keeps no attribute side effects
-            slots = (
-                torch.zeros_like(logits).scatter(-1, chosen, 1.0).sum(0) / self.top_k
-            )
-            z = logits.logsumexp(dim=-1).pow(2).sum().reshape(1)
+            # sums in at least float32 (fp16's range ends at 65504: a z-loss summed over
+            # tens of thousands of tokens, or their count, overflowed)
+            wide = torch.promote_types(logits.dtype, torch.float32)
+            slots = torch.zeros_like(logits, dtype=wide).scatter(-1, chosen, 1.0)
+            slots = slots.sum(0) / self.top_k
+            z = logits.to(wide).logsumexp(dim=-1).pow(2).sum().reshape(1)
             # means over the group's tokens, however many each rank holds (none: 0, not NaN)
-            tokens = torch.ones_like(logits[:, :1]).sum(0)  # traceable: no int to float
-            sums = torch.cat([probs.sum(0), slots, z])
+            ones = torch.ones_like(logits[:, :1], dtype=wide)
+            tokens = ones.sum(0)  # a tensor, so traces follow it
+            sums = torch.cat([probs.sum(0, dtype=wide), slots, z])
             means = _token_means(sums, tokens, self.balance_group)
             mean_probs, slots, z = (
                 means[: self.experts],
                 means[self.experts : -1],
                 means[-1],
             )
-            self._aux = self.experts * (mean_probs * slots).sum() + 0.1 * z
+            aux = self.experts * (mean_probs * slots).sum() + 0.1 * z
+            self._aux = aux.to(logits.dtype)
             attached = self.aux_weight is not None
             self.aux_loss = self._aux.detach() if attached else self._aux
         return weights, chosen

@@ -233,7 +233,12 @@ def directory_manifest(directory: Path) -> Any:
     ``config.json`` (``save_pretrained`` after ``replace_linear``), else the path of its
     ``einstruct.json`` (``save_manifest``), else None."""
     if (directory / "config.json").is_file():
-        manifest = saved_config(directory).get(CONFIG_KEY)
+        try:
+            manifest = saved_config(directory).get(CONFIG_KEY)
+        except EinstructError:
+            if (directory / MANIFEST_NAME).is_file():  # another program's config.json
+                return directory / MANIFEST_NAME
+            raise
         if manifest is not None:
             if not isinstance(manifest, dict):
                 raise ManifestError(
@@ -392,14 +397,16 @@ def _value_problem(value: Any, own: Any, parameter: bool) -> str:
     return ""
 
 
-def _unlisted_layer(model: Any, unknown: list[str]) -> str:
-    """The first layer the state dict holds structured (its keys are not the model's) that
-    is a plain linear layer of the model: a layer the manifest should have listed."""
+def _unlisted_layer(model: Any, unknown: list[str], state: set[str]) -> str:
+    """The first layer the state dict holds structured (its keys are not the model's, and
+    the layer's own weight is not there) that is a plain linear layer of the model: a
+    layer the manifest should have listed."""
     for key in unknown:
         name = key.rpartition(".")[0]
         if name and _resolves(model, name):
             module = model.get_submodule(name)
-            if not is_structured(module) and adapter_for(module) is not None:
+            own = {f"{name}.{k}" for k, _ in module.named_parameters(recurse=False) if k != "bias"}
+            if not is_structured(module) and adapter_for(module) is not None and not own & state:
                 return name[:80]
     return ""
 
@@ -417,7 +424,7 @@ def _check_state(model: Any, state: Mapping[str, Any]) -> None:
     missing = [k for k in own if k not in state and id(own[k]) not in present]
     wrong = [k for k in state if k in own and tuple(state[k].shape) != tuple(own[k].shape)]
     meta = [k for k in own if getattr(own[k], "is_meta", False)]
-    unlisted = _unlisted_layer(model, unknown)
+    unlisted = _unlisted_layer(model, unknown, set(state))
     if unlisted:
         shown = ", ".join(k[:80] for k in unknown[:2]) + (" ..." if len(unknown) > 2 else "")
         raise ManifestError(
@@ -477,15 +484,39 @@ def restore(model: Any, manifest: Any, state_dict: Any = None) -> ModelReport:
     _check_module(model, "restore")
     model = unwrapped(model)
     data = read_manifest(manifest)
+    saved_names = None
     if isinstance(state_dict, str | os.PathLike):
         _check_same_layers(data, Path(state_dict))
+        if Path(state_dict).is_dir() and (Path(state_dict) / "config.json").is_file():
+            from .pretrained import model_names  # keys transformers renames when it saves
+
+            saved_names = model_names(Path(state_dict))
     state = read_state_dict(state_dict) if state_dict is not None else None
-    return apply_manifest(model, data, state)
+    report = apply_manifest(model, data, state, saved_names)
+    from .pretrained import config_manifest, has_config
+
+    if has_config(model):  # save_pretrained then carries the layers, as after replace_linear
+        config_manifest(model)
+    return report
+
+
+#: The weights files save_pretrained writes (a folder's manifest describes these).
+_PRETRAINED_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def _check_same_layers(data: Manifest, weights: Path) -> None:
-    """Refuse weights whose folder carries a manifest of other layers (or other structures)."""
-    folder = weights if weights.is_dir() else weights.parent
+    """Refuse weights whose ``save_pretrained`` folder (the folder itself, or a weights file
+    or index it wrote) carries a manifest of other layers (or other structures). Another
+    file in a folder is not checked: a folder may hold several runs' checkpoints and a
+    manifest of one of them."""
+    if weights.is_dir():
+        folder = weights
+    elif weights.name in _PRETRAINED_FILES or weights.name.endswith(
+        tuple(f"{name}.index.json" for name in _PRETRAINED_FILES)
+    ):
+        folder = weights.parent
+    else:
+        return
     try:
         carried = directory_manifest(folder)
         beside = read_manifest(carried) if carried is not None else None

@@ -126,8 +126,11 @@ class LayerEntry:
     adapter: str | None = None
 
     def same_layers(self, other: LayerEntry) -> bool:
-        """Whether ``other`` describes the same layers the same way (``where`` aside)."""
-        return {**vars(self), "where": ""} == {**vars(other), "where": ""}
+        """Whether ``other`` makes the same layers hold the same weights: the names, the
+        structure and the sizes (not how the class was compiled, nor the options'
+        order: transformers writes config.json's keys sorted)."""
+        keys = ("names", "spec", "structure", "in_features", "out_features", "bias")
+        return all(getattr(self, k) == getattr(other, k) for k in keys)
 
 
 @dataclass(frozen=True)

@@ -253,6 +253,19 @@ _STYLES: dict[str, tuple[type[ParallelStyle], type[ParallelStyle]]] = {
 }
 
 
+def _transformers_kinds() -> set[str]:
+    """The kinds of transformers' tensor-parallel plans (a config's ``base_model_tp_plan``
+    passed as is): einstruct leaves the layers of those it does not shard whole."""
+    try:
+        from transformers.integrations.tensor_parallel import ALL_PARALLEL_STYLES
+    except ImportError:
+        return set()
+    try:
+        return {k for k in ALL_PARALLEL_STYLES.keys() if isinstance(k, str)}  # noqa: SIM118
+    except Exception:  # noqa: BLE001 - transformers' own registry, any shape
+        return set()
+
+
 def _check_plan(plan: Any) -> None:
     """A plan the caller wrote: a dict of globs to "colwise" or "rowwise", nothing else."""
     if not isinstance(plan, dict):
@@ -260,12 +273,13 @@ def _check_plan(plan: Any) -> None:
             f"plan must be a dict of layer-name globs to 'colwise' or 'rowwise', got {type(plan).__name__}",
             hint="e.g. plan={'*.mlp.c_fc': 'colwise', '*.mlp.c_proj': 'rowwise'}",
         )
+    known = _transformers_kinds()
     for pattern, kind in plan.items():
-        if not isinstance(pattern, str) or kind not in _STYLES:
+        if not isinstance(pattern, str) or not isinstance(kind, str) or kind not in set(_STYLES) | known:
             raise ParameterError(
                 f"plan entry {pattern!r:.80}: {kind!r:.40} is not a kind einstruct shards",
                 hint=f"use one of {', '.join(repr(k) for k in _STYLES)} (shard_axis's 'column' is "
-                "'colwise', 'row' is 'rowwise'); leave other layers out of the plan",
+                "'colwise', 'row' is 'rowwise'); transformers' other kinds are left whole",
             )
 
 

@@ -62,28 +62,36 @@ def _holds(outer: Any, inner: Any) -> bool:
     return any(module is inner for module in outer.modules())
 
 
+def _is_pretrained_model(module: Any) -> bool:
+    """A transformers model (base or with a head): what ``save_pretrained`` saves."""
+    return has_config(module) and isinstance(getattr(module, "base_model_prefix", None), str)
+
+
 def _config_writer(model: Any) -> Any:
-    """The model whose manifest belongs in ``model.config``, which ``model`` may share.
+    """The model whose manifest belongs in ``model.config``, which ``model`` may share;
+    None when it cannot be told.
 
     A submodule converted on its own (``replace_linear(model.model, ...)``) shares
     its config with the model around it: that model's manifest, which names every
-    structured layer from the top, is the one to save. Two models built from one
-    config object (``from_config(cfg)`` twice) share it by accident: the second to
-    be converted gets a copy of its own, so neither saves the other's layers.
+    structured layer from the top, is the one to save (the base model's own, fitted
+    to the model with a head by :func:`from_pretrained`, when nothing larger was
+    converted). Two transformers models built from one config object
+    (``from_config(cfg)`` twice) share it by accident: the second to be converted
+    gets a copy of its own, so neither saves the other's layers. An inner module
+    (an attention block) converted alone, with no model around it known, is None.
     """
     config = model.config
     writer = _CONFIG_WRITERS.get(id(config))
-    if writer is None or writer is model or getattr(writer, "config", None) is not config:
-        return model
-    if _holds(writer, model):
-        return writer
-    if _holds(model, writer):
-        return model
-    own = copy.deepcopy(config)
-    for module in model.modules():
-        if getattr(module, "config", None) is config:
-            module.config = own
-    return model
+    if writer is not None and writer is not model and getattr(writer, "config", None) is config:
+        if _holds(writer, model):
+            return writer
+        if not _holds(model, writer) and _is_pretrained_model(model) and _is_pretrained_model(writer):
+            own = copy.deepcopy(config)
+            for module in model.modules():
+                if getattr(module, "config", None) is config:
+                    module.config = own
+            return model
+    return model if _is_pretrained_model(model) else None
 
 
 def manifest_to_config(model: Any) -> dict[str, Any]:
@@ -98,7 +106,22 @@ def manifest_to_config(model: Any) -> dict[str, Any]:
             f"{type(model).__name__} has no Hugging Face config to carry the manifest",
             hint="use einstruct.save_manifest(model, path) for other models",
         )
+    manifest = config_manifest(model)
+    if manifest is None:
+        raise ParameterError(
+            f"{type(model).__name__} is a part of a model: its manifest would name its layers "
+            "from it, not from the model save_pretrained saves",
+            hint="call einstruct.manifest_to_config(model) on the whole model before save_pretrained",
+        )
+    return manifest
+
+
+def config_manifest(model: Any) -> dict[str, Any] | None:
+    """:func:`manifest_to_config` of a model with a config, or None (nothing written)
+    for a part of a model whose model is not known (see :func:`_config_writer`)."""
     writer = _config_writer(model)
+    if writer is None:
+        return None
     manifest = model_manifest(writer)
     setattr(writer.config, CONFIG_KEY, manifest)
     _CONFIG_WRITERS[id(writer.config)] = writer
@@ -112,12 +135,18 @@ def replace_linear(model: Any, spec: Any, *args: Any, **kwargs: Any) -> ModelRep
         report = _replace_linear(model, spec, *args, **kwargs)
     for warning in caught:
         warnings.warn(warning.message, warning.category, stacklevel=2)
-    if has_config(model):
-        manifest_to_config(model)
+    if has_config(model) and config_manifest(model) is None:
+        # an attention block converted alone: its names would not be the model's
+        warnings.warn(
+            f"replace_linear converted a {type(model).__name__}, a part of a model: the "
+            "model's config does not list these layers yet; call "
+            "einstruct.manifest_to_config(model) on the whole model before save_pretrained",
+            stacklevel=2,
+        )
     return report
 
 
-def _config_manifest(directory: Path) -> Any:
+def _folder_manifest(directory: Path) -> Any:
     """The manifest the folder carries (config.json's entry, else einstruct.json), checked."""
     carried = directory_manifest(directory)
     if carried is None:
@@ -172,7 +201,7 @@ def _saved_names(model: Any, own: Mapping[str, Any]) -> dict[str, str]:
     return names
 
 
-def _model_names(directory: Path) -> Any:
+def model_names(directory: Path) -> Any:
     """``(model, state) -> state`` with the keys the model names them by: transformers 5
     renames some keys when it saves (GPT-NeoX's ``lm_head`` is saved as ``embed_out``,
     ViT's ``layers.N.attention.q_proj`` as ``encoder.layer.N.attention.attention.query``).
@@ -309,9 +338,11 @@ def _in_folder(exc: EinstructError, directory: Path, model: Any, saved: dict[str
     hint = exc.hint
     architectures = saved.get("architectures")
     built = type(model).__name__
-    if isinstance(architectures, list) and architectures and built not in architectures:
+    prefix = getattr(model, "base_model_prefix", None)
+    base = isinstance(prefix, str) and bool(prefix) and not hasattr(model, prefix)  # loads from any head
+    if isinstance(architectures, list) and architectures and built not in architectures and not base:
         named = ", ".join(str(a)[:80] for a in architectures[:3])
-        hint = f"the checkpoint was saved from {named}, this is {built}: load it with that class"
+        hint = f"{hint}; the checkpoint was saved from {named}, this is {built}: load it with that class"
     return type(exc)(message, exc.span, hint)
 
 
@@ -363,7 +394,7 @@ def from_pretrained(
             hint="e.g. dtype=torch.bfloat16",
         )
     saved = saved_config(directory)
-    manifest = _config_manifest(directory)
+    manifest = _folder_manifest(directory)
     try:
         config = AutoConfig.from_pretrained(directory, **config_kwargs)
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
@@ -381,11 +412,11 @@ def from_pretrained(
             state = {**read_state_dict(directory), **model.state_dict()}
             apply_manifest(model, manifest, state, _beside_transformers(info))
         else:
-            apply_manifest(model, manifest, read_state_dict(directory), _model_names(directory))
+            apply_manifest(model, manifest, read_state_dict(directory), model_names(directory))
         _generation_config(model, directory)
     except EinstructError as exc:
         raise _in_folder(exc, directory, model, saved) from None
-    setattr(model.config, CONFIG_KEY, model_manifest(model))
+    manifest_to_config(model)
     return model.eval()
 
 
