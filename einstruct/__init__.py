@@ -79,7 +79,7 @@ _LAZY = {
     "replace_linear": ("runtime.pretrained", "replace_linear"),
     "summary": ("runtime.summary", "summary"),
     "save_manifest": ("runtime.manifest", "save_manifest"),
-    "restore": ("runtime.manifest", "restore"),
+    "restore": ("runtime.pretrained", "restore"),
     "register_adapter": ("runtime.adapters", "register_adapter"),
     "param_groups": ("runtime.groups", "param_groups"),
     "search": ("runtime.search", "search"),

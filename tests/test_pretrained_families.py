@@ -249,3 +249,98 @@ def test_a_base_model_loading_error_keeps_its_hint(tmp_path):
     with pytest.raises(EinstructError) as error:
         einstruct.from_pretrained(AutoModel, tmp_path)
     assert "load it with that class" not in error.value.hint  # the base model loads from any head
+
+
+def _mixtral(tmp_path, **convert):
+    torch.manual_seed(0)
+    config = transformers.MixtralConfig(**LLAMA, num_local_experts=2, num_experts_per_tok=1)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    einstruct.replace_linear(model, "low_rank", select="*.self_attn.*", rank=4, **convert)
+    _nudged(model)
+    model.save_pretrained(tmp_path)
+    return model
+
+
+def _edited(path, keep=lambda key: True, add=None):
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(path / "model.safetensors")
+    save_file({**{k: v for k, v in weights.items() if keep(k)}, **(add or {})}, path / "model.safetensors")
+
+
+def test_the_converted_path_takes_the_base_model_and_refuses_edits_by_name(tmp_path):
+    model = _mixtral(tmp_path)
+    base = einstruct.from_pretrained(AutoModel, tmp_path)  # the head's keys are left out
+    torch.testing.assert_close(
+        base(IDS).last_hidden_state, model.model(IDS).last_hidden_state, rtol=0, atol=0
+    )
+    q = "model.layers.0.self_attn.q_proj.weight"  # a dense weight beside the structured layer's factors
+    _edited(tmp_path, add={q: torch.zeros(32, 32)})
+    with pytest.raises(EinstructError, match=f"holds '{q}', a dense weight"):
+        einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)
+    _edited(tmp_path, keep=lambda k: k != q and "experts.0.w1" not in k)  # an expert's weight gone
+    with pytest.raises(EinstructError, match="gate_up_proj"):  # transformers' report, quoted
+        einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)
+
+
+def test_restore_points_a_converted_family_at_from_pretrained(tmp_path):
+    _mixtral(tmp_path)
+    fresh = AutoModelForCausalLM.from_config(transformers.MixtralConfig(**LLAMA, num_local_experts=2))
+    with pytest.raises(EinstructError, match="einstruct.from_pretrained"):
+        einstruct.restore(fresh, tmp_path, tmp_path)
+
+
+def test_restore_of_a_weights_file_maps_renamed_keys_as_of_its_folder(tmp_path):
+    torch.manual_seed(0)
+    config = transformers.GPTNeoXConfig(
+        hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4, vocab_size=61
+    )
+    model = AutoModelForCausalLM.from_config(config).eval()
+    einstruct.replace_linear(model, "low_rank", rank=4)  # embed_out as well
+    model.save_pretrained(tmp_path)
+    fresh = AutoModelForCausalLM.from_config(config).eval()
+    einstruct.restore(fresh, tmp_path, tmp_path / "model.safetensors")
+    torch.testing.assert_close(fresh(IDS).logits, model(IDS).logits, rtol=0, atol=0)
+
+
+def test_a_manifest_with_other_options_is_refused_for_a_folders_weights(tmp_path):
+    model = _llama()
+    einstruct.replace_linear(model, "low_rank", select="*.mlp.*", rank=4, normalize=True)
+    model.save_pretrained(tmp_path)
+    other = _llama()
+    einstruct.replace_linear(other, "low_rank", select="*.mlp.*", rank=4)  # normalize=False: another map
+    with pytest.raises(EinstructError, match="saved with another manifest"):
+        einstruct.restore(_llama(), einstruct.runtime.manifest.model_manifest(other), tmp_path)
+
+
+def test_a_decoder_layer_converted_after_the_model_updates_its_manifest(tmp_path):
+    model = _llama()
+    einstruct.replace_linear(model, "low_rank", select="lm_head", rank=4)
+    einstruct.replace_linear(
+        model.model.layers[0], "low_rank", select="mlp.*", rank=4
+    )  # no config of its own
+    names = {n for entry in model.config.einstruct["layers"] for n in entry["names"]}
+    assert {"lm_head", "model.layers.0.mlp.up_proj"} <= names
+    fresh = _llama()
+    with pytest.warns(UserWarning, match="manifest_to_config"):  # no model around it known
+        einstruct.replace_linear(fresh.model.layers[0], "low_rank", select="mlp.*", rank=4)
+
+
+def test_a_base_model_sharing_a_config_with_another_model_is_not_split_from_its_head():
+    config = transformers.LlamaConfig(**LLAMA)
+    first, second = AutoModelForCausalLM.from_config(config), AutoModelForCausalLM.from_config(config)
+    einstruct.replace_linear(first, "low_rank", select="*.mlp.*", rank=4)
+    with pytest.warns(UserWarning, match="manifest_to_config"):
+        einstruct.replace_linear(second.model, "low_rank", select="*.self_attn.*", rank=4)
+    assert second.config is second.model.config
+
+
+def test_a_bfloat16_load_keeps_the_buffers_transformers_keeps_in_float32(tmp_path):
+    model = _llama()
+    einstruct.replace_linear(model, "low_rank", select="*.mlp.*", rank=4)
+    model.save_pretrained(tmp_path)
+    loaded = einstruct.from_pretrained(AutoModelForCausalLM, tmp_path, dtype=torch.bfloat16)
+    plain = AutoModelForCausalLM.from_config(transformers.LlamaConfig(**LLAMA), dtype=torch.bfloat16)
+    assert loaded.model.layers[0].mlp.up_proj.U.dtype == torch.bfloat16
+    buffers = {k: v.dtype for k, v in loaded.named_buffers()}
+    assert buffers == {k: v.dtype for k, v in plain.named_buffers()}  # RoPE's inv_freq stays as built

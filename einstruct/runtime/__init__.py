@@ -18,8 +18,8 @@ from __future__ import annotations
 from .adapters import register_adapter
 from .build import compile, compile_structure, module_source
 from .groups import is_structured, param_groups
-from .manifest import model_manifest, restore, save_manifest
-from .pretrained import from_pretrained, manifest_to_config, optimizer, replace_linear
+from .manifest import model_manifest, save_manifest
+from .pretrained import from_pretrained, manifest_to_config, optimizer, replace_linear, restore
 from .summary import ModelReport, summary
 
 __all__ = [

@@ -38,6 +38,7 @@ from .checkpoint import read_state_dict
 from .groups import is_structured
 from .manifest_schema import FORMAT, LayerEntry, Manifest, ManifestError, parse_json, parse_manifest
 from .replace import swap_layers
+from .saved_names import model_names, saves_converted
 from .summary import (
     ModelReport,
     Skipped,
@@ -487,21 +488,31 @@ def restore(model: Any, manifest: Any, state_dict: Any = None) -> ModelReport:
     saved_names = None
     if isinstance(state_dict, str | os.PathLike):
         _check_same_layers(data, Path(state_dict))
-        if Path(state_dict).is_dir() and (Path(state_dict) / "config.json").is_file():
-            from .pretrained import model_names  # keys transformers renames when it saves
-
-            saved_names = model_names(Path(state_dict))
+        folder = _pretrained_folder(Path(state_dict))
+        if folder is not None and (folder / "config.json").is_file():
+            if saves_converted(model):
+                raise ManifestError(
+                    f"transformers saves some of {type(model).__name__}'s weights in "
+                    f"'{shown_path(folder)}' converted (split, fused or permuted)",
+                    hint=f"load it with einstruct.from_pretrained(model_class, '{shown_path(folder)}'), "
+                    "which converts them back through transformers",
+                )
+            saved_names = model_names(folder)  # the keys transformers renames when it saves
     state = read_state_dict(state_dict) if state_dict is not None else None
-    report = apply_manifest(model, data, state, saved_names)
-    from .pretrained import config_manifest, has_config
-
-    if has_config(model):  # save_pretrained then carries the layers, as after replace_linear
-        config_manifest(model)
-    return report
+    return apply_manifest(model, data, state, saved_names)
 
 
 #: The weights files save_pretrained writes (a folder's manifest describes these).
 _PRETRAINED_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _pretrained_folder(weights: Path) -> Path | None:
+    """The ``save_pretrained`` folder ``weights`` is, or whose weights file or index it
+    is; None for any other path."""
+    if weights.is_dir():
+        return weights
+    pretrained = (*_PRETRAINED_FILES, *(f"{name}.index.json" for name in _PRETRAINED_FILES))
+    return weights.parent if weights.name in pretrained else None
 
 
 def _check_same_layers(data: Manifest, weights: Path) -> None:
@@ -509,13 +520,8 @@ def _check_same_layers(data: Manifest, weights: Path) -> None:
     or index it wrote) carries a manifest of other layers (or other structures). Another
     file in a folder is not checked: a folder may hold several runs' checkpoints and a
     manifest of one of them."""
-    if weights.is_dir():
-        folder = weights
-    elif weights.name in _PRETRAINED_FILES or weights.name.endswith(
-        tuple(f"{name}.index.json" for name in _PRETRAINED_FILES)
-    ):
-        folder = weights.parent
-    else:
+    folder = _pretrained_folder(weights)
+    if folder is None:
         return
     try:
         carried = directory_manifest(folder)

@@ -126,11 +126,21 @@ class LayerEntry:
     adapter: str | None = None
 
     def same_layers(self, other: LayerEntry) -> bool:
-        """Whether ``other`` makes the same layers hold the same weights: the names, the
-        structure and the sizes (not how the class was compiled, nor the options'
-        order: transformers writes config.json's keys sorted)."""
+        """Whether ``other`` makes the same layers compute the same map from the same
+        weights: the names, the structure, the sizes and the options that change what
+        a layer computes (``normalize``, ``gain``, ...), in any order (transformers
+        writes config.json's keys sorted); not how the class was compiled, nor the
+        options that only choose how or where it runs."""
         keys = ("names", "spec", "structure", "in_features", "out_features", "bias")
-        return all(getattr(self, k) == getattr(other, k) for k in keys)
+        return all(getattr(self, k) == getattr(other, k) for k in keys) and _meaning(self) == _meaning(other)
+
+
+#: Options that choose how or where a layer runs (or how it starts), not what it computes.
+_HOW_IT_RUNS = ("strategy", "save_intermediate", "zero_init_last", "expert_dispatch")
+
+
+def _meaning(entry: LayerEntry) -> dict[str, Any]:
+    return {k: v for k, v in entry.options if k not in _HOW_IT_RUNS}
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
 import os
 import warnings
 import weakref
@@ -40,12 +41,24 @@ from .manifest import (
     read_manifest,
     read_state_dict,
     saved_config,
+    unwrapped,
 )
+from .manifest import restore as _restore
 from .manifest_schema import ManifestError
 from .replace import replace_linear as _replace_linear
+from .saved_names import model_names, saved_names, saves_converted
 from .summary import ModelReport
 
-__all__ = ["CONFIG_KEY", "has_config", "manifest_to_config", "replace_linear", "from_pretrained", "optimizer"]
+__all__ = [
+    "CONFIG_KEY",
+    "config_manifest",
+    "has_config",
+    "manifest_to_config",
+    "replace_linear",
+    "restore",
+    "from_pretrained",
+    "optimizer",
+]
 
 
 def has_config(model: Any) -> bool:
@@ -77,15 +90,20 @@ def _config_writer(model: Any) -> Any:
     to the model with a head by :func:`from_pretrained`, when nothing larger was
     converted). Two transformers models built from one config object
     (``from_config(cfg)`` twice) share it by accident: the second to be converted
-    gets a copy of its own, so neither saves the other's layers. An inner module
-    (an attention block) converted alone, with no model around it known, is None.
+    gets a copy of its own, so neither saves the other's layers (a model with a head
+    only: a base model may be the one inside the other model). An inner module (an
+    attention block) converted alone, with no model around it known, is None.
     """
     config = model.config
     writer = _CONFIG_WRITERS.get(id(config))
     if writer is not None and writer is not model and getattr(writer, "config", None) is config:
         if _holds(writer, model):
             return writer
-        if not _holds(model, writer) and _is_pretrained_model(model) and _is_pretrained_model(writer):
+        prefix = getattr(model, "base_model_prefix", "")
+        with_head = bool(prefix) and hasattr(model, prefix)  # a base model may sit in another model
+        if not _holds(model, writer):
+            if not (with_head and _is_pretrained_model(writer)):
+                return None  # another model's config, and no telling which model this one is in
             own = copy.deepcopy(config)
             for module in model.modules():
                 if getattr(module, "config", None) is config:
@@ -128,6 +146,15 @@ def config_manifest(model: Any) -> dict[str, Any] | None:
     return manifest
 
 
+@functools.wraps(_restore)
+def restore(model: Any, manifest: Any, state_dict: Any = None) -> ModelReport:
+    report = _restore(model, manifest, state_dict)
+    target = unwrapped(model)
+    if has_config(target):  # save_pretrained then carries the layers, as after replace_linear
+        config_manifest(target)
+    return report
+
+
 @functools.wraps(_replace_linear)
 def replace_linear(model: Any, spec: Any, *args: Any, **kwargs: Any) -> ModelReport:
     with warnings.catch_warnings(record=True) as caught:  # re-issued below, pointing at the caller
@@ -135,15 +162,31 @@ def replace_linear(model: Any, spec: Any, *args: Any, **kwargs: Any) -> ModelRep
         report = _replace_linear(model, spec, *args, **kwargs)
     for warning in caught:
         warnings.warn(warning.message, warning.category, stacklevel=2)
-    if has_config(model) and config_manifest(model) is None:
-        # an attention block converted alone: its names would not be the model's
+    if not _manifest_updated(model):
         warnings.warn(
-            f"replace_linear converted a {type(model).__name__}, a part of a model: the "
-            "model's config does not list these layers yet; call "
-            "einstruct.manifest_to_config(model) on the whole model before save_pretrained",
+            f"replace_linear converted a {type(model).__name__} whose model einstruct cannot "
+            "tell: the config save_pretrained writes does not list these layers yet; call "
+            "einstruct.manifest_to_config(model) on the model you save",
             stacklevel=2,
         )
     return report
+
+
+def _manifest_updated(model: Any) -> bool:
+    """Put the manifest of the model ``model`` is (or is in) into its config; False when
+    that model cannot be told (a part converted alone). A module without a config of
+    its own (a decoder layer) uses one of its submodules'; a model without any has
+    nothing to update."""
+    if has_config(model):
+        return config_manifest(model) is not None
+    config = next((m.config for m in model.modules() if has_config(m)), None)
+    if config is None:
+        return True  # a plain torch model: save_manifest is its reload recipe
+    writer = _CONFIG_WRITERS.get(id(config))
+    if writer is None or getattr(writer, "config", None) is not config or not _holds(writer, model):
+        return False
+    config_manifest(writer)
+    return True
 
 
 def _folder_manifest(directory: Path) -> Any:
@@ -159,125 +202,76 @@ def _folder_manifest(directory: Path) -> Any:
     return read_manifest(carried)
 
 
-def _place(tensor: Any) -> tuple:
-    """Where a tensor's values are: two tensors at one place are one tensor (or views alike)."""
-    return (
-        tensor.untyped_storage().data_ptr(),
-        tensor.storage_offset(),
-        tuple(tensor.shape),
-        tensor.stride(),
-        tensor.dtype,
-    )
+class _Captured(logging.Handler):
+    """transformers' log while it loads: its report, quoted in an error instead of printed."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.extend(line.strip() for line in record.getMessage().splitlines() if line.strip())
+
+    def quoted(self, replaced: set[str]) -> str:
+        """The report's lines on keys that matter, conversions first (the dense weights of
+        the layers the manifest replaces are missing by design)."""
+        rows = [" ".join(line.replace("|", " ").split()) for line in self.lines]
+        rows = [r for r in rows if not r.startswith("-")]  # the report's legend
+        ours = {f"{name}.{k}" for name in replaced for k in ("weight", "bias")}
+        report = [r for r in rows if "CONVERSION" in r] + [
+            r for r in rows if ("MISSING" in r or "MISMATCH" in r) and r.split(" ")[0] not in ours
+        ]
+        return f" (transformers' report: {'; '.join(report)[:300]})" if report else ""
 
 
-def _saved_names(model: Any, own: Mapping[str, Any]) -> dict[str, str]:
-    """Model key -> the name transformers saves it by, for the keys of ``own`` (tensors of
-    ``model``'s state dict) it saves renamed; ``{}`` before transformers 5. Each saved
-    tensor is paired with the model's own at the same place (a rename keeps the
-    tensor); a key saved converted (a new tensor) is not in the result."""
-    try:
-        from transformers.core_model_loading import revert_weight_conversion
-    except ImportError:  # transformers 4 saves the model's own names
-        return {}
-    try:
-        saved = revert_weight_conversion(model, dict(own))
-    except Exception as exc:  # noqa: BLE001 - transformers' own conversion, any failure
-        raise ManifestError(
-            f"transformers cannot name {type(model).__name__}'s weights as it saves them: "
-            f"{type(exc).__name__}: {str(exc)[:200]}",
-            hint="save and load with the same transformers version",
-        ) from None
-    at: dict[tuple, list[str]] = {}
-    for key, value in own.items():
-        at.setdefault(_place(value), []).append(key)
-    names: dict[str, str] = {}
-    for key, value in saved.items():
-        keys = at.get(_place(value), [])
-        free = [k for k in keys if k not in names]
-        if key in keys and key not in names:
-            names[key] = key
-        elif free:
-            names[free[0]] = key
-    return names
-
-
-def model_names(directory: Path) -> Any:
-    """``(model, state) -> state`` with the keys the model names them by: transformers 5
-    renames some keys when it saves (GPT-NeoX's ``lm_head`` is saved as ``embed_out``,
-    ViT's ``layers.N.attention.q_proj`` as ``encoder.layer.N.attention.attention.query``).
-    Its save-time conversion of the rebuilt model's own state dict shows each key's
-    saved name (the same tensor, renamed); a checkpoint in the model's own names (older
-    transformers) stays as it is. A model some of whose keys transformers saves
-    converted loads through transformers (:func:`_dense_parts_by_transformers`)."""
-
-    def names(model: Any, state: Mapping[str, Any]) -> Mapping[str, Any]:
-        own = model.state_dict()
-        saved = {v: k for k, v in _saved_names(model, own).items()}  # saved name -> model key
-        if all(k == v for k, v in saved.items()):
-            return state  # nothing renamed
-        renamed = {saved.get(k, k): v for k, v in state.items()}
-        mine = set(own)
-        if len(mine.intersection(state)) >= len(mine.intersection(renamed)):
-            return state  # saved in the model's own names
-        if len(renamed) != len(state):
-            clash = next(k for k in state if k in saved and saved[k] != k and saved[k] in state)
-            raise ManifestError(
-                f"'{shown_path(directory)}': the checkpoint holds '{clash[:80]}' and "
-                f"'{saved[clash][:80]}', two names of one weight",
-                hint="load a checkpoint save_pretrained wrote, unedited",
-            )
-        return renamed
-
-    return names
-
-
-def _saves_converted(model: Any) -> bool:
-    """Whether transformers saves some of ``model``'s weights converted (split, fused or
-    permuted: a transform in its conversion mapping that is not a renaming)."""
-    try:
-        from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import WeightRenaming
-    except ImportError:  # transformers 4: saved as the model names them
-        return False
-    try:
-        transforms = get_model_conversion_mapping(model, add_legacy=False)
-    except Exception:  # noqa: BLE001 - transformers' own mapping, any failure: the strict path
-        return False
-    return any(not isinstance(t, WeightRenaming) for t in transforms)
-
-
-def _dense_parts_by_transformers(model_class: Any, directory: Path, config: Any, built: Any) -> tuple:
+def _dense_parts_by_transformers(
+    model_class: Any, directory: Path, config: Any, dtype: Any, replaced: set[str]
+) -> tuple:
     """``model_class`` loaded by transformers itself (which converts its weights back),
     the dense layers the manifest replaces left missing (their factors are in the
     checkpoint under the structured layers' names), and transformers' loading info
-    (for :func:`_beside_transformers` to check)."""
+    (for :func:`_beside_transformers` to check). Its log and progress bars are held
+    back, its report quoted in an error."""
     import transformers
 
-    logging = transformers.utils.logging
-    verbosity, bars = logging.get_verbosity(), logging.is_progress_bar_enabled()
-    logging.set_verbosity_error()
-    logging.disable_progress_bar()
+    library = logging.getLogger("transformers")
+    handlers, propagate = library.handlers[:], library.propagate
+    captured = _Captured()
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    library.handlers[:] = [captured]
+    library.propagate = False
+    transformers.utils.logging.disable_progress_bar()
     try:
-        dtype = next(built.parameters()).dtype
         model, info = model_class.from_pretrained(
             directory, config=config, dtype=dtype, output_loading_info=True
         )
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise ManifestError(
-            f"transformers cannot load the checkpoint's dense parts: {type(exc).__name__}: {str(exc)[:200]}",
+            f"transformers cannot load the checkpoint's dense parts: {type(exc).__name__}: "
+            f"{str(exc)[:200]}{captured.quoted(replaced)}",
             hint="pass the directory save_pretrained wrote, unedited",
         ) from None
     finally:
-        logging.set_verbosity(verbosity)
+        library.handlers[:] = handlers
+        library.propagate = propagate
         if bars:
-            logging.enable_progress_bar()
+            transformers.utils.logging.enable_progress_bar()
     wrong = [*info.get("mismatched_keys", ()), *info.get("error_msgs", ())]
     if wrong:
         raise ManifestError(
-            f"transformers refuses parts of the checkpoint: {str(wrong[0])[:200]}",
+            f"transformers refuses parts of the checkpoint: {str(wrong[0])[:200]}{captured.quoted(replaced)}",
             hint="save and load the same architecture with the same config",
         )
     return model, {k: list(info.get(k, ())) for k in ("missing_keys", "unexpected_keys")}
+
+
+def _base_model_prefix(model: Any) -> str:
+    """``"model."`` when ``model`` is a base model (it has a ``base_model_prefix`` and no
+    submodule under it), which loads from a checkpoint with a head; else ''."""
+    prefix = getattr(model, "base_model_prefix", None)
+    if isinstance(prefix, str) and prefix.isidentifier() and not hasattr(model, prefix):
+        return prefix + "."
+    return ""
 
 
 def _beside_transformers(info: dict) -> Any:
@@ -285,20 +279,27 @@ def _beside_transformers(info: dict) -> Any:
     checkpoint's entries, then the model's own state dict over them, so every dense
     part is as transformers converted it): the structured layers' keys taken from the
     checkpoint by their saved names (transformers only renames those), everything
-    else from the model. A key transformers missed outside the structured layers (it
-    would stay at random), or one it did not use that no structured layer names, is
-    refused."""
+    else from the model. Refused: a key transformers missed outside the structured
+    layers (it would stay at random), one it did not use that no structured layer
+    names (a base model leaves its head's keys), a dense weight of a replaced layer
+    beside its factors."""
 
     def names(model: Any, state: Mapping[str, Any]) -> Mapping[str, Any]:
         structured = {n for n, m in model.named_modules() if n and is_structured(m)}
         own = model.state_dict()
         mine = {k: v for k, v in own.items() if k.rpartition(".")[0] in structured}
-        saved = _saved_names(model, mine)
+        saved = saved_names(model, mine)
+        head = _base_model_prefix(model)
         random = [k for k in info["missing_keys"] if k.rpartition(".")[0] not in structured]
         unused = set(info["unexpected_keys"]) - {saved.get(k, k) for k in mine} - set(mine)
+        if head:  # a base model: the head's keys are not its, the rest carry the prefix
+            unused = {k[len(head) :] for k in unused if k.startswith(head)} - {saved.get(k, k) for k in mine}
+            unused -= set(mine)
+        dense = [f"{n}.weight" for n in sorted(structured) if f"{n}.weight" not in info["missing_keys"]]
         for key, problem in (
             (random, "lacks '{}', which transformers would leave at random"),
             (sorted(unused), "holds '{}', which no layer of the model takes"),
+            (dense, "holds '{}', a dense weight of a layer the manifest makes structured"),
         ):
             if key:
                 raise ManifestError(
@@ -329,32 +330,51 @@ def _generation_config(model: Any, directory: Path) -> None:
         ) from None
 
 
-def _in_folder(exc: EinstructError, directory: Path, model: Any, saved: dict[str, Any]) -> EinstructError:
+def _in_folder(
+    exc: EinstructError, directory: Path, built: tuple[str, bool], saved: dict[str, Any]
+) -> EinstructError:
     """``exc`` naming the checkpoint folder, and the class it was saved from when the
-    model built is another (a different head does not hold the same layers)."""
+    model built (``built``: its class name, whether it is a base model, which loads
+    from any head) is another (a different head does not hold the same layers)."""
     message = exc.message
     if not message.startswith(f"'{shown_path(directory)}'"):
         message = f"'{shown_path(directory)}': {message}"
     hint = exc.hint
     architectures = saved.get("architectures")
-    built = type(model).__name__
-    prefix = getattr(model, "base_model_prefix", None)
-    base = isinstance(prefix, str) and bool(prefix) and not hasattr(model, prefix)  # loads from any head
-    if isinstance(architectures, list) and architectures and built not in architectures and not base:
+    name, base = built
+    if isinstance(architectures, list) and architectures and name not in architectures and not base:
         named = ", ".join(str(a)[:80] for a in architectures[:3])
-        hint = f"{hint}; the checkpoint was saved from {named}, this is {built}: load it with that class"
+        hint = f"{hint}; the checkpoint was saved from {named}, this is {name}: load it with that class"
     return type(exc)(message, exc.span, hint)
 
 
-def _build(model_class: Any, config: Any) -> Any:
-    """``model_class`` built from ``config``: ``from_config`` (Auto classes) or ``_from_config``."""
+def _build(model_class: Any, config: Any, dtype: Any = None) -> Any:
+    """``model_class`` built from ``config``: ``from_config`` (Auto classes) or
+    ``_from_config``, in ``dtype`` if given as transformers builds it (buffers it keeps
+    in float32, such as RoPE's frequencies, stay there)."""
     build = getattr(model_class, "from_config", None) or getattr(model_class, "_from_config", None)
     if build is None:
         raise ParameterError(
             f"{getattr(model_class, '__name__', model_class)!r} is not a Hugging Face model class",
             hint="pass e.g. GPT2LMHeadModel or AutoModelForCausalLM",
         )
-    return build(config)
+    if dtype is None:
+        return build(config)
+    try:
+        return build(config, dtype=dtype)
+    except TypeError:  # transformers 4 names it torch_dtype
+        return build(config).to(dtype)
+
+
+def _probe(model_class: Any, config: Any, dtype: Any) -> Any:
+    """``model_class`` built on the meta device (no memory), or None if it cannot be."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return _build(model_class, config, dtype)
+    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+        return None
 
 
 def from_pretrained(
@@ -403,19 +423,29 @@ def from_pretrained(
             f"{type(exc).__name__}: {str(exc)[:200]}",
             hint="pass the directory save_pretrained wrote, and config overrides it accepts",
         ) from None
-    model = _build(model_class, config)
-    if dtype is not None:
-        model.to(dtype)
+    # which path, decided on the meta device (no memory) where the model builds there
+    probe = _probe(model_class, config, dtype) or _build(model_class, config, dtype)
+    built = (type(probe).__name__, bool(_base_model_prefix(probe)))  # what the errors name
     try:
-        if _saves_converted(model):  # Mixtral's experts: transformers converts them back
-            model, info = _dense_parts_by_transformers(model_class, directory, config, model)
-            state = {**read_state_dict(directory), **model.state_dict()}
+        if saves_converted(probe):  # Mixtral's experts: transformers converts them back
+            probe_dtype = next(probe.parameters()).dtype
+            del probe  # one model in memory: transformers' own
+            replaced = {n for entry in manifest.layers for n in entry.names}
+            model, info = _dense_parts_by_transformers(model_class, directory, config, probe_dtype, replaced)
+            checkpoint = read_state_dict(directory)
+            head = _base_model_prefix(model)
+            if head and any(k.startswith(head) for k in checkpoint):  # a base model, a checkpoint with a head
+                checkpoint = {k[len(head) :]: v for k, v in checkpoint.items() if k.startswith(head)}
+            state = {**checkpoint, **model.state_dict()}
             apply_manifest(model, manifest, state, _beside_transformers(info))
         else:
+            meta = any(p.is_meta for p in probe.parameters())
+            model = _build(model_class, config, dtype) if meta else probe
+            del probe
             apply_manifest(model, manifest, read_state_dict(directory), model_names(directory))
         _generation_config(model, directory)
     except EinstructError as exc:
-        raise _in_folder(exc, directory, model, saved) from None
+        raise _in_folder(exc, directory, built, saved) from None
     manifest_to_config(model)
     return model.eval()
 
