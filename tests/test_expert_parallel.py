@@ -22,6 +22,7 @@ from einstruct.errors import ParameterError
 
 STEPS = 3
 BATCH = 8
+CLIP = 0.05
 
 
 def _model(dispatch: str = "counts") -> torch.nn.Module:
@@ -81,6 +82,17 @@ def _expert_parallel(rank: int, world: int, model, tmp: str) -> dict:
 
     losses = _summed(_train(model, _rows(rank, world), reduce=reduce))
     result = {"sharded": sharded, "local": local, "losses": losses, "params": _full(model)}
+    # clipping: torch's clip_grad_norm_ refuses DTensor and plain gradients together
+    x, target = _batches()[0]
+    rows = _rows(rank, world)
+    model.zero_grad()
+    (((model(x[rows]) - target[rows]) ** 2).sum() / BATCH).backward()
+    reduce(model)
+    result["clip_norm"] = einstruct.parallel.clip_grad_norm_(model, CLIP)
+    result["clipped"] = {
+        k: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone()
+        for k, p in model.named_parameters()
+    }
     # checkpoints: the state_dict holds the experts as DTensors; a distributed checkpoint
     # saved here loads into a freshly sharded model
     import torch.distributed.checkpoint as dcp
@@ -193,6 +205,14 @@ def test_expert_parallel_training_equals_one_process(tmp_path, world):
         dim = layer.factor_axes[name].index(layer.routed_index)
         assert shape[dim] == layer.experts // world
     _check(ep["losses"], ep["params"], reference, expected_losses, f"{world} ranks")
+    x, target = _batches()[0]  # the same gradient in one process, clipped by torch
+    reference.zero_grad()
+    (((reference(x) - target) ** 2).sum() / BATCH).backward()
+    norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), CLIP)
+    assert norm > CLIP  # so the clipping scaled every gradient
+    torch.testing.assert_close(ep["clip_norm"], norm, rtol=1e-5, atol=0)
+    for name, p in reference.named_parameters():
+        torch.testing.assert_close(ep["clipped"][name], p.grad, rtol=1e-5, atol=1e-6, msg=name)
     assert not torch.equal(reference[2].A, model[2].A)  # training moved the experts
     assert ep["state_types"]["2.A"] == "DTensor" and ep["state_types"]["2.router.weight"] == "Tensor"
     for key in ("reloaded", "whole_loaded"):

@@ -241,3 +241,21 @@ def test_a_block_diagonal_layer_is_refused_by_both_styles_and_the_analysis():
     analysis = einstruct.analyze("structure k = block_diagonal(blocks = 4, d = 16)")
     refusals = [s["refused"] for s in analysis.to_dict()["sharding"]]
     assert all(r and "neither style" in r for r in refusals), refusals
+
+
+def test_clip_grad_norm_of_plain_gradients_is_torchs():
+    from einstruct.runtime.parallel import clip_grad_norm_
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2))
+    twin = copy.deepcopy(model)
+    x = torch.randn(5, 8)
+    for m in (model, twin):
+        m(x).square().sum().backward()
+    norm = clip_grad_norm_(model, 0.1)
+    torch.testing.assert_close(norm, torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.1))
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
+    for bad in (0, -1.0, "1", True):
+        with pytest.raises(ParameterError, match="max_norm must be a positive number"):
+            clip_grad_norm_(model, bad)

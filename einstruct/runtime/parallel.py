@@ -45,7 +45,14 @@ from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, Ro
 from ..errors import ParameterError
 from .groups import is_structured
 
-__all__ = ["ColwiseStructured", "RowwiseStructured", "shard_axis", "shard_experts", "tensor_parallel_plan"]
+__all__ = [
+    "ColwiseStructured",
+    "RowwiseStructured",
+    "clip_grad_norm_",
+    "shard_axis",
+    "shard_experts",
+    "tensor_parallel_plan",
+]
 
 
 def _name(layer: Any) -> str:
@@ -414,3 +421,47 @@ def shard_experts(model: nn.Module, group: Any = None) -> list[str]:
             sharded.append(f"{name}.{factor}" if name else factor)
         layer.expert_group = group
     return sharded
+
+
+def clip_grad_norm_(model: nn.Module, max_norm: float, eps: float = 1e-6) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_`` (2-norm) for a model whose gradients mix DTensors
+    and plain tensors, as every expert-parallel (:func:`shard_experts`) or
+    tensor-parallel model's do (torch's own refuses to mix them).
+
+    The norm is the one-process model's: a gradient sharded over a mesh adds its
+    shards' squares summed over the mesh's ranks, a replicated one (a plain tensor, or
+    a replicated DTensor: every rank holds all of it) its own once, a partial one (a
+    sum over the ranks) the square of that sum. Call it on every rank, after the
+    gradients are reduced as :func:`shard_experts` says; each gradient is then scaled
+    by ``max_norm / (norm + eps)`` where that is below 1. Returns the norm.
+
+        loss.backward(); reduce(model)
+        einstruct.parallel.clip_grad_norm_(model, 1.0); optimizer.step()
+    """
+    import torch.distributed as dist
+
+    if isinstance(max_norm, bool) or not isinstance(max_norm, int | float) or not max_norm > 0:
+        raise ParameterError(f"max_norm must be a positive number, got {max_norm!r:.40}", hint="e.g. 1.0")
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    total = torch.zeros((), dtype=torch.float64)
+    for g in grads:
+        if not isinstance(g, DTensor):
+            total += g.detach().double().square().sum().cpu()
+            continue
+        if g.device_mesh.ndim != 1:
+            raise ParameterError(
+                "clip_grad_norm_ takes gradients on 1-D meshes", hint="clip each mesh dimension's model part"
+            )
+        placement = g.placements[0]
+        local = g.redistribute(g.device_mesh, [Replicate()]) if isinstance(placement, Partial) else g
+        squares = local.to_local().detach().double().square().sum()
+        if isinstance(placement, Shard):  # each rank holds a part: the parts' squares, summed
+            dist.all_reduce(squares, group=g.device_mesh.get_group())
+        total += squares.cpu()
+    norm = total.sqrt()
+    scale = float(max_norm) / (float(norm) + eps)
+    if scale < 1:
+        with torch.no_grad():
+            for g in grads:
+                g.mul_(scale)
+    return norm.to(torch.float32)
