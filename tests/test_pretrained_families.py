@@ -344,3 +344,20 @@ def test_a_bfloat16_load_keeps_the_buffers_transformers_keeps_in_float32(tmp_pat
     assert loaded.model.layers[0].mlp.up_proj.U.dtype == torch.bfloat16
     buffers = {k: v.dtype for k, v in loaded.named_buffers()}
     assert buffers == {k: v.dtype for k, v in plain.named_buffers()}  # RoPE's inv_freq stays as built
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ('{"max_new_tokens": 3, "max_new_tokens": 9}', "appears twice"),
+        ('{"temperature": NaN}', "NaN"),
+        ("[1, 2]", "not a generation config"),
+    ],
+)
+def test_generation_config_json_is_read_as_strictly_as_config_json(tmp_path, text, problem):
+    model = _llama()
+    einstruct.replace_linear(model, "low_rank", select="*.mlp.*", rank=4)
+    model.save_pretrained(tmp_path)
+    (tmp_path / "generation_config.json").write_text(text)
+    with pytest.raises(EinstructError, match=problem):
+        einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)

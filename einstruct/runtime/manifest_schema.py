@@ -327,10 +327,10 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
-def parse_json(data: bytes, source: str) -> Any:
+def parse_json(data: bytes, source: str, hint: str = _HINT) -> Any:
     """Strict JSON from ``data``: UTF-8, no duplicate keys, no NaN/Infinity, bounded nesting."""
     try:
         return json.loads(data.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:
         problem = "it nests too deeply" if isinstance(exc, RecursionError) else str(exc)[:200]
-        raise ManifestError(f"cannot read {source}: {problem}", hint=_HINT) from None
+        raise ManifestError(f"cannot read {source}: {problem}", hint=hint) from None

@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EinstructError, ParameterError
-from ..reading import shown_path
+from ..limits import ENVIRONMENT, current
+from ..reading import read_bounded, shown_path
 from .groups import is_structured, param_groups
 from .manifest import (
     CONFIG_KEY,
@@ -44,7 +45,7 @@ from .manifest import (
     unwrapped,
 )
 from .manifest import restore as _restore
-from .manifest_schema import ManifestError
+from .manifest_schema import ManifestError, parse_json
 from .replace import replace_linear as _replace_linear
 from .saved_names import model_names, saved_names, saves_converted
 from .summary import ModelReport
@@ -321,8 +322,24 @@ def _generation_config(model: Any, directory: Path) -> None:
         return
     from transformers import GenerationConfig
 
+    data = parse_json(  # as strictly as config.json: bounded, no duplicate keys, no NaN
+        read_bounded(
+            source,
+            current().max_input_bytes,
+            "generation config",
+            ENVIRONMENT["max_input_bytes"],
+            hint="pass the directory save_pretrained wrote",
+        ),
+        f"'{shown_path(source)}'",
+        hint="pass the directory save_pretrained wrote, unedited (or delete generation_config.json)",
+    )
+    if not isinstance(data, dict):
+        raise ManifestError(
+            f"'{shown_path(source)}' holds a JSON {type(data).__name__}, not a generation config",
+            hint="pass the directory save_pretrained wrote, unedited",
+        )
     try:
-        model.generation_config = GenerationConfig.from_pretrained(directory)
+        model.generation_config = GenerationConfig.from_dict(data)
     except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
         raise ManifestError(
             f"transformers cannot read '{shown_path(source)}': {type(exc).__name__}: {str(exc)[:200]}",
