@@ -5,6 +5,7 @@ their own, configs shared by two models, generation settings and registered adap
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -360,4 +361,40 @@ def test_generation_config_json_is_read_as_strictly_as_config_json(tmp_path, tex
     model.save_pretrained(tmp_path)
     (tmp_path / "generation_config.json").write_text(text)
     with pytest.raises(EinstructError, match=problem):
+        einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)
+
+
+def test_the_converted_path_checks_the_files_before_transformers_reads_them(tmp_path):
+    """transformers casts integer or boolean weights silently and reads generation_config.json
+    and pickles itself: the folder is checked by einstruct's rules first."""
+    _mixtral(tmp_path)
+    from safetensors.torch import load_file
+
+    weights = load_file(tmp_path / "model.safetensors")
+    expert = next(k for k in weights if "experts.0.w1" in k)
+    _edited(tmp_path, keep=lambda k: k != expert, add={expert: (weights[expert] * 1000).to(torch.int32)})
+    with pytest.raises(EinstructError, match=f"'{expert}' holds torch.int32 values"):
+        einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)
+    _edited(tmp_path, keep=lambda k: k != expert, add={expert: weights[expert]})
+    (tmp_path / "generation_config.json").write_text('{"max_length": "lots"}')
+    with pytest.raises(EinstructError, match="generation_config.json"):
+        einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)
+    (tmp_path / "generation_config.json").unlink()
+    os.mkfifo(tmp_path / "generation_config.json")  # would block a reader, or be skipped silently
+    with pytest.raises(EinstructError, match="generation"):
+        einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)
+
+
+def test_a_config_of_another_family_is_refused_before_a_model_is_built(tmp_path):
+    model = _llama()
+    einstruct.replace_linear(model, "low_rank", select="*.mlp.*", rank=4)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(
+        json.dumps({**saved, "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"]})
+    )
+    with pytest.raises(EinstructError, match="the model the config builds has no layer"):
+        einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "num_hidden_layers": "three"}))
+    with pytest.raises(EinstructError, match="transformers cannot build a config"):
         einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)

@@ -564,7 +564,7 @@ def _base_prefix(model: Any) -> tuple[str, bool] | None:
     return prefix + ".", _resolves(model, prefix)
 
 
-def _fit_names(model: Any, data: Manifest) -> Manifest:
+def fit_names(model: Any, data: Manifest) -> Manifest:
     """``data`` with its names fitted to ``model`` as transformers fits a checkpoint's keys:
     a manifest of the model with a head restores into the base model (the head's
     layers are not there: their entries go) and a manifest written from the base
@@ -588,7 +588,7 @@ def _fit_names(model: Any, data: Manifest) -> Manifest:
 
 def _fit_keys(model: Any, state: Mapping[str, Any], own: Iterable[str]) -> Mapping[str, Any]:
     """``state`` with wrappers' prefixes taken off, then fitted to Hugging Face's base model
-    prefix as :func:`_fit_names` fits a manifest: whichever fits ``own`` best."""
+    prefix as :func:`fit_names` fits a manifest: whichever fits ``own`` best."""
     state = _without_wrapper_prefix(state, own)
     fit = _base_prefix(model)
     if fit is None:
@@ -612,7 +612,7 @@ def apply_manifest(
     built and checked, then swapped in; the state dict (its keys first mapped by
     ``saved_names(model, state)``, once the layers are swapped, if given) checked
     whole, then loaded. On any error the model is as it was."""
-    data = _fit_names(model, data)
+    data = fit_names(model, data)
     if state is not None:
         state = _fit_keys(model, state, model.state_dict().keys())
     taken: dict[int, str] = {}

@@ -38,6 +38,7 @@ from .manifest import (
     MANIFEST_NAME,
     apply_manifest,
     directory_manifest,
+    fit_names,
     model_manifest,
     read_manifest,
     read_state_dict,
@@ -246,7 +247,7 @@ def _dense_parts_by_transformers(
         model, info = model_class.from_pretrained(
             directory, config=config, dtype=dtype, output_loading_info=True
         )
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - transformers' loader, any kind (the file was checked first)
         raise ManifestError(
             f"transformers cannot load the checkpoint's dense parts: {type(exc).__name__}: "
             f"{str(exc)[:200]}{captured.quoted(replaced)}",
@@ -314,12 +315,65 @@ def _beside_transformers(info: dict) -> Any:
     return names
 
 
-def _generation_config(model: Any, directory: Path) -> None:
-    """The saved ``generation_config.json`` back on the model, as transformers' own
-    ``from_pretrained`` does (``generate`` then behaves as before the save)."""
+#: The generation settings generate() computes with, by the kind of value each takes
+#: (transformers itself does not check them: a string max_length fails inside generate).
+_GENERATION_FIELDS = {
+    **dict.fromkeys(
+        (
+            "max_length",
+            "max_new_tokens",
+            "min_length",
+            "min_new_tokens",
+            "num_beams",
+            "num_beam_groups",
+            "top_k",
+            "no_repeat_ngram_size",
+            "num_return_sequences",
+            "pad_token_id",
+            "bos_token_id",
+            "decoder_start_token_id",
+        ),
+        "an integer",
+    ),  # fmt: skip
+    "eos_token_id": "an integer or a list of integers",
+    **dict.fromkeys(
+        (
+            "temperature",
+            "top_p",
+            "typical_p",
+            "repetition_penalty",
+            "length_penalty",
+            "diversity_penalty",
+            "epsilon_cutoff",
+            "eta_cutoff",
+            "min_p",
+        ),
+        "a number",
+    ),  # fmt: skip
+    **dict.fromkeys(("do_sample", "use_cache", "output_scores", "return_dict_in_generate"), "true or false"),
+}
+
+
+def _is_kind(value: Any, kind: str) -> bool:
+    def integer(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if kind == "an integer":
+        return integer(value)
+    if kind == "an integer or a list of integers":
+        return integer(value) or (isinstance(value, list) and all(integer(v) for v in value))
+    if kind == "a number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    return isinstance(value, bool)
+
+
+def _generation_config(directory: Path) -> Any:
+    """The saved ``generation_config.json`` as a ``GenerationConfig`` (put back on the model,
+    as transformers' own ``from_pretrained`` does: ``generate`` then behaves as before
+    the save), read as strictly as config.json; None when there is none."""
     source = directory / "generation_config.json"
-    if not source.is_file() or getattr(model, "generation_config", None) is None:
-        return
+    if not os.path.lexists(source):
+        return None
     from transformers import GenerationConfig
 
     data = parse_json(  # as strictly as config.json: bounded, no duplicate keys, no NaN
@@ -328,7 +382,7 @@ def _generation_config(model: Any, directory: Path) -> None:
             current().max_input_bytes,
             "generation config",
             ENVIRONMENT["max_input_bytes"],
-            hint="pass the directory save_pretrained wrote",
+            hint="pass the directory save_pretrained wrote (or delete generation_config.json)",
         ),
         f"'{shown_path(source)}'",
         hint="pass the directory save_pretrained wrote, unedited (or delete generation_config.json)",
@@ -338,13 +392,59 @@ def _generation_config(model: Any, directory: Path) -> None:
             f"'{shown_path(source)}' holds a JSON {type(data).__name__}, not a generation config",
             hint="pass the directory save_pretrained wrote, unedited",
         )
+    for key, value in data.items():
+        kind = _GENERATION_FIELDS.get(key)
+        if kind is not None and value is not None and not _is_kind(value, kind):
+            raise ManifestError(
+                f"'{shown_path(source)}': {key} must be {kind}, got {type(value).__name__} {value!r:.40}",
+                hint="pass the directory save_pretrained wrote, unedited (or delete generation_config.json)",
+            )
     try:
-        model.generation_config = GenerationConfig.from_dict(data)
-    except (OSError, ValueError, TypeError, KeyError, RecursionError) as exc:
+        generation = GenerationConfig.from_dict(data)
+        generation.validate(strict=True)
+    except Exception as exc:  # noqa: BLE001 - transformers' own checks, any kind
         raise ManifestError(
-            f"transformers cannot read '{shown_path(source)}': {type(exc).__name__}: {str(exc)[:200]}",
-            hint="pass the directory save_pretrained wrote, unedited",
+            f"transformers refuses '{shown_path(source)}': {type(exc).__name__}: {str(exc)[:200]}",
+            hint="pass the directory save_pretrained wrote, unedited (or delete generation_config.json)",
         ) from None
+    return generation
+
+
+def _check_names(probe: Any, manifest: Any) -> None:
+    """Every layer the manifest names is in the model the config builds (checked on the
+    meta device, before a weight is allocated)."""
+    fitted = fit_names(probe, manifest)
+    for entry in fitted.layers:
+        for k, name in enumerate(entry.names):
+            try:
+                probe.get_submodule(name)
+            except (AttributeError, TypeError, ValueError, KeyError, IndexError):
+                raise ManifestError(
+                    f"manifest {entry.where}.names[{k}]: the model the config builds has no layer "
+                    f"'{shown_path(name[:80])}'",
+                    hint="build the architecture the checkpoint was saved from (its config.json)",
+                ) from None
+
+
+def _check_values(checkpoint: Mapping[str, Any], probe: Any) -> None:
+    """The checkpoint's values as transformers must not take them silently: integers or
+    booleans where the model has no such buffer (it would cast them to weights), NaN or
+    infinity in a floating tensor."""
+    import torch
+
+    exact = {k for k, v in probe.state_dict().items() if not v.is_floating_point()}
+    for key, value in checkpoint.items():
+        if not value.is_floating_point():
+            if key.rpartition(".")[2] not in {e.rpartition(".")[2] for e in exact}:
+                raise ManifestError(
+                    f"the checkpoint's '{key[:80]}' holds {value.dtype} values, not weights",
+                    hint="load a checkpoint of this model's own parameters (state_dict() as saved)",
+                )
+        elif value.numel() and not bool(torch.isfinite(value).all()):
+            raise ManifestError(
+                f"the checkpoint's '{key[:80]}' holds NaN or infinite values",
+                hint="load a checkpoint of this model's own parameters (state_dict() as saved)",
+            )
 
 
 def _in_folder(
@@ -434,22 +534,36 @@ def from_pretrained(
     manifest = _folder_manifest(directory)
     try:
         config = AutoConfig.from_pretrained(directory, **config_kwargs)
-    except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+    except Exception as exc:  # noqa: BLE001 - transformers' (and huggingface_hub's) checks, any kind
         raise ManifestError(
             f"transformers cannot build a config from '{shown_path(directory / 'config.json')}': "
             f"{type(exc).__name__}: {str(exc)[:200]}",
             hint="pass the directory save_pretrained wrote, and config overrides it accepts",
         ) from None
     # which path, decided on the meta device (no memory) where the model builds there
-    probe = _probe(model_class, config, dtype) or _build(model_class, config, dtype)
+    probe = _probe(model_class, config, dtype)
+    try:
+        if probe is not None:
+            _check_names(probe, manifest)  # a config of another family: refused before any memory
+        probe = probe or _build(model_class, config, dtype)
+    except EinstructError as exc:
+        raise _in_folder(exc, directory, (model_class.__name__, False), saved) from None
+    except (RuntimeError, MemoryError) as exc:  # the config asks for more than this machine has
+        raise ManifestError(
+            f"'{shown_path(directory)}': transformers cannot build the model from its config.json: "
+            f"{type(exc).__name__}: {str(exc)[:200]}",
+            hint="pass the directory save_pretrained wrote, unedited",
+        ) from None
     built = (type(probe).__name__, bool(_base_model_prefix(probe)))  # what the errors name
     try:
+        generation = _generation_config(directory)  # checked before transformers reads it
+        checkpoint = read_state_dict(directory)  # the folder's rules (links, shards) and no code
         if saves_converted(probe):  # Mixtral's experts: transformers converts them back
+            _check_values(checkpoint, probe)  # transformers would cast integers and booleans
             probe_dtype = next(probe.parameters()).dtype
             del probe  # one model in memory: transformers' own
             replaced = {n for entry in manifest.layers for n in entry.names}
             model, info = _dense_parts_by_transformers(model_class, directory, config, probe_dtype, replaced)
-            checkpoint = read_state_dict(directory)
             head = _base_model_prefix(model)
             if head and any(k.startswith(head) for k in checkpoint):  # a base model, a checkpoint with a head
                 checkpoint = {k[len(head) :]: v for k, v in checkpoint.items() if k.startswith(head)}
@@ -459,8 +573,9 @@ def from_pretrained(
             meta = any(p.is_meta for p in probe.parameters())
             model = _build(model_class, config, dtype) if meta else probe
             del probe
-            apply_manifest(model, manifest, read_state_dict(directory), model_names(directory))
-        _generation_config(model, directory)
+            apply_manifest(model, manifest, checkpoint, model_names(directory))
+        if generation is not None and getattr(model, "generation_config", None) is not None:
+            model.generation_config = generation
     except EinstructError as exc:
         raise _in_folder(exc, directory, built, saved) from None
     manifest_to_config(model)
