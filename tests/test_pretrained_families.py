@@ -398,3 +398,12 @@ def test_a_config_of_another_family_is_refused_before_a_model_is_built(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**saved, "num_hidden_layers": "three"}))
     with pytest.raises(EinstructError, match="transformers cannot build a config"):
         einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)
+
+
+def test_restore_of_a_converted_familys_weights_under_another_name_points_at_from_pretrained(tmp_path):
+    _mixtral(tmp_path)
+    (tmp_path / "model.safetensors").rename(tmp_path / "weights.safetensors")
+    fresh = AutoModelForCausalLM.from_config(transformers.MixtralConfig(**LLAMA, num_local_experts=2))
+    with pytest.raises(EinstructError, match="has keys the model lacks") as error:
+        einstruct.restore(fresh, tmp_path, tmp_path / "weights.safetensors")
+    assert "einstruct.from_pretrained" in error.value.hint

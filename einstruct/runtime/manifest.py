@@ -499,7 +499,17 @@ def restore(model: Any, manifest: Any, state_dict: Any = None) -> ModelReport:
                 )
             saved_names = model_names(folder)  # the keys transformers renames when it saves
     state = read_state_dict(state_dict) if state_dict is not None else None
-    return apply_manifest(model, data, state, saved_names)
+    try:
+        return apply_manifest(model, data, state, saved_names)
+    except ManifestError as exc:
+        if state is None or "has keys the model lacks" not in exc.message or not saves_converted(model):
+            raise
+        raise ManifestError(  # a save_pretrained checkpoint of a family transformers converts
+            exc.message,
+            exc.span,
+            f"{exc.hint}; if transformers saved these weights (save_pretrained), it saves some of "
+            f"{type(model).__name__}'s converted: load them with einstruct.from_pretrained",
+        ) from None
 
 
 #: The weights files save_pretrained writes (a folder's manifest describes these).
