@@ -54,9 +54,11 @@ __all__ = [
     "CONFIG_KEY",
     "MANIFEST_NAME",
     "apply_manifest",
+    "base_prefix",
     "directory_manifest",
     "model_manifest",
     "read_manifest",
+    "resolves",
     "save_manifest",
     "saved_config",
     "restore",
@@ -404,7 +406,7 @@ def _unlisted_layer(model: Any, unknown: list[str], state: set[str]) -> str:
     layer the manifest should have listed."""
     for key in unknown:
         name = key.rpartition(".")[0]
-        if name and _resolves(model, name):
+        if name and resolves(model, name):
             module = model.get_submodule(name)
             own = {f"{name}.{k}" for k, _ in module.named_parameters(recurse=False) if k != "bias"}
             if not is_structured(module) and adapter_for(module) is not None and not own & state:
@@ -556,7 +558,8 @@ def _check_same_layers(data: Manifest, weights: Path) -> None:
     )
 
 
-def _resolves(model: Any, name: str) -> bool:
+def resolves(model: Any, name: str) -> bool:
+    """Whether ``model`` has a submodule called ``name``."""
     try:
         model.get_submodule(name)
     except (AttributeError, TypeError, ValueError, KeyError, IndexError):
@@ -564,14 +567,14 @@ def _resolves(model: Any, name: str) -> bool:
     return True
 
 
-def _base_prefix(model: Any) -> tuple[str, bool] | None:
+def base_prefix(model: Any) -> tuple[str, bool] | None:
     """Hugging Face's ``base_model_prefix`` (``"model."``) and whether ``model`` holds the
     base model under it (a model with a head) or is the base model itself; None for a
     model without one."""
     prefix = getattr(model, "base_model_prefix", None)
     if not isinstance(prefix, str) or not prefix.isidentifier():
         return None
-    return prefix + ".", _resolves(model, prefix)
+    return prefix + ".", resolves(model, prefix)
 
 
 def fit_names(model: Any, data: Manifest) -> Manifest:
@@ -579,8 +582,8 @@ def fit_names(model: Any, data: Manifest) -> Manifest:
     a manifest of the model with a head restores into the base model (the head's
     layers are not there: their entries go) and a manifest written from the base
     model (``replace_linear(model.model, ...)``) into the model with a head."""
-    fit = _base_prefix(model)
-    if fit is None or all(_resolves(model, n) for entry in data.layers for n in entry.names):
+    fit = base_prefix(model)
+    if fit is None or all(resolves(model, n) for entry in data.layers for n in entry.names):
         return data
     prefix, has_base = fit
     entries = []
@@ -591,7 +594,7 @@ def fit_names(model: Any, data: Manifest) -> Manifest:
             names = tuple(n[len(prefix) :] for n in entry.names if n.startswith(prefix))
         if names:
             entries.append(replace(entry, names=names))
-    if entries and all(_resolves(model, n) for entry in entries for n in entry.names):
+    if entries and all(resolves(model, n) for entry in entries for n in entry.names):
         return Manifest(tuple(entries), data.skipped)
     return data  # restore names the first layer the model lacks
 
@@ -600,7 +603,7 @@ def _fit_keys(model: Any, state: Mapping[str, Any], own: Iterable[str]) -> Mappi
     """``state`` with wrappers' prefixes taken off, then fitted to Hugging Face's base model
     prefix as :func:`fit_names` fits a manifest: whichever fits ``own`` best."""
     state = _without_wrapper_prefix(state, own)
-    fit = _base_prefix(model)
+    fit = base_prefix(model)
     if fit is None:
         return state
     prefix, has_base = fit

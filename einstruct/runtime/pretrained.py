@@ -37,11 +37,13 @@ from .manifest import (
     CONFIG_KEY,
     MANIFEST_NAME,
     apply_manifest,
+    base_prefix,
     directory_manifest,
     fit_names,
     model_manifest,
     read_manifest,
     read_state_dict,
+    resolves,
     saved_config,
     unwrapped,
 )
@@ -101,8 +103,8 @@ def _config_writer(model: Any) -> Any:
     if writer is not None and writer is not model and getattr(writer, "config", None) is config:
         if _holds(writer, model):
             return writer
-        prefix = getattr(model, "base_model_prefix", "")
-        with_head = bool(prefix) and hasattr(model, prefix)  # a base model may sit in another model
+        fit = base_prefix(model)
+        with_head = fit is not None and fit[1]  # a base model may sit in another model
         if not _holds(model, writer):
             if not (with_head and _is_pretrained_model(writer)):
                 return None  # another model's config, and no telling which model this one is in
@@ -270,10 +272,8 @@ def _dense_parts_by_transformers(
 def _base_model_prefix(model: Any) -> str:
     """``"model."`` when ``model`` is a base model (it has a ``base_model_prefix`` and no
     submodule under it), which loads from a checkpoint with a head; else ''."""
-    prefix = getattr(model, "base_model_prefix", None)
-    if isinstance(prefix, str) and prefix.isidentifier() and not hasattr(model, prefix):
-        return prefix + "."
-    return ""
+    fit = base_prefix(model)
+    return fit[0] if fit is not None and not fit[1] else ""
 
 
 def _beside_transformers(info: dict) -> Any:
@@ -293,10 +293,10 @@ def _beside_transformers(info: dict) -> Any:
         saved = saved_names(model, mine)
         head = _base_model_prefix(model)
         random = [k for k in info["missing_keys"] if k.rpartition(".")[0] not in structured]
-        unused = set(info["unexpected_keys"]) - {saved.get(k, k) for k in mine} - set(mine)
+        unexpected = set(info["unexpected_keys"])
         if head:  # a base model: the head's keys are not its, the rest carry the prefix
-            unused = {k[len(head) :] for k in unused if k.startswith(head)} - {saved.get(k, k) for k in mine}
-            unused -= set(mine)
+            unexpected = {k[len(head) :] for k in unexpected if k.startswith(head)}
+        unused = unexpected - {saved.get(k, k) for k in mine} - set(mine)
         dense = [f"{n}.weight" for n in sorted(structured) if f"{n}.weight" not in info["missing_keys"]]
         for key, problem in (
             (random, "lacks '{}', which transformers would leave at random"),
@@ -413,17 +413,14 @@ def _generation_config(directory: Path) -> Any:
 def _check_names(probe: Any, manifest: Any) -> None:
     """Every layer the manifest names is in the model the config builds (checked on the
     meta device, before a weight is allocated)."""
-    fitted = fit_names(probe, manifest)
-    for entry in fitted.layers:
+    for entry in fit_names(probe, manifest).layers:
         for k, name in enumerate(entry.names):
-            try:
-                probe.get_submodule(name)
-            except (AttributeError, TypeError, ValueError, KeyError, IndexError):
+            if not resolves(probe, name):
                 raise ManifestError(
                     f"manifest {entry.where}.names[{k}]: the model the config builds has no layer "
                     f"'{shown_path(name[:80])}'",
                     hint="build the architecture the checkpoint was saved from (its config.json)",
-                ) from None
+                )
 
 
 def _check_values(checkpoint: Mapping[str, Any], probe: Any) -> None:
@@ -432,10 +429,10 @@ def _check_values(checkpoint: Mapping[str, Any], probe: Any) -> None:
     infinity in a floating tensor."""
     import torch
 
-    exact = {k for k, v in probe.state_dict().items() if not v.is_floating_point()}
+    exact = {k.rpartition(".")[2] for k, v in probe.state_dict().items() if not v.is_floating_point()}
     for key, value in checkpoint.items():
         if not value.is_floating_point():
-            if key.rpartition(".")[2] not in {e.rpartition(".")[2] for e in exact}:
+            if key.rpartition(".")[2] not in exact:
                 raise ManifestError(
                     f"the checkpoint's '{key[:80]}' holds {value.dtype} values, not weights",
                     hint="load a checkpoint of this model's own parameters (state_dict() as saved)",
