@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 
 import pytest
 import torch
@@ -397,6 +398,28 @@ def test_a_config_of_another_family_is_refused_before_a_model_is_built(tmp_path)
         einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)
     (tmp_path / "config.json").write_text(json.dumps({**saved, "num_hidden_layers": "three"}))
     with pytest.raises(EinstructError, match="transformers cannot build a config"):
+        einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)
+
+
+@pytest.mark.parametrize("field", ["num_hidden_layers", "text_config"])
+def test_a_config_asking_for_far_more_layers_than_the_checkpoint_holds_is_refused_at_once(tmp_path, field):
+    model = _llama()
+    einstruct.replace_linear(model, "low_rank", select="*.mlp.*", rank=4)
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    if field == "text_config":  # a count nested in a sub-config is read too
+        edited = {**saved, "text_config": {"num_hidden_layers": 10**6}}
+    else:
+        edited = {**saved, field: 10**6}
+    (tmp_path / "config.json").write_text(json.dumps(edited))
+    started = time.perf_counter()
+    with pytest.raises(EinstructError, match=r"num_hidden_layers = 1,000,000, far more than") as error:
+        einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)
+    assert time.perf_counter() - started < 30  # building the model first took minutes
+    assert str(tmp_path.name) in error.value.message
+    # a count up to the floor still builds (and then fails on its missing weights, as before)
+    (tmp_path / "config.json").write_text(json.dumps({**saved, "num_hidden_layers": 3}))
+    with pytest.raises(EinstructError, match="layers.1"):
         einstruct.from_pretrained(AutoModelForCausalLM, tmp_path)
 
 

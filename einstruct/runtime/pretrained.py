@@ -25,7 +25,7 @@ import logging
 import os
 import warnings
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -423,6 +423,41 @@ def _check_names(probe: Any, manifest: Any) -> None:
                 )
 
 
+# config fields that count modules: building takes time per module, even on the meta device
+_COUNTS = frozenset(
+    {"num_hidden_layers", "n_layer", "num_layers", "n_layers", "encoder_layers", "decoder_layers",
+     "num_local_experts", "num_experts", "n_routed_experts", "moe_num_experts"}
+)  # fmt: skip
+_COUNT_FLOOR = 1024  # layers or experts any config may ask for (shared layers: ALBERT's 12 over 1)
+
+
+def _numbered(keys: Iterable[str]) -> int:
+    """One more than the largest module number in ``keys`` (``h.11.attn`` -> 12), 0 if none."""
+    return 1 + max(
+        (int(p) for k in keys for p in k.split(".") if p.isascii() and p.isdigit() and len(p) < 10),
+        default=-1,
+    )
+
+
+def _check_counts(config: Any, checkpoint: Mapping[str, Any]) -> None:
+    """A config that asks for far more layers or experts than the checkpoint numbers is
+    refused before a model is built (a million layers take minutes on the meta device,
+    and then all the memory)."""
+    bound = max(_COUNT_FLOOR, 2 * _numbered(checkpoint))
+    pending: list[tuple[str, Any]] = [("", config.to_dict())]
+    while pending:
+        where, fields = pending.pop()
+        for key, value in fields.items():
+            if isinstance(value, dict) and len(where) < 200:
+                pending.append((f"{where}{key}.", value))
+            elif key in _COUNTS and isinstance(value, int) and not isinstance(value, bool) and value > bound:
+                raise ManifestError(
+                    f"config.json asks for {where}{key} = {value:,}, far more than the checkpoint holds "
+                    f"(its weights number at most {_numbered(checkpoint):,} layers or experts)",
+                    hint="pass the directory save_pretrained wrote, unedited",
+                )
+
+
 def _check_values(checkpoint: Mapping[str, Any], probe: Any) -> None:
     """The checkpoint's values as transformers must not take them silently: integers or
     booleans where the model has no such buffer (it would cast them to weights), NaN or
@@ -537,6 +572,11 @@ def from_pretrained(
             f"{type(exc).__name__}: {str(exc)[:200]}",
             hint="pass the directory save_pretrained wrote, and config overrides it accepts",
         ) from None
+    try:
+        checkpoint = read_state_dict(directory)  # the folder's rules (links, shards) and no code
+        _check_counts(config, checkpoint)  # before a model is built
+    except EinstructError as exc:
+        raise _in_folder(exc, directory, (model_class.__name__, False), saved) from None
     # which path, decided on the meta device (no memory) where the model builds there
     probe = _probe(model_class, config, dtype)
     try:
@@ -554,7 +594,6 @@ def from_pretrained(
     built = (type(probe).__name__, bool(_base_model_prefix(probe)))  # what the errors name
     try:
         generation = _generation_config(directory)  # checked before transformers reads it
-        checkpoint = read_state_dict(directory)  # the folder's rules (links, shards) and no code
         if saves_converted(probe):  # Mixtral's experts: transformers converts them back
             _check_values(checkpoint, probe)  # transformers would cast integers and booleans
             probe_dtype = next(probe.parameters()).dtype
