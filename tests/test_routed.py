@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,6 +111,24 @@ def test_routed_structure_whose_cheapest_order_sums_the_expert_axis_first():
         x = np.random.default_rng(1).standard_normal((4, 1))
         y_ref, _ = routed_reference(layer, x)
         np.testing.assert_allclose(layer(torch.from_numpy(x)).detach().numpy(), y_ref, rtol=1e-10)
+
+
+@pytest.mark.parametrize("batch", [1, 4096])
+def test_routed_counts_follow_an_order_that_can_gate_its_tokens_at_any_batch(batch):
+    # with 64 experts, contracting A with B first is cheapest per vector at a large batch,
+    # but sums the routed index before the gate: a routed layer runs x * A, then B
+    path = Path(einstruct.__file__).parent.parent / "examples" / "btt_moe.ein"
+    analysis = einstruct.analyze(path, experts=64, batch=batch)
+    g = a = f = e = 32
+    r = 64
+    reference = 2 * g * a * f * r + 2 * g * f * r * e  # x[g,a] A[g,a,f,r], then t[g,f,r] B[f,g,r,e]
+    assert analysis.counts.flops == reference
+    assert analysis.counts.train_flops == 3 * reference
+    assert [st.operands for st in analysis.counts.path][0] == ("x", "A")
+    from einstruct.planner.plan import make_plan
+
+    plan = make_plan(einstruct.load(path, experts=64), batch)
+    assert sum(st.flops for st in plan.order.steps) == reference * batch  # `plan` printed 4096 per token
 
 
 #: Three factors, one shared by every expert (C), and an expert slice stored in another

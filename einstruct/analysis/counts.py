@@ -28,6 +28,7 @@ from ..errors import SizeError
 from ..ir import Size, Structure
 from ..limits import current
 from ..planner.order import BATCH, ContractionOrder, contraction_order
+from ..planner.routed import routed_order
 
 __all__ = ["STAND_IN", "PathStep", "Counts", "count", "concrete_stand_in"]
 
@@ -147,9 +148,11 @@ def _per_vector(total: Size, batch: int) -> Size:
 
 def count(structure: Structure, batch: int = 1, order: ContractionOrder | None = None) -> Counts:
     """Counts per input vector for a batch of ``batch`` vectors, along ``order`` (a
-    compiled plan's) or the FLOP-minimal order at that batch."""
+    compiled plan's) or the FLOP-minimal order at that batch (for a routed structure, the
+    cheapest that can gate its tokens, as the planner runs it)."""
     if order is None:
-        order = contraction_order(concrete_stand_in(structure), batch)
+        stand_in = concrete_stand_in(structure)
+        order = routed_order(stand_in, batch) if structure.route else contraction_order(stand_in, batch)
     size = lambda i: batch if i == BATCH else structure.size(i)  # noqa: E731
     path, total, peak = [], 0, 0
     for k, step in enumerate(order.steps):

@@ -67,6 +67,8 @@ class ContractionOrder:
     steps: tuple[Step, ...]
     factor_sequence: tuple[str, ...]
     optimizer: str
+    #: opt_einsum's pairwise path (positions in the operand list, results appended at its end)
+    path: tuple[tuple[int, int], ...] = ()
 
     @property
     def flops(self) -> int:
@@ -121,13 +123,19 @@ def choose_optimizer(n_operands: int) -> str:
     return "greedy"
 
 
-def contraction_order(structure: Structure, batch: int = 1, first: str | None = None) -> ContractionOrder:
+def contraction_order(
+    structure: Structure,
+    batch: int = 1,
+    first: str | None = None,
+    like: ContractionOrder | None = None,
+) -> ContractionOrder:
     """The FLOP-minimal pairwise order for ``batch`` input vectors.
 
     With ``first`` (a factor name) the order is fixed instead: the input with
     that factor, then the running result with each remaining factor in written
     order (what a routed structure needs when the cheapest order would sum the
-    routed index before meeting the input).
+    routed index before meeting the input). With ``like``, the pairs of that
+    order (found at another batch), costed at ``batch``.
 
     Requires concrete sizes (substitute symbolic parameters first).
     """
@@ -146,7 +154,9 @@ def contraction_order(structure: Structure, batch: int = 1, first: str | None = 
     eq = ",".join("".join(sym[i] for i in idx) for _, idx in operands)
     eq += "->" + "".join(sym[i] for i in output)
     shapes = [tuple(sizes[i] for i in idx) for _, idx in operands]
-    if first is None:
+    if like is not None:
+        optimizer, path = like.optimizer, list(like.path)
+    elif first is None:
         optimizer = choose_optimizer(len(operands))
         path, _ = opt_einsum.contract_path(eq, *shapes, shapes=True, optimize=optimizer)
     else:  # opt_einsum appends each result at the end of the operand list
@@ -184,7 +194,9 @@ def contraction_order(structure: Structure, batch: int = 1, first: str | None = 
                 joined[f.name] = k
     written = [f.name for f in structure.factors]
     sequence = tuple(sorted(written, key=lambda n: (joined.get(n, len(path) + 1), written.index(n))))
-    return ContractionOrder(batch, tuple(steps), sequence, optimizer)
+    return ContractionOrder(
+        batch, tuple(steps), sequence, optimizer, tuple((int(i), int(j)) for i, j in path)
+    )
 
 
 def _lineage(steps: list[Step], input_name: str) -> set[str]:

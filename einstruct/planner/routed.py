@@ -36,9 +36,9 @@ def routed_order(structure: Structure, batch: int) -> ContractionOrder:
     order = contraction_order(structure, batch)
     if _gateable(order, route.index):
         return order
-    order = contraction_order(structure, 1)
-    if _gateable(order, route.index):
-        return order
+    one = contraction_order(structure, 1)
+    if _gateable(one, route.index):
+        return contraction_order(structure, batch, like=one)  # costed at the batch it runs
     routed = next(f.name for f in structure.factors if route.index in f.indices)
     return contraction_order(structure, batch, first=routed)
 
