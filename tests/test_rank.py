@@ -90,3 +90,22 @@ def test_block_diagonal_index_must_be_cut():
 def test_low_rank_bound_is_the_rank():
     a = analyze_structure(einstruct.load("structure l = low_rank(rank = 8, d = 256)"))
     assert a.rank_bound == 8 and not a.full_rank
+
+
+#: cuts whose size is a product of two parameters ({p, q}: a*b) or one (c, d)
+CHAIN = """structure chain(d = 256, a = 4, b = 4, c = 64, e = 8):
+    y[o] = x[i] * U[i, p, q] * V[p, q, s] * W[s, t, u] * Z[t, u, o]
+    where i = o = d, p = a, q = b, s = c, t = e, u = e
+"""
+
+
+@given(values=st.tuples(*[st.sampled_from([2, 4, 16, 64, 256, 1024])] * 5))
+def test_the_symbolic_bound_is_the_cheapest_separating_set_at_any_parameter_values(values):
+    # the symbolic bound used to try one small parameter at a time and missed a*b (a cut
+    # smallest only when a and b are both small): Min(c, d) where the rank is 16
+    bound = analyze_structure(einstruct.load(CHAIN, symbolic=True)).rank_bound
+    names = ("d", "a", "b", "c", "e")
+    at = dict(zip(names, values, strict=True))
+    concrete = einstruct.load(CHAIN, **at)
+    expected = min(_brute_force_bound(concrete), at["d"])
+    assert int(bound.subs({sym: at[str(sym)] for sym in bound.free_symbols})) == expected

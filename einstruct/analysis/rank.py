@@ -20,14 +20,16 @@ check it against ``networkx.minimum_cut``.
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 from collections import deque
 from collections.abc import Hashable, Iterable, Mapping
 from fractions import Fraction
+from typing import Any
 
-from ..errors import SizeError
 from ..ir import Size, Structure
-from .counts import concrete_stand_in
+from .counts import STAND_IN, concrete_stand_in
 
 __all__ = ["min_cut_indices", "cut_weight", "max_flow_source_side", "rank_bound"]
 
@@ -122,23 +124,72 @@ def rank_bound(structure: Structure) -> Size:
         weights = {i.name: math.log(i.size) for i in structure.indices}
         bound = math.prod(structure.size(i) for i in min_cut_indices(structure, weights))
         return min(bound, structure.in_features, structure.out_features)
-    # symbolic: which cut is smallest depends on the parameters, so collect the
-    # minimal cuts under stand-ins where each parameter in turn is small or large
+    # symbolic: which cut is smallest depends on the parameters, so collect the minimal
+    # cuts over a grid of stand-ins where each parameter is small, middling or large (a
+    # cut may be smallest only when two parameters are small together: a*b against c)
     import sympy
 
-    free = {sym for i in structure.indices if not isinstance(i.size, int) for sym in i.size.free_symbols}
-    names = sorted(str(sym) for sym in free)
-    trials: list[dict[str, int]] = [{}] + [{n: v} for n in names for v in (2**4, 2**20)]
-    cuts = set()
-    for values in trials:
-        try:
-            stand_in = concrete_stand_in(structure, values=values)
-        except SizeError:
-            if not values:
-                raise
-            continue  # a parameter this large passes the size limit: that regime is out of reach
-        weights = {i.name: math.log(i.size) for i in stand_in.indices}
-        cuts.add(tuple(sorted(min_cut_indices(stand_in, weights))))
+    concrete_stand_in(structure)  # the size limit's error, as every symbolic analysis gives it
+    free = sorted(
+        {sym for i in structure.indices if not isinstance(i.size, int) for sym in i.size.free_symbols},
+        key=str,
+    )
+    sizes = _size_functions(structure, free)
+    cuts = {cut for values in _stand_in_grid(len(free)) if (cut := _cut_at(structure, sizes, values))}
     candidates = {sympy.simplify(sympy.Mul(*(structure.size(i) for i in cut))) for cut in cuts}
     candidates |= {sympy.sympify(structure.in_features), sympy.sympify(structure.out_features)}
     return sympy.simplify(sympy.Min(*candidates))
+
+
+#: stand-in values of a free parameter: small, the default stand-in, large
+_LEVELS = (2**4, STAND_IN, 2**20)
+
+
+def _stand_in_grid(n: int) -> Iterable[tuple[int, ...]]:
+    """Values for ``n`` parameters: every combination of the three levels where that is at
+    most 3^6 = 729 trials, else every set of parameters small, the rest at the default
+    (up to 2^10), else one parameter at a time small or large."""
+    if 3**n <= 729:
+        return itertools.product(_LEVELS, repeat=n)
+    small, middle, large = _LEVELS
+    if n <= 10:
+        return itertools.product((small, middle), repeat=n)
+    one = [tuple(level if k == j else middle for k in range(n)) for j in range(n) for level in (small, large)]
+    return [(middle,) * n, *one]
+
+
+def _cut_at(structure: Structure, sizes: dict[str, Any], values: tuple[int, ...]) -> tuple[str, ...] | None:
+    """The indices of a minimum cut with the free parameters at ``values`` (``sizes``: each
+    index's size as a function of them); None where a size overflows a float there (that
+    regime is out of reach)."""
+    weights = {}
+    try:
+        for name, size in sizes.items():
+            weights[name] = math.log(max(1.0, float(size(*values))))
+    except (OverflowError, ValueError, TypeError, ZeroDivisionError):
+        return None
+    if not all(math.isfinite(w) for w in weights.values()):
+        return None
+    return tuple(sorted(min_cut_indices(structure, weights)))
+
+
+def _size_functions(structure: Structure, free: list) -> dict[str, Any]:
+    """Each index's size as a fast float function of the parameters ``free`` (a balanced
+    split's parts as square roots: the cut needs sizes, not exact rounding)."""
+    import sympy
+
+    names = {"sqrt_lo": math.sqrt, "sqrt_hi": math.sqrt, "Round": round}
+    out: dict[str, Any] = {}
+    for i in structure.indices:
+        if isinstance(i.size, int):
+            out[i.name] = functools.partial(lambda v, *_: v, i.size)
+            continue
+        fast = sympy.lambdify(free, i.size, modules=[names, "math"])
+        try:
+            fast(*[STAND_IN] * len(free))
+        except NameError:  # a function lambdify does not print for math: sympy's own, slower
+            fast = functools.partial(lambda size, *v: size.subs(dict(zip(free, v, strict=True))), i.size)
+        except (OverflowError, ValueError, TypeError, ZeroDivisionError):
+            pass  # this stand-in is out of reach; others may not be
+        out[i.name] = fast
+    return out
