@@ -11,7 +11,7 @@ import numpy as np
 import opt_einsum
 import pytest
 from conftest import EXAMPLES
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from strategies import structure_specs, thetas
 
@@ -104,6 +104,31 @@ def test_general_definitions_match_closed_forms(theta):
     args = ", ".join(f"{c} = {v.numerator}/{v.denominator}" for c, v in theta.items())
     structure = einstruct.load(f"structure t = theta({args}, d = 2^24)")
     t = analyze_structure(structure).taxonomy
+    assert (t.omega, t.psi, t.nu) == _closed_forms(theta)
+
+
+@pytest.mark.parametrize(
+    "point",
+    [
+        "2/5, 3/5, 0, 39/100, 2/5, 21/100, 0",
+        "79/100, 9/100, 12/100, 37/100, 8/100, 55/100, 13/100",
+        "80/100, 15/100, 5/100, 3/100, 2/100, 95/100, 74/100",
+    ],
+)
+def test_fine_thetas_match_closed_forms_where_two_balanced_steps_beat_one_slightly_larger(point):
+    # a path search at one large d minimizes the total and took one step at e + 1/100 over
+    # two at e: nu 61/100 where the closed form (and the cheapest order as d grows) gives 3/5
+    theta = dict(zip(CLASSES, (Fraction(v) for v in point.split(", ")), strict=True))
+    args = ", ".join(f"{c} = {v.numerator}/{v.denominator}" for c, v in theta.items())
+    t = analyze_structure(einstruct.load(f"structure t = theta({args}, d = 2^40)")).taxonomy
+    assert (t.omega, t.psi, t.nu) == _closed_forms(theta)
+
+
+@given(theta=thetas(max_denominator=100))
+def test_general_definitions_match_closed_forms_at_fine_thetas(theta):
+    assume(all(v == 0 or 40 * v >= 1 for v in theta.values()))  # no class rounds to size 1 at 2^40
+    args = ", ".join(f"{c} = {v.numerator}/{v.denominator}" for c, v in theta.items())
+    t = analyze_structure(einstruct.load(f"structure t = theta({args}, d = 2^40)")).taxonomy
     assert (t.omega, t.psi, t.nu) == _closed_forms(theta)
 
 

@@ -212,8 +212,47 @@ def _is_number(v: Exponent) -> bool:
     return isinstance(v, int | float | Fraction)
 
 
+#: operands up to which the cheapest path's exponent is found exactly (3^n subset splits)
+_EXACT_OPERANDS = 8
+
+
 def _cheapest_exponent(structure: Structure, theta: dict[str, Exponent]) -> Exponent:
-    """Leading exponent of per-vector FLOPs along the asymptotically cheapest path."""
+    """Leading exponent of per-vector FLOPs along the asymptotically cheapest path: the
+    least, over pairwise orders, of the largest step's exponent (exact, by dynamic
+    programming over sets of operands, up to ``_EXACT_OPERANDS`` of them).
+
+    A path search on sizes d^theta at one large d would minimize the total, which a
+    path with one step slightly above two balanced ones can win at any finite d.
+    """
+    operands = [frozenset(structure.input.indices), *(frozenset(f.indices) for f in structure.factors)]
+    if len(operands) > _EXACT_OPERANDS:
+        return _cheapest_exponent_by_search(structure, theta)
+    n, output = len(operands), frozenset(structure.output.indices)
+    full = (1 << n) - 1
+    union: list[frozenset[str]] = [frozenset()] * (full + 1)
+    for subset in range(1, full + 1):
+        low = (subset & -subset).bit_length() - 1
+        union[subset] = union[subset & (subset - 1)] | operands[low]
+    kept = [union[s] & (output | union[full ^ s]) for s in range(full + 1)]
+    best: list[Exponent] = [None] * (full + 1)
+    for subset in sorted(range(1, full + 1), key=int.bit_count):
+        if subset.bit_count() == 1:
+            continue
+        least = None
+        part = (subset - 1) & subset
+        while part:
+            other = subset ^ part
+            if part < other:  # each split once
+                step = sum((theta[i] for i in kept[part] | kept[other]), Fraction(0))
+                worst = max(x for x in (step, best[part], best[other]) if x is not None)
+                least = worst if least is None else min(least, worst)
+            part = (part - 1) & subset
+        best[subset] = least
+    return best[full]
+
+
+def _cheapest_exponent_by_search(structure: Structure, theta: dict[str, Exponent]) -> Exponent:
+    """The largest step's exponent along opt_einsum's path at sizes 2^(48 theta) (many operands)."""
     opt_einsum = import_opt_einsum()
     # sizes 2^(scale theta), exact integers: the path optimal as d grows. scale is 48
     # unless an index grows much faster than d (a rank of 2^22 at d = 2 has theta 22):
