@@ -23,7 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputError
+from ..errors import OutputError, ParameterError
 
 __all__ = ["add_experiment_parser", "cmd_scaling", "cmd_transfer"]
 
@@ -277,9 +277,20 @@ def _task(args: argparse.Namespace, preset: Any) -> Any:
     return task
 
 
+def _leader(args: argparse.Namespace, specs: dict[str, str]) -> str:
+    """The structure whose lead is reported: ``--leader``, which must be one of the sweep's."""
+    leader: str = args.leader if args.leader is not None else ("btt_moe" if args.moe else "btt")
+    if leader not in specs and args.leader is not None:
+        raise ParameterError(
+            f"--leader {leader!r}: no structure of that name in this sweep",
+            hint=f"give one of: {', '.join(specs)}",
+        )
+    return leader
+
+
 def cmd_scaling(args: argparse.Namespace) -> int:
     """Run the sweep (what the results file lacks), print the frontiers, laws and verdict."""
-    from ..experiments.frontier import best_points, budgets, leads
+    from ..experiments.frontier import best_points, budgets, compute_ranges, leads
     from ..experiments.outputs import figure_kind, summary_text, table_text
     from ..experiments.presets import PRESETS, structures
     from ..experiments.report import laws_table, plot_laws, summarize
@@ -299,6 +310,7 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     }
     widths = {label: chosen.get(label, tuple(args.widths or preset.widths)) for label in specs}
     lrs = {label: tuple(args.lrs or preset.lrs_of(label)) for label in specs}
+    leader = _leader(args, specs)
     runs = plan_runs(specs, widths, lrs, tuple(args.seeds or preset.seeds))
     rows = _sweep("scaling", task, runs, results, args.workers)
     summary = summarize(rows, specs)
@@ -306,17 +318,29 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     table = laws_table(summary)
     sys.stdout.write(table)
     points = best_points(rows)
-    leader = args.leader or ("btt_moe" if args.moe else "btt")
     others = [label for label in points if label not in (leader, "dense")]
     if leader in points and others:
-        lead = leads(points, leader, others, budgets(points))
+        compared = {label: points[label] for label in (leader, *others)}
+        grid = budgets(compared)
+        if grid:
+            lead = leads(points, leader, others, grid)
+            seeds = ", ".join(f"seed {s}: {n}/{lead['upper_half']}" for s, n in lead["seeds_upper"].items())
+            verdict = (
+                f"{leader}'s final losses below {' and '.join(others)}'s: at {lead['mean_upper']} of the "
+                f"{lead['upper_half']} budgets in the upper half of the compute range "
+                f"({lead['mean_all']} of {lead['budgets']} overall), mean over seeds; per seed ({seeds})"
+            )
+        else:
+            ranges = compute_ranges(compared)
+            spans = ", ".join(f"{n} {lo:.3g} to {hi:.3g}" for n, (lo, hi) in ranges.items())
+            verdict = (
+                f"no verdict for {leader}: the training FLOPs of the structures' runs do not overlap "
+                f"({spans}), so there is no budget that all of them reach; give widths whose runs "
+                "overlap in compute (--widths, --dense-widths, --moe-widths)"
+            )
+            lead = {"leader": leader, "others": others, "budgets": 0, "verdict": None, "reason": verdict}
         summary["lead"] = lead
-        seeds = ", ".join(f"seed {s}: {n}/{lead['upper_half']}" for s, n in lead["seeds_upper"].items())
-        sys.stdout.write(
-            f"\n{leader}'s final losses below {' and '.join(others)}'s: at {lead['mean_upper']} of the "
-            f"{lead['upper_half']} budgets in the upper half of the compute range "
-            f"({lead['mean_all']} of {lead['budgets']} overall), mean over seeds; per seed ({seeds})\n"
-        )
+        sys.stdout.write(f"\n{verdict}\n")
     data: list[str | bytes] = [summary_text(summary)]
     data += [table_text(table)] if args.table else []
     if args.plot:

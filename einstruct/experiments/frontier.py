@@ -6,7 +6,9 @@ frontier at a training budget C is the best loss among the structure's widths
 that train within C: the compute-optimal choice of width, as a step function
 of compute. Budgets are spaced evenly in log-compute over the range every
 structure covers (from the largest of the structures' smallest runs to the
-largest run), so each structure has a point at each budget.
+smallest of their largest runs), so each structure has a run within every
+budget and none is judged at a budget it never reached; where the ranges do
+not overlap there are no budgets and no verdict (:func:`overlap` is None).
 
     >>> points = best_points(read_results(Path("scaling.jsonl")))
     >>> print(frontier_table(points, budgets(points)))
@@ -28,9 +30,11 @@ __all__ = [
     "PlotError",
     "best_points",
     "budgets",
+    "compute_ranges",
     "frontier",
     "frontier_table",
     "leads",
+    "overlap",
     "plot_frontier",
 ]
 
@@ -71,12 +75,31 @@ def best_points(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Point]]:
     return out
 
 
+def compute_ranges(points: Mapping[str, Sequence[Point]]) -> dict[str, tuple[int, int]]:
+    """Per structure, the training FLOPs of its smallest and its largest run."""
+    return {name: (min(p.flops for p in ps), max(p.flops for p in ps)) for name, ps in points.items() if ps}
+
+
+def overlap(points: Mapping[str, Sequence[Point]]) -> tuple[float, float] | None:
+    """The compute range every structure covers: from the largest of the structures' smallest
+    runs to the smallest of their largest; None where the ranges do not overlap."""
+    ranges = compute_ranges(points)
+    if not ranges or len(ranges) < len(points):
+        return None
+    low = max(lo for lo, _ in ranges.values())
+    high = min(hi for _, hi in ranges.values())
+    return (float(low), float(high)) if low <= high else None
+
+
 def budgets(points: Mapping[str, Sequence[Point]], count: int = 7) -> list[float]:
-    """``count`` budgets, log-spaced over the compute range every structure covers."""
-    low = max(ps[0].flops for ps in points.values())
-    high = max(p.flops for ps in points.values() for p in ps)
+    """``count`` budgets, log-spaced over the compute range every structure covers (:func:`overlap`);
+    none where the structures' ranges do not overlap."""
+    span = overlap(points)
+    if span is None:
+        return []
+    low, high = span
     if count == 1 or high <= low:
-        return [float(high)]
+        return [high]
     step = (math.log(high) - math.log(low)) / (count - 1)
     return [math.exp(math.log(low) + k * step) for k in range(count)]
 
@@ -93,7 +116,12 @@ def leads(
     points: Mapping[str, Sequence[Point]], leader: str, others: Sequence[str], grid: Sequence[float]
 ) -> dict[str, Any]:
     """Where ``leader``'s frontier is below every one of ``others``: over the whole grid and its
-    upper half (budgets at or above the geometric middle of the range), in the mean and per seed."""
+    upper half (budgets at or above the geometric middle of the range), in the mean and per seed.
+
+    ``grid`` must not be empty (:func:`budgets` is empty where the ranges do not overlap:
+    then there is no verdict to give)."""
+    if not grid:
+        raise ValueError("no budgets: the structures' compute ranges do not overlap")
     middle = math.sqrt(grid[0] * grid[-1])
     upper = [c for c in grid if c >= middle * (1 - 1e-9)]
     seeds = sorted({s for p in points[leader] for s, _ in p.per_seed})

@@ -27,6 +27,7 @@ __all__ = [
     "Curve",
     "Exponent",
     "best_curves",
+    "compute_ranges",
     "envelope",
     "exponent",
     "finite_curves",
@@ -111,15 +112,26 @@ def log_grid(low: float, high: float, count: int) -> list[float]:
     return [math.exp(math.log(low) + k * step) for k in range(count)]
 
 
-def fit_window(curves: Mapping[str, Sequence[Curve]], decades: float = 1.5) -> tuple[float, float]:
+def fit_window(curves: Mapping[str, Sequence[Curve]], decades: float = 1.5) -> tuple[float, float] | None:
     """The compute range the laws are fitted on: up to the smallest of the structures' largest
-    budgets, ``decades`` below that, but not below the point where every structure has a loss.
+    budgets, ``decades`` below that, but not below the point where every structure has a loss;
+    None where there is no such range (a structure's curves end before another's begin).
 
     Every structure needs a finite point (:func:`finite_curves` leaves out those without).
     """
     high = min(max(f for c in cs for f, _ in c.points) for cs in curves.values())
     first = max(min(f for c in cs for f, _ in c.points) for cs in curves.values())
+    if first > high:
+        return None
     return max(first, high / 10**decades), high
+
+
+def compute_ranges(curves: Mapping[str, Sequence[Curve]]) -> dict[str, tuple[float, float]]:
+    """Per structure, the training FLOPs of its first and its last finite curve point."""
+    return {
+        name: (min(f for c in cs for f, _ in c.points), max(f for c in cs for f, _ in c.points))
+        for name, cs in curves.items()
+    }
 
 
 def fit_power_law(flops: Sequence[float], losses: Sequence[float]) -> tuple[float, float]:

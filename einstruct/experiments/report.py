@@ -18,7 +18,7 @@ from typing import Any
 
 from ..figures.mpl import figure_bytes, literal_text
 from .frontier import PlotError
-from .laws import best_curves, envelope, exponent, finite_curves, fit_power_law, fit_window, log_grid
+from .laws import best_curves, compute_ranges, envelope, exponent, finite_curves, fit_power_law, fit_window, log_grid
 
 __all__ = ["summarize", "laws_table", "plot_laws", "taxonomy_of"]
 
@@ -56,7 +56,8 @@ def summarize(
     """
     every = best_curves(rows)
     curves = finite_curves(every)
-    low, high = fit_window(curves) if curves else (None, None)
+    window = fit_window(curves) if curves else None
+    low, high = window if window is not None else (None, None)
     grid = log_grid(low, high, budgets) if low is not None and high is not None else []
     structures: dict[str, Any] = {}
     for name, all_curves in every.items():
@@ -86,6 +87,9 @@ def summarize(
             )
     return {
         "fit_window": [low, high],
+        # None where some structure has a finite loss: the ranges below do not overlap
+        "ranges_overlap": None if not curves else window is not None,
+        "compute_ranges": {name: list(span) for name, span in compute_ranges(curves).items()},
         "budgets": grid,
         "seeds": sorted({int(r["seed"]) for r in rows}),
         "diverged": sorted(set(every) - set(curves)),
@@ -132,7 +136,13 @@ def laws_table(summary: Mapping[str, Any]) -> str:
             f"{_cell(tax.get('omega'))} | {_cell(tax.get('psi'))} | {_cell(tax.get('nu'))} |"
         )
     low, high = summary["fit_window"]
-    if low is None:
+    if low is None and summary.get("ranges_overlap") is False:
+        spans = ", ".join(f"{n} {lo:.3g} to {hi:.3g}" for n, (lo, hi) in summary["compute_ranges"].items())
+        lines.append(
+            "\nfit window: none: the structures' compute ranges do not overlap (training FLOPs "
+            f"{spans}); give widths whose runs overlap in compute"
+        )
+    elif low is None:
         lines.append("\nfit window: none (every run diverged)")
     else:
         lines.append(
