@@ -269,3 +269,65 @@ def test_an_extra_key_on_a_plain_layer_is_not_called_an_unlisted_layer():
     fresh = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU(), torch.nn.Linear(8, 8, bias=False))
     with pytest.raises(ParameterError, match="has keys the model lacks: 2.bias"):
         einstruct.restore(fresh, einstruct.runtime.manifest.model_manifest(model), state)
+
+
+#: every axis 8: the stored axis orders of a layer planned for 1 token and for 2048 differ,
+#: with the same shapes
+EIGHTS = """structure btt8(d = 64, rank = 8):
+    y[f, e] = x[g, a] * A[g, a, f, r] * B[f, g, r, e]
+    where g = a = f = e = d^(1/2), r = rank
+"""
+
+
+def _generated(tmp_path, name: str, batch: int, backend: str = "torch"):
+    from einstruct.runtime.build import module_source
+
+    (tmp_path / f"{name}.py").write_text(module_source(einstruct.load(EIGHTS), batch=batch, backend=backend))
+    sys.path.insert(0, str(tmp_path))
+    try:
+        return __import__(name).Btt8
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_weights_of_a_layer_planned_for_another_batch_load_in_this_layers_axis_order(tmp_path):
+    one, many = _generated(tmp_path, "planned1", 1), _generated(tmp_path, "planned2048", 2048)
+    assert one.factor_axes != many.factor_axes  # the same shapes, other axis orders
+    torch.manual_seed(0)
+    source, target = torch.nn.Sequential(one()), torch.nn.Sequential(many())
+    torch.save(source.state_dict(), tmp_path / "weights.pt")
+    target.load_state_dict(torch.load(tmp_path / "weights.pt", weights_only=True))
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(target(x), source(x))  # loaded as stored: 1.9 off
+    state = source.state_dict()
+    state._metadata["0"]["einstruct_factor_axes"] = {"A": ["g", "a"], "B": ["f", "g", "r", "e"]}
+    with pytest.raises(RuntimeError, match=r"0\.A: the state dict stores it with axes"):
+        target.load_state_dict(state)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_the_manifest_of_a_generated_files_layer_keeps_its_planned_batch_and_backend(tmp_path, backend):
+    cls = _generated(tmp_path, f"file_{backend}", 1, backend)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(cls(bias=False)).eval()
+    einstruct.save_manifest(model, tmp_path / "einstruct.json")
+    fresh = torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False))
+    state = dict(model.state_dict())  # as a safetensors file holds it: no metadata
+    einstruct.restore(fresh, tmp_path / "einstruct.json", state)
+    assert type(fresh[0]).factor_axes == cls.factor_axes
+    assert hasattr(fresh[0], "kernels") == (backend == "triton")
+    x = torch.randn(5, 64)
+    assert torch.equal(fresh(x), model(x))
+
+
+def test_a_generated_file_regenerated_after_its_import_cannot_describe_the_layer(tmp_path):
+    # the same factor shapes, another map: the manifest would describe other weights
+    cls = _generated(tmp_path, "regenerated", 2048)
+    model = torch.nn.Sequential(cls(bias=False))
+    from einstruct.runtime.build import module_source
+
+    other = EIGHTS.replace("y[f, e]", "y[e, f]")
+    (tmp_path / "regenerated.py").write_text(module_source(einstruct.load(other), batch=2048))
+    with pytest.raises(ParameterError, match="now holds another spec") as error:
+        einstruct.save_manifest(model, tmp_path / "after.json")
+    assert "restart" in error.value.hint

@@ -221,6 +221,37 @@ def _product(values: list) -> int:
     return out
 
 
+#: The key of a state dict's metadata (``state_dict()._metadata[prefix]``) that holds each
+#: factor's stored axes.
+AXES_KEY = "einstruct_factor_axes"
+
+
+def _relaid(state: dict, prefix: str, saved: Any, axes: dict) -> str:
+    """Permute the factors in ``state`` (a layer's part of a state dict) from their stored
+    axes as the metadata ``saved`` gives them into ``axes``; what is wrong with ``saved``
+    otherwise ("" when nothing is)."""
+    names = list(axes)
+    if not isinstance(saved, dict) or sorted(saved) != sorted(names):
+        return (
+            f"{prefix or 'the layer'}: the state dict was saved from a layer with factors "
+            f"{sorted(saved)[:8] if isinstance(saved, dict) else saved!r:.80}, this one has "
+            f"{names}: load weights of the same structure"
+        )
+    for name in names:
+        order = saved[name]
+        if not isinstance(order, list | tuple) or sorted(order) != sorted(axes[name]):
+            return (
+                f"{prefix}{name}: the state dict stores it with axes {order!r:.80}, not an "
+                f"order of this layer's {list(axes[name])}: load weights of the same structure"
+            )
+        tensor = state.get(prefix + name)
+        if list(order) != list(axes[name]) and isinstance(tensor, torch.Tensor):
+            if tensor.dim() == len(order):
+                permutation = [list(order).index(a) for a in axes[name]]
+                state[prefix + name] = tensor.permute(permutation).contiguous()
+    return ""
+
+
 def _check_flag(layer: str, name: str, value: Any) -> None:
     """Refuse a constructor flag that is not a bool (the string "false" is truthy)."""
     if not isinstance(value, bool):
@@ -865,6 +896,46 @@ class StructuredLinear(nn.Module):
             f"{type(self).__name__} cannot be compiled by TorchScript (torch.jit.script): "
             "its forward runs a custom autograd Function; use torch.compile, torch.export "
             "or torch.jit.trace instead"
+        )
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """The state dict, whose metadata (kept by ``torch.save``) also records each
+        factor's stored axes: loading it into a layer of the same structure that stores
+        them in another order (planned for another batch) permutes them."""
+        out = super().state_dict(*args, **kwargs)
+        prefix = kwargs.get("prefix", args[1] if len(args) > 1 else "")
+        metadata = getattr(out, "_metadata", None)
+        own = metadata.get(prefix[:-1]) if isinstance(metadata, dict) else None
+        if isinstance(own, dict):
+            own[AXES_KEY] = {f: list(a) for f, a in self.factor_axes.items()}
+        return out
+
+    def _load_from_state_dict(
+        self,
+        state_dict: Any,
+        prefix: str,
+        local_metadata: Any,
+        strict: bool,
+        missing_keys: list,
+        unexpected_keys: list,
+        error_msgs: list,
+    ) -> None:
+        saved = (
+            local_metadata.get(AXES_KEY) if isinstance(local_metadata, dict) else None
+        )
+        if saved is not None:
+            problem = _relaid(state_dict, prefix, saved, self.factor_axes)
+            if problem:
+                error_msgs.append(problem)
+                return
+        super()._load_from_state_dict(
+            state_dict,
+            prefix,
+            local_metadata,
+            strict,
+            missing_keys,
+            unexpected_keys,
+            error_msgs,
         )
 
     def extra_repr(self) -> str:

@@ -42,6 +42,7 @@ from .saved_names import model_names, saves_converted
 from .summary import (
     ModelReport,
     Skipped,
+    header_changed,
     layer_structure,
     record,
     record_skipped,
@@ -125,6 +126,13 @@ def model_manifest(model: Any) -> dict[str, Any]:
     entries = []
     for key, layer in layers.items():
         structure = layer_structure(layer)
+        if structure is None and header_changed(layer):
+            raise ParameterError(
+                f"layer '{names[key][0]}' ({type(layer).__name__}): the file its class was "
+                f"imported from (module '{type(layer).__module__[:80]}') now holds another spec "
+                "(regenerated or edited after the import), so it cannot describe the weights",
+                hint="restart Python (or reload the module) and build the model again",
+            )
         if structure is None:
             raise ParameterError(
                 f"cannot tell which structure layer '{names[key][0]}' ({type(layer).__name__}) "
@@ -146,8 +154,9 @@ def model_manifest(model: Any) -> dict[str, Any]:
                 "in_features": int(layer.in_features),
                 "out_features": int(layer.out_features),
                 "bias": getattr(layer, "bias", None) is not None,
-                "backend": built.backend if built else "torch",
-                "batch": built.batch if built else 2048,
+                # a class imported from a generated file states its own plan and backend
+                "backend": built.backend if built else _file_backend(type(layer)),
+                "batch": built.batch if built else int(getattr(type(layer), "planned_batch", 0) or 2048),
                 "class_strategy": built.strategy if built else str(type(layer).default_strategy),
                 "options": options,
                 # a registered adapter's name, so restore can say which one to register
@@ -161,6 +170,12 @@ def model_manifest(model: Any) -> dict[str, Any]:
         "layers": entries,
         "skipped": skipped,
     }
+
+
+def _file_backend(cls: type) -> str:
+    """The backend a class from a generated file was compiled for: a fused layer (the
+    triton backend) declares its kernel choices."""
+    return "triton" if getattr(cls, "kernel_choices", None) else "torch"
 
 
 def _check_module(model: Any, what: str) -> None:

@@ -182,7 +182,21 @@ def layer_structure(layer: Any) -> Structure | None:
     built = built_from(type(layer))
     if built is not None:
         return built.structure
-    return _structure_from_header(type(layer).__module__)
+    structure = _structure_from_header(type(layer).__module__)
+    return None if structure is None or header_changed(layer, structure) else structure
+
+
+def header_changed(layer: Any, structure: Structure | None = None) -> bool:
+    """Whether the ``# spec:`` lines of the file ``layer``'s class came from describe
+    another structure than the class states (``spec_hash``): the file was regenerated
+    or edited after it was imported."""
+    import hashlib
+
+    structure = structure or _structure_from_header(type(layer).__module__)
+    expected = getattr(type(layer), "spec_hash", "")
+    if structure is None or not isinstance(expected, str) or not expected:
+        return False
+    return hashlib.sha256(structure.to_source().encode()).hexdigest()[:16] != expected
 
 
 @lru_cache(maxsize=64)
