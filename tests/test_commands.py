@@ -343,12 +343,17 @@ def test_plan_of_a_file_of_many_structures_asks_which_before_resolving_them(tmp_
 def test_a_file_named_after_a_module_does_not_shadow_it(tmp_path, capsys):
     """compile -o DIR/ names the file after the structure; `torch.py` would break every
     `import torch` run in that directory."""
-    for name, file in (("torch", "torch_layer.py"), ("typing", "typing_layer.py"), ("mixer", "mixer.py")):
+    names = ("torch", "typing", "typing_extensions", "sympy", "mixer")
+    for name in names:
         (tmp_path / f"{name}.ein").write_text(f"structure {name} = btt(d = 16)\n")
         out = tmp_path / name
         out.mkdir()
         assert main(["compile", str(tmp_path / f"{name}.ein"), "-o", f"{out}/"]) == 0
+        file = "mixer.py" if name == "mixer" else f"{name}_layer.py"  # mixer is no module here
         assert [p.name for p in out.iterdir()] == [file]
+        # typing_extensions.py (a hand-written list missed it) broke `import torch` there
+        run = subprocess.run([sys.executable, "-c", "import torch"], cwd=out, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr[-300:]
     capsys.readouterr()
 
 

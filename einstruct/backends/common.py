@@ -55,14 +55,26 @@ _SHADOWED = frozenset({"torch", "triton", "einstruct", "numpy", "jinja2", "lark"
 
 def default_file_name(structure_name: str) -> str:
     """The file ``compile -o DIR/`` writes: ``<structure>.py``, or ``<structure>_layer.py``
-    where that would shadow a module (a structure named ``torch`` or ``typing``: every
-    ``import torch`` run in that directory would find the layer instead).
+    where that would shadow a module (a structure named ``torch``, ``typing`` or any
+    module installed here: every ``import torch`` run in that directory would find the
+    layer instead).
 
-    >>> default_file_name("btt"), default_file_name("torch"), default_file_name("typing")
-    ('btt.py', 'torch_layer.py', 'typing_layer.py')
+    >>> default_file_name("btt"), default_file_name("torch"), default_file_name("typing_extensions")
+    ('btt.py', 'torch_layer.py', 'typing_extensions_layer.py')
     """
     shadows = structure_name in sys.stdlib_module_names or structure_name in _SHADOWED
-    return f"{structure_name}_layer.py" if shadows else f"{structure_name}.py"
+    return f"{structure_name}_layer.py" if shadows or _installed(structure_name) else f"{structure_name}.py"
+
+
+def _installed(name: str) -> bool:
+    """Whether ``name`` is a module this Python can import (``typing_extensions``, which
+    torch imports, or any installed package): a file of that name would hide it."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a broken installation of that name still is one
+        return True
 
 
 def spec_hash(plan: Plan) -> str:
