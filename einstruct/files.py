@@ -25,9 +25,10 @@ means that directory, and the file gets the default name inside it.
 
 from __future__ import annotations
 
+import errno
 import os
+import secrets
 import stat
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -164,10 +165,18 @@ def temporary_prefix(name: str) -> str:
     return f".{text}."
 
 
-def _default_mode() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
+def _temporary_file(path: Path) -> tuple[int, str]:
+    """A new file next to ``path`` (a random name, created exclusively, links not followed),
+    open for writing, whose permission bits the kernel sets from the umask (reading the
+    umask would set it, for a moment, for every thread of the process)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    for _ in range(100):
+        tmp = str(path.parent / f"{temporary_prefix(path.name)}{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path.parent))
 
 
 def write_atomic(path: Path, data: str | bytes, mode: int | None = None) -> None:
@@ -178,7 +187,7 @@ def write_atomic(path: Path, data: str | bytes, mode: int | None = None) -> None
     """
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
-        handle, tmp = tempfile.mkstemp(prefix=temporary_prefix(path.name), suffix=".tmp", dir=path.parent)
+        handle, tmp = _temporary_file(path)
     except OSError as exc:
         raise OutputError(
             f"cannot write {_shown(path)}: {exc.strerror or exc}",
@@ -187,7 +196,8 @@ def write_atomic(path: Path, data: str | bytes, mode: int | None = None) -> None
     try:
         with os.fdopen(handle, "wb") as out:
             out.write(payload)
-            os.fchmod(out.fileno(), _default_mode() if mode is None else mode)
+            if mode is not None:
+                os.fchmod(out.fileno(), mode)
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

