@@ -309,3 +309,27 @@ def test_hostile_names_project_exactly(spec):
         return
     target = torch.from_numpy(dense_from_factors(layer_cls(dtype=torch.float64)))
     assert layer_cls(dtype=torch.float64).from_dense(target) < 1e-9
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "structure l = low_rank(d = 36, rank = 4)",
+        "structure b = btt(d = 36, rank = 2)",
+        "structure t = tensor_train(d = 36, rank = 2)",
+        "structure k = kronecker(d = 36)",
+    ],
+)
+def test_a_huge_finite_w_projects_as_its_scaled_copy_or_is_refused_changing_nothing(spec):
+    # float32 squares of entries past 1e19 overflowed: the error came back NaN, and at
+    # 1e38 the factors were left non-finite
+    torch.manual_seed(0)
+    w = torch.randn(36, 36)
+    layer, reference = einstruct.compile(spec)(), einstruct.compile(spec)()
+    expected = reference.from_dense(w)
+    assert layer.from_dense(w * 1e30) == pytest.approx(expected, rel=1e-4)
+    assert all(bool(torch.isfinite(p).all()) for p in layer.parameters())
+    before = [p.detach().clone() for p in layer.parameters()]
+    with pytest.raises(ValueError, match="too large to project|NaN or infinite"):
+        layer.from_dense(torch.full((36, 36), 1e38))
+    assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters(), strict=True))

@@ -212,6 +212,11 @@ def _wide(tensor: torch.Tensor) -> torch.dtype:
     return torch.promote_types(tensor.dtype, torch.float32)
 
 
+def _exact(tensor: torch.Tensor) -> torch.dtype:
+    """float64 where the tensor's device has it (for sums of squares that overflow)."""
+    return _wide(tensor) if tensor.device.type == "mps" else torch.float64
+
+
 def _product(values: list) -> int:
     """The product of ``values`` (a loop torch.compile traces, unlike math.prod over a
     generator)."""
@@ -315,8 +320,9 @@ def _check_extras(layer: "StructuredLinear", bias: Any, max_iter: Any) -> None:
 
 
 def _relative_error(weight: torch.Tensor, approx: torch.Tensor) -> float:
-    """||W - approx|| / ||W|| (Frobenius); the absolute error when W = 0."""
-    wide = _wide(approx)
+    """||W - approx|| / ||W|| (Frobenius); the absolute error when W = 0 (in float64
+    where the device has it: squares of float32 entries past 1e19 overflow)."""
+    wide = _wide(approx) if approx.device.type == "mps" else torch.float64
     weight = weight.detach().to(device=approx.device, dtype=wide)
     diff = float((weight - approx.detach().to(wide)).norm())
     scale = float(weight.norm())
@@ -338,7 +344,7 @@ def _assign(layer: "StructuredLinear", factors: Any, bias: Any) -> None:
     with torch.no_grad():
         if factors is None:
             factors = [p.detach().to(_wide(p)) for p in params]
-        rms = [float(f.pow(2).mean().sqrt()) for f in factors]
+        rms = [float(f.to(_exact(f)).pow(2).mean().sqrt()) for f in factors]
         sigma = [float(layer.init_std[name]) for name in names]
         if min(rms) > 0:
             t = 1.0
@@ -857,18 +863,34 @@ class StructuredLinear(nn.Module):
             )
         shape = (self.out_features, self.in_features)
         target = _padded_target(weight, shape, (self.padded_out, self.padded_in), first)
-        factors = None
-        if self.projection == "iterative":
-            _fit(self, target, max_iter)
-        else:
+        kept = [p.detach().clone() for p in self.parameters()]  # put back on failure
+        try:
+            factors = None
+            if self.projection == "iterative":
+                _fit(self, target, max_iter)
+            else:
+                with torch.no_grad():
+                    factors = self._project(target, max_iter)
+                if self.projection == "refined":
+                    _refine(self, factors, target, shape, max_iter)
+                    factors = None
             with torch.no_grad():
-                factors = self._project(target, max_iter)
-            if self.projection == "refined":
-                _refine(self, factors, target, shape, max_iter)
-                factors = None
-        with torch.no_grad():
-            _assign(self, factors, bias)
-            return _relative_error(weight, self.to_dense())
+                _assign(self, factors, bias)
+                error = _relative_error(weight, self.to_dense())
+            if not (error == error and error != float("inf")) or not all(
+                bool(torch.isfinite(p).all()) for p in self.parameters()
+            ):
+                raise ValueError(
+                    f"from_dense: W's entries (largest |w| = {float(weight.abs().max()):.3g}) "
+                    f"are too large to project in {first.dtype}; scale W down (and the "
+                    "layer's output back up), or use a wider dtype"
+                )
+        except BaseException:
+            with torch.no_grad():
+                for p, old in zip(self.parameters(), kept):
+                    p.copy_(old)
+            raise
+        return error
 
     def lr_multipliers(self) -> dict:
         """Parameter name -> learning-rate multiplier against a dense layer's lr."""
