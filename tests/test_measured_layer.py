@@ -124,8 +124,8 @@ def test_while_compiling_the_layer_takes_what_was_measured_for_its_mode(layer_cl
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
     assert layer._measured_strategy(x) == "dense"
     assert layer._measured_strategy(x.float()) == layer_class.default_strategy  # another dtype
-    with torch.no_grad():
-        assert layer._measured_strategy(x) == layer_class.default_strategy  # not measured for inference
+    with torch.no_grad():  # one choice for every grad mode: jit.trace checks under no_grad
+        assert layer._measured_strategy(x) == "dense"
     monkeypatch.undo()
     layer.path_chooser = RecordingChooser("structured")
     layer(torch.randn(1000, 64, dtype=torch.float64))  # another bucket disagrees
@@ -200,3 +200,50 @@ def test_the_default_path_is_part_of_the_key():
         layer(torch.randn(16, 64, dtype=torch.float64))
         keys.append(chooser.asked[0]["structure"])
     assert keys[0] != keys[1]
+
+
+def _fresh_measuring(cls):
+    layer = cls(strategy="measured", dtype=torch.float64)
+    layer.path_chooser = PathChooser(cache_dir=None, repeats=1, warmup=0)
+    reference = cls(strategy="structured", dtype=torch.float64)
+    reference.load_state_dict(layer.state_dict())
+    return layer, reference
+
+
+def test_the_first_call_inside_torch_func_transforms_runs_without_timing(layer_class):
+    # timing calls requires_grad_ on the transform's wrapped tensors: every first call
+    # (an empty cache: a fresh machine) under grad, vmap or jacrev failed
+    from torch.func import functional_call, grad, vmap
+
+    layer, reference = _fresh_measuring(layer_class)
+    x = torch.randn(6, 64, dtype=torch.float64)
+    params = {k: v.detach() for k, v in layer.named_parameters()}
+    got = grad(lambda p: functional_call(layer, p, (x,)).square().sum())(params)
+    want = grad(lambda p: functional_call(reference, p, (x,)).square().sum())(params)
+    for name in want:
+        torch.testing.assert_close(got[name], want[name])
+    torch.testing.assert_close(vmap(layer)(x.reshape(3, 2, 64)), reference(x).reshape(3, 2, -1))
+    assert getattr(layer, "_measured_choices", {}) == {}  # nothing timed, nothing remembered
+
+
+def test_the_first_call_inside_non_reentrant_checkpointing_runs_without_timing(layer_class):
+    from torch.utils.checkpoint import checkpoint
+
+    layer, reference = _fresh_measuring(layer_class)
+    x = torch.randn(6, 64, dtype=torch.float64, requires_grad=True)
+    checkpoint(layer, x, use_reentrant=False).square().sum().backward()
+    got = x.grad.clone()
+    x.grad = None
+    reference(x).square().sum().backward()
+    torch.testing.assert_close(got, x.grad)
+
+
+def test_jit_trace_checks_its_graph_against_the_same_path_under_no_grad(layer_class):
+    layer, chooser = _measured(layer_class, "dense")
+    x = torch.randn(16, 64, dtype=torch.float64)
+    layer(x)  # training: dense
+    layer.path_chooser = RecordingChooser("structured")
+    with torch.no_grad():
+        layer(x)  # inference: structured; the modes disagree
+    traced = torch.jit.trace(layer, x)  # its check reruns under no_grad: graphs differed
+    torch.testing.assert_close(traced(x), layer(x))

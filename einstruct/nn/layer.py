@@ -720,7 +720,7 @@ class StructuredLinear(nn.Module):
         estimates as the prior where they hold: training at the planned batch's bucket),
         then remembered on the layer, so a later call costs a dict lookup. While tracing
         or compiling nothing is timed: the choice measured for this device, dtype and
-        mode if every token bucket agreed on it, else the default."""
+        autocast if every token bucket and grad mode agreed on it, else the default."""
         grad = torch.is_grad_enabled() and (x.requires_grad or _learns(self))
         _, autocasts, amp_dtype = autocast_state(x)
         amp = amp_dtype if autocasts else None
@@ -734,7 +734,11 @@ class StructuredLinear(nn.Module):
         mode = (x.device, x.dtype, grad, amp, options)
         choices = self.__dict__.setdefault("_measured_choices", {})
         if torch.jit.is_tracing() or torch.compiler.is_compiling():
-            agreed = {c.winner for k, c in choices.items() if k[:5] == mode}
+            # one choice for every grad mode: jit.trace checks its graph again under no_grad
+            same = (x.device, x.dtype, amp, options)
+            agreed = {
+                c.winner for k, c in choices.items() if (k[0], k[1], k[3], k[4]) == same
+            }
             return agreed.pop() if len(agreed) == 1 else self.default_strategy
         rows = x.numel() // self.in_features if self.in_features else 0
         key = (*mode, torch.get_num_threads(), (max(rows, 1) - 1).bit_length())

@@ -147,12 +147,29 @@ def default_cache_dir() -> str | None:
     return os.path.join(base, "einstruct")
 
 
+def _inside_transform() -> bool:
+    """Inside a torch.func transform (grad, vmap, jacrev) or under saved-tensors hooks
+    (non-reentrant activation checkpointing): timing runs a forward and backward of
+    its own, which those refuse or cut short."""
+    if torch._C._functorch.maybe_current_level() is not None:
+        return True
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    if top is None:
+        return False
+    try:
+        return top(False) is not None
+    except TypeError:  # an older signature
+        return top() is not None
+
+
 def can_measure(tensors: Sequence[torch.Tensor]) -> bool:
-    """Whether timing is meaningful here: not while tracing or compiling, not on meta or fake tensors."""
+    """Whether timing is meaningful here: not while tracing or compiling, not inside
+    a torch.func transform or activation checkpointing, not on meta or fake tensors."""
     if (
         torch.jit.is_tracing()
         or torch.jit.is_scripting()
         or torch.compiler.is_compiling()
+        or _inside_transform()
     ):
         return False
     for t in tensors:
@@ -440,7 +457,9 @@ class PathChooser:
                 if fallback is not None and fallback in candidates
                 else names[0]
             )
-            why = {name: "timing impossible while tracing or compiling"}
+            why = {
+                name: "timing impossible while tracing, compiling, transforming or checkpointing"
+            }
             return PathChoice(key, name, {}, why, "fallback")
         timed, skipped = self._prune(names, prior, fallback)
         timings, failed = time_paths(
