@@ -204,11 +204,17 @@ def test_shared_modules_stay_shared_and_attention_out_proj_is_skipped():
     model["attn"](torch.randn(3, 16), torch.randn(3, 16), torch.randn(3, 16))  # still works
 
 
-def test_frozen_layers_and_training_mode_are_kept():
+@pytest.mark.parametrize("weight, bias", [(False, True), (True, False), (False, False)])
+def test_frozen_layers_and_training_mode_are_kept(weight, bias):
+    # the bias keeps its own flag: a frozen weight with a trainable bias (BitFit) used to
+    # freeze the bias too, and a frozen bias beside a trainable weight started training
     model = _mlp().eval()
-    model[2].weight.requires_grad_(False)
+    model[2].weight.requires_grad_(weight)
+    model[2].bias.requires_grad_(bias)
     einstruct.replace_linear(model, "structure b = btt()", select=["2"])
-    assert not model[2].training and not any(p.requires_grad for p in model[2].parameters())
+    flags = {name: p.requires_grad for name, p in model[2].named_parameters()}
+    assert not model[2].training
+    assert flags == {**{name: weight for name in flags}, "bias": bias}
 
 
 def test_the_report_and_summary():

@@ -142,8 +142,8 @@ def _build(
     elif bias is not None:
         with torch.no_grad():
             new.bias.copy_(bias)
-    for p in new.parameters():
-        p.requires_grad_(weight.requires_grad)
+    for name, p in new.named_parameters():  # a frozen weight gives frozen factors; the bias keeps its own
+        p.requires_grad_(bias.requires_grad if name == "bias" and bias is not None else weight.requires_grad)
     return new, projection, error
 
 
