@@ -50,6 +50,27 @@ def test_a_wrong_width_names_in_features(spec, strategy):
 
 
 @pytest.mark.parametrize("spec, strategy", LAYERS)
+def test_an_input_that_is_no_tensor_is_refused_as_nn_linear_refuses_it(spec, strategy):
+    import numpy as np
+
+    layer = compile_structure(einstruct.load(spec), strategy=strategy)()
+    rows = [[0.5] * layer.in_features]
+    with pytest.raises(TypeError, match="takes a torch.Tensor input, got list"):  # an AttributeError before
+        layer(rows)
+    with pytest.raises(TypeError, match="got ndarray; convert it with torch.as_tensor"):
+        layer(np.asarray(rows, dtype=np.float32))
+    with pytest.raises(TypeError):  # nn.Linear refuses it too
+        torch.nn.Linear(layer.in_features, 2)(rows)
+
+
+@pytest.mark.parametrize("lr, weight_decay", [("1e-3", 0.0), (1e-3, None), (float("nan"), 0.0), (-1.0, 0.0)])
+def test_a_layers_param_groups_check_their_numbers(lr, weight_decay):
+    layer = compile_structure(einstruct.load(PLAIN))()
+    with pytest.raises((TypeError, ValueError), match=r"param_groups: (lr|weight_decay) must be"):
+        layer.param_groups(lr, weight_decay)
+
+
+@pytest.mark.parametrize("spec, strategy", LAYERS)
 def test_a_dtype_other_than_the_factors_is_refused_outside_autocast(spec, strategy):
     layer = compile_structure(einstruct.load(spec), strategy=strategy)()
     x = torch.randn(3, layer.in_features)

@@ -702,6 +702,11 @@ class StructuredLinear(nn.Module):
         """Refuse, before computing, an input of the wrong width or (outside autocast)
         dtype."""
         name = type(self).__name__
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(
+                f"{name} takes a torch.Tensor input, got {type(x).__name__}; convert it "
+                "with torch.as_tensor(...)"
+            )
         if x.dim() == 0 or x.shape[-1] != self.in_features:
             raise ValueError(
                 f"{name} expects inputs whose last dimension is in_features = "
@@ -908,6 +913,16 @@ class StructuredLinear(nn.Module):
     def param_groups(self, lr: float, weight_decay: float = 0.0) -> list:
         """Optimizer groups with the structure-aware learning rates; weight decay on
         matrices only (as ``einstruct.param_groups``)."""
+        for what, value in (("lr", lr), ("weight_decay", weight_decay)):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise TypeError(
+                    f"param_groups: {what} must be a number, got "
+                    f"{type(value).__name__} {value!r:.40}"
+                )
+            if not value >= 0 or value == float("inf"):
+                raise ValueError(
+                    f"param_groups: {what} must be finite and at least 0, got {value!r}"
+                )
         return [
             {
                 "params": [self.get_parameter(name)],
