@@ -333,3 +333,44 @@ def test_a_huge_finite_w_projects_as_its_scaled_copy_or_is_refused_changing_noth
     with pytest.raises(ValueError, match="too large to project|NaN or infinite"):
         layer.from_dense(torch.full((36, 36), 1e38))
     assert all(torch.equal(a, b) for a, b in zip(before, layer.parameters(), strict=True))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "structure l = low_rank(d = 36, rank = 4)",
+        "structure b = btt(d = 36, rank = 2)",
+        "structure t = tensor_train(d = 36, rank = 2)",
+        "structure k = kronecker(d = 36)",
+        "structure m = monarch(d = 36)",
+    ],
+)
+def test_a_zero_w_projects_exactly_to_factors_training_can_leave(spec):
+    # every factor came back zero: a saddle no gradient leaves (adaLN-Zero, LoRA-B style
+    # zero layers converted with init="project" never trained)
+    torch.manual_seed(0)
+    layer = einstruct.compile(spec)()
+    assert layer.from_dense(torch.zeros(36, 36)) == 0.0
+    assert torch.equal(layer.to_dense(), torch.zeros(36, 36))
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    x, target = torch.randn(64, 36), torch.randn(64, 36)
+    for _ in range(2):
+        optimizer.zero_grad()
+        (layer(x) - target).pow(2).mean().backward()
+        optimizer.step()
+    assert float(layer.to_dense().abs().max()) > 1e-4
+
+
+def test_a_rank_deficient_w_leaves_no_rank_component_out_of_trainings_reach():
+    # rank 48 on a 64 -> 32 layer: the SVD fills 32 components, the other 16 came back
+    # zero in U and V, with zero gradients for good
+    torch.manual_seed(0)
+    layer = einstruct.compile("structure l = low_rank(d_in = 64, d_out = 32, rank = 48)", strategy="structured")()
+    w = torch.randn(32, 64)
+    assert layer.from_dense(w) < 1e-5  # exact: the SVD optimum is W itself
+    (layer(torch.randn(16, 64)) - torch.randn(16, 32)).pow(2).sum().backward()
+    u, v = layer.U, layer.V  # U holds [i, r], V [r, o] in some stored order
+    r_in_u = layer.factor_axes["U"].index("r")
+    r_in_v = layer.factor_axes["V"].index("r")
+    reached = u.grad.abs().amax(dim=1 - r_in_u) + v.grad.abs().amax(dim=1 - r_in_v)
+    assert bool((reached > 0).all()), f"{int((reached == 0).sum())} rank components get no gradient"

@@ -364,6 +364,44 @@ def _assign(layer: "StructuredLinear", factors: Any, bias: Any) -> None:
             layer.bias.copy_(bias.detach().reshape(layer.bias.shape))
 
 
+def _revive(layer: "StructuredLinear") -> None:
+    """Give training a way into parts of the factors a projection left at zero, W
+    unchanged: where every factor holding an index the input and output do not hold
+    is zero at one of its values (a rank component of a rank-deficient W), and where
+    several factors are zero whole (W = 0), all but one of them (the last applied if
+    it is one) get their init's noise there. With every holder zero, no gradient
+    could ever reach them; with one left zero, each term of W through them stays 0."""
+    axes, sizes = layer.factor_axes, layer.index_sizes
+    outer = set(layer.input_axes) | set(layer.output_axes)
+    for index in sizes:
+        holders = [f for f in axes if index in axes[f]]
+        if index in outer or len(holders) < 2:
+            continue
+        dead = None
+        for f in holders:
+            p = getattr(layer, f)
+            dim = axes[f].index(index)
+            others = [d for d in range(p.dim()) if d != dim]
+            zero = p.abs().amax(dim=others) == 0 if others else p == 0
+            dead = zero if dead is None else dead & zero
+        if dead is None or not bool(dead.any()):
+            continue
+        kept = layer.last_factor if layer.last_factor in holders else holders[-1]
+        for f in holders:
+            if f != kept:
+                p = getattr(layer, f)
+                shape = [1] * p.dim()
+                shape[axes[f].index(index)] = -1
+                noise = torch.randn_like(p) * layer.init_std[f]
+                p.copy_(torch.where(dead.reshape(shape), noise, p))
+    zero = [f for f in axes if not bool(getattr(layer, f).any())]
+    if len(zero) > 1:
+        kept = layer.last_factor if layer.last_factor in zero else zero[-1]
+        for f in zero:
+            if f != kept:
+                nn.init.normal_(getattr(layer, f), 0.0, layer.init_std[f])
+
+
 def _fitted(layer: "StructuredLinear", mask: Any) -> torch.Tensor:
     """W as the fit sees it: dense_weight, on the entries ``mask`` keeps (all if None)."""
     weight = layer.dense_weight()
@@ -885,6 +923,7 @@ class StructuredLinear(nn.Module):
                     factors = None
             with torch.no_grad():
                 _assign(self, factors, bias)
+                _revive(self)
                 error = _relative_error(weight, self.to_dense())
             if not (error == error and error != float("inf")) or not all(
                 bool(torch.isfinite(p).all()) for p in self.parameters()
