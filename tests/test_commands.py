@@ -387,3 +387,26 @@ def test_structure_names_given_on_the_command_line_are_read_as_in_files(tmp_path
     for command in ("plan", "analyze"):
         assert main([command, str(tmp_path / "two.ein"), "--structure", " "]) == 2
         assert "--structure needs a structure's name" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["analyze", str(EXAMPLES / "btt.ein"), "--set", "d=log(4)"],
+        ["analyze", str(EXAMPLES / "btt.ein"), "--set", "d=max(4)"],
+        ["theta", "foo(1),0,1/2,0,1/2,1/2,0", "--d", "1024"],
+    ],
+)
+def test_a_bad_function_in_a_value_given_outside_a_file_is_a_located_error(argv, capsys):
+    # the same text inside a file was located; from --set or theta it was an internal
+    # error (lark's VisitError, exit 3)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "internal error" not in err and ":1:1: error:" in err and "^" in err
+
+
+def test_a_bad_function_in_an_api_value_raises_einstructs_error():
+    from einstruct.errors import EinstructError
+
+    with pytest.raises(EinstructError, match="unknown function 'log'"):
+        einstruct.analyze(EXAMPLES / "btt.ein", d="log(4)")

@@ -104,13 +104,7 @@ def parse_text(text: str, file: str = "<string>") -> SpecFile:
     except UnexpectedInput as exc:
         raise syntax_error(exc, lines, file, source, _parser("start")) from None
     check_tree(tree, file, lines)
-    try:
-        declarations = _ToSpec(file, lines).transform(tree)
-    except Exception as exc:  # lark wraps errors raised inside the transformer
-        inner = getattr(exc, "orig_exc", exc)
-        if isinstance(inner, EinstructError):
-            raise inner from None
-        raise
+    declarations = _transformed(tree, file, lines)
     _check_unique_names(declarations)
     return SpecFile(file=file, text=text, declarations=tuple(declarations))
 
@@ -140,8 +134,18 @@ def parse_value(text: str, where: str = "--set") -> Expr:
         ) from None
     lines = source_lines(text)
     check_tree(tree, where, lines)
-    expr = _ToSpec(where, lines).transform(tree).children[0]
-    return expr
+    return _transformed(tree, where, lines).children[0]
+
+
+def _transformed(tree: Any, file: str, lines: list[str]) -> Any:
+    """``tree`` through the transformer, an error it raises unwrapped from lark's."""
+    try:
+        return _ToSpec(file, lines).transform(tree)
+    except Exception as exc:  # lark wraps errors raised inside the transformer
+        inner = getattr(exc, "orig_exc", exc)
+        if isinstance(inner, EinstructError):
+            raise inner from None
+        raise
 
 
 def _check_unique_names(declarations: list[Declaration]) -> None:
