@@ -18,6 +18,7 @@ from einstruct.cli import main
 from einstruct.errors import ParameterError
 from einstruct.experiments import sweep
 from einstruct.experiments.data_cache import data_path, valid_data
+from einstruct.experiments.frontier import best_points
 from einstruct.experiments.presets import DENSE, PRESETS
 from einstruct.experiments.report import laws_table, summarize
 from einstruct.experiments.scaling import construction_bytes, make_data
@@ -85,16 +86,6 @@ def test_a_torn_last_line_is_cut_and_that_run_trained_again(tmp_path):
         text = results.read_text()
         assert text.endswith("\n") and len(text.splitlines()) == 4
         assert {r["structure"] for r in _rows(results)} == LABELS  # every line is whole JSON
-
-
-def test_a_whole_last_line_without_its_newline_is_kept(tmp_path):
-    results = tmp_path / "r.jsonl"
-    results.write_bytes(b'{"key": "a"}\n{"key": "b"}')
-    sweep.repair_results(results)
-    assert results.read_bytes() == b'{"key": "a"}\n{"key": "b"}\n'
-    results.write_bytes(b'{"key": "a"}\n{"key": "b')
-    sweep.repair_results(results)
-    assert results.read_bytes() == b'{"key": "a"}\n'
 
 
 # --- 3. a worker that dies stops the sweep with an error, not a hang --------------------------
@@ -306,3 +297,115 @@ def test_the_docs_range_of_btt_below_dense_is_the_tables():
             below.append(1 - values[0] / values[1])
     low, high = round(100 * min(below)), round(100 * max(below))
     assert f"{low}-{high}% below dense" in section
+
+
+# --- 10. lr-transfer checks its seeds and widths as scaling does --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "env", "message"),
+    [
+        (["--seeds", str(2**64 - 1)], None, f"seed must be from 0 to {2**32 - 1:,}, got {2**64 - 1:,}"),
+        (["--seeds", str(2**32)], None, f"seed must be from 0 to {2**32 - 1:,}, got {2**32:,}"),
+        ([], "8", "width of btt must be from 1 to 8, got 16"),  # the smoke width is 16
+    ],
+)
+def test_lr_transfer_refuses_seeds_and_widths_past_their_bounds(
+    tmp_path, capsys, monkeypatch, flags, env, message
+):
+    if env is not None:
+        monkeypatch.setenv("EINSTRUCT_MAX_WIDTH", env)
+    results = tmp_path / "t.jsonl"
+    args = ["experiment", "lr-transfer", "--smoke", "--workers", "0", "--results", str(results), *flags]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert message in err and "internal error" not in err and not results.exists()
+
+
+# --- 11. the memory check counts every worker and the optimizer's state -------------------------
+
+
+def test_memory_for_training_counts_each_worker_gradients_and_adam_moments(tmp_path, capsys, monkeypatch):
+    """Width 2000 of btt: the dense student as built is 4 x its parameters (counted by torch); a
+    process training it holds the stream plus 5 such copies (weights, gradients, 2 Adam moments,
+    the dense layers while replaced). Memory for one such process fits, for two it does not."""
+    from einstruct.experiments.presets import structures
+    from einstruct.experiments.scaling import _student_class, stream_bytes
+
+    task, width = PRESETS["smoke"].task, 2000
+    dense = 4 * sum(p.numel() for p in _student_class()(task, width, None).parameters())
+    one = 4 * task.steps * task.batch * (task.in_dim + 1) + 4 * task.eval_samples * (task.in_dim + 1)
+    assert one == stream_bytes(task)
+    need = one + 5 * dense
+    monkeypatch.setattr(capacity, "memory_bytes", lambda: int(1.5 * need))
+    monkeypatch.setattr(capacity, "usable_cpus", lambda: 2)
+    runs = sweep.plan_runs({"btt": structures([])["btt"]}, {"btt": [width]}, {"btt": [0.01]}, [0])
+    sweep.check_memory(task, runs, 1)  # one process fits
+    with pytest.raises(ParameterError, match="trained by each of 2 processes at once") as err:
+        sweep.check_memory(task, runs, 2)
+    assert f"{2 * need / 2**30:,.1f} GiB" in str(err.value) and "--workers" in err.value.hint
+    assert dense < 1.5 * need  # the old check (one student as built) would have let both through
+
+
+# --- 12. a reader that goes away (`2>&1 | head -2`) does not stop the sweep ----------------------
+
+
+class _ClosedAfter:
+    """A stream whose reader goes away after ``lines`` writes, as a pipe into ``head``."""
+
+    def __init__(self, lines: int) -> None:
+        self.lines, self.written = lines, []
+
+    def write(self, text: str) -> int:
+        if len(self.written) >= self.lines:
+            raise BrokenPipeError(32, "Broken pipe")
+        self.written.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        if len(self.written) >= self.lines:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    def isatty(self) -> bool:
+        return False
+
+
+def test_a_closed_pipe_stops_the_progress_not_the_sweep(tmp_path, monkeypatch):
+    results = tmp_path / "r.jsonl"
+    monkeypatch.setattr("sys.stderr", _ClosedAfter(2))
+    monkeypatch.setattr("sys.stdout", _ClosedAfter(0))
+    assert main([*SMOKE, "--results", str(results)]) == 0
+    assert {r["structure"] for r in _rows(results)} == LABELS  # every run trained, none lost
+    assert set(json.loads((tmp_path / "r.jsonl.summary.json").read_text())["structures"]) == LABELS
+
+
+# --- 13. one seed has no interval; a loss that exploded but stayed finite is a divergence ------
+
+
+def test_one_seed_gives_an_exponent_without_an_interval():
+    rows = [
+        {"structure": "a", "width": w, "lr": 0.1, "seed": 0, "eval_loss": curve[-1][2], "curve": curve}
+        for w, curve in [(1, [[1, 10.0, 1.0], [2, 100.0, 0.5]]), (2, [[1, 40.0, 0.9], [2, 400.0, 0.25]])]
+    ]
+    summary = summarize(rows, {})
+    a = summary["structures"]["a"]
+    assert a["exponent"] > 0 and len(a["exponent_per_seed"]) == 1 and a["exponent_95"] is None
+    assert re.search(rf"\| a \| {a['exponent']:.3f} \| - \| {a['exponent']:.3f} \|", laws_table(summary))
+
+
+@pytest.mark.parametrize("lr", [100.0])
+def test_a_loss_that_exploded_but_stayed_finite_is_a_diverged_run(lr):
+    """At these rates the smoke student's loss ends finite but far above what predicting 0 scores
+    (the mean square of the held-out targets, computed here): the run is marked diverged."""
+    from einstruct.experiments.presets import structures
+    from einstruct.experiments.scaling import Run, train_run
+
+    task = PRESETS["smoke"].task
+    data = make_data(task, 0)
+    zero = float((data["y_eval"] ** 2).mean())  # the loss of predicting 0
+    row = train_run(task, Run("btt", structures([])["btt"], 16, lr, 0), data)
+    final = row["curve"][-1]  # the held-out loss after the last step: finite, and exploded
+    assert final[0] == task.steps and math.isfinite(final[2]) and final[2] > 10 * zero
+    assert row["diverged"] is True and row["eval_loss"] is None
+    exploded = {**row, "eval_loss": 1e9 * zero, "diverged": False}  # a row written before the rule
+    assert best_points([exploded])["btt"][0].loss == math.inf

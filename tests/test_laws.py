@@ -18,7 +18,8 @@ from einstruct.experiments.laws import (
     log_grid,
     t_interval,
 )
-from einstruct.experiments.transfer import best_lr, transfer_summary
+from einstruct.experiments.report import laws_table, summarize
+from einstruct.experiments.transfer import best_lr, transfer_summary, transfer_table
 
 
 @given(
@@ -74,6 +75,30 @@ def test_envelope_and_window_by_hand():
     assert fit_window({"a": a, "b": b}, decades=0.5) == pytest.approx((200 / 10**0.5, 200.0))
 
 
+def test_a_fit_window_of_curves_that_do_not_overlap_is_none():
+    """b's curve starts (300 FLOPs) after a's ends (100): no window, never an inverted one."""
+    a = [Curve("a", 1, 0.1, 0, ((10.0, 0.9), (100.0, 0.5)))]
+    b = [Curve("b", 1, 0.1, 0, ((300.0, 0.7), (3000.0, 0.4)))]
+    assert fit_window({"a": a, "b": b}) is None
+    summary = summarize(
+        [
+            {
+                "structure": c.structure,
+                "width": 1,
+                "lr": 0.1,
+                "seed": 0,
+                "eval_loss": c.points[-1][1],
+                "curve": [[k, f, loss] for k, (f, loss) in enumerate(c.points)],
+            }
+            for c in (*a, *b)
+        ],
+        {},
+    )
+    assert summary["fit_window"] == [None, None] and summary["ranges_overlap"] is False
+    assert summary["compute_ranges"] == {"a": [10.0, 100.0], "b": [300.0, 3000.0]}
+    assert "compute ranges do not overlap" in laws_table(summary)
+
+
 def test_best_curves_keep_each_widths_best_lr_by_mean_final_loss():
     rows = [
         {"structure": "s", "width": 8, "lr": lr, "seed": seed, "eval_loss": loss, "curve": [[10, 100, loss]]}
@@ -116,3 +141,32 @@ def test_transfer_summary_finds_each_widths_best_lr_and_the_drift():
     assert rules["mup"]["best_lr"] == pytest.approx({"16": 0.01, "32": 0.01}) and rules["mup"]["drift"] == 1
     assert rules["global"]["best_lr"] == pytest.approx({"16": 0.01, "32": 0.1})
     assert rules["global"]["drift"] == pytest.approx(10)
+
+
+def test_a_width_where_every_run_diverged_has_no_best_lr_and_no_part_in_the_drift():
+    """At width 64 every lr diverged: no best lr there (null, '-'), and the drift is that of the
+    two widths that trained, recomputed here from their best grid points."""
+    best = {16: 0.01, 32: 0.1}
+    rows = [
+        {
+            "structure": "s",
+            "width": w,
+            "lr": lr,
+            "seed": 0,
+            "params_rule": "mup",
+            "eval_loss": None if w == 64 else 1.0 + abs(math.log10(lr / best[w])),
+        }
+        for w in (16, 32, 64)
+        for lr in (1e-3, 1e-2, 1e-1, 1.0)
+    ]
+    mup = transfer_summary(rows)["rules"]["mup"]
+    assert mup["best_lr"]["64"] is None and mup["drift_widths"] == ["16", "32"]
+    assert mup["drift"] == pytest.approx(max(best.values()) / min(best.values()))
+    table = transfer_table({"rules": {"mup": mup}})
+    assert "| best lr | 0.01 | 0.1 | - |" in table and "every run diverged at d = 64" in table
+    # one width left: no drift at all, never 1x and never 100x
+    only = transfer_summary([r for r in rows if r["width"] != 32])["rules"]["mup"]
+    assert only["drift"] is None and "drift (largest best lr / smallest): undefined" in transfer_table(
+        {"rules": {"mup": only}}
+    )
+    assert best_lr([1e-3, 1e-2], [math.inf, math.inf]) is None

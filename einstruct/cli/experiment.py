@@ -17,6 +17,7 @@ starts. torch is imported only when a command runs, and matplotlib only for
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import replace
@@ -171,6 +172,22 @@ def _progress() -> Any:
     )
 
 
+def _emit(stream: Any, text: str) -> None:
+    """Write ``text`` to ``stream`` (standard output or error). A reader that has gone away
+    (``... 2>&1 | head -2``) never stops the sweep: the stream is pointed at the null device for
+    the rest of the command, which goes on training and writes its files as usual."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # not a file descriptor: each write fails alone
+            pass
+
+
 class _Lines:
     """Progress as one line per finished run on standard error (for logs: no terminal needed)."""
 
@@ -179,16 +196,16 @@ class _Lines:
 
     def __call__(self, done: int, total: int, row: dict[str, Any] | None) -> None:
         if row is None:
-            sys.stderr.write(f"{self.name}: {done} of {total} runs already in the results file\n")
+            _emit(sys.stderr, f"{self.name}: {done} of {total} runs already in the results file\n")
         else:
             elapsed = time.monotonic() - self.start
             loss = "diverged" if row["eval_loss"] is None else f"{row['eval_loss']:.4f}"
             rule = "" if row.get("params_rule", "mup") == "mup" else f" ({row['params_rule']} lr)"
-            sys.stderr.write(
+            _emit(
+                sys.stderr,
                 f"{self.name}: [{done}/{total}] {row['structure']} d={row['width']} lr={row['lr']:g}{rule} "
-                f"seed {row['seed']}: {loss} ({row['seconds']:.1f} s, {elapsed:.0f} s in all)\n"
+                f"seed {row['seed']}: {loss} ({row['seconds']:.1f} s, {elapsed:.0f} s in all)\n",
             )
-        sys.stderr.flush()
 
 
 def _sweep(name: str, task: Any, runs: list, results: Path, workers: int | None) -> list[dict[str, Any]]:
@@ -217,19 +234,29 @@ def _sweep(name: str, task: Any, runs: list, results: Path, workers: int | None)
 
             rows = run_sweep(task, runs, results, workers=workers, progress=progress)
     own = resource.getrusage(resource.RUSAGE_SELF)
-    sys.stderr.write(
+    _emit(
+        sys.stderr,
         f"{name}: {len(trained)} runs trained, {sum(trained):.0f} s of CPU in them; this process "
-        f"{own.ru_utime + own.ru_stime:.0f} s (user + sys)\n"
+        f"{own.ru_utime + own.ru_stime:.0f} s (user + sys)\n",
     )
     return rows
+
+
+def _refuse_empty_paths(args: argparse.Namespace) -> None:
+    """An empty file name (``--results=``) is a mistake, never a request for the default."""
+    for flag in ("--results", "--json", "--table", "--plot"):
+        if getattr(args, flag[2:]) == "":
+            raise ParameterError(
+                f"{flag} is empty: it needs a file name", hint=f"give {flag} a file name, or leave {flag} out"
+            )
 
 
 def _targets(args: argparse.Namespace, results: Path, plots: list[Path]) -> list[Any]:
     """The output files of the command: the summary, the table, the figures."""
     from ..experiments.outputs import default_summary, figure_target, summary_target, table_target
 
-    targets = [summary_target(Path(args.json) if args.json else default_summary(results))]
-    if args.table:
+    targets = [summary_target(Path(args.json) if args.json is not None else default_summary(results))]
+    if args.table is not None:
         targets.append(table_target(Path(args.table)))
     return targets + [figure_target(p) for p in plots]
 
@@ -241,7 +268,9 @@ def _inputs(args: argparse.Namespace) -> list[Path]:
 def _check(args: argparse.Namespace, results: Path, targets: list[Any]) -> None:
     """Every output path checked before the sweep: a bad one fails now, not after training."""
     from ..experiments.outputs import check_outputs
+    from ..experiments.results import check_results_file
 
+    check_results_file(results)  # not a results file of this user's: refused, left as it is
     try:  # the results' folder is made here, as the sweep did before: the summary goes there too
         results.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -296,13 +325,14 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     from ..experiments.report import laws_table, plot_laws, summarize
     from ..experiments.sweep import plan_runs
 
+    _refuse_empty_paths(args)
     size = "smoke" if args.smoke else "quick" if args.quick else "full"
     name = ("moe-quick" if size == "quick" else "moe") if args.moe and size != "smoke" else size
     preset = PRESETS[name]
     task = _task(args, preset)
     specs = structures(args.files, dense=not args.no_dense, thetas=args.theta, moe=args.moe)
-    results = Path(args.results or f"scaling-{name}.jsonl")
-    targets = _targets(args, results, [Path(args.plot)] if args.plot else [])
+    results = Path(args.results if args.results is not None else f"scaling-{name}.jsonl")
+    targets = _targets(args, results, [Path(args.plot)] if args.plot is not None else [])
     _check(args, results, targets)
     chosen = {
         "dense": tuple(args.dense_widths or preset.dense_widths),
@@ -316,7 +346,7 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     summary = summarize(rows, specs)
     summary["task"] = vars(task)
     table = laws_table(summary)
-    sys.stdout.write(table)
+    _emit(sys.stdout, table)
     points = best_points(rows)
     others = [label for label in points if label not in (leader, "dense")]
     if leader in points and others:
@@ -340,10 +370,10 @@ def cmd_scaling(args: argparse.Namespace) -> int:
             )
             lead = {"leader": leader, "others": others, "budgets": 0, "verdict": None, "reason": verdict}
         summary["lead"] = lead
-        sys.stdout.write(f"\n{verdict}\n")
+        _emit(sys.stdout, f"\n{verdict}\n")
     data: list[str | bytes] = [summary_text(summary)]
-    data += [table_text(table)] if args.table else []
-    if args.plot:
+    data += [table_text(table)] if args.table is not None else []
+    if args.plot is not None:
         data.append(plot_laws(rows, summary, figure_kind(Path(args.plot))))
     _write(args, results, targets, data)
     return 0
@@ -353,34 +383,32 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     """Run the lr sweep under both rules, print the loss grid, the best lr per width, the drift."""
     from ..experiments.outputs import figure_kind, summary_text, table_text
     from ..experiments.presets import TRANSFER, structures
-    from ..experiments.scaling import Run
+    from ..experiments.sweep import plan_runs
     from ..experiments.transfer import RULES, plot_transfer, transfer_summary, transfer_table
 
+    _refuse_empty_paths(args)
     name = "smoke" if args.smoke else "quick" if args.quick else "full"
     preset = TRANSFER[name]
     task = _task(args, preset)
     specs = structures(args.files, dense=False)
     if not args.files:
         specs = {"btt": specs["btt"]}  # the default: BTT alone
-    results = Path(args.results or f"lr-transfer-{name}.jsonl")
-    plots = _plot_paths(Path(args.plot), list(specs)) if args.plot else []
+    results = Path(args.results if args.results is not None else f"lr-transfer-{name}.jsonl")
+    plots = _plot_paths(Path(args.plot), list(specs)) if args.plot is not None else []
     targets = _targets(args, results, plots)
     _check(args, results, targets)
-    runs = [
-        Run(label, spec, width, lr, seed, rule)
-        for seed in tuple(args.seeds or preset.seeds)
-        for rule in RULES
-        for label, spec in specs.items()
-        for width in tuple(args.widths or preset.widths)
-        for lr in tuple(args.lrs or preset.lrs)
-    ]
+    widths = tuple(args.widths or preset.widths)
+    lrs = tuple(args.lrs or preset.lrs)
+    seeds = tuple(args.seeds or preset.seeds)
+    checked = plan_runs(specs, dict.fromkeys(specs, widths), dict.fromkeys(specs, lrs), seeds)  # as scaling
+    runs = [replace(r, params=rule) for seed in seeds for rule in RULES for r in checked if r.seed == seed]
     rows = _sweep("lr-transfer", task, runs, results, args.workers)
     summary = {label: transfer_summary([r for r in rows if r["structure"] == label]) for label in specs}
     table = "\n".join(f"## {label}\n\n{transfer_table(s)}" for label, s in summary.items())
-    sys.stdout.write(table)
+    _emit(sys.stdout, table)
     data: list[str | bytes] = [summary_text({"task": vars(task), "structures": summary})]
-    data += [table_text(table)] if args.table else []
-    if args.plot:
+    data += [table_text(table)] if args.table is not None else []
+    if args.plot is not None:
         data += [plot_transfer(s, figure_kind(p)) for p, s in zip(plots, summary.values(), strict=True)]
     _write(args, results, targets, data)
     return 0

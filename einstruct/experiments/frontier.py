@@ -24,6 +24,7 @@ from typing import Any
 
 from ..errors import EinstructError
 from ..figures.mpl import literal_text
+from .scaling import final_loss
 
 __all__ = [
     "Point",
@@ -58,7 +59,7 @@ def best_points(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Point]]:
         groups.setdefault((row["structure"], row["width"], row["lr"]), []).append(row)
     best: dict[tuple[str, int], Point] = {}
     for (structure, width, lr), runs in groups.items():
-        losses = [math.inf if r["eval_loss"] is None else float(r["eval_loss"]) for r in runs]
+        losses = [final_loss(r) for r in runs]
         point = Point(
             structure,
             width,

@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .scaling import final_loss, finite_loss
+
 __all__ = [
     "Curve",
     "Exponent",
@@ -63,8 +65,7 @@ class Exponent:
 
 
 def _row_curve(row: Mapping[str, Any]) -> tuple[tuple[float, float], ...]:
-    points = [(float(f), float(loss)) for _, f, loss in row.get("curve") or [] if loss is not None]
-    return tuple((f, loss) for f, loss in points if math.isfinite(loss))
+    return tuple((float(f), float(loss)) for _, f, loss in row.get("curve") or [] if finite_loss(loss))
 
 
 def best_curves(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Curve]]:
@@ -74,7 +75,7 @@ def best_curves(rows: Sequence[Mapping[str, Any]]) -> dict[str, list[Curve]]:
         groups.setdefault((row["structure"], row["width"], row["lr"]), []).append(row)
     best: dict[tuple[str, int], tuple[float, float]] = {}
     for (structure, width, lr), runs in groups.items():
-        losses = [math.inf if r["eval_loss"] is None else float(r["eval_loss"]) for r in runs]
+        losses = [final_loss(r) for r in runs]
         mean = sum(losses) / len(losses)
         if (structure, width) not in best or mean < best[(structure, width)][1]:
             best[(structure, width)] = (lr, mean)

@@ -4,8 +4,9 @@ Every output goes through :mod:`einstruct.files`: a link, a non-regular file,
 an input or a file einstruct did not write is never replaced (``--force``
 replaces the last), and each is written atomically. The targets are checked
 before the sweep starts, so a bad path fails in seconds, not after hours of
-training; an output that is the results file, another output or an input
-``.ein`` file is refused outright.
+training; an output that is the results file, its teacher-data cache folder
+(``<results>.data``), another output or an input ``.ein`` file is refused
+outright.
 
 How a later run recognizes its own files (so it may replace them without
 ``--force``): the JSON summary carries ``"generated_by": "einstruct <version>"``,
@@ -155,6 +156,8 @@ def check_outputs(
     or that the overwrite rule of :mod:`einstruct.files` forbids replacing; the mode each
     existing target keeps."""
     taken = {_identity(results): f"the results file (--results {results})"}
+    cache = results.with_name(f"{results.name}.data")  # made by the sweep: checked now, not after it
+    taken[_identity(cache)] = f"the teacher-data cache folder of --results {results} ({cache.name})"
     taken |= {_identity(p): f"an input of this command ({p})" for p in inputs}
     for target in targets:
         identity = _identity(target.path)

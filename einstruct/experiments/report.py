@@ -18,7 +18,16 @@ from typing import Any
 
 from ..figures.mpl import figure_bytes, literal_text
 from .frontier import PlotError
-from .laws import best_curves, compute_ranges, envelope, exponent, finite_curves, fit_power_law, fit_window, log_grid
+from .laws import (
+    best_curves,
+    compute_ranges,
+    envelope,
+    exponent,
+    finite_curves,
+    fit_power_law,
+    fit_window,
+    log_grid,
+)
 
 __all__ = ["summarize", "laws_table", "plot_laws", "taxonomy_of"]
 
@@ -49,10 +58,12 @@ def summarize(
 ) -> dict[str, Any]:
     """Frontiers, fits and taxonomy of a sweep, as a JSON-ready dict.
 
-    A structure whose every run diverged has no frontier (``None`` at each
-    budget) and no exponent, and is listed under ``diverged``; a seed whose
-    every run diverged is left out of its structure's frontier and fit and
-    listed under the structure's ``diverged_seeds``.
+    An exponent fitted on one seed has no interval (``exponent_95`` is None:
+    one value says nothing about the spread). A structure whose every run
+    diverged has no frontier (``None`` at each budget) and no exponent, and
+    is listed under ``diverged``; a seed whose every run diverged is left out
+    of its structure's frontier and fit and listed under the structure's
+    ``diverged_seeds``.
     """
     every = best_curves(rows)
     curves = finite_curves(every)
@@ -81,7 +92,7 @@ def summarize(
                 continue
             structures[name].update(
                 exponent=law.mean,
-                exponent_95=[law.low, law.high],
+                exponent_95=[law.low, law.high] if len(law.per_seed) > 1 else None,  # one seed: none
                 exponent_per_seed=list(law.per_seed),
                 fit_mean={"a": a, "b": b},
             )
@@ -128,9 +139,9 @@ def laws_table(summary: Mapping[str, Any]) -> str:
         if row["exponent"] is None:
             law = "- | - | -"
         else:
-            low, high = row["exponent_95"]
             seeds = ", ".join(f"{b:.3f}" for b in row["exponent_per_seed"])
-            law = f"{row['exponent']:.3f} | [{low:.3f}, {high:.3f}] | {seeds}"
+            interval = "-" if row["exponent_95"] is None else "[{:.3f}, {:.3f}]".format(*row["exponent_95"])
+            law = f"{row['exponent']:.3f} | {interval} | {seeds}"
         lines.append(
             f"| {name} | {law} | "
             f"{_cell(tax.get('omega'))} | {_cell(tax.get('psi'))} | {_cell(tax.get('nu'))} |"

@@ -27,6 +27,12 @@ The task is the papers' MLP regression in miniature (Qiu et al. 2024, §5):
   counted (they are the same for every structure and small at these widths).
 - **Curves**: the held-out loss is recorded at ``evals`` log-spaced steps
   (from steps/32 to the end), with the training FLOPs spent so far.
+- **Divergence**: a run diverged if its loss stopped being finite, or if its
+  final held-out loss is above :data:`DIVERGED_LOSS` (10: ten times the loss
+  of predicting 0, which is 1 on the standardized teacher): a loss that
+  exploded but stayed finite (1e8 at lr 100) is no measurement. Its
+  ``eval_loss`` is null; :func:`final_loss` applies the same rule to rows
+  written before it, and curve points above the bound are left out.
 
 Everything is seeded: the teacher and data by the seed, the student by (seed,
 structure, width).
@@ -55,7 +61,26 @@ __all__ = [
     "layer_train_flops",
     "train_flops",
     "train_run",
+    "DIVERGED_LOSS",
+    "final_loss",
+    "finite_loss",
 ]
+
+
+#: A final held-out loss above this is a diverged run: ten times the loss of predicting 0 (which is
+#: 1, the teacher's outputs being standardized).
+DIVERGED_LOSS = 10.0
+
+
+def finite_loss(loss: float | None) -> bool:
+    """Whether ``loss`` is a measurement: a number, finite, at most :data:`DIVERGED_LOSS`."""
+    return loss is not None and math.isfinite(loss) and loss <= DIVERGED_LOSS
+
+
+def final_loss(row: Any) -> float:
+    """A row's final held-out loss; infinity for a run that diverged (by the rule above)."""
+    loss = row["eval_loss"]
+    return float(loss) if finite_loss(loss) else math.inf
 
 
 @dataclass(frozen=True)
@@ -327,6 +352,7 @@ def train_run(task: Task, run: Run, data: dict[str, Any]) -> dict[str, Any]:
                 held_out = torch.nn.functional.mse_loss(model(data["x_eval"]), data["y_eval"]).item()
             curve.append([step + 1, per_sample * task.batch * (step + 1), held_out])
     eval_loss = curve[-1][2] if curve and not diverged else math.nan
+    diverged = diverged or not finite_loss(eval_loss)  # not finite, or exploded (above DIVERGED_LOSS)
     return {
         "key": run.key(task),
         "structure": run.structure,
@@ -339,10 +365,10 @@ def train_run(task: Task, run: Run, data: dict[str, Any]) -> dict[str, Any]:
         "params": sum(p.numel() for p in model.parameters()),
         "train_flops_per_sample": per_sample,
         "train_flops": per_sample * task.batch * task.steps,
-        "eval_loss": None if diverged or not math.isfinite(eval_loss) else eval_loss,
+        "eval_loss": None if diverged else eval_loss,
         "curve": [c for c in curve if math.isfinite(c[2])],
         "train_loss_ema": ema,
-        "diverged": diverged or not math.isfinite(eval_loss),
+        "diverged": diverged,
         "seconds": round(time.perf_counter() - start, 2),
         "cpu_seconds": round(time.process_time() - cpu, 2),  # this process's CPU (single-threaded)
     }

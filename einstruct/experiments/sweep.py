@@ -6,7 +6,11 @@ models are too small for intra-op threads to pay). Each finished run is
 appended to a JSON-lines file at once, so an interrupted sweep picks up where
 it stopped: runs whose key is already in the file are skipped, and a torn last
 line (a process killed while writing it) is cut off first, so that run is
-trained again. Each seed's teacher outputs are computed once, in the parent,
+trained again. The file is checked and validated whole before anything is
+trained or changed (:mod:`.results`: a regular file of this user's, every
+line a valid row). Ctrl-C or SIGTERM terminates the workers at once, keeps
+every finished run and raises :class:`SweepInterrupted` (exit status 130 or
+143), which says how many runs are saved. Each seed's teacher outputs are computed once, in the parent,
 and cached beside the results file (``<results>.data/``) where that directory
 is private to this user (:mod:`.data_cache`); elsewhere every process computes
 them in memory. A worker that dies (killed, out of memory) stops the sweep with
@@ -19,21 +23,32 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
+import signal
 import sys
-from collections.abc import Callable, Iterable, Mapping, Sequence
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from ..capacity import checked_memory, checked_seed, checked_width, checked_workers, usable_cpus
-from ..errors import EinstructError, ParameterError
+from ..errors import EinstructError, OutputError, ParameterError
+from ..reading import shown_path
 from .data_cache import cache_directory, data_path, load_data, save_data
+from .results import open_results_for_append, read_results, repair_results
 from .scaling import Run, Task, construction_bytes, make_data, stream_bytes, train_flops, train_run
 
-__all__ = ["plan_runs", "read_results", "repair_results", "check_memory", "run_sweep"]
+__all__ = [
+    "plan_runs",
+    "read_results",
+    "repair_results",
+    "check_memory",
+    "run_sweep",
+    "SweepInterrupted",
+]
 
 _DATA: dict[tuple[str, int], Any] = {}  # per worker process: (task, seed) -> tensors
 
@@ -63,68 +78,46 @@ def plan_runs(
     ]
 
 
-def read_results(path: Path) -> list[dict[str, Any]]:
-    """The rows of a JSON-lines results file (a torn last line from an interrupted run is skipped)."""
-    if not path.exists():
-        return []
-    rows, lines = [], path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if number != len(lines):
-                raise ParameterError(
-                    f"{path}:{number}: not a JSON line", hint="the results file is corrupt; move it aside"
-                ) from None
-    return rows
+#: Copies of the student a training process holds at its peak, in units of the dense student as
+#: first built (:func:`.scaling.construction_bytes`): its weights, their gradients, Adam's two
+#: moments, and the dense layers still there while the structure replaces them.
+TRAINING_COPIES = 5
 
 
-def repair_results(path: Path) -> None:
-    """Make ``path`` end with a whole line before rows are appended to it.
-
-    A last line without its newline (a process killed while writing it) is cut
-    off, so the next row does not run into it and that run is trained again;
-    a last line that is whole JSON but lacks only the newline gets it.
-    """
-    try:
-        with path.open("rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        return
-    if not data or data.endswith(b"\n"):
-        return
-    cut = data.rfind(b"\n") + 1
-    try:
-        json.loads(data[cut:])
-        whole = True
-    except ValueError:
-        whole = False
-    with path.open("r+b") as handle:
-        if whole:
-            handle.seek(0, os.SEEK_END)
-            handle.write(b"\n")
-        else:
-            handle.truncate(cut)
+def training_bytes(task: Task, run: Run) -> int:
+    """Bytes one process holds while it trains ``run``: its seed's stream and
+    :data:`TRAINING_COPIES` x the dense student (activations of one batch are small beside them)."""
+    return stream_bytes(task) + TRAINING_COPIES * construction_bytes(task, run.spec, run.width)
 
 
 def check_memory(task: Task, runs: Iterable[Run], workers: int, steps: str = "steps") -> None:
     """Refuse, before any work, a sweep whose allocations cannot fit in this machine's memory:
-    each process's copy of a seed's training stream, and each student as first built."""
+    each process's copy of a seed's training stream, each student as first built, and every
+    process training its largest student at once (:func:`training_bytes` x the processes)."""
     processes = max(1, workers)
+    plural = f"{processes} process{'es' if processes > 1 else ''}"
     checked_memory(
         stream_bytes(task) * processes,
         f"{steps} {task.steps:,}: the training stream ({task.steps:,} x {task.batch} samples, "
-        f"held by each of {processes} process{'es' if processes > 1 else ''})",
+        f"held by each of {plural})",
         hint=f"give fewer {steps} (or fewer workers)",
     )
-    for run in {(r.structure, r.spec, r.width): r for r in runs}.values():
+    unique = list({(r.structure, r.spec, r.width): r for r in runs}.values())
+    for run in unique:
         checked_memory(
             construction_bytes(task, run.spec, run.width),
             f"width {run.width:,} of {run.structure}: building the student (its dense layers "
             "exist before they are replaced)",
             hint="give smaller widths",
+        )
+    if unique:
+        run = max(unique, key=lambda r: training_bytes(task, r))
+        checked_memory(
+            processes * training_bytes(task, run),
+            f"width {run.width:,} of {run.structure}, trained by each of {plural} at once (the "
+            "training stream, and the student's weights, gradients and two Adam moments, with its "
+            "dense layers while they are replaced)",
+            hint="give fewer workers (--workers) or smaller widths",
         )
 
 
@@ -132,6 +125,8 @@ def _init_worker() -> None:
     import torch
 
     torch.set_num_threads(1)
+    # Ctrl-C reaches the whole process group: the parent alone decides, and stops the workers
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _data(task: Task, seed: int, path: str | None) -> dict[str, Any]:
@@ -152,10 +147,13 @@ def _prepare_data(task: Task, seeds: Iterable[int], results: Path) -> dict[int, 
     """Each seed's cache file, made valid now; None for every seed where nothing can be cached."""
     directory = cache_directory(results)
     if directory is None:
-        sys.stderr.write(
-            f"note: {results.name}.data is not a directory private to you (mode 0700, yours, in a "
-            "directory others cannot write): the teacher data is computed in memory, nothing is cached\n"
-        )
+        try:
+            sys.stderr.write(
+                f"note: {results.name}.data is not a directory private to you (mode 0700, yours, in a "
+                "directory others cannot write): the teacher data is computed in memory, nothing is cached\n"
+            )
+        except BrokenPipeError:  # no one reads standard error any more: the sweep goes on
+            pass
         return dict.fromkeys(seeds)
     paths: dict[int, str | None] = {}
     for seed in seeds:
@@ -167,16 +165,60 @@ def _prepare_data(task: Task, seeds: Iterable[int], results: Path) -> dict[int, 
     return paths
 
 
+class SweepInterrupted(EinstructError):
+    """The sweep was stopped by Ctrl-C or SIGTERM; the runs that finished are saved."""
+
+    exit_code = 130  # 128 + SIGINT; 143 for SIGTERM
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread as an interrupt so the sweep stops the same way."""
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """While the sweep runs, SIGTERM stops it as Ctrl-C does (workers stopped, results kept)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    """Terminate the pool's worker processes now (their runs are lost; they are retrained later)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join(10)
+        if process.is_alive():
+            process.kill()
+
+
 def _in_workers(
     work: Callable[[Any], Any], jobs: Sequence[Any], workers: int, record: Callable[[Any], None]
 ) -> None:
     """Run ``work`` on each job in ``workers`` spawned single-thread processes; ``record`` each
-    result as it comes. A worker that dies raises :class:`ParameterError` (what is recorded stays)."""
+    result as it comes. A worker that dies raises :class:`ParameterError` (what is recorded stays).
+    An interrupt (Ctrl-C, or SIGTERM under :func:`run_sweep`) terminates the workers (the queued
+    jobs never start), records every result that had finished, and is raised again."""
     context = multiprocessing.get_context("spawn")
     pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker)
+    futures: list[Any] = []
+    recorded: set[Any] = set()
     try:
         futures = [pool.submit(work, job) for job in jobs]
         for future in as_completed(futures):
+            recorded.add(future)
             record(future.result())
     except BrokenProcessPool:
         pool.shutdown(wait=True, cancel_futures=True)
@@ -186,7 +228,15 @@ def _in_workers(
             "resume (with fewer --workers or smaller --widths if memory ran out)",
         ) from None
     except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
+        # not future.cancel(): the pool then fails the queued futures itself, as broken (cancelling
+        # them first makes its management thread fail on them: python/cpython#94777)
+        _stop_workers(pool)
+        for future in futures:  # finished before the interrupt: kept
+            if future not in recorded and future.done() and not future.cancelled():
+                if future.exception() is None:
+                    recorded.add(future)
+                    record(future.result())
+        pool.shutdown(wait=True, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
 
@@ -231,22 +281,27 @@ def run_sweep(
         min(2, usable_cpus()) if workers is None else checked_workers(workers, "workers", allow_zero=True)
     )
     check_memory(task, runs, workers)
-    repair_results(results)
     keys = {r.key(task) for r in runs}
-    done = {row["key"]: row for row in read_results(results) if row.get("key") in keys}
+    done = {row["key"]: row for row in repair_results(results) if row["key"] in keys}
     unique = {r.key(task): r for r in runs}  # a run listed twice is trained once
     todo = _ordered(task, [r for key, r in unique.items() if key not in done])
     if progress:
         progress(len(done), len(runs), None)
-    results.parent.mkdir(parents=True, exist_ok=True)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, workers))
-    try:  # teacher outputs once per seed, all cores
-        paths = _prepare_data(task, sorted({r.seed for r in todo}), results) if todo else {}
-    finally:
-        torch.set_num_threads(threads)
-    jobs = [(task, r, paths[r.seed]) for r in todo]
-    with results.open("a", encoding="utf-8") as out:
+    try:
+        results.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot make the folder of --results {shown_path(results)}: {exc.strerror or exc}",
+            hint="give --results a path in a folder you can write",
+        ) from None
+    with open_results_for_append(results) as out:  # before any work: an unwritable file fails now
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, workers))
+        try:  # teacher outputs once per seed, all cores
+            paths = _prepare_data(task, sorted({r.seed for r in todo}), results) if todo else {}
+        finally:
+            torch.set_num_threads(threads)
+        jobs = [(task, r, paths[r.seed]) for r in todo]
 
         def record(row: dict[str, Any]) -> None:
             out.write(json.dumps(row, sort_keys=True) + "\n")
@@ -255,13 +310,30 @@ def run_sweep(
             if progress:
                 progress(len(done), len(runs), row)
 
-        if workers == 0:
-            torch.set_num_threads(1)
-            try:
-                for job in jobs:
-                    record(_work(job))
-            finally:
-                torch.set_num_threads(threads)
-        elif jobs:
-            _in_workers(_work, jobs, workers, record)
+        before = len(done)
+        try:
+            with _terminate_as_interrupt():
+                if workers == 0:
+                    torch.set_num_threads(1)
+                    try:
+                        for job in jobs:
+                            record(_work(job))
+                    finally:
+                        torch.set_num_threads(threads)
+                elif jobs:
+                    _in_workers(_work, jobs, workers, record)
+        except KeyboardInterrupt as exc:
+            raise _interrupted(exc, results, len(done) - before, len(done), len(unique)) from None
     return [done[r.key(task)] for r in runs]
+
+
+def _interrupted(exc: KeyboardInterrupt, results: Path, now: int, saved: int, total: int) -> SweepInterrupted:
+    """The error of an interrupted sweep: how many runs are saved, and that rerunning resumes."""
+    name = "SIGTERM" if isinstance(exc, _Terminated) else "Ctrl-C (SIGINT)"
+    error = SweepInterrupted(
+        f"the sweep was stopped by {name}: {saved} of its {total} runs are saved in "
+        f"{shown_path(results)} ({now} trained now); the runs in progress were stopped and lost",
+        hint="rerun the same command to resume: the saved runs are not trained again",
+    )
+    error.exit_code = 143 if isinstance(exc, _Terminated) else 130
+    return error

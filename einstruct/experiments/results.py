@@ -1,0 +1,322 @@
+"""The sweep's results file (``--results``): checked, validated whole, then read, repaired, appended to.
+
+The results file decides what a sweep trains (a run whose key is in it is
+skipped) and what its report says (its losses are the report's), so it is
+read as input someone else could have written:
+
+- **What it may be.** A regular file, not a link (a link is refused: give the
+  file itself, as every output of einstruct is never written through a link),
+  not a directory, FIFO, device or socket; owned by this user and writable by
+  no one else (the rule of the teacher-data cache, :mod:`einstruct.private`):
+  a file another user owns or could write is refused, never trusted, since a
+  forged loss would be reported as measured. Opened without following a link
+  and without blocking, and checked again on the open file.
+- **Its size.** At most :data:`MAX_RESULTS_BYTES` are read; a larger file is
+  refused, never read to the end.
+- **Its rows.** Every complete line (ending in a newline) must be one run's
+  row as :func:`.scaling.train_run` writes it: every field present with its
+  type and range (:func:`row_problem`), its key naming its own structure,
+  width, learning rate, seed and rule. Blank lines are skipped. Anything else
+  is refused with ``FILE:LINE`` and the file is left exactly as it was.
+- **A torn last line.** Only a file whose every complete line is a valid row
+  is repaired: a last line without its newline (a process killed while
+  writing it) that is a whole row gets its newline; one that is the start of
+  a row (ASCII text beginning with ``{``) is cut off, and that run is trained
+  again. Any other unterminated last line is refused like a bad row.
+
+    >>> read_results(Path("no-such-results.jsonl"))
+    []
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from ..capacity import MAX_SEED
+from ..errors import OutputError, ParameterError
+from ..reading import shown_path
+
+__all__ = [
+    "MAX_RESULTS_BYTES",
+    "ROW_FIELDS",
+    "row_problem",
+    "check_results_file",
+    "read_results",
+    "repair_results",
+    "open_results_for_append",
+]
+
+#: The largest results file read: about 250,000 runs (a row is about 1 KiB).
+MAX_RESULTS_BYTES = 2**28
+
+_REFUSED = "give --results a file this tool wrote for you (or a new file name)"
+
+
+def _whole(low: int, high: int | None = None) -> Callable[[Any], bool]:
+    return lambda v: (
+        isinstance(v, int) and not isinstance(v, bool) and v >= low and (high is None or v <= high)
+    )
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _curve(v: Any) -> bool:
+    """``[[step, training FLOPs so far, held-out loss], ...]``: whole steps and FLOPs, finite losses."""
+    return isinstance(v, list) and all(
+        isinstance(p, list)
+        and len(p) == 3
+        and _whole(1)(p[0])
+        and _whole(0)(p[1])
+        and _number(p[2])
+        and p[2] >= 0
+        for p in v
+    )
+
+
+#: Every field of a row: what it must be, and the test.
+ROW_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "key": ("text", lambda v: isinstance(v, str) and bool(v)),
+    "structure": ("a name", lambda v: isinstance(v, str) and bool(v)),
+    "width": ("a whole number of at least 1", _whole(1)),
+    "lr": ("a number above 0", lambda v: _number(v) and v > 0),
+    "seed": (f"a whole number from 0 to {MAX_SEED:,}", _whole(0, MAX_SEED)),
+    "params_rule": ('"mup" or "global"', lambda v: v in ("mup", "global")),
+    "steps": ("a whole number of at least 1", _whole(1)),
+    "batch": ("a whole number of at least 1", _whole(1)),
+    "params": ("a whole number", _whole(0)),
+    "train_flops_per_sample": ("a whole number", _whole(0)),
+    "train_flops": ("a whole number", _whole(0)),
+    "eval_loss": ("null or a finite number of at least 0", lambda v: v is None or (_number(v) and v >= 0)),
+    "curve": ("a list of [step, FLOPs, loss] triples", _curve),
+    "train_loss_ema": ("null or a finite number", lambda v: v is None or _number(v)),
+    "diverged": ("true or false", lambda v: isinstance(v, bool)),
+    "seconds": ("a number of at least 0", lambda v: _number(v) and v >= 0),
+    "cpu_seconds": ("a number of at least 0", lambda v: _number(v) and v >= 0),
+}
+
+
+def row_problem(row: Any) -> str | None:
+    """What is wrong with ``row`` as a row of a results file; None if it is one."""
+    if not isinstance(row, dict):
+        return f"a JSON {type(row).__name__}, not a run's row (an object)"
+    missing = [name for name in ROW_FIELDS if name not in row]
+    if missing:
+        return f"no field {', '.join(repr(m) for m in missing)}"
+    unknown = sorted(set(row) - set(ROW_FIELDS))
+    if unknown:
+        return f"unknown field {', '.join(repr(u) for u in unknown)}"
+    for name, (what, valid) in ROW_FIELDS.items():
+        if not valid(row[name]):
+            return f"field {name!r} must be {what}, got {json.dumps(row[name])[:40]}"
+    own = f"{row['structure']}|{row['width']}|{row['lr']!r}|{row['seed']}|"
+    rule = row["key"].endswith("|global")
+    if not row["key"].startswith(own) or rule != (row["params_rule"] == "global"):
+        return f"its key {row['key']!r} is not the key of its own structure, width, lr, seed and rule"
+    if row["train_flops"] != row["train_flops_per_sample"] * row["batch"] * row["steps"]:
+        return "'train_flops' is not 'train_flops_per_sample' x 'batch' x 'steps'"
+    if row["eval_loss"] is not None and (row["diverged"] or not row["curve"]):
+        return "a final loss for a run that diverged or has no curve"
+    return None
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def _check_status(path: Path, info: os.stat_result) -> None:
+    """Refuse what is not a regular file of this user's that no one else can write."""
+    shown = shown_path(path)
+    if stat.S_ISLNK(info.st_mode):
+        raise OutputError(
+            f"--results {shown} is a link; the results file is never read or written through a link",
+            hint="give the path of the file itself",
+        )
+    if not stat.S_ISREG(info.st_mode):
+        raise OutputError(f"--results {shown} is {_kind(info.st_mode)}, not a results file", hint=_REFUSED)
+    getuid = getattr(os, "geteuid", None)
+    if getuid is not None and info.st_uid != getuid():
+        raise OutputError(
+            f"--results {shown} is owned by another user (uid {info.st_uid}): its rows would be "
+            "reported as your measurements",
+            hint="copy it to a file of your own if you trust its contents, or give --results another file",
+        )
+    if info.st_mode & 0o022:
+        raise OutputError(
+            f"--results {shown} can be written by others (mode {stat.filemode(info.st_mode)}): its "
+            "rows could be forged",
+            hint=f"chmod go-w {shown} if you trust its contents, or give --results another file",
+        )
+
+
+def _open(path: Path, flags: int, mode: int = 0o644) -> int | None:
+    """A descriptor of ``path`` (never through a link, never blocking); None where it does not exist
+    and ``flags`` do not create it."""
+    shown = shown_path(path)
+    try:
+        info: os.stat_result | None = os.lstat(path)
+    except FileNotFoundError:
+        if not flags & os.O_CREAT:
+            return None
+        info = None
+    except OSError as exc:
+        raise OutputError(
+            f"cannot use --results {shown}: {exc.strerror or exc}", hint="give --results a path you can write"
+        ) from None
+    if info is not None:
+        _check_status(path, info)
+    extra = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        descriptor = os.open(path, flags | extra | getattr(os, "O_NOCTTY", 0), mode)
+    except FileNotFoundError:
+        if not flags & os.O_CREAT:
+            return None
+        raise OutputError(
+            f"cannot create --results {shown}: No such file or directory",
+            hint="give --results a path in a folder you can write",
+        ) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link put there since the check: refused as a link
+            raise OutputError(
+                f"--results {shown} is a link; the results file is never read or written through a link",
+                hint="give the path of the file itself",
+            ) from None
+        raise OutputError(
+            f"cannot open --results {shown}: {exc.strerror or exc}",
+            hint="give --results a file in a folder you can write",
+        ) from None
+    try:
+        _check_status(path, os.fstat(descriptor))  # the file opened is the file checked
+    except BaseException:
+        os.close(descriptor)
+        raise
+    return descriptor
+
+
+def _read(descriptor: int, path: Path) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while size <= MAX_RESULTS_BYTES:
+        chunk = os.read(descriptor, 1 << 20)
+        if not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+        size += len(chunk)
+    raise ParameterError(
+        f"--results {shown_path(path)} is larger than {MAX_RESULTS_BYTES // 2**20} MiB: no results file "
+        "of a sweep is that large",
+        hint=_REFUSED,
+    )
+
+
+def _parse(data: bytes, path: Path) -> tuple[list[dict[str, Any]], str]:
+    """The rows of ``data`` and what its last line is: "" (whole), "unterminated" (a whole row
+    without its newline) or "torn" (the start of a row). Refuses anything else with FILE:LINE."""
+    lines = data.split(b"\n")
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(lines[:-1], start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            problem: str | None = "not a JSON line"
+        else:
+            problem = row_problem(row)
+        if problem is not None:
+            raise ParameterError(
+                f"{shown_path(path)}:{number}: not a row of a results file: {problem}",
+                hint=f"the file is not (or no longer) this tool's results; it was left as it is. Move "
+                f"it aside, or {_REFUSED}",
+            )
+        rows.append(row)
+    tail = lines[-1]
+    if not tail.strip():
+        return rows, ""
+    try:
+        row = json.loads(tail)
+    except ValueError:
+        row = None
+    if row is not None and row_problem(row) is None:
+        rows.append(row)
+        return rows, "unterminated"
+    if row is None and tail.startswith(b"{") and tail.isascii():
+        return rows, "torn"
+    raise ParameterError(
+        f"{shown_path(path)}:{len(lines)}: not a row of a results file, nor the start of one",
+        hint=f"the file is not this tool's results; it was left as it is. Move it aside, or {_REFUSED}",
+    )
+
+
+def check_results_file(path: Path) -> None:
+    """Refuse, before any work, a ``--results`` that is not a regular file of this user's holding
+    only valid rows (a missing file is fine: the sweep creates it)."""
+    read_results(path)
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """The rows of the results file ``path``, validated whole (a torn last line is skipped,
+    not cut: :func:`repair_results` cuts it); [] if there is no file."""
+    descriptor = _open(path, os.O_RDONLY)
+    if descriptor is None:
+        return []
+    try:
+        data = _read(descriptor, path)
+    finally:
+        os.close(descriptor)
+    rows, _ = _parse(data, path)
+    return rows
+
+
+def repair_results(path: Path) -> list[dict[str, Any]]:
+    """Validate ``path`` whole, then make it end with a whole line before rows are appended;
+    its rows.
+
+    A last line without its newline (a process killed while writing it) is cut
+    off, so the next row does not run into it and that run is trained again;
+    a last line that is a whole row but lacks only the newline gets it. A file
+    that is not this tool's results is refused and left as it is.
+    """
+    descriptor = _open(path, os.O_RDWR)
+    if descriptor is None:
+        return []
+    try:
+        data = _read(descriptor, path)
+        rows, last = _parse(data, path)
+        if last == "unterminated":
+            os.lseek(descriptor, 0, os.SEEK_END)
+            os.write(descriptor, b"\n")
+        elif last == "torn":
+            os.ftruncate(descriptor, data.rfind(b"\n") + 1)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot repair --results {shown_path(path)}: {exc.strerror or exc}",
+            hint="give --results a file you can write",
+        ) from None
+    finally:
+        os.close(descriptor)
+    return rows
+
+
+def open_results_for_append(path: Path) -> IO[str]:
+    """``path`` opened to append rows (created with mode 0644 if missing), after the checks
+    of :func:`read_results`; a location that cannot be written is an error that names it."""
+    descriptor = _open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+    assert descriptor is not None  # O_CREAT: made or refused
+    return os.fdopen(descriptor, "a", encoding="utf-8")

@@ -1,0 +1,284 @@
+"""`einstruct experiment`: the results file (``--results``) is input someone else could have written.
+
+It is used only if it is a regular file of this user's that no one else can
+write, holding nothing but valid rows; anything else is refused with an error
+that names the file (and the line), before any training, and left as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from einstruct.cli import main
+from einstruct.errors import EinstructError
+from einstruct.experiments import sweep
+
+SMOKE = ["experiment", "scaling", "--smoke", "--workers", "0"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> bytes:
+    """The results file of the smoke sweep (4 runs), as bytes."""
+    results = tmp_path_factory.mktemp("finished") / "r.jsonl"
+    assert main([*SMOKE, "--results", str(results)]) == 0
+    return results.read_bytes()
+
+
+def _refused(capsys, results: Path, *more: str) -> str:
+    """Run the smoke sweep on ``results``: it must be refused (status 2, no traceback); the error."""
+    start = time.monotonic()
+    assert main([*SMOKE, "--results", str(results), *more]) == 2
+    err = capsys.readouterr().err
+    assert "internal error" not in err and "hint:" in err and time.monotonic() - start < 30
+    return err
+
+
+# --- what is not this tool's results is refused and left exactly as it was ---------------------
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"my notes\nline two",  # a notes file: its last line was cut, then rows appended
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00",  # an image
+        b'{"a": 1}\n',  # JSON lines, but not rows
+        b"",  # empty: a file with no runs yet is fine (checked below)
+    ],
+)
+def test_a_file_that_is_not_a_results_file_is_refused_and_left_as_it_is(tmp_path, capsys, content):
+    results = tmp_path / "notes.txt"
+    results.write_bytes(content)
+    if not content:
+        assert main([*SMOKE, "--results", str(results)]) == 0  # an empty file: every run trained
+        assert len(results.read_bytes().splitlines()) == 4
+        return
+    err = _refused(capsys, results)
+    assert f"{results}:1: not a row of a results file" in err or f"{results}:2: not a row" in err
+    assert results.read_bytes() == content
+
+
+@pytest.mark.parametrize(
+    ("edit", "problem"),
+    [
+        (lambda row: [1, 2], "a JSON list, not a run's row"),
+        (lambda row: {**row, "eval_loss": "abc"}, "field 'eval_loss' must be null or a finite number"),
+        (lambda row: {k: v for k, v in row.items() if k != "train_flops"}, "no field 'train_flops'"),
+        (lambda row: {k: v for k, v in row.items() if k != "curve"}, "no field 'curve'"),
+        (lambda row: {**row, "structure": "dense"}, "is not the key of its own structure"),
+        (lambda row: {**row, "curve": [[1, 2, "x"]]}, "field 'curve' must be a list"),
+        (lambda row: {**row, "seed": 2**64}, "field 'seed' must be a whole number"),
+    ],
+)
+def test_an_edited_row_is_refused_with_its_file_and_line(tmp_path, capsys, finished, edit, problem):
+    results = tmp_path / "r.jsonl"
+    lines = finished.decode().splitlines()
+    lines[1] = json.dumps(edit(json.loads(lines[1])))
+    results.write_text("\n".join(lines) + "\n")
+    before = results.read_bytes()
+    err = _refused(capsys, results)
+    assert f"{results}:2: not a row of a results file: " in err and problem in err
+    assert results.read_bytes() == before
+
+
+def test_read_and_repair_agree_on_a_garbage_last_line_ending_in_a_newline(tmp_path, finished):
+    results = tmp_path / "r.jsonl"
+    results.write_bytes(finished + b"garbage\n")
+    for read in (sweep.read_results, sweep.repair_results):
+        with pytest.raises(EinstructError, match=r"r\.jsonl:5: not a row of a results file"):
+            read(results)
+    assert results.read_bytes() == finished + b"garbage\n"
+
+
+def test_a_torn_last_line_is_cut_and_a_whole_one_gets_its_newline(tmp_path, finished):
+    results = tmp_path / "r.jsonl"
+    lines = finished.splitlines(keepends=True)
+    results.write_bytes(b"".join(lines[:-1]) + lines[-1][:-1])  # a whole row without its newline
+    assert [r["key"] for r in sweep.repair_results(results)] == [json.loads(x)["key"] for x in lines]
+    assert results.read_bytes() == finished
+    results.write_bytes(b"".join(lines[:-1]) + lines[-1][:40])  # killed mid-write
+    assert len(sweep.read_results(results)) == 3 and results.read_bytes().endswith(lines[-1][:40])
+    sweep.repair_results(results)
+    assert results.read_bytes() == b"".join(lines[:-1])
+
+
+# --- only a regular file of this user's, not writable by others -------------------------------
+
+
+def test_a_directory_is_refused(tmp_path, capsys):
+    (tmp_path / "d").mkdir()
+    assert f"--results {tmp_path / 'd'} is a directory, not a results file" in _refused(
+        capsys, tmp_path / "d"
+    )
+
+
+def _in_thread(call, *args):
+    """Run ``call`` in a thread for at most 20 s: (finished, what it raised)."""
+    outcome: list[BaseException | None] = []
+
+    def target():
+        try:
+            call(*args)
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            outcome.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(20)
+    return bool(outcome), (outcome[0] if outcome else None)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs here")
+def test_a_fifo_is_refused_without_blocking(tmp_path):
+    fifo = tmp_path / "r.jsonl"
+    os.mkfifo(fifo)
+    done, raised = _in_thread(sweep.read_results, fifo)
+    assert done and isinstance(raised, EinstructError) and "is a FIFO (named pipe)" in str(raised)
+
+
+def test_a_link_is_refused_even_to_a_results_file(tmp_path, capsys, finished):
+    (tmp_path / "real.jsonl").write_bytes(finished)
+    (tmp_path / "r.jsonl").symlink_to(tmp_path / "real.jsonl")
+    assert "is a link" in _refused(capsys, tmp_path / "r.jsonl")
+    if os.path.exists("/dev/zero"):  # never read to the end
+        (tmp_path / "z.jsonl").symlink_to("/dev/zero")
+        done, raised = _in_thread(sweep.read_results, tmp_path / "z.jsonl")
+        assert done and isinstance(raised, EinstructError) and "is a link" in str(raised)
+    assert (tmp_path / "real.jsonl").read_bytes() == finished
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs /proc")
+def test_a_place_where_no_file_can_be_made_is_named(capsys):
+    err = _refused(capsys, Path("/proc/r.jsonl"))
+    assert "cannot create --results /proc/r.jsonl" in err
+
+
+def test_a_results_file_others_can_write_is_not_trusted(tmp_path, capsys, finished):
+    results = tmp_path / "r.jsonl"
+    results.write_bytes(finished)
+    results.chmod(0o666)
+    assert "can be written by others" in _refused(capsys, results)
+    assert results.read_bytes() == finished
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to give a file away")
+def test_a_results_file_of_another_user_is_not_trusted(tmp_path, capsys, finished):
+    results = tmp_path / "r.jsonl"
+    results.write_bytes(finished)
+    os.chown(results, 12345, -1)
+    assert "owned by another user (uid 12345)" in _refused(capsys, results)
+    assert results.read_bytes() == finished
+
+
+def test_a_file_larger_than_the_bound_is_not_read(tmp_path, monkeypatch, finished):
+    results = tmp_path / "r.jsonl"
+    results.write_bytes(finished)
+    monkeypatch.setattr("einstruct.experiments.results.MAX_RESULTS_BYTES", len(finished) - 1)
+    with pytest.raises(EinstructError, match="is larger than"):
+        sweep.read_results(results)
+
+
+# --- the outputs and arguments: checked before the sweep ----------------------------------------
+
+
+def test_an_output_in_place_of_the_teacher_data_cache_is_refused_first(tmp_path, capsys):
+    results = tmp_path / "ok.jsonl"
+    err = _refused(capsys, results, "--table", f"{results}.data")
+    assert "is the teacher-data cache folder of --results" in err and not results.exists()
+
+
+@pytest.mark.parametrize("flag", ["--results", "--json", "--table", "--plot"])
+def test_an_empty_path_is_refused(tmp_path, capsys, flag, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    more = [] if flag == "--results" else ["--results", "r.jsonl"]
+    err = _refused(capsys, tmp_path / "r.jsonl", *more, f"{flag}=")
+    assert f"{flag} is empty" in err and not list(tmp_path.iterdir())
+
+
+def test_a_leader_that_is_not_in_the_sweep_is_refused(tmp_path, capsys):
+    err = _refused(capsys, tmp_path / "r.jsonl", "--leader", "nosuch")
+    assert "--leader 'nosuch'" in err and "dense, btt, kronecker, low_rank" in err
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_the_committed_results_are_valid(tmp_path):
+    for name in ("quick", "moe", "lr-transfer"):
+        source = Path(__file__).parent.parent / "docs" / "scaling" / f"{name}.jsonl"
+        shutil.copyfile(source, tmp_path / f"{name}.jsonl")
+        rows = sweep.read_results(tmp_path / f"{name}.jsonl")
+        assert len(rows) == len(source.read_bytes().splitlines())
+
+
+# --- an interrupt stops the workers at once and keeps what finished ------------------------------
+
+
+def test_ctrl_c_stops_the_workers_at_once_and_keeps_what_finished():
+    """Two workers: a short job finishes, three 60-second jobs do not; Ctrl-C after the first result
+    must stop at once, with no worker left running and the first result recorded."""
+    recorded: list[object] = []
+
+    def record(result):
+        recorded.append(result)
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()
+
+    start = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        sweep._in_workers(time.sleep, [0.01, 60, 60, 60], 2, record)
+    assert recorded == [None] and time.monotonic() - start < 30
+    assert multiprocessing.active_children() == []  # terminated, not left to finish their runs
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (Linux /proc)."""
+    found = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat_file.parent.name))
+    return found
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self") or shutil.which("einstruct") is None, reason="Linux")
+def test_sigterm_stops_the_sweep_and_its_workers_and_says_what_is_saved(tmp_path):
+    results = tmp_path / "r.jsonl"
+    command = ["einstruct", *SMOKE[:3], "--steps", "400", "--widths", "16", "24", "--workers", "2"]
+    process = subprocess.Popen(
+        [*command, "--results", str(results)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (results.exists() and results.read_bytes().count(b"\n") >= 1):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        workers = _children(process.pid)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    saved = results.read_bytes().count(b"\n")
+    assert process.returncode == 143 and "internal error" not in err
+    assert f"stopped by SIGTERM: {saved} of its 7 runs are saved in {results}" in err
+    assert "rerun the same command to resume" in err
+    time.sleep(0.5)
+    assert [w for w in workers if Path(f"/proc/{w}").exists() and "(python" in _stat(w)] == []
+
+
+def _stat(pid: int) -> str:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return "" if state.rsplit(")", 1)[1].split()[0] == "Z" else state
