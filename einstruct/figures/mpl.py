@@ -59,13 +59,38 @@ def new_figure(width: float, height: float) -> Any:
 
 
 def written_by_einstruct(path: Path) -> bool:
-    """Whether the file's metadata says einstruct wrote it (any version)."""
+    """Whether the file's metadata says einstruct wrote it (any version): the PNG's
+    ``Software`` text chunk, the SVG's creator, the PDF's ``/Creator`` entry. The
+    words elsewhere (a user's image that mentions einstruct) do not count."""
     try:
         if path.stat().st_size > 2**25:  # not a figure of ours
             return False
-        return SIGNATURE.encode() in path.read_bytes()
+        data = path.read_bytes()
     except OSError:
         return False
+    mark = SIGNATURE.encode()
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return _png_software(data).startswith(mark)
+    if data.startswith(b"%PDF-"):
+        return b"/Creator (" + mark in data
+    if data.lstrip().startswith(b"<?xml") or data.lstrip().startswith(b"<svg"):
+        head = data[: data.find(b"</metadata>")] if b"</metadata>" in data else b""
+        return b"<dc:creator>" in head and b"<dc:title>" + mark in head
+    return False
+
+
+def _png_software(data: bytes) -> bytes:
+    """The value of a PNG's ``Software`` text chunk (b"" if none), read chunk by chunk."""
+    at = 8
+    while at + 12 <= len(data):
+        size = int.from_bytes(data[at : at + 4], "big")
+        kind, body = data[at + 4 : at + 8], data[at + 8 : at + 8 + size]
+        if kind == b"tEXt" and body.startswith(b"Software\x00"):
+            return body[len(b"Software\x00") :]
+        if kind in (b"IDAT", b"IEND"):  # text chunks that matter come before the image
+            return b""
+        at += 12 + size
+    return b""
 
 
 def _target(output: str | Path) -> Path:
