@@ -29,6 +29,7 @@ from fractions import Fraction
 from typing import Any
 
 from ..ir import Size, Structure
+from ..numbers import simplified
 from .counts import STAND_IN, concrete_stand_in
 
 __all__ = ["min_cut_indices", "cut_weight", "max_flow_source_side", "rank_bound"]
@@ -136,9 +137,9 @@ def rank_bound(structure: Structure) -> Size:
     )
     sizes = _size_functions(structure, free)
     cuts = {cut for values in _stand_in_grid(len(free)) if (cut := _cut_at(structure, sizes, values))}
-    candidates = {sympy.simplify(sympy.Mul(*(structure.size(i) for i in cut))) for cut in cuts}
+    candidates = {simplified(sympy.Mul(*(structure.size(i) for i in cut))) for cut in cuts}
     candidates |= {sympy.sympify(structure.in_features), sympy.sympify(structure.out_features)}
-    return sympy.simplify(sympy.Min(*candidates))
+    return simplified(sympy.Min(*candidates))
 
 
 #: stand-in values of a free parameter: small, the default stand-in, large
@@ -165,7 +166,9 @@ def _cut_at(structure: Structure, sizes: dict[str, Any], values: tuple[int, ...]
     weights = {}
     try:
         for name, size in sizes.items():
-            weights[name] = math.log(max(1.0, float(size(*values))))
+            weights[name] = math.log(
+                max(1.0, float(size(*(float(v) for v in values))))
+            )  # floats: k^k^k overflows, not grows
     except (OverflowError, ValueError, TypeError, ZeroDivisionError):
         return None
     if not all(math.isfinite(w) for w in weights.values()):
@@ -186,7 +189,7 @@ def _size_functions(structure: Structure, free: list) -> dict[str, Any]:
             continue
         fast = sympy.lambdify(free, i.size, modules=[names, "math"])
         try:
-            fast(*[STAND_IN] * len(free))
+            fast(*[float(STAND_IN)] * len(free))
         except NameError:  # a function lambdify does not print for math: sympy's own, slower
             fast = functools.partial(lambda size, *v: size.subs(dict(zip(free, v, strict=True))), i.size)
         except (OverflowError, ValueError, TypeError, ZeroDivisionError):
