@@ -15,6 +15,7 @@ writes (after ``env.py``), so it needs only torch and the standard library.
 """
 
 import contextlib
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -250,10 +251,10 @@ def _relaid(state: dict, prefix: str, saved: Any, axes: dict) -> str:
                 f"order of this layer's {list(axes[name])}: load weights of the same structure"
             )
         tensor = state.get(prefix + name)
-        if list(order) != list(axes[name]) and isinstance(tensor, torch.Tensor):
-            if tensor.dim() == len(order):
-                permutation = [list(order).index(a) for a in axes[name]]
-                state[prefix + name] = tensor.permute(permutation).contiguous()
+        moved = list(order) != list(axes[name])
+        if moved and isinstance(tensor, torch.Tensor) and tensor.dim() == len(order):
+            permutation = [list(order).index(a) for a in axes[name]]
+            state[prefix + name] = tensor.permute(permutation).contiguous()
     return ""
 
 
@@ -925,7 +926,7 @@ class StructuredLinear(nn.Module):
                 _assign(self, factors, bias)
                 _revive(self)
                 error = _relative_error(weight, self.to_dense())
-            if not (error == error and error != float("inf")) or not all(
+            if not math.isfinite(error) or not all(
                 bool(torch.isfinite(p).all()) for p in self.parameters()
             ):
                 raise ValueError(
