@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from .classes import class_of
 from .errors import Span
 from .expressions import Expr, to_text, value_text
+from .numbers import is_zero, simplified
 
 if TYPE_CHECKING:
     import networkx
@@ -192,9 +193,8 @@ class Structure:
         pairs = ((self.d_in, self.in_features), (self.d_out, self.out_features))
         if all(isinstance(v, int) for pair in pairs for v in pair):
             return any(a != b for a, b in pairs)
-        import sympy
 
-        return any(sympy.simplify(a - b) != 0 for a, b in pairs)
+        return any(not is_zero(a - b) for a, b in pairs)
 
     def factor_params(self, factor: Tensor | str) -> Size:
         """Number of learned entries of one factor."""
@@ -206,9 +206,8 @@ class Structure:
         total = sum((self.factor_params(f) for f in self.factors), 0)
         if isinstance(total, int):
             return total
-        import sympy
 
-        return sympy.simplify(total)
+        return simplified(total)
 
     # -- classes -----------------------------------------------------------------------
     def index_class(self, index: str) -> str:
@@ -302,4 +301,4 @@ def _product(values: Iterable[Size]) -> Size:
         return math.prod(values)
     import sympy
 
-    return sympy.simplify(sympy.Mul(*values))
+    return simplified(sympy.Mul(*values))

@@ -100,3 +100,45 @@ def exponent_text(value: Any) -> str:
     if getattr(value, "is_Rational", False):
         return str(value)
     return float_text(float(value))
+
+
+#: sympy operations past which ``simplified`` takes the cheap normal form
+SIMPLIFY_OPS = 80
+
+
+def _heavy(expr: Any) -> bool:
+    """Whether sympy's simplify may take minutes on ``expr``: it expands powers of sums
+    (``(m + n + k + 1)^8`` times another took minutes and gigabytes)."""
+    import sympy
+
+    if sympy.count_ops(expr) > SIMPLIFY_OPS:
+        return True
+    return any(
+        isinstance(p.base, sympy.Add) and p.exp.is_Number and abs(p.exp) > 2 for p in expr.atoms(sympy.Pow)
+    )
+
+
+def simplified(value: Any) -> Any:
+    """``value`` through sympy's simplify where that is quick, else a cheap normal form
+    (one denominator, common factors out): symbolic sizes are for reading, and a size
+    such as ``(m + n + k + 1)^8`` would be expanded term by term.
+
+    >>> import sympy; d = sympy.Symbol("d", positive=True)
+    >>> simplified(2 * d**2 / (4 * d))
+    d/2
+    """
+    import sympy
+
+    expr = sympy.sympify(value)
+    if _heavy(expr):
+        return sympy.factor_terms(sympy.together(expr))
+    return sympy.simplify(expr)
+
+
+def is_zero(value: Any) -> bool:
+    """Whether the symbolic ``value`` is 0 (by simplify where that is quick, else by
+    expanding: exact for the polynomials that make simplify slow)."""
+    import sympy
+
+    expr = sympy.sympify(value)
+    return bool((sympy.expand(expr) if _heavy(expr) else sympy.simplify(expr)) == 0)

@@ -160,6 +160,35 @@ def test_theta_is_exact():
     assert d["alpha"]["theta"] == 1 / 3
 
 
+POLYNOMIAL = """structure s(m, n, k):
+    y[o] = x[i] * U[i, r] * V[r, o]
+    where i = (m+n+k+1)^8, o = (m-n+3*k)^8, r = (m+k+2)^8
+"""
+
+
+def test_symbolic_sizes_that_are_powers_of_sums_are_analyzed_in_seconds_and_exactly(tmp_path, capsys):
+    # sympy's simplify expanded them term by term: minutes for one report
+    import time
+
+    import sympy
+
+    from einstruct.cli import main
+
+    started = time.perf_counter()
+    a = einstruct.analyze(POLYNOMIAL, symbolic=True)
+    m, n, k = (sympy.Symbol(c, positive=True) for c in "mnk")
+    i, o, r = (m + n + k + 1) ** 8, (m - n + 3 * k) ** 8, (m + k + 2) ** 8
+    assert sympy.expand(a.params - (i * r + r * o)) == 0
+    assert sympy.expand(a.counts.flops - 2 * (i * r + r * o)) == 0
+    for values in ({m: 1, n: 1, k: 1}, {m: 3, n: 1, k: 2}):
+        concrete = analyze_structure(einstruct.load(POLYNOMIAL, **{str(s): v for s, v in values.items()}))
+        assert sympy.sympify(a.rank_bound).subs(values) == concrete.rank_bound
+    (tmp_path / "s.ein").write_text(POLYNOMIAL)
+    assert main(["analyze", str(tmp_path / "s.ein"), "--symbolic"]) == 0  # the report's ratios
+    assert "(k + m + 2)**8" in capsys.readouterr().out
+    assert time.perf_counter() - started < 60
+
+
 def test_symbolic_substituted_equals_concrete():
     import sympy
 

@@ -143,3 +143,17 @@ def test_a_factor_that_does_not_meet_the_input_waits():
     fans = {f.name: f.fans for f in analyze_structure(einstruct.load(spec)).factors}
     assert (fans["V"].step, fans["V"].fan_in, fans["V"].fan_out) == (0, 1024, 32)
     assert (fans["U"].step, fans["U"].fan_in, fans["U"].fan_out) == (1, 32, 1024)
+
+
+def test_learning_rate_multipliers_are_exact_quotients_past_float_precision():
+    # d_in / fan_in in floats, then an integral-looking float shown as an int: 2^62 / 6
+    # was reported as the integer 768,614,336,404,564,608
+    from fractions import Fraction
+
+    spec = "structure huge(d = 2^62, rank = 3):\n    y[o] = x[i] * U[i, r] * V[r, o]\n    where i = o = d, r = rank\n"
+    fans = einstruct.analyze(spec).factors
+    by_name = {f.name: f.fans.lr_mult for f in fans}
+    exact = Fraction(2**62, 3) / 2  # adam: d_in / fan_in over two factors
+    assert not isinstance(by_name["V"], int)
+    assert by_name["V"] == float(exact)
+    assert by_name["U"] == Fraction(2**62, 2**62) / 2

@@ -27,6 +27,7 @@ from typing import Any
 from ..errors import SizeError
 from ..ir import Size, Structure
 from ..limits import current
+from ..numbers import simplified
 from ..planner.order import BATCH, ContractionOrder, contraction_order
 from ..planner.routed import routed_order
 
@@ -141,9 +142,8 @@ def _prod(values: Iterable[Size]) -> Size:
 def _per_vector(total: Size, batch: int) -> Size:
     if isinstance(total, int):
         return total // batch if total % batch == 0 else Fraction(total, batch)
-    import sympy
 
-    return sympy.simplify(total / batch)
+    return simplified(total / batch)
 
 
 def count(structure: Structure, batch: int = 1, order: ContractionOrder | None = None) -> Counts:

@@ -29,18 +29,27 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from ..ir import Size, Structure, Tensor
+from ..numbers import simplified
 
 __all__ = ["OPTIMIZERS", "FactorFans", "application_order", "factor_fans"]
 
 #: Learning-rate rules by optimizer, before dividing by the number of factors:
 #: lr_mult from (d_in, d_out, fan_in, fan_out), against a dense layer of shape d_in x d_out.
 OPTIMIZERS: dict[str, Callable[[Size, Size, Size, Size], Any]] = {
-    "adam": lambda d_in, d_out, fan_in, fan_out: d_in / fan_in,
-    "sgd": lambda d_in, d_out, fan_in, fan_out: (fan_out / fan_in) / (d_out / d_in),
+    "adam": lambda d_in, d_out, fan_in, fan_out: _ratio(d_in, fan_in),
+    "sgd": lambda d_in, d_out, fan_in, fan_out: _ratio(fan_out * d_in, fan_in * d_out),
 }
+
+
+def _ratio(num: Size, den: Size) -> Any:
+    """``num / den``, exact for integers (a float quotient of sizes past 2^53 is rounded)."""
+    if isinstance(num, int) and isinstance(den, int):
+        return Fraction(num, den)
+    return num / den
 
 
 @dataclass(frozen=True)
@@ -79,14 +88,16 @@ def application_order(structure: Structure) -> tuple[str, ...]:
 
 
 def _number(value: Any) -> Any:
-    """An exact-looking number: integral floats as int, sympy expressions simplified."""
+    """An exact-looking number: integral quotients as int, others as float, sympy
+    expressions simplified."""
+    if isinstance(value, Fraction):
+        return int(value) if value.denominator == 1 else float(value)
     if isinstance(value, float):
         return int(value) if value.is_integer() else value
     if isinstance(value, int):
         return value
-    import sympy
 
-    return sympy.simplify(value)
+    return simplified(value)
 
 
 def factor_fans(structure: Structure, optimizer: str = "adam") -> dict[str, FactorFans]:

@@ -13,7 +13,7 @@ from functools import cached_property
 from typing import Any
 
 from ..ir import Size, Structure
-from ..numbers import is_symbolic, json_number
+from ..numbers import is_symbolic, json_number, simplified
 from ..planner.plan import DEFAULT_BATCH, make_plan
 from .counts import Counts, count
 from .mup import FactorFans
@@ -139,7 +139,7 @@ class Analysis:
             return num / den
         import sympy
 
-        return sympy.simplify(sympy.sympify(num) / den)
+        return simplified(sympy.sympify(num) / den)
 
     def useful_rank(self) -> Any:
         """The widest useful rank axis for two-factor structures: min(size alpha, size epsilon),

@@ -30,6 +30,7 @@ from ..classes import CLASS_NAMES
 from ..evaluation import evaluate, sympy_round, sympy_split
 from ..expressions import SPLIT_FUNCTIONS, BinOp, Expr, Name, has_rounding, names_in
 from ..ir import Size, Structure
+from ..numbers import simplified
 from ..planner.order import choose_optimizer, import_opt_einsum
 from .rank import cut_weight, min_cut_indices
 
@@ -165,7 +166,7 @@ def _power_of_width(expr: Expr, parameters: tuple[tuple[str, Any], ...]) -> Expo
     value = value.replace(lambda e: isinstance(e, sympy_round()), lambda e: e.args[0])
     splits = tuple(sympy_split(name) for name in SPLIT_FUNCTIONS)
     value = value.replace(lambda e: isinstance(e, splits), lambda e: sympy.sqrt(e.args[0]))
-    value = sympy.powsimp(sympy.simplify(value), force=True)
+    value = sympy.powsimp(simplified(value), force=True)
     if _WIDTHS & set(env):
         coeff, power = value.as_coeff_exponent(d)
         if coeff == 1 and power != 0 and not power.free_symbols and power.is_Rational:
@@ -199,7 +200,7 @@ def index_exponents(structure: Structure) -> dict[str, Exponent]:
         if exact is None:
             import sympy
 
-            exact = sympy.simplify(sympy.log(size) / sympy.log(base))
+            exact = simplified(sympy.log(size) / sympy.log(base))
             if exact.is_Rational:
                 exact = Fraction(int(exact.p), int(exact.q))
             elif not exact.free_symbols:

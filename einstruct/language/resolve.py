@@ -29,6 +29,7 @@ from ..evaluation import evaluate
 from ..expressions import Expr, has_rounding, is_exact, span_of, to_text, value_text
 from ..ir import Index, Parameter, Role, Route, Structure, Tensor
 from ..limits import ENVIRONMENT, current
+from ..numbers import is_zero
 from .catalog import CATALOG, THETA_ALIASES, expand, form_parameters
 from .names import check_name
 from .parameters import Override, is_finite, is_symbolic, parameter_values
@@ -317,9 +318,7 @@ def _check_width(
     axes = " x ".join(f"{i}={structure.size(i)}" for i in tensor.indices) or "no axes"
     where = f"{declared_name} = {declared}"
     if is_symbolic(declared) or not isinstance(product, int):
-        import sympy
-
-        if rounded or sympy.simplify(product - declared) == 0:
+        if rounded or is_zero(product - declared):
             return declared
         raise WidthError(
             f"{side}put axes ({axes}) do not multiply to {where}",
