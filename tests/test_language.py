@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import random
+import unicodedata
 from fractions import Fraction
 
 import pytest
@@ -282,3 +283,24 @@ def test_catalog_yields_the_papers_theta(form):
         exponent = Fraction(math.log(index.size) / math.log(4096)).limit_denominator(12)
         theta[CLASS_OF[member]] += exponent
     assert tuple(theta.values()) == CATALOG_THETA[form]
+
+
+@pytest.mark.parametrize("name", ["भार", "o\u0301", "W\u2118", "ó"])
+def test_every_python_identifier_is_a_name_combining_marks_included(name):
+    # \w misses combining marks (the vowel sign in भार, a decomposed ó) and Other_ID_Start
+    # characters (℘): valid Python names were refused as unexpected characters
+    assert name.isidentifier()
+    spec = f"structure s(d = 4):\n    y[o] = x[i] * {name}[i, o]\n    where i = o = d\n"
+    structure = einstruct.load(spec)
+    assert [f.name for f in structure.factors] == [unicodedata.normalize("NFKC", name)]
+
+
+def test_a_character_no_name_may_hold_is_located_at_the_character():
+    spec = "structure s(d = 4):\n    y[o] = x[i] * W[i, o]\n    where i = o = d\u22121\n"
+    with pytest.raises(errors.SpecSyntaxError, match=r"unexpected character '\u2212' \(U\+2212\) in a name") as error:
+        einstruct.load(spec)
+    assert (error.value.span.line, error.value.span.column) == (3, 20)
+
+
+def test_a_byte_order_mark_at_the_start_is_skipped():
+    assert einstruct.load("\ufeffstructure b = btt(d = 16)\n").name == "b"

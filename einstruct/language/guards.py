@@ -36,6 +36,20 @@ def _where(node: Tree | Token, file: str, lines: list[str]) -> Span:
     return Span.at(file, lines, meta.line, meta.column)
 
 
+def _check_name_characters(token: Token, file: str, lines: list[str]) -> None:
+    """Refuse, at the character, a name token holding one no Python identifier may (the
+    grammar takes every non-ASCII character into a name, so that combining marks count)."""
+    text = str(token)
+    for k, char in enumerate(text):
+        if not ("_" + text[: k + 1]).isidentifier():
+            raise SpecSyntaxError(
+                f"unexpected character '{char}' (U+{ord(char):04X}) in a name",
+                Span.at(file, lines, token.line, token.column + k, 1),
+                "names are Python identifiers (letters of any script, their marks, digits "
+                "and _); remove the character or write an ASCII operator",
+            )
+
+
 def check_nesting(text: str, file: str, lines: list[str]) -> None:
     """Refuse, before parsing, brackets nested deeper than ``max_depth``: a pair of
     parentheses makes no tree node, so :func:`check_tree` cannot count them, and
@@ -75,6 +89,8 @@ def check_tree(tree: Tree, file: str, lines: list[str]) -> None:
     while stack:
         node, depth, root = stack.pop()
         if isinstance(node, Token):
+            if node.type == "NAME":
+                _check_name_characters(node, file, lines)
             if node.type == "NUMBER" and len(node.replace(".", "")) > limits.max_digits:
                 raise SpecSyntaxError(
                     f"this number has {len(node.replace('.', ''))} digits; the limit is {limits.max_digits}",

@@ -95,7 +95,9 @@ def _encoding_error(data: bytes, start: int, file: str) -> EinstructError:
 
 
 def parse_text(text: str, file: str = "<string>") -> SpecFile:
-    """Parse spec text; ``file`` is the name used in error messages."""
+    """Parse spec text; ``file`` is the name used in error messages. A byte-order mark
+    at the start (which some editors write) is skipped, as Python skips it."""
+    text = text.removeprefix("\ufeff")
     lines = source_lines(text)
     source = text if text.endswith("\n") else text + "\n"
     check_nesting(text, file, lines)
