@@ -317,3 +317,16 @@ def test_btt_moe_reports_router_and_active_flops():
     assert route["experts"] == experts and route["top_k"] == k
     assert route["router_params"] == 1024 * experts
     assert route["active_flops"] == 2 * g * a_ * f * k + 2 * f * g * k * e + 2 * 1024 * experts
+
+
+@pytest.mark.parametrize("batch", [1, 4096])
+def test_compute_intensity_divides_the_flops_and_bytes_of_one_plan(batch):
+    # the FLOPs came from the order at --batch (x U V: 4.2M per vector), the bytes from the
+    # 2048-token plan (U V first): 256 and 160 FLOP/B for one layer, neither its own
+    spec = "structure costly(k = 1024):\n    y[o] = x[i] * U[i, r] * V[r, o]\n    where i = o = 1024, r = k\n"
+    a = analyze_structure(einstruct.load(spec), batch=batch)
+    i = o = r = 1024
+    x_u_v = 2 * (i * r + r * o)  # per vector, any batch
+    w_first = Fraction(2 * i * r * o, 2048) + 2 * i * o  # U V once per 2048 tokens, then x W
+    assert a.intensity * a.traffic == min(x_u_v, w_first)
+    assert a.to_dict()["intensity"] == pytest.approx(float(a.intensity))

@@ -79,7 +79,7 @@ def _totals(a: Analysis) -> list[tuple[str, str]]:
 def _traffic(a: Analysis) -> list[tuple[str, str]]:
     if a.traffic is None:
         return []
-    mine = float_text(a.counts.flops / a.traffic, 3)
+    mine = float_text(a.intensity, 3)
     dense = float_text(a.flops_dense / a.traffic_dense, 3)
     return [
         (

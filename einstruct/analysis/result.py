@@ -67,12 +67,24 @@ class Analysis:
     diagnostics: tuple[Diagnostic, ...] = field(default=())
 
     @cached_property
+    def _traffic_plan(self) -> Any:
+        return None if self.structure.is_symbolic else make_plan(self.structure, DEFAULT_BATCH, "structured")
+
+    @property
     def traffic(self) -> Any:
         """Forward memory traffic per vector in bytes (fp32) along the compiled plan at
         :data:`~einstruct.planner.plan.DEFAULT_BATCH` tokens; ``None`` for symbolic sizes."""
-        if self.structure.is_symbolic:
+        plan = self._traffic_plan
+        return None if plan is None else plan.traffic()
+
+    @property
+    def intensity(self) -> Any:
+        """FLOPs per byte of :attr:`traffic`, both along that plan (the FLOPs of the order
+        at ``--batch`` may be another order's); ``None`` for symbolic sizes."""
+        plan = self._traffic_plan
+        if plan is None:
             return None
-        return make_plan(self.structure, DEFAULT_BATCH, strategy="structured").traffic()
+        return Fraction(sum(step.flops for step in plan.order.steps), DEFAULT_BATCH) / Fraction(plan.traffic())
 
     @cached_property
     def routing(self) -> dict[str, Any] | None:
@@ -185,7 +197,7 @@ class Analysis:
             "peak_intermediate": json_number(self.counts.peak_intermediate),
             "traffic_bytes": json_number(self.traffic),
             "traffic_dense_bytes": json_number(self.traffic_dense),
-            "intensity": None if self.traffic is None else json_number(self.counts.flops / self.traffic),
+            "intensity": None if self.traffic is None else json_number(self.intensity),
             "intensity_dense": None
             if self.traffic is None
             else json_number(self.flops_dense / self.traffic_dense),
