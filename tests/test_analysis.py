@@ -277,6 +277,19 @@ def test_memory_traffic_of_btt_by_hand():
     assert a.traffic == 4 * per_token
 
 
+def test_memory_traffic_counts_padding_the_input_to_its_axes():
+    # 1000 features on a 32 x 32 input: the padding copy reads 1000 and writes 1024 per token
+    source = (
+        "structure p(d_in = 1024):\n    y[f, e] = x[g, a] * A[g, a, f] * B[f, e]\n"
+        "    where g = 32, a = ceil(d_in / 32), f = 32, e = 32\n"
+    )
+    padded = analyze_structure(einstruct.load(source, d_in=1000))
+    exact = analyze_structure(einstruct.load(source))
+    assert padded.structure.d_in == exact.structure.d_in == 1024  # the same steps
+    assert padded.structure.in_features == 1000
+    assert padded.traffic - exact.traffic == 4 * (1000 + 1024)
+
+
 @pytest.mark.parametrize("d, rank", [(1024, 32), (64, 128), (256, 256)])
 def test_symbolic_rank_bound_substitutes_to_the_concrete_one(d, rank):
     import sympy

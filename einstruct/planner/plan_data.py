@@ -122,7 +122,8 @@ class Plan:
         """Bytes the planned forward reads and writes per token (an estimate).
 
         Every step reads its two operands and writes its result; a copy reads and
-        writes its entries once more. Tensors without tokens (the factors, and
+        writes its entries once more, and so does padding the input to its axes'
+        product (the features read, the padded width written). Tensors without tokens (the factors, and
         products of factors) are read once per call, so they count ``1 / batch``
         per token.
 
@@ -143,6 +144,9 @@ class Plan:
             total += entries(st.result_layout)
         if self.output_permute is not None:
             total += 2 * entries(self.steps[-1].result_layout)
+        padded = math.prod(sizes[i] for i in self.structure.input.indices)
+        if padded != self.structure.in_features:  # the input is copied into its zero-padded width
+            total += self.structure.in_features + padded
         return total * bytes_per_entry
 
     @property
