@@ -21,6 +21,8 @@ module                                                      the generated module
                                                             allocates, and by ``to_dense()``
 bytes of an input file     ``EINSTRUCT_MAX_INPUT_BYTES``    2^24 (16 MiB: a spec, a manifest, a
                                                             checkpoint index, standard input)
+words and symbols of a     ``EINSTRUCT_MAX_TOKENS``         200,000 (parsing costs about 65 us
+spec text                                                   and 700 bytes each: 13 s at most)
 =========================  ===============================  =====================================
 
     >>> current().max_size == 2**64
@@ -52,6 +54,7 @@ class Limits:
     max_factors: int = 64
     max_params: int = MAX_PARAMS_DEFAULT
     max_input_bytes: int = 2**24
+    max_tokens: int = 200_000
 
 
 #: The built-in limits.

@@ -229,3 +229,25 @@ def test_specs_that_once_crashed_later_are_analyzed_in_every_command(tmp_path, c
         assert "symbolic" in capsys.readouterr().err
     with pytest.raises(einstruct.EinstructError, match="symbolic"):
         einstruct.compile(SYMBOLIC_K)
+
+
+def test_a_spec_of_more_words_and_symbols_than_the_limit_is_refused_before_parsing(monkeypatch):
+    # a 4 MB spec (one structure, a million assignments) parsed for 265 s in 2.7 GB
+    import time
+
+    from einstruct.errors import SpecSyntaxError
+
+    many = "structure s(d = 4):\n    y[o] = x[i] * W[i, o]\n    where i = o = d" + ",q=1" * 300_000 + "\n"
+    started = time.perf_counter()
+    with pytest.raises(SpecSyntaxError, match="more than 200,000 words and symbols") as error:
+        einstruct.load(many)
+    assert time.perf_counter() - started < 10
+    assert error.value.span.line == 3
+    assert "EINSTRUCT_MAX_TOKENS" in error.value.hint
+    # the count: 'structure', 's', '(', 'd', '=', '4', ')', ':' on line 1 is 8 tokens
+    monkeypatch.setenv("EINSTRUCT_MAX_TOKENS", "8")
+    with pytest.raises(SpecSyntaxError) as error:
+        einstruct.load("structure s(d = 4):\n    y[o] = x[i] * W[i, o]\n    where i = o = d\n")
+    assert (error.value.span.line, error.value.span.column) == (2, 5)  # the 9th: 'y'
+    monkeypatch.setenv("EINSTRUCT_MAX_TOKENS", "40")
+    assert einstruct.load("structure s(d = 4):\n    y[o] = x[i] * W[i, o]\n    where i = o = d\n").name == "s"

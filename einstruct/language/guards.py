@@ -14,12 +14,14 @@ number longer than ``max_digits`` (see :mod:`einstruct.limits`).
 
 from __future__ import annotations
 
+import re
+
 from lark import Token, Tree
 
 from ..errors import Span, SpecSyntaxError
 from ..limits import ENVIRONMENT, current
 
-__all__ = ["EXPRESSION_RULES", "check_nesting", "check_tree"]
+__all__ = ["EXPRESSION_RULES", "check_nesting", "check_tokens", "check_tree"]
 
 #: Rules that build expression nodes (each one level of nesting).
 EXPRESSION_RULES = frozenset({"add", "sub", "mul", "div", "pow", "neg", "call"})
@@ -47,6 +49,29 @@ def _check_name_characters(token: Token, file: str, lines: list[str]) -> None:
                 Span.at(file, lines, token.line, token.column + k, 1),
                 "names are Python identifiers (letters of any script, their marks, digits "
                 "and _); remove the character or write an ASCII operator",
+            )
+
+
+#: what the grammar's lexer makes a token of, roughly: a word, or one other non-space character
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def check_tokens(text: str, file: str, lines: list[str]) -> None:
+    """Refuse, before parsing, a text of more words and symbols than ``max_tokens``: the
+    parser's time and memory grow with them (a 4 MB spec of one structure with a
+    million assignments took 265 s and 2.7 GB), and no layer needs that many."""
+    limit = current().max_tokens
+    if len(text) <= limit:  # fewer characters than the limit: fewer tokens too
+        return
+    for count, match in enumerate(_TOKEN.finditer(text), start=1):
+        if count > limit:
+            line = text.count("\n", 0, match.start()) + 1
+            column = match.start() - (text.rfind("\n", 0, match.start()) + 1) + 1
+            raise SpecSyntaxError(
+                f"this spec has more than {limit:,} words and symbols; parsing it would take "
+                "minutes and gigabytes",
+                Span.at(file, lines, line, column, 1),
+                f"split it into several files; if you need it whole, raise {ENVIRONMENT['max_tokens']}",
             )
 
 

@@ -24,7 +24,7 @@ from ..expressions import FUNCTIONS, BinOp, Call, Expr, Name, Neg, Num, span_of
 from ..limits import ENVIRONMENT, current
 from ..reading import read_bounded
 from ..resources import grammar_file
-from .guards import check_nesting, check_tree
+from .guards import check_nesting, check_tokens, check_tree
 from .names import normalize_name
 from .parser_cache import private_cache_file
 from .spec import (
@@ -100,6 +100,7 @@ def parse_text(text: str, file: str = "<string>") -> SpecFile:
     text = text.removeprefix("\ufeff")
     lines = source_lines(text)
     source = text if text.endswith("\n") else text + "\n"
+    check_tokens(text, file, lines)
     check_nesting(text, file, lines)
     try:
         tree = _parser("start").parse(source)
