@@ -12,7 +12,9 @@ an index size, a batch     ``EINSTRUCT_MAX_SIZE``           2^64
 entries of one tensor      ``EINSTRUCT_MAX_ENTRIES``        2^128 (analysis only: every count
 (input, output, a factor)                                   then stays an exact integer far
                                                             inside float range)
-expression depth           ``EINSTRUCT_MAX_DEPTH``          100 nested operations
+expression depth           ``EINSTRUCT_MAX_DEPTH``          100 nested operations (at most 400:
+                                                            deeper ones pass Python's recursion
+                                                            limit)
 expression size            ``EINSTRUCT_MAX_NODES``          2000 numbers, names and operations
 indices in a structure     ``EINSTRUCT_MAX_INDICES``        256
 factors in a structure     ``EINSTRUCT_MAX_FACTORS``        64
@@ -83,9 +85,22 @@ def current() -> Limits:
                 hint=f"set it to a positive whole number in plain digits, e.g. {variable}={default}, "
                 "or unset it",
             ) from None
+        ceiling = _CEILINGS.get(name)
+        if ceiling is not None and value > ceiling[0]:
+            raise ParameterError(
+                f"environment variable {variable}={value}: at most {ceiling[0]:,} ({ceiling[1]})",
+                hint=f"set it to at most {ceiling[0]:,}, or unset it",
+            )
         if value != default:
             values[name] = value
     return Limits(**values) if values else DEFAULTS
+
+
+#: Limits that cannot be raised past a ceiling, and why.
+_CEILINGS = {
+    "max_depth": (400, "the parser and the evaluator recurse once or more per level: deeper "
+                  "expressions pass Python's recursion limit"),
+}  # fmt: skip
 
 
 def checked_batch(batch: Any, what: str = "batch") -> int:

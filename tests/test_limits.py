@@ -251,3 +251,17 @@ def test_a_spec_of_more_words_and_symbols_than_the_limit_is_refused_before_parsi
     assert (error.value.span.line, error.value.span.column) == (2, 5)  # the 9th: 'y'
     monkeypatch.setenv("EINSTRUCT_MAX_TOKENS", "40")
     assert einstruct.load("structure s(d = 4):\n    y[o] = x[i] * W[i, o]\n    where i = o = d\n").name == "s"
+
+
+@pytest.mark.parametrize("tail", ["+0", "^1", "*1"])
+def test_the_depth_limit_goes_as_high_as_the_parser_can_go_and_no_higher(monkeypatch, tail):
+    # raising EINSTRUCT_MAX_DEPTH as its hint says gave a RecursionError past ~450 levels
+    from einstruct.errors import ParameterError
+
+    deep = "structure s(d = 4):\n    y[o] = x[i] * W[i, o]\n    where i = o = d" + tail * 399 + "\n"
+    monkeypatch.setenv("EINSTRUCT_MAX_NODES", "100000")
+    monkeypatch.setenv("EINSTRUCT_MAX_DEPTH", "400")
+    assert einstruct.analyze(deep).params == 16
+    monkeypatch.setenv("EINSTRUCT_MAX_DEPTH", "1000")
+    with pytest.raises(ParameterError, match="EINSTRUCT_MAX_DEPTH=1000: at most 400"):
+        einstruct.analyze(deep)
