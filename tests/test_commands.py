@@ -410,3 +410,19 @@ def test_a_bad_function_in_an_api_value_raises_einstructs_error():
 
     with pytest.raises(EinstructError, match="unknown function 'log'"):
         einstruct.analyze(EXAMPLES / "btt.ein", d="log(4)")
+
+
+@pytest.mark.parametrize("command", ["analyze", "compare"])
+def test_a_reader_that_goes_away_ends_the_command_with_status_0(tmp_path, command):
+    # rich's own closed-pipe handler exited 1 for the table commands (analyze | head -1)
+    spec = tmp_path / "many.ein"
+    spec.write_text("".join(f"structure s{k} = btt(d = 64, rank = {1 + k % 3})\n" for k in range(150)))
+    run = subprocess.Popen(
+        [sys.executable, "-m", "einstruct", command, str(spec)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert run.stdout.readline()  # one line, then the reader goes away
+    run.stdout.close()
+    assert run.wait(timeout=120) == 0
+    assert run.stderr.read() == b""

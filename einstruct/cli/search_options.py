@@ -61,7 +61,20 @@ def console() -> Any:
 
     from rich.console import Console
 
-    return Console(highlight=False, width=shutil.get_terminal_size((100, 24)).columns)
+    out = Console(highlight=False, width=shutil.get_terminal_size((100, 24)).columns)
+    out.on_broken_pipe = _closed_pipe  # type: ignore[method-assign]
+    return out
+
+
+def _closed_pipe() -> None:
+    """A reader that went away (``| head -1``): standard output to the null device (so the
+    exit's flush cannot fail) and the BrokenPipeError every command exits 0 on; rich's
+    own handler exits with status 1."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    raise BrokenPipeError
 
 
 def add_width_options(p: argparse.ArgumentParser, kind: Any) -> None:
