@@ -426,3 +426,11 @@ def test_a_reader_that_goes_away_ends_the_command_with_status_0(tmp_path, comman
     run.stdout.close()
     assert run.wait(timeout=120) == 0
     assert run.stderr.read() == b""
+
+
+def test_a_missing_structure_of_a_file_of_thousands_lists_twenty(tmp_path, capsys):
+    spec = tmp_path / "many.ein"
+    spec.write_text("".join(f"structure s{k} = btt(d = 16)\n" for k in range(500)))
+    assert main(["analyze", str(spec), "--structure", "nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "s0, s1" in err and "s19, ... (480 more)" in err and "s20," not in err

@@ -29,7 +29,7 @@ from ..classes import CLASS_NAMES
 from ..errors import MissingExtraError, ParameterError, StructureNotFoundError
 from ..expressions import names_in, to_text
 from ..ir import Structure
-from ..language.load import declared_parameters, load, load_all, read_spec
+from ..language.load import declared_parameters, listed, load, load_all, read_spec
 from ..language.names import normalize_name
 from ..language.parser import parse_bytes, parse_text, parse_value
 from ..language.spec import SpecFile
@@ -86,10 +86,9 @@ def _one(args: argparse.Namespace) -> Structure:
     names = spec.names()
     wanted = _structure_names(args)
     if wanted is None and len(names) > 1:
-        shown = ", ".join(names[:20]) + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")
         raise StructureNotFoundError(
             f"{args.file} declares {len(names)} structures; say which one",
-            hint=f"pass --structure with one of {shown}",
+            hint=f"pass --structure with one of {listed(names)}",
         )
     return load_all(spec, _parse_sets(args.set), names=wanted)[0]
 

@@ -112,8 +112,8 @@ def load_all(
     for name in names or []:
         if name not in available:
             raise StructureNotFoundError(
-                f"{parsed.file} has no structure '{name}'",
-                hint=f"its structures are {', '.join(available)}",
+                f"{parsed.file} has no structure '{name[:80]}'",
+                hint=f"its structures are {listed(available)}",
             )
     sources = declaration_sources(parsed)
     chosen = [d for d in parsed.declarations if names is None or d.name.name in names]
@@ -126,12 +126,22 @@ def load_all(
         structures.append(resolve(decl, mine, symbolic=symbolic, source=sources[decl.name.name]))
     unused = sorted(set(overrides) - used)
     if unused and strict:
-        listed = sorted({p.name for s in structures for p in s.parameters})
+        parameters = sorted({p.name for s in structures for p in s.parameters})
         raise ParameterError(
             f"no structure has parameter '{unused[0]}'",
-            hint=f"the parameters are {', '.join(listed) or 'none'}",
+            hint=f"the parameters are {', '.join(parameters) or 'none'}",
         )
     return structures
+
+
+def listed(names: list[str], most: int = 20) -> str:
+    """``names`` joined for a hint, the first ``most`` of them (a file may declare thousands).
+
+    >>> listed(["a", "b", "c"], most=2)
+    'a, b, ... (1 more)'
+    """
+    more = len(names) - most
+    return ", ".join(names[:most]) + (f", ... ({more:,} more)" if more > 0 else "")
 
 
 def load(
@@ -151,7 +161,7 @@ def load(
         if len(parsed.declarations) > 1:
             raise StructureNotFoundError(
                 f"{parsed.file} declares {len(parsed.declarations)} structures; say which one",
-                hint=f"pass structure= one of {', '.join(parsed.names())}",
+                hint=f"pass structure= one of {listed(parsed.names())}",
             )
         names = None
     else:
