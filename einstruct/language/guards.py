@@ -43,7 +43,8 @@ def _check_name_characters(token: Token, file: str, lines: list[str]) -> None:
     grammar takes every non-ASCII character into a name, so that combining marks count)."""
     text = str(token)
     for k, char in enumerate(text):
-        if not ("_" + text[: k + 1]).isidentifier():
+        # a \w character (the ² of i²) is left to the name check, which suggests a name
+        if not _WORD.match(char) and not ("_" + text[: k + 1]).isidentifier():
             raise SpecSyntaxError(
                 f"unexpected character '{char}' (U+{ord(char):04X}) in a name",
                 Span.at(file, lines, token.line, token.column + k, 1),
@@ -52,6 +53,7 @@ def _check_name_characters(token: Token, file: str, lines: list[str]) -> None:
             )
 
 
+_WORD = re.compile(r"\w")
 #: what the grammar's lexer makes a token of, roughly: a word, or one other non-space character
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 

@@ -100,8 +100,8 @@ def parse_text(text: str, file: str = "<string>") -> SpecFile:
     text = text.removeprefix("\ufeff")
     lines = source_lines(text)
     source = text if text.endswith("\n") else text + "\n"
-    check_tokens(text, file, lines)
     check_nesting(text, file, lines)
+    check_tokens(text, file, lines)
     try:
         tree = _parser("start").parse(source)
     except UnexpectedInput as exc:
