@@ -297,7 +297,8 @@ def test_every_python_identifier_is_a_name_combining_marks_included(name):
 
 def test_a_character_no_name_may_hold_is_located_at_the_character():
     spec = "structure s(d = 4):\n    y[o] = x[i] * W[i, o]\n    where i = o = d\u22121\n"
-    with pytest.raises(errors.SpecSyntaxError, match=r"unexpected character '\u2212' \(U\+2212\) in a name") as error:
+    message = r"unexpected character '\u2212' \(U\+2212\) in a name"
+    with pytest.raises(errors.SpecSyntaxError, match=message) as error:
         einstruct.load(spec)
     assert (error.value.span.line, error.value.span.column) == (3, 20)
 

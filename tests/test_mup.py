@@ -150,7 +150,8 @@ def test_learning_rate_multipliers_are_exact_quotients_past_float_precision():
     # was reported as the integer 768,614,336,404,564,608
     from fractions import Fraction
 
-    spec = "structure huge(d = 2^62, rank = 3):\n    y[o] = x[i] * U[i, r] * V[r, o]\n    where i = o = d, r = rank\n"
+    spec = "structure huge(d = 2^62, rank = 3):\n    y[o] = x[i] * U[i, r] * V[r, o]\n"
+    spec += "    where i = o = d, r = rank\n"
     fans = einstruct.analyze(spec).factors
     by_name = {f.name: f.fans.lr_mult for f in fans}
     exact = Fraction(2**62, 3) / 2  # adam: d_in / fan_in over two factors

@@ -365,7 +365,8 @@ def test_a_rank_deficient_w_leaves_no_rank_component_out_of_trainings_reach():
     # rank 48 on a 64 -> 32 layer: the SVD fills 32 components, the other 16 came back
     # zero in U and V, with zero gradients for good
     torch.manual_seed(0)
-    layer = einstruct.compile("structure l = low_rank(d_in = 64, d_out = 32, rank = 48)", strategy="structured")()
+    spec = "structure l = low_rank(d_in = 64, d_out = 32, rank = 48)"
+    layer = einstruct.compile(spec, strategy="structured")()
     w = torch.randn(32, 64)
     assert layer.from_dense(w) < 1e-5  # exact: the SVD optimum is W itself
     (layer(torch.randn(16, 64)) - torch.randn(16, 32)).pow(2).sum().backward()

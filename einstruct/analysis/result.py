@@ -84,7 +84,8 @@ class Analysis:
         plan = self._traffic_plan
         if plan is None:
             return None
-        return Fraction(sum(step.flops for step in plan.order.steps), DEFAULT_BATCH) / Fraction(plan.traffic())
+        flops = Fraction(sum(step.flops for step in plan.order.steps), DEFAULT_BATCH)
+        return flops / Fraction(plan.traffic())
 
     @cached_property
     def routing(self) -> dict[str, Any] | None:

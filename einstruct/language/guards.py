@@ -47,7 +47,7 @@ def _check_name_characters(token: Token, file: str, lines: list[str]) -> None:
         if not _WORD.match(char) and not ("_" + text[: k + 1]).isidentifier():
             raise SpecSyntaxError(
                 f"unexpected character '{char}' (U+{ord(char):04X}) in a name",
-                Span.at(file, lines, token.line, token.column + k, 1),
+                Span.at(file, lines, token.line or 1, (token.column or 1) + k, 1),
                 "names are Python identifiers (letters of any script, their marks, digits "
                 "and _); remove the character or write an ASCII operator",
             )

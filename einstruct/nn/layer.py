@@ -15,7 +15,6 @@ writes (after ``env.py``), so it needs only torch and the standard library.
 """
 
 import contextlib
-import math
 from typing import Any, ClassVar
 
 import torch
@@ -926,7 +925,7 @@ class StructuredLinear(nn.Module):
                 _assign(self, factors, bias)
                 _revive(self)
                 error = _relative_error(weight, self.to_dense())
-            if not math.isfinite(error) or not all(
+            if not float("-inf") < error < float("inf") or not all(  # NaN too
                 bool(torch.isfinite(p).all()) for p in self.parameters()
             ):
                 raise ValueError(
