@@ -87,6 +87,15 @@ def test_from_pretrained_takes_only_a_floating_dtype(tmp_path, dtype):
         einstruct.from_pretrained(GPT2LMHeadModel, tmp_path, dtype=dtype)
 
 
+def test_from_pretrained_takes_transformers_auto_dtype_as_the_saved_one(tmp_path):
+    model = _converted().to(torch.float64)
+    model.save_pretrained(tmp_path)
+    loaded = einstruct.from_pretrained(GPT2LMHeadModel, tmp_path, dtype="auto")  # refused before
+    assert {p.dtype for p in loaded.parameters()} == {torch.float64}
+    ids = torch.arange(8).reshape(1, 8)
+    assert torch.equal(loaded(ids).logits, model.eval()(ids).logits)
+
+
 def test_weights_that_do_not_match_the_rebuilt_layers_are_refused(tmp_path):
     model = _converted()
     model.save_pretrained(tmp_path)

@@ -536,8 +536,8 @@ def from_pretrained(
             (``AutoModelForCausalLM``).
         path: a directory ``save_pretrained`` (or the ``Trainer``) wrote from a
             converted model.
-        dtype: optional: cast the model to this dtype (e.g. ``torch.bfloat16``)
-            before loading.
+        dtype: optional: build the model in this dtype (e.g. ``torch.bfloat16``);
+            None or ``"auto"`` (transformers' spelling) keep the saved dtype.
         **config_kwargs: passed to ``AutoConfig.from_pretrained`` (config overrides).
 
     Returns:
@@ -557,10 +557,12 @@ def from_pretrained(
             hint="e.g. einstruct.from_pretrained(GPT2LMHeadModel, 'ckpt')",
         )
     directory = Path(path)
+    if isinstance(dtype, str) and dtype == "auto":  # transformers' spelling of the saved dtype
+        dtype = None
     if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ParameterError(
-            f"dtype must be a floating torch.dtype, got {dtype!r:.40}",
-            hint="e.g. dtype=torch.bfloat16",
+            f"dtype must be a floating torch.dtype or 'auto', got {dtype!r:.40}",
+            hint="e.g. dtype=torch.bfloat16 (or leave it out: the saved dtype)",
         )
     saved = saved_config(directory)
     manifest = _folder_manifest(directory)
