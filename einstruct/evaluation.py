@@ -151,10 +151,11 @@ def _limit_bits() -> int:
     return current().max_digits * 10 // 3 + 1
 
 
-def _too_large(text: str, span: Span | None) -> SizeError:
+def _too_large(text: str, span: Span | None, small: bool = False) -> SizeError:
     limit = current().max_digits
+    what = "too close to 0" if small else "too large"
     return SizeError(
-        f"{text} is too large for a size (more than {limit} digits)",
+        f"{text} is {what} for a size (more than {limit} digits)",
         span,
         f"sizes are far smaller: check the expression; if you need it, raise {ENVIRONMENT['max_digits']}",
     )
@@ -168,20 +169,21 @@ def _fits(value: Fraction) -> bool:
 def check_magnitude(value: Value, text: str, span: Span | None) -> None:
     """Refuse an exact value with more digits than the limit (``text`` names it in the error)."""
     if is_exact(value) and not _fits(Fraction(value)):
-        raise _too_large(text, span)
+        raise _too_large(text, span, small=abs(Fraction(value)) < 1)
 
 
 def _checked(value: Fraction, expr: Expr) -> Fraction:
     """``value``, if its numerator and denominator fit the digit limit."""
     if not _fits(value):
-        raise _too_large(to_text(expr), expr.span)
+        raise _too_large(to_text(expr), expr.span, small=abs(value) < 1)
     return value
 
 
-def _power_fits(base_bits: float, exponent: float, expr: Expr) -> None:
-    """Refuse, before computing it, a power whose result would break the digit limit."""
+def _power_fits(base_bits: float, exponent: float, expr: Expr, small: bool = False) -> None:
+    """Refuse, before computing it, a power whose result would break the digit limit
+    (``small``: the result is near 0, a base above 1 to a negative power or the reverse)."""
     if abs(exponent) * base_bits > _limit_bits():
-        raise _too_large(to_text(expr), expr.span)
+        raise _too_large(to_text(expr), expr.span, small)
 
 
 def _log2(n: int) -> float:
@@ -192,7 +194,7 @@ def _log2(n: int) -> float:
 
 def _power(base: Fraction, exponent: Fraction, expr: Expr) -> Fraction:
     bits = max(_log2(base.numerator), _log2(base.denominator))
-    _power_fits(bits, float(exponent), expr)
+    _power_fits(bits, float(exponent), expr, small=(abs(base) < 1) != (exponent < 0))
     if exponent.denominator == 1:
         if base == 0 and exponent < 0:
             raise _Inexact

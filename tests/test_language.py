@@ -305,3 +305,19 @@ def test_a_character_no_name_may_hold_is_located_at_the_character():
 
 def test_a_byte_order_mark_at_the_start_is_skipped():
     assert einstruct.load("\ufeffstructure b = btt(d = 16)\n").name == "b"
+
+
+def test_messages_say_what_is_wrong_with_a_tiny_size_an_index_in_a_size_and_empty_exponents(capsys):
+    from einstruct.cli import main
+
+    layer = "structure s(d = 4):\n    y[o] = x[i] * W[i, o]\n    where i = {}, o = d\n"
+    with pytest.raises(errors.SizeError, match=r"2\^\(-2\^40\) is too close to 0 for a size"):  # "too large"
+        einstruct.load(layer.format("2^(-2^40)"))
+    with pytest.raises(errors.SizeError, match=r"2\^2\^40 is too large for a size"):
+        einstruct.load(layer.format("2^2^40"))
+    # the hint said to declare 'i' as a parameter, itself an error then
+    with pytest.raises(errors.UnknownNameError, match="the size of an index uses the index 'i'") as error:
+        einstruct.load("structure s(d = 4):\n    y[o] = x[i] * W[i, o]\n    where i = o = i\n")
+    assert "declare" not in error.value.hint
+    assert main(["theta", ",,,,,,", "--d", "1024"]) == 2  # said "needs 7 ..., got 7"
+    assert "got 0 (and empty ones)" in capsys.readouterr().err

@@ -37,7 +37,7 @@ MANY_BLOCKS = "structure m = monarch(blocks = 2^60, d = 2^62)\n"  # the hint's c
 REFUSED = [
     ("tower", _layer_source("2^2^2^2^2^2"), "is too large for a size", (1, 19)),
     ("tower10", _layer_source("10^10^10"), "is too large for a size", (1, 17)),
-    ("inverse tower", _layer_source("4", "d * (1/2)^(10^9)"), "is too large for a size", (3, 23)),
+    ("inverse tower", _layer_source("4", "d * (1/2)^(10^9)"), "is too close to 0 for a size", (3, 23)),
     ("huge literal", _layer_source("9" * 5000), "has 5000 digits", (1, 17)),
     ("beyond max size", _layer_source("2^70"), "larger than the limit 2^64", (3, 19)),
     ("cube root of negative", _layer_source("4", "(-8)^(1/3)"), "is not a real number", (3, 19)),

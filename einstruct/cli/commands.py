@@ -164,7 +164,8 @@ def cmd_theta(args: argparse.Namespace) -> int:
     if len(parts) != 7 or not all(parts):
         raise ParameterError(
             f"theta needs 7 comma-separated exponents (alpha,beta,gamma,delta,epsilon,phi,rho), "
-            f"got {len(parts)}: '{args.vector}'",
+            f"got {sum(1 for p in parts if p)}{' (and empty ones)' if not all(parts) else ''}: "
+            f"'{args.vector[:80]}'",
             hint='e.g. einstruct theta "1/2,0,1/2,0,1/2,1/2,0" --d 4096',
         )
     exponents = []

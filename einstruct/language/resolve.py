@@ -175,7 +175,11 @@ def _resolve_explicit(decl: StructureDecl, values: dict[str, Any], source: str) 
                 f"give it one in a where clause, e.g. `where {name} = 4`",
             )
         expr, _ = size_exprs[name]
-        indices.append(Index(name, _size_value(name, expr, values), expr, ident.span))
+        try:
+            size = _size_value(name, expr, values)
+        except UnknownNameError as exc:
+            raise _index_in_a_size(exc, first_use) from None
+        indices.append(Index(name, size, expr, ident.span))
 
     out_ref, in_ref, factor_refs = eq.output, eq.operands[0], eq.operands[1:]
     members: dict[str, list[str]] = {n: [] for n in first_use}
@@ -238,6 +242,20 @@ def _resolve_explicit(decl: StructureDecl, values: dict[str, Any], source: str) 
             "out_features": out_features,
             "route": route,
         }
+    )
+
+
+def _index_in_a_size(exc: UnknownNameError, indices: dict[str, Any]) -> UnknownNameError:
+    """``exc``, saying so when the unknown name is an index (``where i = o = i``): a size
+    is written in parameters, and declaring the index as one would be another error."""
+    name = exc.message.removeprefix("unknown parameter '").removesuffix("'")
+    if name not in indices:
+        return exc
+    return UnknownNameError(
+        f"the size of an index uses the index '{name}'",
+        exc.span,
+        "sizes are written in the structure's parameters: give the index a number or a "
+        "parameter of the header, e.g. `where i = o = d` with `structure s(d = 4):`",
     )
 
 
