@@ -286,3 +286,13 @@ def test_registered_adapters_extend_replace_linear():
     torch.testing.assert_close(model(x), before)
     with pytest.raises(ParameterError, match="must be callable"):
         einstruct.register_adapter("bad", 3, lambda m: m)
+
+
+def test_selecting_only_a_layer_already_converted_says_so():
+    # "found no layer to replace; the replaceable layers are 1" without a word about layer 0
+    from einstruct.errors import ParameterError
+
+    model = _mlp()
+    einstruct.replace_linear(model, "structure b = btt()", select=["2"])
+    with pytest.raises(ParameterError, match=r"skipped 2: already an einstruct layer"):
+        einstruct.replace_linear(model, "structure b = btt()", select=["2"])

@@ -142,10 +142,12 @@ def find_targets(
                     "teaches it another layer",
                 )
     chosen, excluded = _matcher(select) if select is not None else None, _matcher(exclude)
-    targets, skipped = [], []
+    targets, skipped, converted = [], [], []
     for key, ns in names_of.items():
         module = modules[key]
         adapter = adapter_for(module)
+        if is_structured(module) and (chosen is None or any(chosen(n, module) for n in ns)):
+            converted.append(ns[0])
         if adapter is None or is_structured(module):
             continue
         if chosen is not None and not any(chosen(n, module) for n in ns):
@@ -162,6 +164,7 @@ def find_targets(
             continue
         targets.append(Target(tuple(ns), module, adapter))
     if not targets:
+        skipped += [Skipped(name, "already an einstruct layer") for name in converted if select is not None]
         why = "; ".join(f"{s.name}: {s.reason}" for s in skipped)
         raise ParameterError(
             "replace_linear found no layer to replace" + (f" (skipped {why})" if why else ""),
