@@ -247,3 +247,16 @@ def test_jit_trace_checks_its_graph_against_the_same_path_under_no_grad(layer_cl
         layer(x)  # inference: structured; the modes disagree
     traced = torch.jit.trace(layer, x)  # its check reruns under no_grad: graphs differed
     torch.testing.assert_close(traced(x), layer(x))
+
+
+def test_under_checkpointing_the_layer_never_asks_its_chooser(layer_class):
+    # every forward and recompute asked the chooser (a cache-file read each) and fell back
+    from torch.utils.checkpoint import checkpoint
+
+    layer, chooser = _measured(layer_class, "dense")
+    x = torch.randn(6, 64, dtype=torch.float64, requires_grad=True)
+    for _ in range(3):
+        checkpoint(layer, x, use_reentrant=False).square().sum().backward()
+    assert chooser.asked == []
+    layer(x)  # a plain call measures
+    assert len(chooser.asked) == 1

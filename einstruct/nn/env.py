@@ -27,6 +27,7 @@ __all__ = [
     "LimitError",
     "SettingError",
     "env_flag",
+    "inside_transform",
     "max_params",
     "parse_positive",
     "positive_setting",
@@ -134,3 +135,20 @@ def max_params() -> int:
 def env_flag(variable: str) -> bool:
     """Whether ``variable`` is set to ``1`` (how TRITON_INTERPRET is read)."""
     return os.environ.get(variable, "").strip() == "1"
+
+
+def inside_transform() -> bool:
+    """Inside a torch.func transform (grad, vmap, jacrev) or under saved-tensors hooks
+    (non-reentrant activation checkpointing): timing runs a forward and backward of
+    its own, which those refuse or cut short."""
+    import torch  # only where a layer runs: env itself stays standard library only
+
+    if torch._C._functorch.maybe_current_level() is not None:
+        return True
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    if top is None:
+        return False
+    try:
+        return top(False) is not None
+    except TypeError:  # an older signature
+        return top() is not None

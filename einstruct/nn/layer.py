@@ -22,7 +22,7 @@ from torch import nn
 
 # in a standalone file this name is defined by env.py's text above
 if "max_params" not in globals():
-    from .env import LimitError, max_params
+    from .env import LimitError, inside_transform, max_params
 
 __all__ = [
     "StructuredLinear",
@@ -776,8 +776,13 @@ class StructuredLinear(nn.Module):
         )
         mode = (x.device, x.dtype, grad, amp, options)
         choices = self.__dict__.setdefault("_measured_choices", {})
-        if torch.jit.is_tracing() or torch.compiler.is_compiling():
-            # one choice for every grad mode: jit.trace checks its graph again under no_grad
+        if (
+            torch.jit.is_tracing()
+            or torch.compiler.is_compiling()
+            or inside_transform()
+        ):
+            # nothing to time here (a transform or checkpointing refuses a run of its own),
+            # and one choice for every grad mode: jit.trace checks its graph under no_grad
             same = (x.device, x.dtype, amp, options)
             agreed = {
                 c.winner for k, c in choices.items() if (k[0], k[1], k[3], k[4]) == same

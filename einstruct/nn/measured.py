@@ -35,6 +35,8 @@ from typing import Any
 
 import torch
 
+from .env import inside_transform
+
 __all__ = [
     "PathChoice",
     "PathChooser",
@@ -147,21 +149,6 @@ def default_cache_dir() -> str | None:
     return os.path.join(base, "einstruct")
 
 
-def _inside_transform() -> bool:
-    """Inside a torch.func transform (grad, vmap, jacrev) or under saved-tensors hooks
-    (non-reentrant activation checkpointing): timing runs a forward and backward of
-    its own, which those refuse or cut short."""
-    if torch._C._functorch.maybe_current_level() is not None:
-        return True
-    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
-    if top is None:
-        return False
-    try:
-        return top(False) is not None
-    except TypeError:  # an older signature
-        return top() is not None
-
-
 def can_measure(tensors: Sequence[torch.Tensor]) -> bool:
     """Whether timing is meaningful here: not while tracing or compiling, not inside
     a torch.func transform or activation checkpointing, not on meta or fake tensors."""
@@ -169,7 +156,7 @@ def can_measure(tensors: Sequence[torch.Tensor]) -> bool:
         torch.jit.is_tracing()
         or torch.jit.is_scripting()
         or torch.compiler.is_compiling()
-        or _inside_transform()
+        or inside_transform()
     ):
         return False
     for t in tensors:
