@@ -109,3 +109,17 @@ def test_the_symbolic_bound_is_the_cheapest_separating_set_at_any_parameter_valu
     concrete = einstruct.load(CHAIN, **at)
     expected = min(_brute_force_bound(concrete), at["d"])
     assert int(bound.subs({sym: at[str(sym)] for sym in bound.free_symbols})) == expected
+
+
+def test_with_seven_parameters_a_cut_smallest_when_one_is_large_is_found():
+    # past 3^6 stand-ins the grid took every set of parameters small and none large:
+    # the cut j (2^16) wins only when r is large, and the bound lost it
+    spec = """structure s(r, p1, p2, p3, p4, p5, p6):
+    y[o, q] = x[i, q] * A[i, j] * B[j, k] * C[k, o]
+    where i = o = 2^20, j = 2^16, k = r, q = p1 * p2 * p3 * p4 * p5 * p6
+"""
+    bound = analyze_structure(einstruct.load(spec, symbolic=True)).rank_bound
+    at = {"r": 2**20, "p1": 2, "p2": 2, "p3": 2, "p4": 2, "p5": 2, "p6": 2}
+    concrete = einstruct.load(spec, **at)
+    expected = min(_brute_force_bound(concrete), concrete.in_features, concrete.out_features)
+    assert int(bound.subs({sym: at[str(sym)] for sym in bound.free_symbols})) == expected

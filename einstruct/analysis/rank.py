@@ -148,15 +148,14 @@ _LEVELS = (2**4, STAND_IN, 2**20)
 
 def _stand_in_grid(n: int) -> Iterable[tuple[int, ...]]:
     """Values for ``n`` parameters: every combination of the three levels where that is at
-    most 3^6 = 729 trials, else every set of parameters small, the rest at the default
-    (up to 2^10), else one parameter at a time small or large."""
+    most 3^6 = 729 trials; else each parameter alone small or large (the rest at the
+    default), with every set of them small where that is at most 2^10."""
     if 3**n <= 729:
         return itertools.product(_LEVELS, repeat=n)
     small, middle, large = _LEVELS
-    if n <= 10:
-        return itertools.product((small, middle), repeat=n)
     one = [tuple(level if k == j else middle for k in range(n)) for j in range(n) for level in (small, large)]
-    return [(middle,) * n, *one]
+    together = list(itertools.product((small, middle), repeat=n)) if n <= 10 else [(middle,) * n]
+    return [*together, *one]
 
 
 def _cut_at(structure: Structure, sizes: dict[str, Any], values: tuple[int, ...]) -> tuple[str, ...] | None:
