@@ -165,15 +165,16 @@ def temporary_prefix(name: str) -> str:
     return f".{text}."
 
 
-def _temporary_file(path: Path) -> tuple[int, str]:
+def _temporary_file(path: Path, private: bool) -> tuple[int, str]:
     """A new file next to ``path`` (a random name, created exclusively, links not followed),
-    open for writing, whose permission bits the kernel sets from the umask (reading the
-    umask would set it, for a moment, for every thread of the process)."""
+    open for writing: 0600 if ``private`` (its bits are set before anything is written),
+    else with the bits the kernel sets from the umask (reading the umask would set it,
+    for a moment, for every thread of the process)."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
     for _ in range(100):
         tmp = str(path.parent / f"{temporary_prefix(path.name)}{secrets.token_hex(6)}.tmp")
         try:
-            return os.open(tmp, flags, 0o666), tmp
+            return os.open(tmp, flags, 0o600 if private else 0o666), tmp
         except FileExistsError:
             continue
     raise FileExistsError(errno.EEXIST, "no free temporary file name", str(path.parent))
@@ -187,7 +188,7 @@ def write_atomic(path: Path, data: str | bytes, mode: int | None = None) -> None
     """
     payload = data.encode("utf-8") if isinstance(data, str) else data
     try:
-        handle, tmp = _temporary_file(path)
+        handle, tmp = _temporary_file(path, private=mode is not None)
     except OSError as exc:
         raise OutputError(
             f"cannot write {_shown(path)}: {exc.strerror or exc}",
@@ -195,9 +196,9 @@ def write_atomic(path: Path, data: str | bytes, mode: int | None = None) -> None
         ) from None
     try:
         with os.fdopen(handle, "wb") as out:
-            out.write(payload)
-            if mode is not None:
+            if mode is not None:  # before the data: a 0600 file never passes through 0644
                 os.fchmod(out.fileno(), mode)
+            out.write(payload)
         os.replace(tmp, path)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)

@@ -134,3 +134,38 @@ def test_a_failed_write_leaves_nothing_behind(tmp_path, monkeypatch, capsys):
     assert compile_to("nowhere/deeper/layer.py") == 2
     assert os.listdir(tmp_path) == []
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_replacing_a_private_file_never_passes_through_wider_permissions(tmp_path, monkeypatch):
+    # the temporary file was created with the umask's bits (0644), written, then chmod-ed
+    # to the replaced file's 0600: another user could open it in between
+    import einstruct.files as files
+
+    target = tmp_path / "secret.json"
+    target.write_text("old")
+    target.chmod(0o600)
+    seen = []
+    opened = os.fdopen
+
+    class Recording:
+        def __init__(self, handle, mode):
+            self.out = opened(handle, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.out.__exit__(*exc)
+
+        def fileno(self):
+            return self.out.fileno()
+
+        def write(self, data):
+            seen.append(stat.S_IMODE(os.fstat(self.out.fileno()).st_mode))
+            return self.out.write(data)
+
+    monkeypatch.setattr(files.os, "fdopen", Recording)
+    files.write_atomic(target, "SECRET", mode=0o600)
+    monkeypatch.undo()
+    assert seen == [0o600]  # the bits when the data went in
+    assert target.read_text() == "SECRET" and stat.S_IMODE(target.stat().st_mode) == 0o600
