@@ -251,6 +251,11 @@ def test_a_spec_of_more_words_and_symbols_than_the_limit_is_refused_before_parsi
     assert (error.value.span.line, error.value.span.column) == (2, 5)  # the 9th: 'y'
     monkeypatch.setenv("EINSTRUCT_MAX_TOKENS", "40")
     assert einstruct.load("structure s(d = 4):\n    y[o] = x[i] * W[i, o]\n    where i = o = d\n").name == "s"
+    # a comment is one token, as the lexer makes it: a documented spec is not refused
+    documented = "# " + "a long explanation of the layer, " * 30 + "\n"
+    assert einstruct.load(
+        documented + "structure s(d = 4):\n    y[o] = x[i] * W[i, o]\n    where i = o = d\n"
+    )
 
 
 @pytest.mark.parametrize("tail", ["+0", "^1", "*1"])

@@ -55,7 +55,7 @@ def _check_name_characters(token: Token, file: str, lines: list[str]) -> None:
 
 _WORD = re.compile(r"\w")
 #: what the grammar's lexer makes a token of, roughly: a word, or one other non-space character
-_TOKEN = re.compile(r"\w+|[^\w\s]")
+_TOKEN = re.compile(r"#[^\n]*|\w+|[^\w\s]")  # a comment is one token, as the lexer makes it
 
 
 def check_tokens(text: str, file: str, lines: list[str]) -> None:
