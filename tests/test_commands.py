@@ -434,3 +434,15 @@ def test_a_missing_structure_of_a_file_of_thousands_lists_twenty(tmp_path, capsy
     assert main(["analyze", str(spec), "--structure", "nosuch"]) == 2
     err = capsys.readouterr().err
     assert "s0, s1" in err and "s19, ... (480 more)" in err and "s20," not in err
+
+
+def test_compiling_again_into_a_folder_on_sys_path_writes_the_same_file(tmp_path):
+    # the file the first compile wrote was found as an installed module named btt, and
+    # the second compile wrote btt_layer.py beside it
+    (tmp_path / "btt.ein").write_text("structure btt = btt(d = 16)\n")
+    command = [sys.executable, "-m", "einstruct", "compile", "btt.ein", "-o", "./", "--force"]
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    for _ in range(2):
+        run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert run.returncode == 0, run.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["btt.ein", "btt.py"]

@@ -12,6 +12,7 @@ import os
 import sys
 import unicodedata
 from functools import lru_cache
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..analysis.analyze import analyze_structure
@@ -53,7 +54,7 @@ def default_class_name(structure_name: str) -> str:
 _SHADOWED = frozenset({"torch", "triton", "einstruct", "numpy", "jinja2", "lark", "transformers"})
 
 
-def default_file_name(structure_name: str) -> str:
+def default_file_name(structure_name: str, directory: Path | None = None) -> str:
     """The file ``compile -o DIR/`` writes: ``<structure>.py``, or ``<structure>_layer.py``
     where that would shadow a module (a structure named ``torch``, ``typing`` or any
     module installed here: every ``import torch`` run in that directory would find the
@@ -63,18 +64,28 @@ def default_file_name(structure_name: str) -> str:
     ('btt.py', 'torch_layer.py', 'typing_extensions_layer.py')
     """
     shadows = structure_name in sys.stdlib_module_names or structure_name in _SHADOWED
-    return f"{structure_name}_layer.py" if shadows or _installed(structure_name) else f"{structure_name}.py"
+    installed = _installed(structure_name, directory)
+    return f"{structure_name}_layer.py" if shadows or installed else f"{structure_name}.py"
 
 
-def _installed(name: str) -> bool:
+def _installed(name: str, directory: Path | None) -> bool:
     """Whether ``name`` is a module this Python can import (``typing_extensions``, which
-    torch imports, or any installed package): a file of that name would hide it."""
+    torch imports, or any installed package) from outside ``directory``: a file of that
+    name would hide it. One inside ``directory`` (the file a compile wrote there before,
+    when the directory is on sys.path) names the same file, not another module."""
     import importlib.util
 
     try:
-        return importlib.util.find_spec(name) is not None
+        spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):  # a broken installation of that name still is one
         return True
+    if spec is None:
+        return False
+    origin = Path(spec.origin) if spec.origin and spec.origin not in ("built-in", "frozen") else None
+    if directory is not None and origin is not None:
+        place = origin.parent.parent if origin.name == "__init__.py" else origin.parent
+        return place.resolve() != directory.resolve()
+    return True
 
 
 def spec_hash(plan: Plan) -> str:

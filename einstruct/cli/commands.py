@@ -253,8 +253,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return 0
     inputs = [] if args.file == "-" else [args.file]
+    folder = Path(args.output) if Path(args.output).is_dir() else None
     out = write_output(
-        args.output, text, default_name=default_file_name(structure.name), force=args.force, inputs=inputs
+        args.output,
+        text,
+        default_name=default_file_name(structure.name, folder),
+        force=args.force,
+        inputs=inputs,
     )
     lines = len(text.splitlines())
     if args.json:
