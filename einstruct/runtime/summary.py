@@ -199,8 +199,24 @@ def header_changed(layer: Any, structure: Structure | None = None) -> bool:
     return hashlib.sha256(structure.to_source().encode()).hexdigest()[:16] != expected
 
 
-@lru_cache(maxsize=64)
 def _structure_from_header(module_name: str) -> Structure | None:
+    """The structure of the ``# spec:`` lines of the file module ``module_name`` came from,
+    as the file is now (cached per file version: its size and modification time)."""
+    import os
+    import sys
+
+    module = sys.modules.get(module_name)
+    path = getattr(module, "__file__", None)
+    try:
+        info = os.stat(path) if isinstance(path, str) else None
+    except OSError:
+        info = None
+    version = (info.st_mtime_ns, info.st_size) if info is not None else None
+    return _header_structure(module_name, version)
+
+
+@lru_cache(maxsize=64)
+def _header_structure(module_name: str, version: tuple[int, int] | None) -> Structure | None:
     import inspect
     import sys
 
