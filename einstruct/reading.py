@@ -25,7 +25,7 @@ from typing import BinaryIO
 
 from .errors import EinstructError
 
-__all__ = ["read_bounded", "read_stream", "shown_path"]
+__all__ = ["file_kind", "read_bounded", "read_stream", "shown_path"]
 
 _CHUNK = 1 << 16
 
@@ -35,7 +35,8 @@ def shown_path(path: Path | str) -> str:
     return "".join(ch if ch.isprintable() else ascii(ch)[1:-1] for ch in str(path))
 
 
-def _kind(mode: int) -> str:
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for a message: 'a directory', 'a FIFO (named pipe)'..."""
     if stat.S_ISDIR(mode):
         return "a directory"
     if stat.S_ISFIFO(mode):
@@ -61,7 +62,7 @@ def read_bounded(
         info = os.stat(path)
         if not stat.S_ISREG(info.st_mode):
             raise EinstructError(
-                f"cannot read '{shown}': it is {_kind(info.st_mode)}, not a regular {what}",
+                f"cannot read '{shown}': it is {file_kind(info.st_mode)}, not a regular {what}",
                 hint="give a regular file, or pipe the data to standard input (-)",
             )
         flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)

@@ -41,7 +41,7 @@ from typing import IO, Any
 
 from ..capacity import MAX_SEED
 from ..errors import OutputError, ParameterError
-from ..reading import shown_path
+from ..reading import file_kind, shown_path
 
 __all__ = [
     "MAX_RESULTS_BYTES",
@@ -128,18 +128,6 @@ def row_problem(row: Any) -> str | None:
     return None
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISDIR(mode):
-        return "a directory"
-    if stat.S_ISFIFO(mode):
-        return "a FIFO (named pipe)"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    if stat.S_ISSOCK(mode):
-        return "a socket"
-    return "not a regular file"
-
-
 def _check_status(path: Path, info: os.stat_result) -> None:
     """Refuse what is not a regular file of this user's that no one else can write."""
     shown = shown_path(path)
@@ -149,7 +137,9 @@ def _check_status(path: Path, info: os.stat_result) -> None:
             hint="give the path of the file itself",
         )
     if not stat.S_ISREG(info.st_mode):
-        raise OutputError(f"--results {shown} is {_kind(info.st_mode)}, not a results file", hint=_REFUSED)
+        raise OutputError(
+            f"--results {shown} is {file_kind(info.st_mode)}, not a results file", hint=_REFUSED
+        )
     getuid = getattr(os, "geteuid", None)
     if getuid is not None and info.st_uid != getuid():
         raise OutputError(
