@@ -282,3 +282,42 @@ def _stat(pid: int) -> str:
     except OSError:
         return ""
     return "" if state.rsplit(")", 1)[1].split()[0] == "Z" else state
+
+
+def _own_private_group() -> bool:
+    import grp
+    import pwd
+
+    user = pwd.getpwuid(os.geteuid())
+    group = grp.getgrgid(user.pw_gid)
+    return group.gr_name == user.pw_name and not set(group.gr_mem) - {user.pw_name}
+
+
+@pytest.mark.skipif(
+    not hasattr(os, "geteuid") or not _own_private_group(), reason="needs a user private group"
+)
+def test_a_file_writable_by_the_users_own_private_group_is_trusted(tmp_path, finished):
+    # umask 002 (Ubuntu's default) checks the committed results out 0664: the documented
+    # reprint was refused as "can be written by others"
+    results = tmp_path / "r.jsonl"
+    results.write_bytes(finished)
+    results.chmod(0o664)
+    assert main([*SMOKE, "--results", str(results)]) == 0
+    assert results.read_bytes() == finished  # every run was in it: nothing trained, nothing appended
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() != 0, reason="needs root to give a file away")
+def test_a_file_writable_by_another_group_is_not_trusted(tmp_path, capsys, finished):
+    results = tmp_path / "r.jsonl"
+    results.write_bytes(finished)
+    os.chown(results, -1, 12345)
+    results.chmod(0o664)
+    assert "can be written by others" in _refused(capsys, results)
+
+
+def test_a_line_nested_too_deep_for_json_is_refused_not_a_crash(tmp_path, capsys):
+    results = tmp_path / "deep.jsonl"
+    content = b"[" * 100_000 + b"]" * 100_000 + b"\n"
+    results.write_bytes(content)
+    assert "deep.jsonl:1: not a row of a results file" in _refused(capsys, results)
+    assert results.read_bytes() == content

@@ -147,12 +147,25 @@ def _check_status(path: Path, info: os.stat_result) -> None:
             "reported as your measurements",
             hint="copy it to a file of your own if you trust its contents, or give --results another file",
         )
-    if info.st_mode & 0o022:
+    if info.st_mode & 0o002 or (info.st_mode & 0o020 and not _private_group(info.st_gid)):
         raise OutputError(
             f"--results {shown} can be written by others (mode {stat.filemode(info.st_mode)}): its "
             "rows could be forged",
             hint=f"chmod go-w {shown} if you trust its contents, or give --results another file",
         )
+
+
+def _private_group(gid: int) -> bool:
+    """Whether ``gid`` is this user's own group with no other members (a user private
+    group: umask 002 systems, Ubuntu's default, check files out group-writable in it)."""
+    try:
+        import grp
+        import pwd
+
+        group, user = grp.getgrgid(gid), pwd.getpwuid(os.geteuid())
+    except (ImportError, KeyError, OSError):
+        return False
+    return gid == user.pw_gid and group.gr_name == user.pw_name and not set(group.gr_mem) - {user.pw_name}
 
 
 def _open(path: Path, flags: int, mode: int = 0o644) -> int | None:
@@ -225,7 +238,7 @@ def _parse(data: bytes, path: Path) -> tuple[list[dict[str, Any]], str]:
             continue
         try:
             row = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deep for json
             problem: str | None = "not a JSON line"
         else:
             problem = row_problem(row)
@@ -241,7 +254,7 @@ def _parse(data: bytes, path: Path) -> tuple[list[dict[str, Any]], str]:
         return rows, ""
     try:
         row = json.loads(tail)
-    except ValueError:
+    except (ValueError, RecursionError):
         row = None
     if row is not None and row_problem(row) is None:
         rows.append(row)
