@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputError, ParameterError
+from ..errors import ParameterError
 
 __all__ = ["add_experiment_parser", "cmd_scaling", "cmd_transfer"]
 
@@ -268,16 +268,10 @@ def _inputs(args: argparse.Namespace) -> list[Path]:
 def _check(args: argparse.Namespace, results: Path, targets: list[Any]) -> None:
     """Every output path checked before the sweep: a bad one fails now, not after training."""
     from ..experiments.outputs import check_outputs
-    from ..experiments.results import check_results_file
+    from ..experiments.results import check_results_file, make_results_folder
 
     check_results_file(results)  # not a results file of this user's: refused, left as it is
-    try:  # the results' folder is made here, as the sweep did before: the summary goes there too
-        results.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot make the folder of --results {results}: {exc.strerror or exc}",
-            hint="give --results a path in a folder you can write",
-        ) from None
+    make_results_folder(results)  # here, before the outputs are checked: the summary goes there too
     check_outputs(targets, results, _inputs(args), force=args.force)
 
 

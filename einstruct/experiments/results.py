@@ -50,6 +50,7 @@ __all__ = [
     "check_results_file",
     "read_results",
     "repair_results",
+    "make_results_folder",
     "open_results_for_append",
 ]
 
@@ -315,6 +316,17 @@ def repair_results(path: Path) -> list[dict[str, Any]]:
     finally:
         os.close(descriptor)
     return rows
+
+
+def make_results_folder(path: Path) -> None:
+    """The folder of the results file ``path``, made if missing (the summary goes there too)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(
+            f"cannot make the folder of --results {shown_path(path)}: {exc.strerror or exc}",
+            hint="give --results a path in a folder you can write",
+        ) from None
 
 
 def open_results_for_append(path: Path) -> IO[str]:

@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from ..capacity import checked_memory, checked_seed, checked_width, checked_workers, usable_cpus
-from ..errors import EinstructError, OutputError, ParameterError
+from ..errors import EinstructError, ParameterError
 from ..reading import shown_path
 from .data_cache import cache_directory, data_path, load_data, save_data
-from .results import open_results_for_append, read_results, repair_results
+from .results import make_results_folder, open_results_for_append, read_results, repair_results
 from .scaling import Run, Task, construction_bytes, make_data, stream_bytes, train_flops, train_run
 
 __all__ = [
@@ -287,13 +287,7 @@ def run_sweep(
     todo = _ordered(task, [r for key, r in unique.items() if key not in done])
     if progress:
         progress(len(done), len(runs), None)
-    try:
-        results.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(
-            f"cannot make the folder of --results {shown_path(results)}: {exc.strerror or exc}",
-            hint="give --results a path in a folder you can write",
-        ) from None
+    make_results_folder(results)
     with open_results_for_append(results) as out:  # before any work: an unwritable file fails now
         threads = torch.get_num_threads()
         torch.set_num_threads(max(1, workers))
