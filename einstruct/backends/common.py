@@ -11,6 +11,8 @@ import json
 import os
 import sys
 import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +31,12 @@ __all__ = [
     "strategy_note",
     "number_code",
     "tuple_code",
+    "tuple_display",
+    "Display",
+    "display_code",
+    "class_head",
+    "text_width",
+    "value_code",
     "quoted",
     "string_code",
     "dict_code",
@@ -131,6 +139,100 @@ def tuple_code(items: Any) -> str:
     return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
 
 
+def text_width(text: str) -> int:
+    """The columns ``text`` takes as ruff format counts them: an east-Asian wide or
+    full-width character two, a combining mark none.
+
+    >>> text_width("ab"), text_width("日本"), text_width("o\u0301")
+    (2, 4, 1)
+    """
+    return sum(
+        0
+        if unicodedata.category(ch) in ("Mn", "Me")
+        else 2
+        if unicodedata.east_asian_width(ch) in "WF"
+        else 1
+        for ch in text
+    )
+
+
+def value_code(value: str, indent: int, taken: int, width: int = 88) -> str:
+    """An unbreakable right-hand side (a name, a string without spaces) starting
+    ``taken`` columns in: as it is where it fits, else in parentheses on a line of its
+    own where it fits there, else as it is (what ruff format does with it).
+
+    >>> value_code("_F", 4, 10)
+    '_F'
+    >>> print(value_code("_" + "F" * 70, 4, 20))
+    (
+            _FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF
+        )
+    """
+    if taken + text_width(value) <= width or indent + 4 + text_width(value) > width:
+        return value
+    return f"(\n{' ' * (indent + 4)}{value}\n{' ' * indent})"
+
+
+@dataclass(frozen=True)
+class Display:
+    """A bracketed display of rendered items (text, or a Display nested in it), e.g.
+    ``Display("(", ('"i"', '"k"'), ")")`` for ``("i", "k")``; ``prefix`` comes before
+    the opener (a dict entry's key, a class's name); ``one_tuple``: a tuple of one item
+    (its comma is part of it)."""
+
+    opener: str
+    items: tuple[str | Display, ...]
+    closer: str
+    prefix: str = ""
+    one_tuple: bool = False
+
+    def flat(self) -> str:
+        body = ", ".join(i if isinstance(i, str) else i.flat() for i in self.items)
+        return self.prefix + self.opener + body + ("," if self.one_tuple else "") + self.closer
+
+
+def tuple_display(items: Any) -> Display:
+    """:func:`tuple_code`'s tuple as a Display that :func:`display_code` can wrap."""
+    items = tuple(items)
+    return Display("(", items, ")", one_tuple=len(items) == 1)
+
+
+def display_code(display: Display, indent: int, taken: int, after: str = "", width: int = 88) -> str:
+    """``display`` starting ``taken`` columns in on a line indented ``indent``, with
+    ``after`` following it on that line: on one line when it fits in ``width``, else
+    one item a line with a trailing comma, nested displays wrapped the same way. A
+    trailing comma keeps ruff format from joining the lines again, so the code is in
+    the form ruff format leaves it whatever the length of the names in it.
+
+    >>> display_code(Display("[", ('"a"',), "]"), 0, 10)
+    '["a"]'
+    >>> print(display_code(tuple_display(['"' + "a" * 40 + '"'] * 2), 0, 20))
+    (
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    )
+    """
+    flat = display.flat()
+    if taken + text_width(flat) + text_width(after) <= width or not display.items:
+        return flat
+    inner = indent + 4
+    lines = [
+        (item if isinstance(item, str) else display_code(item, inner, inner, ",", width)) + ","
+        for item in display.items
+    ]
+    body = "".join(f"{' ' * inner}{line}\n" for line in lines)
+    return f"{display.prefix}{display.opener}\n{body}{' ' * indent}{display.closer}"
+
+
+def class_head(name: str, bases: list[str], width: int = 88) -> str:
+    """A top-level ``class name(bases):`` line, wrapped as :func:`display_code` wraps.
+
+    >>> class_head("Btt", ["StructuredLinear"])
+    'class Btt(StructuredLinear):'
+    """
+    return display_code(Display("(", tuple(bases), ")", prefix=f"class {name}"), 0, 0, ":", width) + ":"
+
+
 def quoted(name: str) -> str:
     """A name as a double-quoted string literal (JSON quoting is valid Python for any text)."""
     return json.dumps(name, ensure_ascii=False)
@@ -145,12 +247,12 @@ def string_code(text: str, indent: int, taken: int, width: int = 88) -> str:
     '"a b"'
     """
     whole = quoted(text)
-    if taken + len(whole) <= width:
-        return whole
+    if taken + text_width(whole) <= width or " " not in text:
+        return value_code(whole, indent, taken, width)
     room = width - indent - 4 - 2  # the inner indent and the quotes
     pieces: list[str] = []
     for word in text.split(" "):
-        if pieces and len(quoted(pieces[-1] + " " + word)) - 2 <= room:
+        if pieces and text_width(quoted(pieces[-1] + " " + word)) - 2 <= room:
             pieces[-1] += " " + word
         else:
             pieces.append(word)
@@ -159,19 +261,20 @@ def string_code(text: str, indent: int, taken: int, width: int = 88) -> str:
     return "(\n" + "".join(f"{inner}{line}\n" for line in body) + " " * indent + ")"
 
 
-def dict_code(rows: list[tuple[str, str]], indent: int, taken: int, width: int = 88) -> str:
+def dict_code(rows: Sequence[tuple[str, str | Display]], indent: int, taken: int, width: int = 88) -> str:
     """A dict display of rendered (key, value) pairs as the right-hand side of an
     assignment starting ``taken`` columns in: one line when it fits, else one pair a
-    line with a trailing comma (both as ruff format leaves them).
+    line with a trailing comma (a value that is a Display wrapped in turn), as ruff
+    format leaves them.
 
     >>> dict_code([('"a"', "1")], 4, 10)
     '{"a": 1}'
     """
-    flat = "{" + ", ".join(f"{k}: {v}" for k, v in rows) + "}"
-    if taken + len(flat) <= width:
-        return flat
-    inner = " " * (indent + 4)
-    return "{\n" + "".join(f"{inner}{k}: {v},\n" for k, v in rows) + " " * indent + "}"
+    entries = tuple(
+        f"{k}: {v}" if isinstance(v, str) else Display(v.opener, v.items, v.closer, f"{k}: ", v.one_tuple)
+        for k, v in rows
+    )
+    return display_code(Display("{", entries, "}"), indent, taken, "", width)
 
 
 def comment_text(text: str) -> str:

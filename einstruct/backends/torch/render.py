@@ -19,14 +19,18 @@ from __future__ import annotations
 import hashlib
 import io
 import tokenize
+from collections.abc import Sequence
 from typing import Any
 
 from ..._version import __version__
 from ...analysis.mup import application_order, factor_fans
 from ...planner.plan_data import Plan
 from ..common import (
+    Display,
+    class_head,
     comment_text,
     dict_code,
+    display_code,
     environment,
     number_code,
     quoted,
@@ -34,6 +38,8 @@ from ..common import (
     strategy_note,
     string_code,
     tuple_code,
+    tuple_display,
+    value_code,
 )
 from ..compilation import Compilation
 from ..runtime_source import runtime_globals, runtime_modules, runtime_text
@@ -71,7 +77,7 @@ def _factors(plan: Plan) -> list[dict[str, Any]]:
                 "attr": f.name,
                 "key": quoted(f.name),
                 "local": local,
-                "axes": tuple_code(quoted(i) for i in plan.factor_layouts[f.name]),
+                "axes": tuple_display(quoted(i) for i in plan.factor_layouts[f.name]),
                 "init_std": repr(float(fan.init_std)),
                 "lr_mult": number_code(fan.lr_mult),
             }
@@ -136,9 +142,14 @@ def _metrics(compiled: Compilation) -> dict[str, str]:
     return out
 
 
-def _table(name: str, rows: list[tuple[str, str]]) -> str:
+def _table(name: str, rows: Sequence[tuple[str, str | Display]]) -> str:
     """A class-level dict ``    name: ClassVar[dict] = {...}``'s right-hand side."""
     return dict_code(rows, 4, len(f"    {name}: ClassVar[dict] = "))
+
+
+def _axes_code(name: str, axes: tuple[str, ...]) -> str:
+    """A class-level tuple of axis names ``    name = (...)``'s right-hand side."""
+    return display_code(tuple_display(quoted(i) for i in axes), 4, len(f"    {name} = "))
 
 
 def _peak(compiled: Compilation) -> int:
@@ -171,7 +182,7 @@ def _tables(
     numbers = _metrics(compiled)
     router = int(s.in_features) * int(s.size(s.route.index)) if s.route is not None else 0
     return {
-        "structure_code": quoted(s.name),
+        "structure_code": value_code(quoted(s.name), 4, len("    structure_name = ")),
         "spec_hash": spec_hash(plan),
         "in_features": int(s.in_features),
         "out_features": int(s.out_features),
@@ -185,13 +196,13 @@ def _tables(
         "strategy_note_code": string_code(strategy_note(plan), 4, len("    strategy_note = ")),
         "projection": projection_kind(s),
         "projection_note_code": string_code(projection_note(s), 4, len("    projection_note = ")),
-        "input_axes": tuple_code(quoted(i) for i in s.input.indices),
-        "output_axes": tuple_code(quoted(i) for i in s.output.indices),
+        "input_axes": _axes_code("input_axes", s.input.indices),
+        "output_axes": _axes_code("output_axes", s.output.indices),
         "factor_axes": _table("factor_axes", [(f["key"], f["axes"]) for f in factors]),
         "index_sizes": _table("index_sizes", [(quoted(i), str(v)) for i, v in sizes.items()]),
         "init_std": _table("init_std", [(f["key"], f["init_std"]) for f in factors]),
         "lr_mult": _table("lr_mult", [(f["key"], f["lr_mult"]) for f in factors]),
-        "last_factor_code": quoted(application_order(s)[-1]),
+        "last_factor_code": value_code(quoted(application_order(s)[-1]), 4, len("    last_factor = ")),
     }
 
 
@@ -254,7 +265,9 @@ def render_context(
         "module_doc": _module_doc(routed),
         "class_doc": _class_doc(routed),
         "class_name": name,
-        "bases": "RoutedStructuredLinear" if routed else "StructuredLinear",
+        "class_head": class_head(name, ["RoutedStructuredLinear" if routed else "StructuredLinear"]),
+        "function_head": class_head(f"_{name}Function", ["torch.autograd.Function"]),
+        "all_names": display_code(Display("[", (quoted(name),), "]"), 0, len("__all__ = ")),
         "tables": _tables(compiled, name, factors, [*forward_lines, *backward_lines]),
         "d_in": int(s.d_in),
         "d_out": int(s.d_out),
@@ -271,6 +284,7 @@ def render_context(
         "operands": tuple_code(operands),
         "operands_unpack": ", ".join(operands) + ("," if len(operands) == 1 else ""),
         "function_name": f"_{name}Function",
+        "function_value": value_code(f"_{name}Function", 4, len("    planned_function = ")),
         "factor_args": ", ".join(locals_),
         "factor_names": comment_text(factor_names),
         "steps_args": ", ".join(["x", *(["gate"] if routed else []), *locals_]),

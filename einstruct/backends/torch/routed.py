@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...planner.plan_data import Plan
-from ..common import comment_text, quoted, tuple_code
+from ..common import comment_text, quoted, tuple_code, value_code
 from .steps import factor_locals, intermediate_names, operand_code, output_code, output_grad_code, step_code
 
 __all__ = ["route_context"]
@@ -56,7 +56,7 @@ def route_context(plan: Plan) -> dict[str, Any]:
     names = ", ".join(f"{n} = {f.name}" for n, f in zip(locals_, plan.structure.factors, strict=True))
     return {
         "index": comment_text(route.index),
-        "index_code": quoted(route.index),
+        "index_code": value_code(quoted(route.index), 4, len("    routed_index = ")),
         "experts": int(plan.structure.size(route.index)),
         "top_k": int(route.top_k),
         "expert_doc": f"One expert ('{comment_text(route.index)}' cut to one entry; {comment_text(names)}) "

@@ -398,6 +398,7 @@ def with_gate(plan: Plan, lines: list[str]) -> list[str]:
     gate = "gate.mT" if layout.index(route) < layout.index(BATCH) else "gate"
     shape = tuple(-1 if i == BATCH else int(plan.structure.size(i)) if i == route else 1 for i in layout)
     result = local_names(plan)[step.result]
-    line = f"{result} = {result} * {gate}.reshape{_shape(shape)}  # route {route}: gate the experts"
+    comment = f"# route {route}: gate the experts"  # its own line: the index name may be long
+    line = f"{result} = {result} * {gate}.reshape{_shape(shape)}"
     at = next(k for k, text in enumerate(lines) if text.startswith(f"{result} = ")) + 1
-    return [*lines[:at], line, *lines[at:]]
+    return [*lines[:at], comment, line, *lines[at:]]

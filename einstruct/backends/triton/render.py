@@ -23,7 +23,7 @@ from typing import Any
 
 from ...planner.fusion import Fusion, NotFused, plan_fusion
 from ...planner.plan_data import Plan
-from ..common import string_code, tuple_code
+from ..common import class_head, string_code, tuple_code
 from ..compilation import Compilation
 from ..runtime_source import runtime_modules
 from ..torch.render import render_context as torch_context
@@ -85,7 +85,8 @@ def render_context(
     fusion = plan_fusion(plan)
     routed = plan.gate_step is not None
     context["parent"] = "torch/routed_layer.py.j2" if routed else "torch/layer.py.j2"
-    context["bases"] = "FusedStructuredLinear" + (", RoutedStructuredLinear" if routed else "")
+    bases = ["FusedStructuredLinear", *(["RoutedStructuredLinear"] if routed else [])]
+    context["class_head"] = class_head(context["class_name"], bases)
     context.update(runtime_context(runtime_modules(routed=routed, fused=True), runtime))
     if isinstance(fusion, NotFused):
         context.update(
