@@ -7,6 +7,7 @@ that names the file (and the line), before any training, and left as it is.
 
 from __future__ import annotations
 
+import errno
 import json
 import multiprocessing
 import os
@@ -22,6 +23,12 @@ import pytest
 from einstruct.cli import main
 from einstruct.errors import EinstructError
 from einstruct.experiments import sweep
+from einstruct.experiments.results import LATER_FIELDS
+
+try:
+    import fcntl
+except ImportError:  # no advisory locks here: the sweep does not lock
+    fcntl = None  # type: ignore[assignment]
 
 SMOKE = ["experiment", "scaling", "--smoke", "--workers", "0"]
 
@@ -73,7 +80,9 @@ def test_a_file_that_is_not_a_results_file_is_refused_and_left_as_it_is(tmp_path
         (lambda row: [1, 2], "a JSON list, not a run's row"),
         (lambda row: {**row, "eval_loss": "abc"}, "field 'eval_loss' must be null or a finite number"),
         (lambda row: {k: v for k, v in row.items() if k != "train_flops"}, "no field 'train_flops'"),
-        (lambda row: {k: v for k, v in row.items() if k != "curve"}, "no field 'curve'"),
+        (lambda row: {k: v for k, v in row.items() if k != "curve"} | {"seed": -1}, "field 'seed' must be"),
+        (lambda row: {k: v for k, v in row.items() if k not in ("curve", "steps")}, "no field 'steps'"),
+        (lambda row: {**_older(row), "params_rule": "adam"}, "field 'params_rule' must be"),
         (lambda row: {**row, "structure": "dense"}, "is not the key of its own structure"),
         (lambda row: {**row, "curve": [[1, 2, "x"]]}, "field 'curve' must be a list"),
         (lambda row: {**row, "seed": 2**64}, "field 'seed' must be a whole number"),
@@ -321,3 +330,121 @@ def test_a_line_nested_too_deep_for_json_is_refused_not_a_crash(tmp_path, capsys
     results.write_bytes(content)
     assert "deep.jsonl:1: not a row of a results file" in _refused(capsys, results)
     assert results.read_bytes() == content
+
+
+# --- two sweeps on one file: the second is refused at once, never cuts the first's row ----------
+
+
+@pytest.mark.skipif(fcntl is None, reason="no advisory locks (fcntl) here")
+def test_a_results_file_another_run_is_writing_is_refused_at_once(tmp_path, capsys, finished):
+    results = tmp_path / "r.jsonl"
+    lines = finished.splitlines(keepends=True)
+    writing = b"".join(lines[:2]) + lines[2][:40]  # the other run is half-way through its row
+    results.write_bytes(writing)
+    with open(results, "ab") as other:
+        fcntl.flock(other.fileno(), fcntl.LOCK_EX)
+        err = _refused(capsys, results)
+        assert f"--results {results} is locked: another run is writing it" in err
+        assert results.read_bytes() == writing  # its half-written row was not cut
+    assert main([*SMOKE, "--results", str(results)]) == 0  # released: repaired and resumed
+    assert len(_rows(results)) == 4 and results.read_bytes().startswith(b"".join(lines[:2]))
+
+
+@pytest.mark.skipif(fcntl is None, reason="no advisory locks (fcntl) here")
+def test_the_lock_is_held_from_the_repair_to_the_last_append(tmp_path, monkeypatch, finished):
+    results = tmp_path / "r.jsonl"
+    results.write_bytes(b"".join(finished.splitlines(keepends=True)[:2]))
+    work, held = sweep._work, []
+
+    def locked_while_training(job):
+        held.append(_locked(results))
+        return work(job)
+
+    monkeypatch.setattr(sweep, "_work", locked_while_training)
+    assert main([*SMOKE, "--results", str(results)]) == 0
+    assert held == [True, True] and not _locked(results)  # released when the sweep is done
+    assert len(_rows(results)) == 4
+
+
+def _locked(path: Path) -> bool:
+    """Whether another open file description holds ``path``'s lock."""
+    with open(path, "rb") as probe:
+        try:
+            fcntl.flock(probe.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+# --- a read-only results file: reprinted when it holds every run, refused when runs are left ----
+
+
+def _read_only(monkeypatch, results: Path) -> None:
+    """Make ``results`` read-only (mode 0444). Opening it to write then fails for any user but
+    root; for root too, here, as the kernel fails it for others."""
+    results.chmod(0o444)
+    real = os.open
+
+    def guarded(path, flags, *args, **kwargs):
+        if os.fspath(path) == os.fspath(results) and flags & (os.O_WRONLY | os.O_RDWR):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", guarded)
+
+
+def test_a_read_only_results_file_holding_every_run_is_reprinted(tmp_path, capsys, monkeypatch, finished):
+    results = tmp_path / "r.jsonl"
+    results.write_bytes(finished[:-1])  # its last row lacks only its newline: not repaired, read
+    _read_only(monkeypatch, results)
+    monkeypatch.setattr(sweep, "_work", _never_trained)
+    assert main([*SMOKE, "--results", str(results)]) == 0
+    assert "4 of 4 runs already in the results file" in capsys.readouterr().err
+    assert results.read_bytes() == finished[:-1]
+    assert json.loads((tmp_path / "r.jsonl.summary.json").read_text())["task"]["steps"] > 0
+
+
+def test_a_read_only_results_file_with_runs_left_is_refused_before_training(
+    tmp_path, capsys, monkeypatch, finished
+):
+    results = tmp_path / "r.jsonl"
+    partial = b"".join(finished.splitlines(keepends=True)[:3])
+    results.write_bytes(partial)
+    _read_only(monkeypatch, results)
+    monkeypatch.setattr(sweep, "_work", _never_trained)
+    err = _refused(capsys, results)
+    assert f"--results {results} is read-only (mode -r--r--r--): runs are left to train" in err
+    assert f"chmod u+w {results}" in err and results.read_bytes() == partial
+    assert not (tmp_path / "r.jsonl.summary.json").exists()
+
+
+def _never_trained(job):
+    raise AssertionError("a run was trained")
+
+
+# --- rows of an older einstruct: skipped with one warning, never refusing the file --------------
+
+
+def _older(row: dict) -> dict:
+    """``row`` as an einstruct before lr-transfer and the fitted laws wrote it."""
+    return {k: v for k, v in row.items() if k not in LATER_FIELDS}
+
+
+def test_rows_of_an_older_einstruct_are_skipped_with_one_warning(tmp_path, capsys, finished):
+    results = tmp_path / "r.jsonl"
+    lines = finished.decode().splitlines()
+    older = [json.dumps(_older(json.loads(line)), sort_keys=True) for line in lines[:2]]
+    results.write_text("\n".join([*older, *lines[2:]]) + "\n")
+    assert [r["key"] for r in sweep.read_results(results)] == [json.loads(x)["key"] for x in lines[2:]]
+    assert capsys.readouterr().err.count("skipped 2 rows of an older einstruct") == 1
+    assert main([*SMOKE, "--results", str(results)]) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning:") == 1 and f"--results {results}: skipped 2 rows of an older" in err
+    assert "2 of 4 runs already in the results file" in err
+    rows = _rows(results)
+    assert len(rows) == 6 and rows[:2] == [json.loads(x) for x in older]  # left in the file
+    assert sorted(r["key"] for r in rows[4:]) == sorted(json.loads(x)["key"] for x in lines[:2])

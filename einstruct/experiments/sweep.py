@@ -7,14 +7,18 @@ appended to a JSON-lines file at once, so an interrupted sweep picks up where
 it stopped: runs whose key is already in the file are skipped, and a torn last
 line (a process killed while writing it) is cut off first, so that run is
 trained again. The file is checked and validated whole before anything is
-trained or changed (:mod:`.results`: a regular file of this user's, every
-line a valid row). Ctrl-C or SIGTERM terminates the workers at once, keeps
-every finished run and raises :class:`SweepInterrupted` (exit status 130 or
-143), which says how many runs are saved. Each seed's teacher outputs are computed once, in the parent,
-and cached beside the results file (``<results>.data/``) where that directory
-is private to this user (:mod:`.data_cache`); elsewhere every process computes
-them in memory. A worker that dies (killed, out of memory) stops the sweep with
-an error: the runs already finished stay in the file, and rerunning resumes.
+trained or changed (:mod:`.results`: a regular file of this user's, every line
+a valid row). A sweep with every run in the file only reads it (a read-only
+file reprints); one with runs left holds the file's lock from its repair to
+its last row, and a second sweep on the file is refused. Ctrl-C or SIGTERM
+terminates the workers at once, keeps every finished run and raises
+:class:`SweepInterrupted` (exit status 130 or 143), which says how many runs
+are saved. Each seed's teacher outputs are computed once, in the parent, and
+cached beside the results file (``<results>.data/``) where that directory is
+private to this user (:mod:`.data_cache`); elsewhere every process computes
+them in memory. A worker that dies (killed, out of memory) stops the sweep
+with an error: the runs already finished stay in the file, and rerunning
+resumes.
 
     >>> rows = run_sweep(Task(steps=1000), runs, Path("scaling.jsonl"), workers=2)
 """
@@ -281,14 +285,20 @@ def run_sweep(
         min(2, usable_cpus()) if workers is None else checked_workers(workers, "workers", allow_zero=True)
     )
     check_memory(task, runs, workers)
-    keys = {r.key(task) for r in runs}
-    done = {row["key"]: row for row in repair_results(results) if row["key"] in keys}
     unique = {r.key(task): r for r in runs}  # a run listed twice is trained once
+    done = _done(read_results(results), unique)
     todo = _ordered(task, [r for key, r in unique.items() if key not in done])
-    if progress:
-        progress(len(done), len(runs), None)
+    if not todo:  # every run is in the file: it is only read (no lock, no repair; read-only is fine)
+        if progress:
+            progress(len(done), len(runs), None)
+        return [done[r.key(task)] for r in runs]
     make_results_folder(results)
-    with open_results_for_append(results) as out:  # before any work: an unwritable file fails now
+    out, rows = open_results_for_append(results)  # before any work: unwritable or locked fails now
+    with out:  # the lock is held until the last row is appended
+        done = _done(rows, unique)  # what another run saved since the file was read is not trained
+        todo = [r for r in todo if r.key(task) not in done]
+        if progress:
+            progress(len(done), len(runs), None)
         threads = torch.get_num_threads()
         torch.set_num_threads(max(1, workers))
         try:  # teacher outputs once per seed, all cores
@@ -319,6 +329,11 @@ def run_sweep(
         except KeyboardInterrupt as exc:
             raise _interrupted(exc, results, len(done) - before, len(done), len(unique)) from None
     return [done[r.key(task)] for r in runs]
+
+
+def _done(rows: Iterable[dict[str, Any]], planned: Mapping[str, Run]) -> dict[str, dict[str, Any]]:
+    """The rows of the planned runs, by key (rows of other runs are left aside)."""
+    return {row["key"]: row for row in rows if row["key"] in planned}
 
 
 def _interrupted(exc: KeyboardInterrupt, results: Path, now: int, saved: int, total: int) -> SweepInterrupted:
