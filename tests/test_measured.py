@@ -233,3 +233,53 @@ def test_the_cache_dir_follows_xdg(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/path")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     assert default_cache_dir() == str(tmp_path / "home" / ".cache" / "einstruct")
+
+
+def test_a_cache_directory_in_a_parent_others_can_write_is_not_used(tmp_path):
+    # another user could rename the directory out of a world-writable, non-sticky parent and
+    # put their own in its place between the check and the read
+    clock = FakeClock()
+    open_parent = tmp_path / "shared"
+    open_parent.mkdir()
+    os.chmod(open_parent, 0o777)
+    where = open_parent / "einstruct"
+    chooser = PathChooser(cache_dir=str(where), clock=clock)
+    assert chooser.choose("s", _paths(clock, {"a": 0.001}), X).source == "measured"
+    assert not (where / measured.CACHE_FILE).exists()  # nothing written there
+    os.chmod(open_parent, 0o1777)  # sticky (as /tmp): others cannot rename what is ours
+    chooser = PathChooser(cache_dir=str(where), clock=clock)
+    assert chooser.choose("s", _paths(clock, {"a": 0.001}), X).source == "measured"
+    assert (where / measured.CACHE_FILE).is_file()
+
+
+def test_no_tokens_time_nothing_and_leave_the_one_token_choice_unmade(tmp_path):
+    clock = FakeClock()
+    chooser = PathChooser(cache_dir=str(tmp_path), clock=clock)
+    paths = _paths(clock, {"a": 0.002, "b": 0.001})
+    empty = chooser.choose("s", paths, (torch.ones(0, 4),), fallback="a")
+    assert empty.winner == "a" and empty.source == "fallback" and clock.calls == {}
+    assert not (tmp_path / measured.CACHE_FILE).exists()
+    one = chooser.choose("s", paths, (torch.ones(1, 4),), fallback="a")
+    assert one.winner == "b" and one.source == "measured"
+
+
+def test_the_cpu_label_names_the_processor_model(monkeypatch, tmp_path):
+    cpuinfo = (
+        "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel name\t: Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz\n"
+    )
+    real_open = open
+
+    def fake_open(path, *args, **kwargs):
+        if path == "/proc/cpuinfo":
+            (tmp_path / "cpuinfo").write_text(cpuinfo)
+            return real_open(tmp_path / "cpuinfo", *args, **kwargs)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", fake_open)
+    measured._cpu_name.cache_clear()
+    try:
+        label = measured.device_label("cpu")
+    finally:
+        monkeypatch.undo()
+        measured._cpu_name.cache_clear()
+    assert label.startswith("cpu Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz threads=")

@@ -81,3 +81,19 @@ def test_plan_measure_refuses_a_batch_too_large_to_time_before_allocating(tmp_pa
     layer = cls(bias=False)
     need = measured_paths.timing_bytes(cls, 4096, 4)
     assert need >= 4 * 4096 * (layer.in_features + layer.out_features)  # at least x and y
+
+
+def test_plan_measure_of_a_routed_layer_says_it_has_one_path(cache_home, tmp_path, capsys):
+    spec = tmp_path / "moe.ein"
+    spec.write_text(
+        "structure moe(d = 64, experts = 4, k = 2):\n"
+        "    y[f, e] = x[g, a] * A[g, a, f, r] * B[f, g, r, e]\n"
+        "    where g = a = f = e = d^(1/2), r = experts\n"
+        "    route r top k\n"
+    )
+    assert main(["plan", str(spec), "--batch", "16", "--measure"]) == 0
+    out = capsys.readouterr().out
+    assert "takes structured (the only path; dense: a routed layer" in out
+    assert main(["plan", str(spec), "--batch", "16", "--measure", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)["measured"]
+    assert data["path"] == "structured" and data["source"] == "only" and data["timings_ms"] == {}

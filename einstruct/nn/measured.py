@@ -59,7 +59,8 @@ class PathChoice:
 
     ``timings_ms``: median ms per timed path; ``skipped``: path -> why not timed
     (the prior ruled it out, it failed); ``source``: ``"measured"`` (timed in this
-    process), ``"disk"`` (the cache file), ``"fallback"`` (timing impossible).
+    process), ``"disk"`` (the cache file), ``"fallback"`` (timing impossible),
+    ``"only"`` (the layer has one path: nothing to choose).
     """
 
     key: str
@@ -74,6 +75,9 @@ class PathChoice:
         >>> PathChoice("k", "steps", {"steps": 1.0, "dense": 2.5}).reason()
         'steps (measured): steps 1.000 ms, dense 2.500 ms (2.50x)'
         """
+        if self.source == "only":
+            why = "".join(f"; {n}: {w}" for n, w in sorted(self.skipped.items()))
+            return f"{self.winner} (the only path{why})"
         if self.source == "fallback":
             return f"{self.winner} (fallback: {self.skipped.get(self.winner, 'not measured')})"
         best = self.timings_ms.get(self.winner, 0.0)
@@ -118,7 +122,40 @@ def _gpu_label(index: int) -> str:
 
 @functools.cache
 def _cpu_name() -> str:
-    return platform.processor() or platform.machine() or "unknown"
+    """The processor's model name (``/proc/cpuinfo``'s ``model name`` on Linux, where
+    ``platform.processor()`` says only ``x86_64``; the brand string on macOS), else the
+    architecture: a home directory shared by machines of several kinds keeps their
+    timings apart."""
+    return _model_name() or platform.processor() or platform.machine() or "unknown"
+
+
+def _model_name() -> str:
+    """The CPU's model name where the system says it, printable and short; else ""."""
+    text = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh.read(1 << 16).splitlines():
+                label, _, value = line.partition(":")
+                if label.strip() in ("model name", "Model", "cpu model"):
+                    text = value
+                    break
+    except OSError:
+        pass
+    if not text and platform.system() == "Darwin":
+        import subprocess
+
+        try:
+            text = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"],
+                capture_output=True,
+                text=True,
+                timeout=2,
+                check=False,
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            text = ""
+    name = " ".join("".join(ch for ch in text if ch.isprintable()).split())
+    return name.replace("|", "/")[:120]
 
 
 def choice_key(
@@ -170,14 +207,22 @@ def can_measure(tensors: Sequence[torch.Tensor]) -> bool:
 
 
 def _private_dir(path: str, create: bool) -> bool:
-    """Whether ``path`` is a directory only its owner (us) can write; made 0700 when ``create``."""
+    """Whether ``path`` is a directory (not a link) only its owner (us) can write, in a
+    parent no other user can rename it out of (ours or root's, not writable by others
+    unless sticky); made 0700 when ``create``."""
     try:
         if create:
             os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.lstat(path)
+        parent = os.lstat(os.path.dirname(os.path.abspath(path)) or os.sep)
     except OSError:
         return False
-    return stat.S_ISDIR(st.st_mode) and _owned(st)
+    if not stat.S_ISDIR(st.st_mode) or not _owned(st):
+        return False
+    if not hasattr(os, "getuid"):
+        return True
+    others_write = parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX
+    return parent.st_uid in (os.getuid(), 0) and not others_write
 
 
 def _owned(st: os.stat_result) -> bool:
@@ -435,15 +480,15 @@ class PathChooser:
         tokens = rows if tokens is None else tokens
         key = choice_key(structure, device_label(x.device), x.dtype, tokens, train)
         names = list(candidates)
+        name = fallback if fallback is not None and fallback in candidates else names[0]
+        if (
+            tokens <= 0 or x.numel() == 0
+        ):  # nothing to time, and nothing a later call could reuse
+            return PathChoice(key, name, {}, {name: "no tokens to time"}, "fallback")
         found = self.lookup(key, names)
         if found is not None:
             return found
         if not can_measure([*inputs, *wrt]):
-            name = (
-                fallback
-                if fallback is not None and fallback in candidates
-                else names[0]
-            )
             why = {
                 name: "timing impossible while tracing, compiling, transforming or checkpointing"
             }

@@ -26,7 +26,7 @@ from ..capacity import memory_bytes as _memory_bytes  # a name tests replace (a 
 from ..errors import ParameterError
 from ..ir import Structure
 from ..nn.env import max_params
-from ..nn.measured import PathChoice, PathChooser
+from ..nn.measured import PathChoice, PathChooser, structure_key
 from .build import compile_structure
 
 __all__ = [
@@ -70,7 +70,10 @@ def measure_structure(
     factors), else the forward alone. ``chooser``: the process-wide one (the
     user's cache directory) by default.
     """
-    cls = compile_structure(structure, batch=batch)
+    cls: Any = compile_structure(structure, batch=batch)
+    if "measured" not in cls.strategies:  # a routed layer: its gate is per token, so no dense W
+        why = "a routed layer has no single dense W (its gate is per token)"
+        return PathChoice(structure_key(cls.spec_hash, "torch"), "structured", {}, {"dense": why}, "only")
     check_class_timing(cls, batch, torch.empty((), dtype=dtype).element_size())
     layer = cls(bias=False, dtype=dtype, strategy="measured")
     layer.path_chooser = chooser
