@@ -232,3 +232,26 @@ def test_a_dollar_in_a_title_is_drawn_as_written(tmp_path):
         )
         texts = [t for t in plot.figure.findobj(lambda o: hasattr(o, "get_text")) if t.get_text() == title]
         assert texts and not any(t.get_parse_math() for t in texts)
+
+
+@pytest.mark.parametrize("variable", ["EINSTRUCT_MAX_SIZE", "EINSTRUCT_MAX_PARAMS", "EINSTRUCT_MAX_DEPTH"])
+@pytest.mark.parametrize("text", ["abc", "-1", "0", "1e9", "\u0661\u0662\u0663"])
+def test_a_bad_limit_met_while_reading_an_integer_argument_names_its_variable(
+    monkeypatch, capsys, variable, text
+):
+    # --batch's type reads the size limit: argparse took the limit's error for a bad --batch
+    from einstruct.cli import main
+
+    monkeypatch.setenv(variable, text)
+    assert main(["plan", str(ROOT / "examples" / "low_rank.ein"), "--batch", "16"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: environment variable {variable}=") and "--batch" not in err
+
+
+@pytest.mark.parametrize("text", ["\u0661\u0666", "1e3", "16.0", "0x10"])
+def test_an_integer_argument_is_in_plain_digits(capsys, text):
+    from einstruct.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["plan", str(ROOT / "examples" / "low_rank.ein"), "--batch", text])
+    assert exit_.value.code == 2 and "is not an integer in plain digits" in capsys.readouterr().err

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Sequence
 
 from ..errors import EinstructError
-from .arguments import build_parser
+from .arguments import SettingRefused, build_parser
 
 __all__ = ["main", "build_parser", "INTERNAL_ERROR"]
 
@@ -32,7 +32,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SettingRefused as refused:  # a bad EINSTRUCT_MAX_* met while reading an argument
+        print(str(refused.error), file=sys.stderr)
+        return refused.error.exit_code
     args.argv = argv
     try:
         status: int = args.handler(args)

@@ -9,12 +9,14 @@ concrete sizes, so they offer no ``--symbolic``.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import NoReturn
 
 from .._version import __version__
 from ..analysis.mup import OPTIMIZERS
 from ..backends import BACKENDS
+from ..errors import EinstructError
 from ..limits import current
 from ..planner.plan import DEFAULT_BATCH, STRATEGIES
 from .commands import cmd_analyze, cmd_compare, cmd_compile, cmd_plan, cmd_theta
@@ -33,13 +35,27 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message}\nhint: run `{self.prog} --help` for what it accepts\n")
 
 
+class SettingRefused(Exception):
+    """A bad ``EINSTRUCT_MAX_*`` value met while parsing an argument: carries its
+    :class:`~einstruct.errors.ParameterError` past argparse, which would report any
+    ``ValueError`` from a type function as a bad value of the argument itself."""
+
+    def __init__(self, error: EinstructError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 def positive_int(text: str) -> int:
-    """An argparse type: an integer from 1 to the size limit (``EINSTRUCT_MAX_SIZE``)."""
+    """An argparse type: an integer in plain digits (``_`` between them) from 1 to the
+    size limit (``EINSTRUCT_MAX_SIZE``)."""
+    digits = text.strip()
+    if not re.fullmatch(r"[+-]?[0-9]+(_[0-9]+)*", digits):
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer in plain digits")
+    value = int(digits)
     try:
-        value = int(text.strip().replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
-    limit = current().max_size
+        limit = current().max_size
+    except EinstructError as error:
+        raise SettingRefused(error) from None
     if not 1 <= value <= limit:
         raise argparse.ArgumentTypeError(f"must be between 1 and {limit:,}, got {value:,}")
     return value
