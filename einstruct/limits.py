@@ -25,6 +25,10 @@ bytes of an input file     ``EINSTRUCT_MAX_INPUT_BYTES``    2^24 (16 MiB: a spec
                                                             checkpoint index, standard input)
 words and symbols of a     ``EINSTRUCT_MAX_TOKENS``         200,000 (parsing costs about 65 us
 spec text                                                   and 700 bytes each: 13 s at most)
+points of a search grid    ``EINSTRUCT_MAX_GRID_POINTS``    60,000 (about 1.5 min unconstrained on
+(``einstruct search``)                                      one core: 1/15 has 53,244 points;
+                                                            the Pareto front grows faster, 1/16's
+                                                            70,857 take about 5 min)
 =========================  ===============================  =====================================
 
     >>> current().max_size == 2**64
@@ -57,6 +61,7 @@ class Limits:
     max_params: int = MAX_PARAMS_DEFAULT
     max_input_bytes: int = 2**24
     max_tokens: int = 200_000
+    max_grid_points: int = 60_000
 
 
 #: The built-in limits.

@@ -202,3 +202,36 @@ def test_without_matplotlib_the_error_names_the_extra(args, tmp_path):
 def test_a_missing_spec_file_is_named(args, tmp_path, capsys):
     assert main([*args, "-o", str(tmp_path / "x.png")]) == 2
     assert "no such spec file" in capsys.readouterr().err
+
+
+def _run(*args: str, stdin: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "einstruct", *args]
+    return subprocess.run(command, input=stdin, capture_output=True, text=True, cwd=ROOT, env=env)
+
+
+def test_draw_and_plot_read_the_spec_from_standard_input_like_analyze(tmp_path):
+    # '-' was taken for a file's name: "no such spec file: '-'"
+    btt = (EXAMPLES / "btt.ein").read_text()
+    drawn = _run("draw", "-", "--set", "d=256", "-o", str(tmp_path / "net.svg"), stdin=btt)
+    assert drawn.returncode == 0, drawn.stderr
+    assert "min cut g, a: rank <= 256" in drawn.stderr and drawn.stdout == ""
+    assert (tmp_path / "net.svg").read_text().lstrip().startswith("<?xml")
+    both = btt + (EXAMPLES / "monarch.ein").read_text()
+    several = _run("draw", "-", "-o", str(tmp_path / "n.svg"), stdin=both)
+    assert several.returncode == 2 and "pass --structure with one of btt, monarch_layer" in several.stderr
+    assert _run("draw", "-", "-s", "monarch_layer", "-o", str(tmp_path / "m.svg"), stdin=both).returncode == 0
+    args = ["plot", "taxonomy", "-", str(EXAMPLES / "dense.ein"), "-o", str(tmp_path / "t.svg")]
+    plotted = _run(*args, stdin=both)
+    assert plotted.returncode == 0, plotted.stderr
+    assert f"({len(einstruct.load_all(both)) + 1} structures)" in plotted.stderr
+    # the same errors as `analyze -`: located in <stdin>, without a traceback
+    bad = "structure a(d = 4):\n    y[i] = x[i] * W[i, j]\n"
+    image = ["-o", str(tmp_path / "x.png")]
+    for command in (["draw", "-", *image], ["plot", "taxonomy", "-", *image], ["analyze", "-"]):
+        result = _run(*command, stdin=bad)
+        assert result.returncode == 2 and result.stderr.startswith("<stdin>:2:"), (command, result.stderr)
+        assert "Traceback" not in result.stderr
+    twice = _run("plot", "taxonomy", "-", "-", "-o", str(tmp_path / "x.png"), stdin=btt)
+    assert twice.returncode == 2 and "standard input (-) is given more than once" in twice.stderr
+    assert not (tmp_path / "x.png").exists()

@@ -174,6 +174,28 @@ ERROR_CASES = {
         2,
         11,
     ),
+    # the next line's `structure` was read as a tensor name: "unexpected 'b'" at line 2
+    "structure_without_body": (
+        "# two layers\nstructure a(d = 16, rank = 1):\n\nstructure b = monarch(d = 16)\n",
+        errors.SpecSyntaxError,
+        "structure 'a' has no body: the next line starts another structure",
+        2,
+        11,
+    ),
+    "structure_without_body_at_the_end": (
+        "structure b = monarch(d = 16)\nstructure a:  # to do\n",
+        errors.SpecSyntaxError,
+        "structure 'a' has no body: the file ends after its header (unexpected end of file)",
+        2,
+        13,  # where the body should start: after the header's colon
+    ),
+    "structure_name_alone_on_its_line": (
+        "structure a\nstructure b = monarch(d = 16)\n",
+        errors.SpecSyntaxError,
+        "structure 'a' has no body: its line ends after the name",
+        1,
+        11,
+    ),
 }
 
 
@@ -189,6 +211,19 @@ def test_error_message_line_and_column(case):
     assert rendered.splitlines()[2].index("^") == 4 + column - 1  # caret under the spot
     if not isinstance(err, errors.SpecSyntaxError) or case == "syntax":
         assert err.hint  # every error says what to do
+
+
+def test_a_structure_without_body_says_what_a_body_holds():
+    btt = (EXAMPLES / "btt.ein").read_text()
+    source = "structure blocks(d = 1024, rank = 1):\n" + btt  # the body was forgotten
+    err = _error(source)
+    assert err.message == "structure 'blocks' has no body: the next line starts another structure"
+    assert (err.span.line, err.span.column, err.span.length) == (1, 11, 6)
+    assert "einsum line such as `y[o] = x[i] * W[i, o]`" in err.hint and "`where`" in err.hint
+    assert "structure blocks = monarch(d = 1024)" in err.hint
+    # a header without its colon, before a body, is still a missing colon, not a missing body
+    missing_colon = _error("structure a(d = 4)\n    y[i] = x[i]\n    where i = d\n")
+    assert missing_colon.message == "unexpected end of line" and "':'" in missing_colon.hint
 
 
 def test_structure_not_found_and_bad_override():

@@ -258,6 +258,42 @@ def test_a_huge_grid_is_refused_with_a_hint():
         run_search(SearchQuery(64, 64, grid=200))
 
 
+@pytest.mark.parametrize("n", range(1, 9))
+def test_the_point_count_is_the_number_of_points_enumerated(n):
+    from einstruct.space.grid import point_count
+
+    assert point_count(n, 2) == len(two_factor_points(n))
+    assert point_count(n, 3) == len(two_factor_points(n)) + len(chain_points(n))
+    assert point_count(n, 2, most=5) > 5  # stops early, past the bound
+
+
+def test_a_grid_over_the_point_limit_is_refused_before_the_search(monkeypatch):
+    # a 1/16 grid (70,857 points) ran for 5 to 14 minutes; 1/22 (298,596) for hours
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(ParameterError) as error:
+        run_search(SearchQuery(4096, 4096, grid=16))
+    assert time.perf_counter() - started < 2
+    with pytest.raises(ParameterError, match="70,857 points"):
+        einstruct.search(4096, grid=16)  # the Python API: the same limit
+    message = "a search grid of step 1/16 has 70,857 points, over the limit of 60,000"
+    assert error.value.message.startswith(message) and "EINSTRUCT_MAX_GRID_POINTS" in error.value.message
+    assert error.value.hint == (
+        "use a coarser --grid (1/15 has 53,244 points); or raise the limit: EINSTRUCT_MAX_GRID_POINTS=70857"
+    )
+    with pytest.raises(ParameterError, match="1/7 has 85,157 points with three-factor chains") as error:
+        run_search(SearchQuery(64, 64, factors=3, grid=7))
+    assert "--grid (1/6 has 39,643 points) or --factors 2" in error.value.hint
+    with pytest.raises(ParameterError, match="1/100000 has more than 60,000 points"):
+        run_search(SearchQuery(64, 64, grid=100_000))  # not counted to the end
+    monkeypatch.setenv("EINSTRUCT_MAX_GRID_POINTS", "37")  # the limit follows the environment
+    with pytest.raises(ParameterError, match="1/2 has 38 points, over the limit of 37"):
+        run_search(SearchQuery(64, 64, grid=2))
+    monkeypatch.setenv("EINSTRUCT_MAX_GRID_POINTS", "38")
+    assert run_search(SearchQuery(64, 64, grid=2)).stats["points"] == 38
+
+
 def test_python_api_and_json_schema():
     report = einstruct.search(256, flops_ratio=0.25, grid=4, top=3)
     data = report.to_dict()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -106,6 +107,48 @@ def test_sizes_that_would_never_finish_are_refused_before_the_search(args, messa
     result = run("search", "--flops-ratio", "0.05", "--top", "1", *args, timeout=30)
     assert result.returncode == 2, result.stderr
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_long_search_shows_its_progress_on_standard_error_never_standard_output(monkeypatch, capsys):
+    """Not in a terminal, a large grid's search prints a line every few seconds (it printed
+    nothing for up to 15 minutes); here every step is "large" and "a few seconds" is 0."""
+    from einstruct.cli import search_options
+
+    assert main([*SMALL, "--top", "1", "--json"]) == 0  # the default grids stay quiet
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(search_options, "LINES_FROM", 1, raising=False)
+    monkeypatch.setattr(search_options, "LINE_EVERY", 0.0, raising=False)
+    assert main([*SMALL, "--top", "1", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["results"]  # standard output is the results alone
+    lines = err.splitlines()
+    assert lines and all(line.startswith("search: ") and line.endswith(" s)") for line in lines)
+    for step in ("realizing grid points", "analyzing candidates", "finding the Pareto front"):
+        assert any(line.startswith(f"search: {step}: ") for line in lines), step
+    every = r"search: analyzing candidates: ([\d,]+) of \1 \(\d+ s\)"  # the last chunk: all of them
+    assert any(re.fullmatch(every, line) for line in lines)
+
+
+def test_a_grid_over_the_point_limit_is_refused_at_once(tmp_path):
+    # --grid 1/22 (298,596 points) ran for about 15 minutes without a word
+    result = run("search", "--d", "4096", "--grid", "1/22", timeout=30)
+    assert result.returncode == 2 and result.stdout == "" and "Traceback" not in result.stderr
+    error, hint = result.stderr.splitlines()
+    assert error == (
+        "error: a search grid of step 1/22 has 298,596 points, over the limit of 60,000 that keeps "
+        "a search within a few minutes (EINSTRUCT_MAX_GRID_POINTS)"
+    )
+    assert hint == (
+        "hint: use a coarser --grid (1/15 has 53,244 points); or raise the limit: "
+        "EINSTRUCT_MAX_GRID_POINTS=298596"
+    )
+    raised = run(*SMALL, "--top", "1", env={"EINSTRUCT_MAX_GRID_POINTS": "200"})  # 1/4 has 291
+    assert raised.returncode == 2 and "1/4 has 291 points, over the limit of 200" in raised.stderr
+    assert run(*SMALL, "--top", "1", env={"EINSTRUCT_MAX_GRID_POINTS": "291"}).returncode == 0
+    plot = ["plot", "taxonomy", "--search", "--d", "64", "--grid", "1/30", "-o", str(tmp_path / "t.svg")]
+    plotted = run(*plot, timeout=30)  # the same search behind the plot: refused before matplotlib draws
+    assert plotted.returncode == 2 and "1/30 has" in plotted.stderr and "Traceback" not in plotted.stderr
+    assert not (tmp_path / "t.svg").exists()
 
 
 def test_static_search_imports_no_torch_and_no_matplotlib():

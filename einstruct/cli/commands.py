@@ -65,6 +65,15 @@ def _read_spec(path: str) -> SpecFile:
     return read_spec(Path(path))
 
 
+def check_stdin_once(paths: Sequence[str]) -> None:
+    """Standard input (``-``) is named at most once among ``paths``: it can be read once."""
+    if list(paths).count("-") > 1:
+        raise ParameterError(
+            "standard input (-) is given more than once; it can be read once",
+            hint="give - once, and the other specs as files",
+        )
+
+
 def _structure_names(args: argparse.Namespace) -> list[str] | None:
     """``--structure``'s name as a list, None when not given; an empty name is refused."""
     if args.structure is None:
@@ -129,11 +138,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
             f"cannot sort by '{args.sort}'", hint=f"choose one of {', '.join(COMPARE_COLUMNS)}"
         )
     overrides = _parse_sets(args.set)
-    if args.files.count("-") > 1:
-        raise ParameterError(
-            "standard input (-) is given more than once; it can be read once",
-            hint="give - once, and the other specs as files",
-        )
+    check_stdin_once(args.files)
     structures: list[Structure] = []
     known: set[str] = set()
     for path in args.files:

@@ -1,6 +1,7 @@
 """``einstruct plot taxonomy`` and ``einstruct draw``: their options and what they do.
 
-Both write an image (``-o NAME.png``, ``.svg`` or ``.pdf``) and need matplotlib
+Both read specs from files or, for ``-``, from standard input (as ``analyze`` does),
+write an image (``-o NAME.png``, ``.svg`` or ``.pdf``) and need matplotlib
 (``pip install 'einstruct[plot]'``); without it they exit 2 with that hint.
 """
 
@@ -12,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ParameterError
+from ..language.spec import SpecFile
 from ..planner.plan import DEFAULT_BATCH
+from .commands import _one, _read_spec, check_stdin_once
 from .search_options import add_search_options, positive, query_from, run_query, widths
 
 __all__ = ["add_figure_commands", "cmd_plot_taxonomy", "cmd_draw"]
@@ -29,7 +32,12 @@ def add_figure_commands(sub: Any) -> None:
         "taxonomy",
         help="structures in (omega, psi, nu) and params against FLOPs, from files and/or a search",
     )
-    t.add_argument("files", nargs="*", metavar="FILE", help=".ein spec files (every structure in each)")
+    t.add_argument(
+        "files",
+        nargs="*",
+        metavar="FILE",
+        help=".ein spec files, every structure in each (- for standard input)",
+    )
     t.add_argument("--set", action="append", metavar="NAME=VALUE", help="override a parameter (repeatable)")
     t.add_argument("--search", action="store_true", help="also plot a search; give its options below")
     add_search_options(t)
@@ -39,7 +47,7 @@ def add_figure_commands(sub: Any) -> None:
     t.set_defaults(handler=cmd_plot_taxonomy)
 
     d = sub.add_parser("draw", help="draw a structure's tensor network, min cut and contraction order")
-    d.add_argument("file", metavar="FILE", help="a .ein spec file")
+    d.add_argument("file", metavar="FILE", help="a .ein spec file, or - to read standard input")
     d.add_argument(
         "--structure", "-s", metavar="NAME", help="the structure (needed when the file has several)"
     )
@@ -55,12 +63,17 @@ def add_figure_commands(sub: Any) -> None:
     d.set_defaults(handler=cmd_draw)
 
 
-def _spec_path(text: str) -> Path:
-    """A spec file named on the command line (never read as source text)."""
-    path = Path(text)
-    if not path.is_file():
+def _check_file(text: str) -> None:
+    """A spec file named on the command line exists (``-`` is standard input)."""
+    if text.strip() and text != "-" and not Path(text).is_file():
         raise ParameterError(f"no such spec file: '{text}'", hint="check the path")
-    return path
+
+
+def _spec(text: str) -> SpecFile:
+    """The spec a command-line argument names: a file (never read as source text), or
+    standard input for ``-``, read as ``analyze`` and the other commands read it."""
+    _check_file(text)
+    return _read_spec(text)
 
 
 def _overrides(pairs: list[str] | None) -> dict[str, str]:
@@ -86,8 +99,9 @@ def cmd_plot_taxonomy(args: argparse.Namespace) -> int:
         )
     if not args.search and not args.files:
         raise ParameterError("nothing to plot", hint="give .ein files, or --search with --d-in and --d-out")
+    check_stdin_once(args.files)
     overrides = _overrides(args.set)
-    structures = [s for path in args.files for s in load_all(_spec_path(path), overrides, strict=False)]
+    structures = [s for path in args.files for s in load_all(_spec(path), overrides, strict=False)]
     report = run_query(args, query_from(args, None, "guidance", True)) if args.search else None
     result = plot_taxonomy(structures, search=report, output=args.output, force=args.force, title=args.title)
     shown = len(result.points)
@@ -101,14 +115,8 @@ def cmd_draw(args: argparse.Namespace) -> int:
     from ..figures.network import draw
 
     matplotlib()
-    drawing = draw(
-        _spec_path(args.file),
-        args.structure,
-        output=args.output,
-        force=args.force,
-        batch=args.batch,
-        **_overrides(args.set),
-    )
+    _check_file(args.file)
+    drawing = draw(_one(args), output=args.output, force=args.force, batch=args.batch)
     cut = ", ".join(drawing.cut) or "none"
     print(f"wrote {drawing.path} (min cut {cut}: rank <= {drawing.rank_bound})", file=sys.stderr)
     return 0

@@ -1,13 +1,18 @@
 """Options shared by ``search`` and ``plot taxonomy --search``, and running the static search.
 
-The search runs with a progress bar on standard error when it is long and
-standard error is a terminal (never in pipes or tests).
+A long search shows how far it is on standard error, never on standard output
+(the results, which may be piped): a progress bar when standard error is a
+terminal; otherwise, on a grid of :data:`LINES_FROM` points or more, a line
+every :data:`LINE_EVERY` seconds. A grid of more points than
+``EINSTRUCT_MAX_GRID_POINTS`` is refused before the search starts.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 from fractions import Fraction
 from typing import Any
 
@@ -16,6 +21,8 @@ from ..space.grid import DEFAULT_GRID
 
 __all__ = [
     "PROGRESS_FROM",
+    "LINES_FROM",
+    "LINE_EVERY",
     "positive",
     "grid_denominator",
     "add_search_options",
@@ -26,8 +33,15 @@ __all__ = [
     "console",
 ]
 
-#: Below this many candidates no progress bar is drawn.
+#: Below this many grid points no progress bar is drawn.
 PROGRESS_FROM = 2000
+
+#: From this many grid points on, a search whose standard error is not a terminal prints
+#: progress lines (the default grids, 1/12 and 1/4 with ``--factors 3``, stay quiet).
+LINES_FROM = 25_000
+
+#: Seconds between two progress lines, and before the first.
+LINE_EVERY = 5.0
 
 
 def grid_denominator(text: str) -> int:
@@ -142,28 +156,57 @@ def add_search_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-class _Bar:
-    """A progress bar on standard error for long runs in a terminal (nothing otherwise)."""
+class _Progress:
+    """How far a long search is, on standard error: a bar in a terminal; else, for a large
+    grid, a line every :data:`LINE_EVERY` seconds (a search of a few seconds prints none)."""
 
-    def __init__(self) -> None:
+    def __init__(self, points: int) -> None:
+        self.points = points
+        self.terminal = sys.stderr.isatty()
+        self.start = self.last = time.monotonic()
         self.progress: Any = None
-        self.task: Any = None
+        self.tasks: dict[str, Any] = {}
 
-    def __call__(self, done: int, total: int) -> None:
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if self.terminal and self.points >= PROGRESS_FROM:
+            self._bar(what, done, total)
+        elif not self.terminal and self.points >= LINES_FROM:
+            now = time.monotonic()
+            if now - self.last >= LINE_EVERY:
+                self.last = now
+                _to_stderr(f"search: {what}: {done:,} of {total:,} ({now - self.start:.0f} s)\n")
+
+    def _bar(self, what: str, done: int, total: int) -> None:
         if self.progress is None:
-            if total < PROGRESS_FROM or not sys.stderr.isatty():
-                return
             from rich.console import Console
             from rich.progress import Progress
 
             self.progress = Progress(console=Console(file=sys.stderr), transient=True)
             self.progress.start()
-            self.task = self.progress.add_task("analyzing candidates", total=total)
-        self.progress.update(self.task, completed=done)
+        if what not in self.tasks:
+            for task in self.tasks.values():  # the steps before are done
+                self.progress.update(task, completed=self.progress.tasks[task].total)
+            self.tasks[what] = self.progress.add_task(what, total=total)
+        self.progress.update(self.tasks[what], completed=done, total=total)
 
     def close(self) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+def _to_stderr(text: str) -> None:
+    """Write ``text`` to standard error. A reader that went away (``2>&1 | head -1``) never
+    stops the search: standard error goes to the null device for the rest of the command."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except BrokenPipeError:
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stderr.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):  # not a file descriptor: each write fails alone
+            pass
 
 
 def query_from(args: argparse.Namespace, top: int | None, rank: str, include_dominated: bool) -> Any:
@@ -192,11 +235,11 @@ def query_from(args: argparse.Namespace, top: int | None, rank: str, include_dom
 
 
 def run_query(args: argparse.Namespace, query: Any) -> Any:
-    """Run the static search with a progress bar on long runs."""
-    from ..space.run import run_search
+    """Run the static search (a grid over the limit is refused first), showing its progress."""
+    from ..space.run import check_grid, run_search
 
-    bar = _Bar()
+    progress = _Progress(check_grid(query))
     try:
-        return run_search(query, bar, args.jobs)
+        return run_search(query, jobs=args.jobs, stage=progress)
     finally:
-        bar.close()
+        progress.close()

@@ -16,10 +16,11 @@ from __future__ import annotations
 import difflib
 import re
 
-from lark import Lark
+from lark import Lark, Token
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
 
 from ..errors import Span, SpecSyntaxError
+from ..reading import shown_path
 from .names import normalize_name
 
 __all__ = ["KEYWORDS", "syntax_error", "keyword_suggestion"]
@@ -71,6 +72,58 @@ def _leading_word(text: str, column: int) -> tuple[str, int] | None:
     return (match.group(2), len(match.group(1)) + 1) if match else None
 
 
+#: What a structure's body holds, for the message about a structure without one.
+_BODY = (
+    "one einsum line such as `y[o] = x[i] * W[i, o]` and a `where` line with every index's size, "
+    "e.g. `where i = o = d`; or declare it in one line, e.g. `structure {name} = monarch(d = 1024)`"
+)
+
+
+def _missing_body(exc: UnexpectedToken, source: str) -> tuple[Token, str, str] | None:
+    """The name of the structure the parser stopped in because it has no body, why, and
+    what to write; ``None`` for any other mistake.
+
+    The parser's stack then ends in the structure's header, ``structure NAME [(...)] :``
+    and a line break, and the next line's ``structure`` was read as a tensor name (the
+    next declaration) or the file ended; or it ends in ``structure NAME``, alone on its
+    line, with another declaration or the end of the file after it.
+    """
+    state = getattr(getattr(exc, "interactive_parser", None), "parser_state", None)
+    stack = list(getattr(state, "value_stack", None) or ())
+    starts = [k for k, v in enumerate(stack) if isinstance(v, Token) and v.type == "STRUCTURE"]
+    if not starts or starts[-1] + 1 >= len(stack) or getattr(stack[starts[-1] + 1], "type", "") != "NAME":
+        return None
+    name, rest = stack[starts[-1] + 1], stack[starts[-1] + 2 :]
+    types = [getattr(v, "type", "parameters") for v in rest]
+    under = "write its body under the header, indented: " + _BODY
+    if types and types[-1] == "NAME" and str(rest[-1]) == "structure":  # the next declaration
+        types, why = types[:-1], "the next line starts another structure"
+    elif exc.token.type == "$END":
+        why = "the file ends after its header"
+    else:
+        why = ""
+    if why and types in (["COLON", "_NL"], ["parameters", "COLON", "_NL"]):
+        return name, why, under
+    if not types and exc.token.type in ("_NL", "$END"):  # `structure a` alone on its line
+        after = source[exc.token.end_pos :] if exc.token.type == "_NL" else ""
+        if not after.strip() or re.match(r"structure\b", after):
+            return (
+                name,
+                "its line ends after the name",
+                "end the line with its parameters and a colon, `structure {name}(d = 1024):`, "
+                "and write its body below, indented: " + _BODY,
+            )
+    return None
+
+
+def _header_colon(exc: UnexpectedToken) -> Token | None:
+    """The colon that ends the last structure header on the parser's stack, if any."""
+    state = getattr(getattr(exc, "interactive_parser", None), "parser_state", None)
+    stack = list(getattr(state, "value_stack", None) or ())
+    colons = [v for v in stack if isinstance(v, Token) and v.type == "COLON" and v.line is not None]
+    return colons[-1] if colons else None
+
+
 def syntax_error(
     exc: UnexpectedInput, lines: list[str], file: str, source: str, parser: Lark
 ) -> SpecSyntaxError:
@@ -98,6 +151,22 @@ def syntax_error(
         )
     assert isinstance(exc, UnexpectedToken)
     token = exc.token
+    missing = _missing_body(exc, source)
+    if missing is not None:
+        name, why, hint = missing
+        # at the end of the file: where it ends (what the parser met), else at the name
+        at_end = token.type == "$END"
+        colon = _header_colon(exc) if at_end else None
+        if colon is not None and colon.line is not None and colon.column is not None:
+            where = Span.at(file, lines, colon.line, colon.column + 1, 1)
+        else:
+            where = Span.at(file, lines, name.line, name.column, len(str(name)))
+        return SpecSyntaxError(
+            f"structure '{shown_path(name)}' has no body: {why}"
+            + (" (unexpected end of file)" if at_end else ""),
+            where,
+            hint.format(name=shown_path(name)),
+        )
     shown = "end of line" if token.type == "_NL" else f"'{token.value}'"
     if token.type == "$END":
         shown = "end of file"

@@ -18,10 +18,14 @@ Two spaces:
   small.) Points where a factor holds no class are two-factor structures and
   are left to the two-factor space.
 
-A grid of step 1/n puts every class on {0, 1/n, ..., 1}.
+A grid of step 1/n puts every class on {0, 1/n, ..., 1}. :func:`point_count`
+counts a grid's points without enumerating them (a search refuses a grid of
+more than ``EINSTRUCT_MAX_GRID_POINTS`` before it starts).
 
     >>> len(two_factor_points(2))
-    16
+    38
+    >>> point_count(2, 2)
+    38
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ __all__ = [
     "TWO_TENSORS",
     "two_factor_points",
     "chain_points",
+    "point_count",
 ]
 
 #: The grid denominator when none is given, by ``factors``: two factors on 1/12;
@@ -112,3 +117,30 @@ def chain_points(n: int) -> list[Point]:
                     theta = tuple((c, Fraction(v, n)) for c, v in values.items())
                     points.append(Point("chain", theta))
     return points
+
+
+def point_count(n: int, factors: int, most: int | None = None) -> int:
+    """How many points a search on the grid of step 1/n enumerates: ``len(two_factor_points(n))``,
+    plus ``len(chain_points(n))`` with three factors, counted without building them.
+
+    With ``most``, counting stops once the count passes it (the number returned is then
+    more than ``most``, not the whole count), so a huge grid is refused at once.
+
+        >>> [point_count(n, 2) for n in (1, 2, 12)], point_count(4, 3)
+        ([9, 38, 20167], 5915)
+    """
+    # two factors: per (alpha, epsilon), the (beta, delta) that keep the point oriented,
+    # min(alpha, epsilon) >= min(beta, delta), times the rho up to min(alpha, epsilon)
+    # that keep it non-degenerate; gamma and phi are what is left of 1
+    total = 0
+    if factors == 3:  # every point but the one where B holds nothing (in_A = out_C = 1)
+        split = (n + 1) * (n + 2) // 2
+        total += split * split * (n + 1) ** 2 - 1
+    for alpha in range(n + 1):
+        for epsilon in range(n + 1):
+            low = min(alpha, epsilon)
+            pairs = (n - alpha + 1) * (n - epsilon + 1) - max(0, n - alpha - low) * max(0, n - epsilon - low)
+            total += (low + 1) * pairs  # at least 1 (beta = 0): at most most + 1 steps
+            if most is not None and total > most:
+                return total
+    return total

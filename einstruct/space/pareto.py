@@ -52,15 +52,22 @@ def dominates(a: Sequence[Any], b: Sequence[Any]) -> bool:
     return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
 
 
-def front(items: Sequence[T], key: Callable[[T], Any]) -> list[T]:
+def front(
+    items: Sequence[T],
+    key: Callable[[T], Any],
+    progress: Callable[[int, int], None] | None = None,
+    every: int = 1000,
+) -> list[T]:
     """The non-dominated items (minimizing every entry of ``key``), in ``key`` order.
 
     Sorted lexicographically, an item can only be dominated by one before it,
     and then by one already on the front, so each item is checked against the
-    front so far.
+    front so far. ``progress(done, total)`` is called every ``every`` items.
     """
     kept: list[tuple[Any, T]] = []
-    for item in sorted(items, key=key):
+    for done, item in enumerate(sorted(items, key=key)):
+        if progress is not None and done % every == 0:
+            progress(done, len(items))
         k = key(item)
         if not any(dominates(f, k) for f, _ in kept):
             kept.append((k, item))

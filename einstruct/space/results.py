@@ -20,10 +20,7 @@ from ..numbers import json_number
 from .grid import DEFAULT_GRID
 from .pareto import OBJECTIVES, RANKINGS
 
-__all__ = ["MAX_POINTS", "SearchQuery", "SearchResult", "SearchReport"]
-
-#: More grid points than this is refused (the hint says how to narrow the search).
-MAX_POINTS = 2_000_000
+__all__ = ["SearchQuery", "SearchResult", "SearchReport"]
 
 
 def _fraction(value: Any, what: str) -> Fraction | None:

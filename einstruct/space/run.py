@@ -9,7 +9,10 @@ and is the reference of ``--flops-ratio``.
 
 Analysis runs in worker processes when there is a lot of it (``jobs``; forked,
 so they share the candidates without pickling them). Every result returned is
-checked to load back from its source to an equal structure.
+checked to load back from its source to an equal structure. A grid of more
+points than ``EINSTRUCT_MAX_GRID_POINTS`` is refused before anything is
+computed (:func:`check_grid`); ``stage(what, done, total)`` follows every step
+of a long search (realizing, analyzing, the Pareto front).
 
     >>> report = run_search(SearchQuery(4096, 4096, min_psi=1, max_omega=0, rank="flops"))
     >>> report.results[0].name
@@ -34,13 +37,18 @@ from ..classes import CLASS_NAMES
 from ..errors import ParameterError
 from ..ir import Structure
 from ..language.load import load
-from .grid import CHAIN_CLASSES, Point, chain_points, two_factor_points
+from ..limits import ENVIRONMENT
+from ..limits import current as current_limits
+from .grid import CHAIN_CLASSES, Point, chain_points, point_count, two_factor_points
 from .pareto import front, objectives, rank_key
 from .realize import Realized, Widths, realize
-from .results import MAX_POINTS, SearchQuery, SearchReport, SearchResult
+from .results import SearchQuery, SearchReport, SearchResult
 
 __all__ = [
     "Progress",
+    "Stage",
+    "STAGES",
+    "check_grid",
     "Limits",
     "run_search",
     "realize_all",
@@ -54,6 +62,16 @@ __all__ = [
 #: ``progress(done, total)``, called as candidates are analyzed.
 Progress = Callable[[int, int], None]
 
+#: ``stage(what, done, total)``, called through every step of the search; ``what`` is one of
+#: :data:`STAGES`.
+Stage = Callable[[str, int, int], None]
+
+#: The steps of a search, as :data:`Stage` names them.
+STAGES = ("realizing grid points", "analyzing candidates", "finding the Pareto front")
+
+#: How many grid points or front candidates between two calls of ``stage``.
+_EVERY = 1000
+
 #: Below this many candidates the analysis runs in this process.
 PARALLEL_FROM = 2000
 _CHUNK = 250
@@ -61,8 +79,36 @@ _CHUNK = 250
 Numbers = tuple[Any, ...]
 
 
+def check_grid(query: SearchQuery) -> int:
+    """The number of points the query's grid holds, if it is within ``EINSTRUCT_MAX_GRID_POINTS``;
+    a larger grid is a :class:`ParameterError` that says how to narrow the search or raise the
+    limit, raised before anything is computed."""
+    assert query.grid is not None
+    n, limit, variable = query.grid, current_limits().max_grid_points, ENVIRONMENT["max_grid_points"]
+    points = point_count(n, query.factors, most=limit)
+    if points <= limit:
+        return points
+    exact = (n + 1) ** 2 <= 10**6  # counting every point takes (n + 1)^2 steps: at most a second
+    shown = f"{point_count(n, query.factors):,}" if exact else f"more than {limit:,}"
+    chains = " with three-factor chains" if query.factors == 3 else ""
+    coarsest = 0  # the finest grid within the limit (the counts grow with n)
+    while coarsest + 1 < n and point_count(coarsest + 1, query.factors, most=limit) <= limit:
+        coarsest += 1
+    ways = [f"a coarser --grid (1/{coarsest} has {point_count(coarsest, query.factors):,} points)"]
+    ways = ways[:1] if coarsest else []
+    if query.factors == 3 and point_count(n, 2, most=limit) <= limit:
+        ways.append("--factors 2")
+    raise_it = f"{variable}={point_count(n, query.factors)}" if exact else f"{variable} above the count"
+    raise ParameterError(
+        f"a search grid of step 1/{n} has {shown} points{chains}, over the limit of {limit:,} "
+        f"that keeps a search within a few minutes ({variable})",
+        hint=("use " + " or ".join(ways) + "; or " if ways else "") + f"raise the limit: {raise_it}",
+    )
+
+
 def grid_size(query: SearchQuery) -> int:
-    """How many raw grid points the query spans (before pruning), to refuse huge grids early."""
+    """How many raw grid points the query spans (before pruning; :func:`check_grid` counts the
+    points the search enumerates)."""
     n = query.grid or 1
     split = (n + 1) * (n + 2) // 2
     size = split * split * (n + 1)
@@ -231,14 +277,16 @@ def _preference(r: Realized) -> tuple[Any, ...]:
     return (r.deviation, r.name, tuple(-v for _, v in r.point.theta))
 
 
-def realize_all(query: SearchQuery) -> tuple[int, int, list[Realized]]:
+def realize_all(query: SearchQuery, stage: Stage | None = None) -> tuple[int, int, list[Realized]]:
     """Every distinct structure of the query's grid: (grid points, realized points, distinct)."""
     n = query.grid or 1
     widths = Widths(query.d_in, query.d_out)
     points = two_factor_points(n) + (chain_points(n) if query.factors == 3 else [])
     best: dict[tuple[Any, ...], Realized] = {}
     realized = 0
-    for point in points:
+    for k, point in enumerate(points):
+        if stage is not None and k % _EVERY == 0:
+            stage(STAGES[0], k, len(points))
         r = realize(point, widths, n)
         if r is None:
             continue
@@ -249,26 +297,33 @@ def realize_all(query: SearchQuery) -> tuple[int, int, list[Realized]]:
     return len(points), realized, list(best.values())
 
 
-def run_search(query: SearchQuery, progress: Progress | None = None, jobs: int | None = None) -> SearchReport:
+def run_search(
+    query: SearchQuery, progress: Progress | None = None, jobs: int | None = None, stage: Stage | None = None
+) -> SearchReport:
     """Search the structure space for ``query`` (see the module docstring).
 
-    ``progress(done, total)`` is called as candidates are analyzed; ``jobs`` is
-    the number of worker processes (default: the CPUs available; one for small
-    searches).
+    ``progress(done, total)`` is called as candidates are analyzed, ``stage(what,
+    done, total)`` through every step (see :data:`STAGES`); ``jobs`` is the number
+    of worker processes (default: the CPUs available; one for small searches).
+    A grid of more points than ``EINSTRUCT_MAX_GRID_POINTS`` is refused first.
     """
     if jobs is not None:
         checked_workers(jobs, "jobs")
-    if grid_size(query) > MAX_POINTS:
-        raise ParameterError(
-            f"a grid of step 1/{query.grid} spans {grid_size(query):,} points"
-            + (" with three-factor chains" if query.factors == 3 else ""),
-            hint="use a coarser --grid (the default is 1/12, or 1/4 with --factors 3)",
-        )
-    n_points, n_realized, unique = realize_all(query)
+    check_grid(query)
+    n_points, n_realized, unique = realize_all(query, stage)
     flops_dense = dense_reference(Widths(query.d_in, query.d_out))[1]
-    numbers = _analyze_all([r.structure for r in unique], Limits.of(query, flops_dense), jobs, progress)
+
+    def analyzed(done: int, total: int) -> None:
+        if progress is not None:
+            progress(done, total)
+        if stage is not None:
+            stage(STAGES[1], done, total)
+
+    structures = [r.structure for r in unique]
+    numbers = _analyze_all(structures, Limits.of(query, flops_dense), jobs, analyzed)
     feasible = [_result(r, m, flops_dense) for r, m in zip(unique, numbers) if m is not None]
-    on_front = {id(r) for r in front(feasible, objectives)}
+    compared = None if stage is None else (lambda done, total: stage(STAGES[2], done, total))
+    on_front = {id(r) for r in front(feasible, objectives, compared, _EVERY)}
     ranked = sorted((replace(r, pareto=id(r) in on_front) for r in feasible), key=rank_key(query.rank))
     stats = {
         "points": n_points,
