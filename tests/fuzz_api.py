@@ -8,7 +8,8 @@ Shared by the CI test (``tests/test_fuzz_api.py``) and the long local run
   and restored into a fresh model with the saved state dict. Either restore refuses with an
   einstruct error with a hint and the model is exactly as built (same modules, same
   weights), or it succeeds and the model holds exactly what the manifest says: the
-  manifest of the restored model equals the mutated one, field by field.
+  manifest of the restored model equals the mutated one, field by field (its factor
+  axes up to order: they say how the weights were stored, and restore permutes them).
 - **API calls.** ``replace_linear``, ``param_groups``, ``save_manifest``, ``compile``,
   ``load`` and ``analyze`` with arguments drawn from hostile values (strings for flags,
   NaN, huge numbers, wrong types, paths). Either an einstruct error with a hint, or a
@@ -161,6 +162,9 @@ def check_manifest(source: Any, tmp: Any) -> Outcome:
             for key, value in w.items():
                 if key == "options":
                     assert all(g["options"][k] == v for k, v in value.items()), (g, w)
+                elif key == "factor_axes":  # how the weights were stored: loaded in the layer's order
+                    stored = sorted(map(sorted, value.values())) if value is not None else None
+                    assert stored in (None, sorted(map(sorted, g[key].values()))), (g[key], value)
                 elif key == "spec":  # the same structure, written canonically
                     assert einstruct.load(value, w["structure"]).to_source() == g["spec"], (value, g["spec"])
                 else:

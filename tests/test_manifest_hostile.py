@@ -86,6 +86,11 @@ CASES = [
     (("layers", 0, "backend"), "os", r"layers\[0\]\.backend: must be one of"),
     (("layers", 0, "class_strategy"), None, r"layers\[0\]\.class_strategy: must be one of auto, structured, dense"),
     (("layers", 0, "extra"), 1, r"layers\[0\]\.extra: is not a field"),
+    (("layers", 0, "factor_axes"), "A", r"layers\[0\]\.factor_axes: must be an object of 1 to 64 factors' axes"),
+    (("layers", 0, "factor_axes", "A"), ["g", "g"], r"layers\[0\]\.factor_axes\.A: names an index twice"),
+    (("layers", 0, "factor_axes", "A"), ["g", "a b"], r"layers\[0\]\.factor_axes\.A\[1\]: must be an index name"),
+    (("layers", 0, "factor_axes", "A"), ["g", "f", "r", "x"], r"layers\[0\]\.factor_axes\.A: \['g', 'f', 'r', 'x'\] is not an order of the factor's axes"),
+    (("layers", 0, "factor_axes", "Z"), ["g"], r"layers\[0\]\.factor_axes: names the factors \['A', 'B', 'Z'\]"),
     (("layers", 2), "mix", r"layers\[2\]: must be an object, got str"),
     (("layers",), [], r"manifest layers: must hold 1 to"),
     (("format",), 2, r"manifest format: must be 1: not an einstruct manifest"),
@@ -271,6 +276,36 @@ def test_restore_and_save_manifest_take_only_modules(tmp_path):
     ):
         with pytest.raises(einstruct.EinstructError, match=r"needs the model \(a torch.nn.Module\)"):
             call()
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        ([1, 2], "its metadata .* is a list, not a mapping of module names"),
+        ({"up": "v1"}, "the metadata of module 'up' is not a module name and a mapping"),
+        ({"up": {"version": "2"}}, "the metadata of module 'up' has version '2', not a whole number"),
+        ({"up": {"einstruct_factor_axes": ["A"]}}, "the metadata of module 'up' records factor axes"),
+        (
+            {"up": {"einstruct_factor_axes": {"A": ["g", "g"]}}},
+            "the metadata of module 'up' records factor axes",
+        ),
+    ],
+)
+def test_a_checkpoints_torch_metadata_is_checked_and_kept(tmp_path, metadata, message):
+    """torch.save keeps a state dict's metadata, which records each structured layer's
+    stored axes: kept (restore permutes by it), checked as the rest of the file."""
+    from collections import OrderedDict
+
+    state = OrderedDict(STATE)
+    state._metadata = metadata
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(ManifestError, match=f"'{tmp_path / 'bad.pt'}': {message}"):
+        read_state_dict(tmp_path / "bad.pt")
+    model = Block()
+    einstruct.restore(model, MANIFEST)
+    torch.save(model.state_dict(), tmp_path / "good.pt")
+    kept = read_state_dict(tmp_path / "good.pt")._metadata
+    assert kept["up"] == {"version": 1, "einstruct_factor_axes": dict(type(model.up).factor_axes)}
 
 
 def test_a_meta_device_model_gets_no_state_silently():

@@ -332,3 +332,109 @@ def test_a_generated_file_regenerated_after_its_import_cannot_describe_the_layer
     with pytest.raises(ParameterError, match="now holds another spec") as error:
         einstruct.save_manifest(model, tmp_path / "after.json")
     assert "restart" in error.value.hint
+
+
+def _planned_for(batch: int) -> torch.nn.Sequential:
+    """A layer of EIGHTS compiled for ``batch`` tokens (its factors' axis order depends on it)."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(einstruct.compile(EIGHTS, batch=batch)(bias=False)).eval()
+
+
+def test_a_manifest_records_the_axes_each_factor_is_stored_with():
+    one = _planned_for(1)
+    entry = einstruct.runtime.model_manifest(one)["layers"][0]
+    assert entry["batch"] == 1
+    assert entry["factor_axes"] == {f: list(axes) for f, axes in type(one[0]).factor_axes.items()}
+
+
+@pytest.mark.parametrize("weights", ["w.pt", "folder", "model.safetensors"])
+def test_weights_of_a_layer_planned_for_one_token_restore_with_a_manifest_planned_for_many(tmp_path, weights):
+    """The same structure planned for 1 and for 2,048 tokens stores equal-shaped factors in
+    other axis orders; restore read them in the new layer's order (1.68 off). A .pt keeps
+    torch's metadata, which records the stored axes; a safetensors folder has none: the
+    manifest saved beside it records them."""
+    from safetensors.torch import save_file
+
+    one, many = _planned_for(1), _planned_for(2048)
+    assert type(one[0]).factor_axes != type(many[0]).factor_axes
+    torch.save(one.state_dict(), tmp_path / "w.pt")
+    save_file(dict(one.state_dict()), tmp_path / "model.safetensors")
+    einstruct.save_manifest(one, tmp_path)  # the folder's own manifest: planned for 1
+    other = einstruct.runtime.model_manifest(many)  # the same structure planned for 2,048
+    fresh = torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False)).eval()
+    einstruct.restore(fresh, other, tmp_path if weights == "folder" else tmp_path / weights)
+    assert type(fresh[0]).factor_axes == type(many[0]).factor_axes
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(fresh(x), one(x))
+
+
+@pytest.mark.parametrize("metadata", [True, False], ids=["torch metadata", "manifest only"])
+def test_factors_of_another_shape_that_a_permutation_matches_are_loaded(metadata):
+    """An entry's batch edited (1 token): its layer stores btt's factors with other shapes
+    (8, 8, 8, 2) than the weights (8, 8, 2, 8); both the weights' metadata and the
+    manifest say how they are stored, so they are permuted, not refused."""
+    torch.manual_seed(0)
+    source = torch.nn.Sequential(torch.nn.Linear(64, 64)).eval()
+    einstruct.replace_linear(source, "btt", rank=2)
+    manifest = einstruct.runtime.model_manifest(source)
+    manifest["layers"][0]["batch"] = 1
+    state = source.state_dict() if metadata else dict(source.state_dict())
+    fresh = torch.nn.Sequential(torch.nn.Linear(64, 64)).eval()
+    einstruct.restore(fresh, manifest, state)
+    assert fresh[0].A.shape != source[0].A.shape
+    x = torch.randn(5, 64)
+    torch.testing.assert_close(fresh(x), source(x))
+
+
+def test_a_manifest_without_factor_axes_loads_as_before(tmp_path):
+    """Older manifests record no factor axes: the weights are read in the layer's order."""
+    from safetensors.torch import save_file
+
+    one = _planned_for(1)
+    old = einstruct.runtime.model_manifest(one)
+    del old["layers"][0]["factor_axes"]
+    fresh = torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False)).eval()
+    einstruct.restore(fresh, old, dict(one.state_dict()))
+    x = torch.randn(5, 64)
+    assert torch.equal(fresh(x), one(x))
+    # a folder whose older manifest was planned otherwise: its order cannot be told
+    (tmp_path / "einstruct.json").write_text(json.dumps(old))
+    save_file(dict(one.state_dict()), tmp_path / "model.safetensors")
+    other = einstruct.runtime.model_manifest(_planned_for(2048))
+    with pytest.raises(ParameterError, match="saved with another manifest"):
+        einstruct.restore(torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False)), other, tmp_path)
+
+
+def test_factors_whose_recorded_axes_are_not_the_layers_are_refused():
+    one = _planned_for(1)
+    state = one.state_dict()
+    state._metadata["0"]["einstruct_factor_axes"]["A"] = ["g", "a", "f", "x"]
+    fresh = torch.nn.Sequential(torch.nn.Linear(64, 64, bias=False))
+    manifest = einstruct.runtime.model_manifest(one)
+    with pytest.raises(
+        ParameterError, match=r"'0\.A' is stored with axes \['g', 'a', 'f', 'x'\] \(its metadata\)"
+    ):
+        einstruct.restore(fresh, manifest, state)
+    assert isinstance(fresh[0], torch.nn.Linear)
+
+
+def test_a_value_the_models_dtype_cannot_hold_is_refused_by_name():
+    """Checked as loaded: a float32 1e6 is finite, and infinite in a float16 model."""
+    model = _converted()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["mix.A"].view(-1)[0] = 1e6
+    fresh = Block().half()
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(
+        ParameterError, match=r"'mix\.A' holds values too large for the model's torch\.float16"
+    ):
+        einstruct.restore(fresh, einstruct.runtime.model_manifest(model), state)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())
+    einstruct.restore(Block().double(), einstruct.runtime.model_manifest(model), state)  # float64 holds it
+
+
+def test_the_runtime_reads_the_metadata_key_the_layer_writes():
+    from einstruct.nn.layer import AXES_KEY as written
+    from einstruct.runtime.factor_order import AXES_KEY as read
+
+    assert read == written

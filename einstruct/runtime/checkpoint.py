@@ -17,13 +17,19 @@ the key:
   refers to itself), or has another suffix; a key two shards both hold;
 - a file ``torch.load`` or safetensors cannot read (truncated, corrupt, not a
   checkpoint): the library's message, as an einstruct error;
-- a value that is not a tensor, or a key that is not a string.
+- a value that is not a tensor, or a key that is not a string;
+- torch metadata (a state dict's ``_metadata``, which ``torch.save`` keeps) that
+  is not ``{module name: {...}}``, a ``version`` that is not a whole number, or
+  factor axes (``einstruct_factor_axes``: how a layer stores its factors) that
+  are not ``{factor: [axis, ...]}``. Only these two entries are kept; the rest of
+  the metadata is dropped, as it was before the metadata was kept at all.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,6 +37,7 @@ from typing import Any
 from ..errors import MissingExtraError
 from ..limits import ENVIRONMENT, current
 from ..reading import read_bounded, shown_path
+from .factor_order import AXES_KEY
 from .manifest_schema import ManifestError, parse_json
 
 __all__ = ["read_state_dict", "checked_tensors", "MAX_SHARDS"]
@@ -47,8 +54,61 @@ _SHARD_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 _HINT = "pass the checkpoint save_pretrained or torch.save(model.state_dict()) wrote"
 
 
+def _names(value: Any, most: int) -> bool:
+    """Whether ``value`` is a list (or tuple) of at most ``most`` distinct short names."""
+    return (
+        isinstance(value, list | tuple)
+        and 0 < len(value) <= most
+        and all(isinstance(v, str) and 0 < len(v) <= 200 for v in value)
+        and len(set(value)) == len(value)
+    )
+
+
+def _checked_axes(axes: Any, where: str) -> dict[str, tuple[str, ...]]:
+    """A layer's recorded factor axes, ``{factor: (axis, ...)}``, or a ManifestError."""
+    limits = current()
+    well_formed = (
+        isinstance(axes, Mapping)
+        and 0 < len(axes) <= limits.max_factors
+        and _names(list(axes), limits.max_factors)
+        and all(_names(order, limits.max_indices) for order in axes.values())
+    )
+    if not well_formed:
+        raise ManifestError(
+            f"{where} records factor axes {axes!r:.80}, not {{factor: [axis, ...]}}", hint=_HINT
+        )
+    return {factor: tuple(order) for factor, order in axes.items()}
+
+
+def _checked_metadata(metadata: Any, source: str) -> dict[str, dict[str, Any]]:
+    """The parts of a state dict's torch metadata einstruct and torch read: each module's
+    ``version`` and a structured layer's factor axes (its stored order), checked."""
+    if not isinstance(metadata, Mapping):
+        raise ManifestError(
+            f"{source}: its metadata (_metadata) is a {type(metadata).__name__}, not a mapping "
+            "of module names",
+            hint=_HINT,
+        )
+    out: dict[str, dict[str, Any]] = {}
+    for prefix, local in metadata.items():
+        where = f"{source}: the metadata of module '{str(prefix)[:80]}'"
+        if not isinstance(prefix, str) or not isinstance(local, Mapping):
+            raise ManifestError(f"{where} is not a module name and a mapping", hint=_HINT)
+        kept: dict[str, Any] = {}
+        version = local.get("version")
+        if version is not None:
+            if isinstance(version, bool) or not isinstance(version, int):
+                raise ManifestError(f"{where} has version {version!r:.40}, not a whole number", hint=_HINT)
+            kept["version"] = version
+        if local.get(AXES_KEY) is not None:
+            kept[AXES_KEY] = _checked_axes(local[AXES_KEY], where)
+        out[prefix] = kept
+    return out
+
+
 def checked_tensors(state: Any, source: str) -> dict[str, Any]:
-    """``state`` as a dict of string keys to tensors, or a ManifestError naming the bad key."""
+    """``state`` as a dict of string keys to tensors, or a ManifestError naming the bad key;
+    its torch metadata, checked, kept (``_metadata``: each structured layer's stored axes)."""
     import torch
 
     if not isinstance(state, Mapping):
@@ -67,7 +127,11 @@ def checked_tensors(state: Any, source: str) -> dict[str, Any]:
             raise ManifestError(
                 f"{source}: '{key[:80]}' is on the meta device (it has no values)", hint=_HINT
             )
-    return dict(state)
+    out: OrderedDict[str, Any] = OrderedDict(state)
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:
+        out._metadata = _checked_metadata(metadata, source)  # type: ignore[attr-defined]
+    return out
 
 
 def _regular(path: Path) -> bool:
@@ -190,12 +254,17 @@ def read_state_dict(source: Any) -> Mapping[str, Any]:
         raise ManifestError(f"state dict file {shown_path(path)} {problem}", hint="check the path")
     if not path.name.endswith(".index.json"):
         return _load_file(path)
-    state: dict[str, Any] = {}
+    state: OrderedDict[str, Any] = OrderedDict()
+    metadata: dict[str, Any] = {}
     for shard in _shards(path):
-        for key, value in _load_file(shard).items():
+        part = _load_file(shard)
+        for key, value in part.items():
             if key in state:
                 raise ManifestError(
                     f"checkpoint '{shown_path(shard)}': key '{key[:80]}' is also in another shard", hint=_HINT
                 )
             state[key] = value
+        metadata.update(getattr(part, "_metadata", {}))
+    if metadata:
+        state._metadata = metadata  # type: ignore[attr-defined]
     return state

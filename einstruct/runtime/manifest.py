@@ -8,19 +8,23 @@
 
 The manifest records, per structured layer, its names in the model, the
 resolved structure (explicit ``.ein`` source, every value bound), how it was
-compiled and its constructor options. ``restore`` checks every entry against
-the model, builds every layer and checks the state dict's keys and shapes
-before it swaps anything or loads a weight, so on any error the model is
-untouched. Keys missing from the state dict are allowed only where the model
-ties them to a key that is present (``save_pretrained`` drops a tied head).
+compiled, its constructor options and the axis order each factor is stored
+in. ``restore`` checks every entry against the model, compiles every layer,
+checks the factors' shapes against the ones the compiled classes imply before
+it builds a layer (an edited rank allocates nothing), then builds them and
+checks the state dict's keys, shapes and values before it swaps anything or
+loads a weight, so on any error the model is untouched. Factors stored in
+another axis order than the new layer's are permuted (:mod:`.factor_order`).
+Keys missing from the state dict are allowed only where the model ties them
+to a key that is present (``save_pretrained`` drops a tied head).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
-from dataclasses import replace
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +39,7 @@ from ..reading import read_bounded, shown_path
 from .adapters import adapter_for, adapter_names
 from .build import built_from, compile_structure
 from .checkpoint import read_state_dict
+from .factor_order import in_order, metadata_axes, stored_order, stored_shape
 from .groups import is_structured
 from .manifest_schema import FORMAT, LayerEntry, Manifest, ManifestError, parse_json, parse_manifest
 from .replace import swap_layers
@@ -56,6 +61,7 @@ __all__ = [
     "MANIFEST_NAME",
     "apply_manifest",
     "base_prefix",
+    "check_shapes",
     "directory_manifest",
     "model_manifest",
     "read_manifest",
@@ -161,6 +167,8 @@ def model_manifest(model: Any) -> dict[str, Any]:
                 "options": options,
                 # a registered adapter's name, so restore can say which one to register
                 **({"adapter": adapter} if adapter not in (None, *_FOUND_BY_TYPE) else {}),
+                # the order each factor's axes are stored in (it depends on the planned batch)
+                "factor_axes": {f: list(axes) for f, axes in type(layer).factor_axes.items()},
             }
         )
     skipped = [{"name": s.name, "reason": s.reason} for s in skipped_in(model)]
@@ -322,8 +330,30 @@ def _target(model: Any, entry: LayerEntry) -> Any:
     return found[0]
 
 
-def _new_layer(model: Any, entry: LayerEntry, taken: dict[int, str]) -> tuple[tuple[str, ...], Any]:
-    """The structured layer an entry describes, built like the layer it replaces.
+@dataclass(frozen=True)
+class _Plan:
+    """A layer an entry describes, checked and compiled but not built (nothing allocated)."""
+
+    entry: LayerEntry
+    old: Any  # the layer it replaces
+    adapter: Any
+    cls: type  # the compiled class
+    weight: Any  # the old layer's weight: the new one's device and dtype
+
+    def factors(self) -> Iterator[tuple[str, str, tuple[str, ...]]]:
+        """(state dict key, factor, the class's axes of it) for each factor under each name."""
+        for name in self.entry.names:
+            for factor, axes in self.cls.factor_axes.items():  # type: ignore[attr-defined]
+                yield f"{name}.{factor}", factor, tuple(axes)
+
+    def saved_axes(self, factor: str) -> tuple[str, ...] | None:
+        """The axes the manifest records ``factor`` stored with, if it records them."""
+        return dict(self.entry.factor_axes).get(factor) if self.entry.factor_axes else None
+
+
+def _planned(model: Any, entry: LayerEntry, taken: dict[int, str]) -> _Plan:
+    """The structured layer an entry describes, checked against the layer it replaces and
+    compiled, not yet built: nothing is allocated until the weights' shapes are checked.
 
     ``taken`` maps the layers earlier entries replace to those entries: a layer
     is replaced by one entry only.
@@ -371,22 +401,62 @@ def _new_layer(model: Any, entry: LayerEntry, taken: dict[int, str]) -> tuple[tu
         )
     try:
         cls = compile_structure(structure, None, entry.batch, entry.class_strategy, entry.backend)
-        layer = cls(bias=entry.bias, device=weight.device, dtype=weight.dtype, **dict(entry.options))
-    except EinstructError as exc:
-        raise _entry_error(entry, "options", exc) from None
-    except (LimitError, SettingError) as exc:  # this machine's settings, not the manifest
-        variable = exc.variable
-        raise ParameterError(
-            f"layer '{names[0][:80]}' ({entry.where}): {exc}",
-            hint=f"{variable} on this machine refuses it: raise or fix {variable}",
-        ) from None
-    except (ValueError, TypeError, RuntimeError) as exc:
+    except _BUILD_ERRORS as exc:
+        raise _build_error(entry, exc) from None
+    _check_factor_axes(entry, cls)
+    return _Plan(entry, old, adapter, cls, weight)
+
+
+def _check_factor_axes(entry: LayerEntry, cls: type) -> None:
+    """The manifest's recorded factor axes name this class's factors, each an order of its axes."""
+    if entry.factor_axes is None:
+        return
+    own: dict[str, tuple[str, ...]] = dict(cls.factor_axes)  # type: ignore[attr-defined]
+    saved = dict(entry.factor_axes)
+    if sorted(saved) != sorted(own):
         raise ManifestError(
-            f"manifest {entry.where}.options: {str(exc)[:200]}", hint="was it written by save_manifest?"
-        ) from None
-    layer.train(old.training)
-    record(layer, adapter.name, None, None)
-    return names, layer
+            f"manifest {entry.where}.factor_axes: names the factors {sorted(saved)[:8]}, "
+            f"structure '{entry.structure[:80]}' has {list(own)[:8]}",
+            hint="the factor axes and the spec of an entry must agree; was it written by save_manifest?",
+        )
+    for factor, order in saved.items():
+        if sorted(order) != sorted(own[factor]):
+            raise ManifestError(
+                f"manifest {entry.where}.factor_axes.{factor}: {list(order)} is not an order of "
+                f"the factor's axes {list(own[factor])}",
+                hint="the factor axes and the spec of an entry must agree; was it written by save_manifest?",
+            )
+
+
+#: What compiling or building an entry's layer may raise: the manifest's fault or this machine's.
+_BUILD_ERRORS = (EinstructError, LimitError, SettingError, ValueError, TypeError, RuntimeError)
+
+
+def _build_error(entry: LayerEntry, exc: Exception) -> Exception:
+    """The einstruct error for a failure to compile or build an entry's layer."""
+    if isinstance(exc, EinstructError):
+        return _entry_error(entry, "options", exc)
+    if isinstance(exc, LimitError | SettingError):  # this machine's settings, not the manifest
+        variable = exc.variable
+        return ParameterError(
+            f"layer '{entry.names[0][:80]}' ({entry.where}): {exc}",
+            hint=f"{variable} on this machine refuses it: raise or fix {variable}",
+        )
+    return ManifestError(
+        f"manifest {entry.where}.options: {str(exc)[:200]}", hint="was it written by save_manifest?"
+    )
+
+
+def _built(plan: _Plan) -> tuple[tuple[str, ...], Any]:
+    """The names and the layer of a plan, built like the layer it replaces."""
+    entry, weight = plan.entry, plan.weight
+    try:
+        layer = plan.cls(bias=entry.bias, device=weight.device, dtype=weight.dtype, **dict(entry.options))
+    except _BUILD_ERRORS as exc:
+        raise _build_error(entry, exc) from None
+    layer.train(plan.old.training)
+    record(layer, plan.adapter.name, None, None)
+    return entry.names, layer
 
 
 def _kind(tensor: Any) -> str:
@@ -412,6 +482,8 @@ def _value_problem(value: Any, own: Any, parameter: bool) -> str:
 
         if not bool(torch.isfinite(value).all()):
             return "holds NaN or infinite values"
+        if value.dtype != own.dtype and not bool(torch.isfinite(value.to(dtype=own.dtype)).all()):
+            return f"holds values too large for the model's {own.dtype}: they would load as infinity"
     return ""
 
 
@@ -427,6 +499,75 @@ def _unlisted_layer(model: Any, unknown: list[str], state: set[str]) -> str:
             if not is_structured(module) and adapter_for(module) is not None and not own & state:
                 return name[:80]
     return ""
+
+
+def _refuse(what: str, keys: list[str]) -> None:
+    """Refuse a state dict that ``what`` at ``keys``, if there are any."""
+    if keys:
+        raise ManifestError(
+            f"the state dict {what}: {', '.join(k[:80] for k in keys[:4])}"
+            + (" ..." if len(keys) > 4 else ""),
+            hint="save and restore the same architecture with the same manifest, "
+            "built on a real device (model.to_empty(device=...) for a meta model)",
+        )
+
+
+def _order(plan: _Plan, key: str, factor: str, own: tuple[str, ...], value: Any, saved: Any) -> tuple:
+    """The axes the checkpoint stores ``key`` with: as its torch metadata records them
+    (``saved``: by tensor), else as the manifest does, else the layer's own."""
+    stored = saved.get(id(value))
+    if stored is not None:
+        return stored_order(key, own, stored, "its metadata")
+    return stored_order(key, own, plan.saved_axes(factor), f"manifest {plan.entry.where}.factor_axes")
+
+
+def _planned_shapes(plans: list[_Plan], state: Mapping[str, Any], saved: Any) -> list[str]:
+    """The structured layers' keys whose stored shapes are not the ones their compiled
+    classes imply (read from the class's tables: nothing is allocated)."""
+    wrong = []
+    for plan in plans:
+        sizes = plan.cls.index_sizes  # type: ignore[attr-defined]
+        for key, factor, own in plan.factors():
+            value = state.get(key)
+            if value is not None:
+                order = _order(plan, key, factor, own, value, saved)
+                if tuple(value.shape) != stored_shape(sizes, order):
+                    wrong.append(key)
+    return wrong
+
+
+def _in_layer_order(plans: list[_Plan], state: Mapping[str, Any], saved: Any) -> dict[str, Any]:
+    """``state`` with every structured layer's factors in its new layer's axis order."""
+    out = dict(state)
+    for plan in plans:
+        for key, factor, own in plan.factors():
+            value = state.get(key)
+            if value is not None:
+                out[key] = in_order(value, _order(plan, key, factor, own, value, saved), own)
+    return out
+
+
+def check_shapes(model: Any, data: Manifest, state: Mapping[str, Any], dense: bool = True) -> None:
+    """Refuse a checkpoint whose shapes do not fit ``model`` (a model built on the meta
+    device will do) once ``data``'s layers replace its own, before a layer is built or
+    a weight allocated: each structured layer's factors against the shapes its compiled
+    class implies, and with ``dense`` the model's other keys against its own. Keys the
+    model does not name (renamed by transformers) are left to the full check."""
+    data = fit_names(model, data)
+    own = model.state_dict(keep_vars=True)
+    saved = metadata_axes(state)
+    state = _fit_keys(model, state, own.keys())
+    taken: dict[int, str] = {}
+    plans = [_planned(model, entry, taken) for entry in data.layers]
+    wrong = _planned_shapes(plans, state, saved)
+    if dense:
+        replaced = {name for plan in plans for name in plan.entry.names}
+        wrong += [
+            k
+            for k, v in state.items()
+            if k in own and k.rpartition(".")[0] not in replaced and tuple(v.shape) != tuple(own[k].shape)
+        ]
+    _refuse("has other shapes at", wrong)
 
 
 def _check_state(model: Any, state: Mapping[str, Any]) -> None:
@@ -457,13 +598,7 @@ def _check_state(model: Any, state: Mapping[str, Any]) -> None:
         ("has other shapes at", wrong),
         ("would load into meta-device tensors (no storage) at", meta),
     ):
-        if keys:
-            raise ManifestError(
-                f"the state dict {what}: {', '.join(k[:80] for k in keys[:4])}"
-                + (" ..." if len(keys) > 4 else ""),
-                hint="save and restore the same architecture with the same manifest, "
-                "built on a real device (model.to_empty(device=...) for a meta model)",
-            )
+        _refuse(what, keys)
     first: dict[int, str] = {}
     for key, value in state.items():
         problem = _value_problem(value, own[key], id(own[key]) in parameters)
@@ -504,7 +639,7 @@ def restore(model: Any, manifest: Any, state_dict: Any = None) -> ModelReport:
     data = read_manifest(manifest)
     saved_names = None
     if isinstance(state_dict, str | os.PathLike):
-        _check_same_layers(data, Path(state_dict))
+        data = _stored_as(data, _check_same_layers(data, Path(state_dict)))
         folder = _pretrained_folder(Path(state_dict))
         if folder is not None and (folder / "config.json").is_file():
             if saves_converted(model):
@@ -542,25 +677,36 @@ def _pretrained_folder(weights: Path) -> Path | None:
     return weights.parent if weights.name in pretrained else None
 
 
-def _check_same_layers(data: Manifest, weights: Path) -> None:
+def _stored_as(data: Manifest, beside: Manifest | None) -> Manifest:
+    """``data`` with each entry's factor axes as ``beside`` (the manifest saved with the
+    weights, whose layers :func:`_check_same_layers` found the same) records them: it
+    describes how the weights are stored, the manifest given how to build the layers."""
+    if beside is None:
+        return data
+    axes = {entry.names: entry.factor_axes for entry in beside.layers}
+    return Manifest(tuple(replace(e, factor_axes=axes.get(e.names)) for e in data.layers), data.skipped)
+
+
+def _check_same_layers(data: Manifest, weights: Path) -> Manifest | None:
     """Refuse weights whose ``save_pretrained`` folder (the folder itself, or a weights file
-    or index it wrote) carries a manifest of other layers (or other structures). Another
-    file in a folder is not checked: a folder may hold several runs' checkpoints and a
-    manifest of one of them."""
+    or index it wrote) carries a manifest of other layers (or other structures); return
+    that manifest (None where there is none, or it is not read). Another file in a folder
+    is not checked: a folder may hold several runs' checkpoints and a manifest of one of
+    them."""
     folder = _pretrained_folder(weights)
     if folder is None:
-        return
+        return None
     try:
         carried = directory_manifest(folder)
         beside = read_manifest(carried) if carried is not None else None
     except EinstructError:
-        return  # the manifest given is the authority; a broken one beside the weights is not read
+        return None  # the manifest given is the authority; a broken one beside the weights is not read
     if beside is None:
-        return
+        return None
     ours = sorted(data.layers, key=lambda e: e.names)
     theirs = sorted(beside.layers, key=lambda e: e.names)
     if len(ours) == len(theirs) and all(a.same_layers(b) for a, b in zip(ours, theirs)):
-        return
+        return beside
     which = next(
         (f"{a.where} ('{a.names[0][:60]}')" for a, b in zip(ours, theirs) if not a.same_layers(b)),
         f"{len(ours)} entries against {len(theirs)}",
@@ -637,20 +783,28 @@ def apply_manifest(
     saved_names: Any = None,
 ) -> ModelReport:
     """:func:`restore` of a checked manifest and a state dict already read: every layer
-    built and checked, then swapped in; the state dict (its keys first mapped by
-    ``saved_names(model, state)``, once the layers are swapped, if given) checked
-    whole, then loaded. On any error the model is as it was."""
+    checked and compiled, the state dict's factors checked against the shapes the
+    compiled classes imply (before anything is allocated), every layer built, then
+    swapped in; the state dict (its keys first mapped by ``saved_names(model,
+    state)``, once the layers are swapped, if given; each factor permuted from the
+    axis order it is stored in, see :mod:`.factor_order`) checked whole, then
+    loaded. On any error the model is as it was."""
     data = fit_names(model, data)
+    saved = metadata_axes(state) if state is not None else {}
     if state is not None:
         state = _fit_keys(model, state, model.state_dict().keys())
     taken: dict[int, str] = {}
-    swaps = [_new_layer(model, entry, taken) for entry in data.layers]
+    plans = [_planned(model, entry, taken) for entry in data.layers]
+    if state is not None:
+        _refuse("has other shapes at", _planned_shapes(plans, state, saved))
+    swaps = [_built(plan) for plan in plans]
     originals = [(names, model.get_submodule(names[0])) for names, _ in swaps]
     swap_layers(model, swaps)
     if state is not None:
         try:
             if saved_names is not None:
                 state = saved_names(model, state)
+            state = _in_layer_order(plans, state, saved)
             _check_state(model, state)
             model.load_state_dict(state, strict=False)
         except Exception as exc:

@@ -28,6 +28,11 @@ entry ``structure`` the name of a structure in ``spec``
 ``adapter``         the registered adapter the layer replaced (optional; absent:
                     ``linear`` or ``conv1d``, found by type), a name of at most
                     :data:`MAX_TEXT` printable characters
+``factor_axes``     the axes each factor of the saved weights is stored with, in
+                    order (optional: older manifests have none; a layer's
+                    order depends on the batch it was planned for): an object
+                    of 1 to ``EINSTRUCT_MAX_FACTORS`` factor names, each a list
+                    of 1 to ``EINSTRUCT_MAX_INDICES`` distinct index names
 ``options``         an object with at most ``normalize``, ``zero_init_last``,
                     ``gain``, ``save_intermediate``, ``sparse_experts`` (true or
                     false), ``strategy`` (``structured``, ``dense`` or
@@ -100,7 +105,7 @@ _ENTRY = (
     "class_strategy",
     "options",
 )
-_OPTIONAL_ENTRY = ("adapter",)
+_OPTIONAL_ENTRY = ("adapter", "factor_axes")
 _HINT = "pass the file or dict save_manifest / model_manifest wrote"
 
 
@@ -124,15 +129,25 @@ class LayerEntry:
     class_strategy: str
     options: tuple[tuple[str, bool | str | float | None], ...]
     adapter: str | None = None
+    #: Each factor's stored axes in the weights saved with this manifest; None: not recorded.
+    factor_axes: tuple[tuple[str, tuple[str, ...]], ...] | None = None
 
     def same_layers(self, other: LayerEntry) -> bool:
-        """Whether ``other`` makes the same layers compute the same map from the same
-        weights: the names, the structure, the sizes and the options that change what
-        a layer computes (``normalize``, ``gain``, ...), in any order (transformers
-        writes config.json's keys sorted); not how the class was compiled, nor the
-        options that only choose how or where it runs."""
+        """Whether ``other`` (the entry saved with the weights) makes the same layers
+        compute the same map from the same weights: the names, the structure, the sizes
+        and the options that change what a layer computes (``normalize``, ``gain``,
+        ...), in any order (transformers writes config.json's keys sorted); not the
+        options that only choose how or where it runs. How the class was compiled (its
+        batch, backend and strategy choose the axis order of its factors) counts only
+        where ``other`` does not record the axes its weights are stored with: then they
+        are in the order its own plan chose, which ``restore`` cannot tell otherwise."""
         keys = ("names", "spec", "structure", "in_features", "out_features", "bias")
-        return all(getattr(self, k) == getattr(other, k) for k in keys) and _meaning(self) == _meaning(other)
+        planned = ("batch", "backend", "class_strategy")
+        laid_out = other.factor_axes is not None or all(
+            getattr(self, k) == getattr(other, k) for k in planned
+        )
+        same = all(getattr(self, k) == getattr(other, k) for k in keys)
+        return same and laid_out and _meaning(self) == _meaning(other)
 
 
 #: Options that choose how or where a layer runs (or how it starts), not what it computes.
@@ -257,6 +272,35 @@ def _options(value: Any, where: str) -> tuple[tuple[str, bool | str | float | No
     return tuple(out)
 
 
+def _identifiers(value: Any, where: str, most: int) -> tuple[str, ...]:
+    """A list of 1 to ``most`` distinct names (Python identifiers)."""
+    if not isinstance(value, list) or not 1 <= len(value) <= most:
+        raise _error(where, f"must be a list of 1 to {most:,} index names, got {_shown(value)}")
+    for k, item in enumerate(value):
+        if not isinstance(item, str) or not item.isidentifier() or len(item) > MAX_TEXT:
+            raise _error(f"{where}[{k}]", f"must be an index name, got {_shown(item)}")
+    if len(set(value)) != len(value):
+        raise _error(where, "names an index twice")
+    return tuple(value)
+
+
+def _factor_axes(value: Any, where: str) -> tuple[tuple[str, tuple[str, ...]], ...] | None:
+    """null (not recorded), or ``{factor: [index, ...]}``: each factor's stored axes."""
+    if value is None:
+        return None
+    limits = current()
+    if not isinstance(value, Mapping) or not 1 <= len(value) <= limits.max_factors:
+        raise _error(
+            where, f"must be an object of 1 to {limits.max_factors} factors' axes, got {_shown(value)}"
+        )
+    out = []
+    for factor, axes in value.items():
+        if not isinstance(factor, str) or not factor.isidentifier() or len(factor) > MAX_TEXT:
+            raise _error(f"{where}.{str(factor)[:60]}", "is not a factor name")
+        out.append((factor, _identifiers(axes, f"{where}.{factor}", limits.max_indices)))
+    return tuple(out)
+
+
 def _entry(value: Any, where: str) -> LayerEntry:
     data = _object(value, where, (*_ENTRY, *_OPTIONAL_ENTRY), _ENTRY)
     adapter = data.get("adapter")
@@ -273,6 +317,7 @@ def _entry(value: Any, where: str) -> LayerEntry:
         class_strategy=_choice(data["class_strategy"], f"{where}.class_strategy", STRATEGIES),
         options=_options(data["options"], f"{where}.options"),
         adapter=None if adapter is None else _line(adapter, f"{where}.adapter"),
+        factor_axes=_factor_axes(data.get("factor_axes"), f"{where}.factor_axes"),
     )
 
 

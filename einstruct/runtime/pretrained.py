@@ -38,6 +38,7 @@ from .manifest import (
     MANIFEST_NAME,
     apply_manifest,
     base_prefix,
+    check_shapes,
     directory_manifest,
     fit_names,
     model_manifest,
@@ -515,15 +516,72 @@ def _build(model_class: Any, config: Any, dtype: Any = None) -> Any:
         return build(config).to(dtype)
 
 
+def _built(model_class: Any, config: Any, dtype: Any, directory: Path) -> Any:
+    """:func:`_build`, where any failure of transformers to build the model from the
+    saved config (an ``n_head`` that does not divide ``n_embd``, an unknown activation,
+    a negative size, more memory than there is) is a ManifestError naming config.json."""
+    try:
+        return _build(model_class, config, dtype)
+    except EinstructError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - transformers' model construction, any kind
+        raise ManifestError(
+            f"'{shown_path(directory)}': transformers cannot build the model from its config.json: "
+            f"{type(exc).__name__}: {str(exc)[:200]}",
+            hint="pass the directory save_pretrained wrote, unedited",
+        ) from None
+
+
 def _probe(model_class: Any, config: Any, dtype: Any) -> Any:
-    """``model_class`` built on the meta device (no memory), or None if it cannot be."""
+    """``model_class`` built on the meta device (no memory), or None if it cannot be
+    (then it is built for real, and a config it cannot be built from is refused there)."""
     import torch
 
     try:
         with torch.device("meta"):
             return _build(model_class, config, dtype)
-    except (RuntimeError, NotImplementedError, TypeError, ValueError):
+    except Exception:  # noqa: BLE001 - any failure: the real build says what it is
         return None
+
+
+#: The dtypes a model is built in (torch cannot build modules in float8 or integer dtypes).
+_DTYPES = ("float16", "bfloat16", "float32", "float64")
+
+
+def _dtype_name(dtype: Any) -> str | None:
+    """The name of ``dtype`` (a torch.dtype or its name) if a model is built in it, else None."""
+    import torch
+
+    name = str(dtype).removeprefix("torch.") if isinstance(dtype, torch.dtype | str) else None
+    return name if name in _DTYPES else None
+
+
+def _checked_dtype(dtype: Any) -> Any:
+    """``from_pretrained``'s ``dtype``: None (the saved one, also spelt ``"auto"``) or a torch.dtype
+    of ``_DTYPES``."""
+    import torch
+
+    if isinstance(dtype, str) and dtype == "auto":  # transformers' spelling of the saved dtype
+        return None
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and _dtype_name(dtype)):
+        raise ParameterError(
+            f"dtype must be a floating torch.dtype a model is built in "
+            f"({', '.join(f'torch.{d}' for d in _DTYPES)}) or 'auto', got {dtype!r:.40}",
+            hint="e.g. dtype=torch.bfloat16 (or leave it out: the saved dtype)",
+        )
+    return dtype
+
+
+def _check_saved_dtype(config: Any, directory: Path) -> None:
+    """The dtype config.json asks for (used where ``dtype`` is not given) is one a model is
+    built in: ``int64`` or ``float8_e4m3fn`` fail inside transformers."""
+    saved = getattr(config, "dtype", None)
+    if saved is not None and not (isinstance(saved, str) and saved == "auto") and not _dtype_name(saved):
+        raise ManifestError(
+            f"'{shown_path(directory)}': config.json asks for dtype "
+            f"{str(saved).removeprefix('torch.')[:40]!r}, not one a model is built in ({', '.join(_DTYPES)})",
+            hint="pass dtype= one of these (e.g. dtype=torch.float32), or fix dtype in config.json",
+        )
 
 
 def from_pretrained(
@@ -548,7 +606,6 @@ def from_pretrained(
             does not have, or weights whose keys or shapes do not match the
             rebuilt layers (nothing is loaded then).
     """
-    import torch
     from transformers import AutoConfig
 
     if not isinstance(path, str | os.PathLike) or not Path(path).is_dir():
@@ -557,13 +614,7 @@ def from_pretrained(
             hint="e.g. einstruct.from_pretrained(GPT2LMHeadModel, 'ckpt')",
         )
     directory = Path(path)
-    if isinstance(dtype, str) and dtype == "auto":  # transformers' spelling of the saved dtype
-        dtype = None
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise ParameterError(
-            f"dtype must be a floating torch.dtype or 'auto', got {dtype!r:.40}",
-            hint="e.g. dtype=torch.bfloat16 (or leave it out: the saved dtype)",
-        )
+    dtype = _checked_dtype(dtype)
     saved = saved_config(directory)
     manifest = _folder_manifest(directory)
     try:
@@ -575,6 +626,8 @@ def from_pretrained(
             hint="pass the directory save_pretrained wrote, and config overrides it accepts",
         ) from None
     try:
+        if dtype is None:
+            _check_saved_dtype(config, directory)
         checkpoint = read_state_dict(directory)  # the folder's rules (links, shards) and no code
         _check_counts(config, checkpoint)  # before a model is built
     except EinstructError as exc:
@@ -582,17 +635,12 @@ def from_pretrained(
     # which path, decided on the meta device (no memory) where the model builds there
     probe = _probe(model_class, config, dtype)
     try:
-        if probe is not None:
-            _check_names(probe, manifest)  # a config of another family: refused before any memory
-        probe = probe or _build(model_class, config, dtype)
+        if probe is not None:  # a config of another family, other sizes: refused before any memory
+            _check_names(probe, manifest)
+            check_shapes(probe, manifest, checkpoint, dense=not saves_converted(probe))
+        probe = probe or _built(model_class, config, dtype, directory)
     except EinstructError as exc:
         raise _in_folder(exc, directory, (model_class.__name__, False), saved) from None
-    except (RuntimeError, MemoryError) as exc:  # the config asks for more than this machine has
-        raise ManifestError(
-            f"'{shown_path(directory)}': transformers cannot build the model from its config.json: "
-            f"{type(exc).__name__}: {str(exc)[:200]}",
-            hint="pass the directory save_pretrained wrote, unedited",
-        ) from None
     built = (type(probe).__name__, bool(_base_model_prefix(probe)))  # what the errors name
     try:
         generation = _generation_config(directory)  # checked before transformers reads it
@@ -609,7 +657,7 @@ def from_pretrained(
             apply_manifest(model, manifest, state, _beside_transformers(info))
         else:
             meta = any(p.is_meta for p in probe.parameters())
-            model = _build(model_class, config, dtype) if meta else probe
+            model = _built(model_class, config, dtype, directory) if meta else probe
             del probe
             apply_manifest(model, manifest, checkpoint, model_names(directory))
         if generation is not None and getattr(model, "generation_config", None) is not None:
