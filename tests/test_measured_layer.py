@@ -20,9 +20,11 @@ class RecordingChooser:
     def __init__(self, winner: str, source: str = "measured") -> None:
         self.winner, self.source, self.asked = winner, source, []
 
-    def choose(self, structure, candidates, inputs, wrt=(), prior=None, fallback=None):
+    def choose(self, structure, candidates, inputs, wrt=(), prior=None, fallback=None, persist=True):
         rows = inputs[0].shape[0]
-        self.asked.append({"structure": structure, "rows": rows, "prior": prior, "fallback": fallback})
+        self.asked.append(
+            {"structure": structure, "rows": rows, "prior": prior, "fallback": fallback, "persist": persist}
+        )
         return PathChoice(f"{structure}|{rows}", self.winner, {self.winner: 1.0}, source=self.source)
 
 
@@ -260,3 +262,27 @@ def test_under_checkpointing_the_layer_never_asks_its_chooser(layer_class):
     assert chooser.asked == []
     layer(x)  # a plain call measures
     assert len(chooser.asked) == 1
+
+
+def test_a_standalone_file_without_einstruct_refuses_measured_at_construction(tmp_path):
+    # the standalone file carries the runtime but not einstruct.nn.measured: it cannot time
+    import subprocess
+    import sys
+
+    from einstruct.runtime import module_source
+
+    (tmp_path / "standalone_layer.py").write_text(module_source(einstruct.load(SPEC)))
+    script = (
+        "import sys; sys.modules['einstruct'] = None\n"
+        "from standalone_layer import *\n"
+        "import standalone_layer as m\n"
+        "cls = getattr(m, m.__all__[0])\n"
+        "cls(strategy='structured')\n"
+        "try:\n"
+        "    cls(strategy='measured')\n"
+        "except ValueError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "does not carry" in result.stdout and "pip install einstruct" in result.stdout

@@ -10,6 +10,7 @@ so every mask and every partial chunk is exercised.
 
 from __future__ import annotations
 
+import json
 import os
 
 os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -724,3 +725,20 @@ def test_the_sampled_kernel_traffic_is_every_programs_count():
     for records in (sampled, structure_records("low_rank(d = 256, rank = 16)", tokens=512)):
         roles = [r for r in records if r.role == "role"]
         assert len(roles) == 4 and all(r.loaded_ratio >= 1 for r in roles), roles
+
+
+def test_timings_of_interpreted_kernels_are_keyed_apart_and_never_written(tmp_path):
+    # Triton's interpreter on the CPU is thousands of times slower than the kernels on a
+    # GPU: its timings hold for no real run, so they must not reach the user's cache
+    from einstruct.nn.measured import CACHE_FILE, PathChooser
+
+    _, fused = _layer(CASES[1], torch.float32, kernels="fused")
+    _, steps = _layer(CASES[1], torch.float32, kernels="torch")
+    x = torch.randn(BATCH, fused.in_features)
+    for layer in (fused, steps):
+        layer.strategy = "measured"
+        layer.path_chooser = PathChooser(cache_dir=str(tmp_path), repeats=1)
+        layer(x).sum().backward()
+    assert "/fused-interpreted|" in fused.path_choice.key and "/torch|" in steps.path_choice.key
+    written = json.loads((tmp_path / CACHE_FILE).read_text())["entries"]
+    assert list(written) == [steps.path_choice.key]  # the torch steps' timing only

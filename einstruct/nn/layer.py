@@ -502,6 +502,16 @@ def _refine(
     _fit(layer, target, max_iter, mask)
 
 
+def _can_import(module: str) -> bool:
+    """Whether ``module`` can be imported here (a standalone file may run without einstruct)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _learns(module: nn.Module) -> bool:
     """Whether any parameter of ``module`` (or its children) requires grad: what
     ``any(p.requires_grad for p in module.parameters())`` says, without its generators."""
@@ -609,6 +619,12 @@ class StructuredLinear(nn.Module):
             choices = " or ".join(repr(s) for s in self.strategies)
             raise ValueError(
                 f"{name}: strategy must be {choices}, got {strategy!r:.40}"
+            )
+        if strategy == "measured" and not _can_import("einstruct.nn.measured"):
+            raise ValueError(
+                f"{name}: strategy='measured' times the paths with einstruct.nn.measured, "
+                "which this standalone file does not carry: pip install einstruct, or "
+                "choose strategy='structured' or 'dense'"
             )
         if dtype is not None and not (
             isinstance(dtype, torch.dtype) and dtype.is_floating_point
@@ -772,7 +788,7 @@ class StructuredLinear(nn.Module):
             int(self.save_intermediate),
             int(self.normalize),
             int(self.gain is not None),
-            str(getattr(self, "kernels", "torch")),
+            self._path_backend(x),
         )
         mode = (x.device, x.dtype, grad, amp, options)
         choices = self.__dict__.setdefault("_measured_choices", {})
@@ -799,6 +815,11 @@ class StructuredLinear(nn.Module):
         if self.path_choice is not known:  # a plain attribute: no Module.__setattr__
             self.__dict__["path_choice"] = known
         return str(known.winner)
+
+    def _path_backend(self, x: torch.Tensor) -> str:
+        """What runs the structured path for ``x``, part of a measurement's key: the
+        planned torch steps (a fused layer: its kernels, where this call runs them)."""
+        return "torch"
 
     def __getstate__(self) -> dict:
         """Copies and pickles leave out what was measured: it holds for this machine
@@ -831,7 +852,7 @@ class StructuredLinear(nn.Module):
         # the planned steps (their hash; the batch in a file older than the hash), the
         # options the forward reads, and the default path (always timed)
         plan = getattr(self, "plan_hash", "") or f"b{self.planned_batch}"
-        save, norm, gain, backend = options  # backend: a fused layer's kernels option
+        save, norm, gain, backend = options  # backend: what runs the structured path
         code = f"{self.spec_hash}.{plan}.s{save}n{norm}g{gain}.{self.default_strategy}"
         key = structure_key(code, backend) + (f"/amp-{amp}" if amp is not None else "")
         # the prior is the model's forward + backward at the planned batch: it rules
@@ -845,6 +866,8 @@ class StructuredLinear(nn.Module):
             wrt=tuple(p for p in self.parameters() if p.requires_grad),
             prior=self.strategy_estimate_ms if holds else None,
             fallback=self.default_strategy,
+            # Triton's interpreter: timings that hold for no real run stay in memory
+            persist=not backend.endswith("-interpreted"),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,8 @@ impossible (tracing, compiling, meta tensors).
     >>> pick.winner in ("steps", "dense"), pick.source
     (True, 'measured')
 
-Imports only torch and the standard library (copied verbatim into standalone modules).
+Imports only torch and the standard library. A standalone generated file does not carry
+it: there ``strategy="measured"`` needs einstruct installed (the layer says so).
 """
 
 import contextlib
@@ -461,6 +462,7 @@ class PathChooser:
         wrt: Sequence[torch.Tensor] = (),
         prior: Mapping[str, float] | None = None,
         fallback: str | None = None,
+        persist: bool = True,
     ) -> PathChoice:
         """The path to take for these inputs: remembered, else measured now.
 
@@ -468,7 +470,8 @@ class PathChooser:
         candidates' code); ``candidates``: name -> ``fn(*inputs)``, one map; ``tokens``:
         default the first input's rows; ``wrt``: the parameters a training step
         differentiates; ``prior``: name -> modelled cost; ``fallback``: the path
-        when timing is impossible (default: the first candidate).
+        when timing is impossible (default: the first candidate); ``persist``:
+        False keeps the choice in memory only (timings that hold for no other run).
         """
         if not candidates:
             raise ValueError("choose() needs at least one candidate path")
@@ -510,7 +513,8 @@ class PathChooser:
         choice = PathChoice(key, winner, timings, skipped, "measured")
         self.measurements += 1
         self.memory[key] = choice
-        self._store(choice)
+        if persist:
+            self._store(choice)
         return choice
 
     def _prune(
