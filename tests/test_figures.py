@@ -235,3 +235,17 @@ def test_draw_and_plot_read_the_spec_from_standard_input_like_analyze(tmp_path):
     twice = _run("plot", "taxonomy", "-", "-", "-o", str(tmp_path / "x.png"), stdin=btt)
     assert twice.returncode == 2 and "standard input (-) is given more than once" in twice.stderr
     assert not (tmp_path / "x.png").exists()
+
+
+def test_log_axes_label_their_ticks_as_numbers_not_mathtext_source(tmp_path):
+    # user text is drawn literally (no mathtext), but matplotlib writes a log axis's tick
+    # labels as mathtext: drawn literally they read `$\mathdefault{10^{5}}$`
+    plot = einstruct.plot_taxonomy(FILES, output=tmp_path / "t.png", title="a $stray dollar")
+    ax = plot.figure.axes[-1]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    labels = [t.get_text() for axis in (ax.xaxis, ax.yaxis) for t in axis.get_ticklabels(which="both")]
+    shown = [text for text in labels if text]
+    assert shown and not any("$" in text or "\\" in text for text in shown), shown
+    assert any("10" in text and text[-1] in "⁰¹²³⁴⁵⁶⁷⁸⁹" for text in shown), shown
+    assert plot.figure._suptitle.get_text() == "a $stray dollar"  # still drawn as written
+    assert not plot.figure._suptitle.get_parse_math()

@@ -145,6 +145,21 @@ def test_the_cache_is_skipped_unless_private(tmp_path, monkeypatch):
     assert private_cache_file("lark-start.pickle") is None
 
 
+@pytest.mark.parametrize("text", ["off", "false", "no", "2", "00"])
+def test_a_parser_cache_setting_other_than_0_or_1_is_an_error_naming_it(monkeypatch, tmp_path, text):
+    # `off` meant as 0 kept the pickle cache silently
+    from einstruct.errors import ParameterError
+    from einstruct.language.parser_cache import private_cache_file
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.setenv("EINSTRUCT_PARSER_CACHE", text)
+    with pytest.raises(ParameterError, match="EINSTRUCT_PARSER_CACHE"):
+        private_cache_file("lark-start.pickle")
+    assert not (tmp_path / "einstruct").exists()  # nothing made
+    monkeypatch.setenv("EINSTRUCT_PARSER_CACHE", " 1 ")
+    assert private_cache_file("lark-start.pickle") is not None
+
+
 # -- inputs: bounded, regular files only --------------------------------------------------------
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_a_fifo_or_device_is_refused_before_it_is_opened(tmp_path, capsys):

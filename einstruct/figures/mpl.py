@@ -25,6 +25,7 @@ __all__ = [
     "matplotlib",
     "new_figure",
     "literal_text",
+    "plain_math",
     "save_figure",
     "written_by_einstruct",
 ]
@@ -108,13 +109,76 @@ def literal_text(figure: Any) -> Any:
 
     Titles, names and labels may come from the user (``plot --title``, structure
     names, a caller's title); matplotlib would parse ``$...$`` in them as math
-    and fail on a stray ``$``. einstruct's own figures use no math. Returns ``figure``.
+    and fail on a stray ``$``. The one math einstruct's figures use is
+    matplotlib's own: a log axis labels its ticks ``$\\mathdefault{10^{-1}}$``;
+    those labels are made plain text (``10⁻¹``, ``6×10⁻²``) first, so they
+    still read as numbers. Returns ``figure``.
     """
     from matplotlib.text import Text
 
+    for ax in figure.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            _plain_tick_labels(axis)
     for text in figure.findobj(Text):
         text.set_parse_math(False)
     return figure
+
+
+#: Superscript forms of what a tick label's exponent holds.
+_SUPERSCRIPT = str.maketrans("0123456789-\u2212+.", "⁰¹²³⁴⁵⁶⁷⁸⁹⁻⁻⁺·")
+
+
+def plain_math(label: str) -> str:
+    """A tick label matplotlib wrote as mathtext, as plain text.
+
+    >>> plain_math(r"$\\mathdefault{6\\times10^{-1}}$"), plain_math(r"$\\mathdefault{10^{8}}$")
+    ('6×10⁻¹', '10⁸')
+    >>> plain_math("0.5")
+    '0.5'
+    """
+    import re
+
+    if not (label.startswith("$") and label.endswith("$")):
+        return label
+    body = label[1:-1]
+    match = re.fullmatch(r"\\mathdefault\{(.*)\}", body)
+    body = match.group(1) if match else body
+    body = body.replace("\\times", "×").replace("\\cdot", "·").strip()
+    body = re.sub(r"\^\{([^{}]*)\}", lambda m: m.group(1).translate(_SUPERSCRIPT), body)
+    body = re.sub(r"\^(.)", lambda m: m.group(1).translate(_SUPERSCRIPT), body)
+    return body.replace("\\,", " ").replace("{", "").replace("}", "")
+
+
+def _plain_tick_labels(axis: Any) -> None:
+    """Give ``axis`` formatters that write plain text where matplotlib's write mathtext."""
+    from matplotlib import ticker
+
+    class PlainText(ticker.Formatter):
+        """``inner``'s labels (which ticks get one, and their values) as plain text."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def set_axis(self, axis: Any) -> None:
+            super().set_axis(axis)
+            self.inner.set_axis(axis)
+
+        def set_locs(self, locs: Any) -> None:
+            self.inner.set_locs(locs)
+
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return plain_math(self.inner(x, pos))
+
+        def get_offset(self) -> str:
+            return plain_math(self.inner.get_offset())
+
+    for get, set_ in (
+        (axis.get_major_formatter, axis.set_major_formatter),
+        (axis.get_minor_formatter, axis.set_minor_formatter),
+    ):
+        formatter = get()
+        if isinstance(formatter, (ticker.LogFormatterMathtext, ticker.ScalarFormatter)):
+            set_(PlainText(formatter))
 
 
 def save_figure(figure: Any, output: str | Path, force: bool = False) -> Path:

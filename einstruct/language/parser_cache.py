@@ -35,7 +35,7 @@ def private_cache_file(name: str) -> str | None:
     >>> private_cache_file("../x") is None
     True
     """
-    if os.environ.get("EINSTRUCT_PARSER_CACHE", "1").strip() == "0":
+    if not _cache_wanted():
         return None
     if not name or "/" in name or "\\" in name or name.startswith("."):
         return None
@@ -53,6 +53,24 @@ def private_cache_file(name: str) -> str | None:
     except (OSError, RuntimeError, ValueError):
         return None
     return str(file)
+
+
+def _cache_wanted() -> bool:
+    """``EINSTRUCT_PARSER_CACHE``: ``0`` builds the parser without a cache, ``1`` (or unset,
+    or blank) with one; anything else is an error naming the variable, since a value
+    such as ``off`` meant as 0 would otherwise keep the cache silently."""
+    value = os.environ.get("EINSTRUCT_PARSER_CACHE", "").strip(" \t")
+    if value in ("", "1"):
+        return True
+    if value == "0":
+        return False
+    from ..errors import ParameterError
+
+    raise ParameterError(
+        f"environment variable EINSTRUCT_PARSER_CACHE={ascii(value)[:60]}: must be 0 (no parser "
+        "cache) or 1 (the default, a private cache)",
+        hint="set it to 0 or 1, or unset it",
+    )
 
 
 def _cache_directory() -> Path:
