@@ -41,7 +41,9 @@ def test_the_product_is_written_in_the_asked_memory_order(left, right, shape, ax
     plain = torch.bmm(a, b) if a.dim() == 3 else torch.mm(a, b)
     with torch.no_grad():
         y = matmul_into(a, b, shape, axes)
-    assert torch.equal(y, plain)
+    # the same sums, but BLAS may order them otherwise for another output layout (MKL on
+    # AMD CPUs does for the transposed mm): equal to float32 rounding, not bit for bit
+    torch.testing.assert_close(y, plain, rtol=1e-6, atol=1e-6)
     # split into the memory's axes (in the product's order), permuted back: contiguous
     split = [shape[k] for k in axes]
     assert not y.is_contiguous()
