@@ -20,7 +20,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["private_directory", "private_file", "make_private_directory"]
+__all__ = ["private_directory", "private_file", "make_private_directory", "safe_parent", "private_group"]
 
 
 def private_directory(directory: Path, uid: int) -> bool:
@@ -28,9 +28,35 @@ def private_directory(directory: Path, uid: int) -> bool:
     info = os.lstat(directory)
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid or info.st_mode & 0o077:
         return False
-    parent = os.lstat(directory.parent)
-    writable_by_others = parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX
-    return parent.st_uid in (uid, 0) and not writable_by_others
+    return safe_parent(directory, uid)
+
+
+def safe_parent(entry: Path | str, uid: int) -> bool:
+    """Whether no user but ``uid`` (and root) can rename ``entry`` out of its directory: that
+    directory (followed if it is reached through a link, as a linked ``~/.cache`` is) is
+    owned by ``uid`` or root, and writable by no one else, unless sticky (``/tmp``) or
+    writable only by ``uid``'s private group (umask 002 systems, Ubuntu's default)."""
+    parent = os.stat(os.path.dirname(os.path.abspath(entry)) or os.sep)
+    if parent.st_uid not in (uid, 0):  # its owner could rename anything in it
+        return False
+    if parent.st_mode & stat.S_ISVTX:  # others may rename only their own entries
+        return True
+    if parent.st_mode & 0o002:
+        return False
+    return not parent.st_mode & 0o020 or private_group(parent.st_gid)
+
+
+def private_group(gid: int) -> bool:
+    """Whether ``gid`` is this user's own group with no other members (a user private
+    group: umask 002 systems, Ubuntu's default, make files group-writable in it)."""
+    try:
+        import grp
+        import pwd
+
+        group, user = grp.getgrgid(gid), pwd.getpwuid(os.geteuid())
+    except (ImportError, KeyError, OSError):
+        return False
+    return gid == user.pw_gid and group.gr_name == user.pw_name and not set(group.gr_mem) - {user.pw_name}
 
 
 def private_file(file: Path, uid: int) -> bool:

@@ -448,3 +448,25 @@ def test_rows_of_an_older_einstruct_are_skipped_with_one_warning(tmp_path, capsy
     rows = _rows(results)
     assert len(rows) == 6 and rows[:2] == [json.loads(x) for x in older]  # left in the file
     assert sorted(r["key"] for r in rows[4:]) == sorted(json.loads(x)["key"] for x in lines[:2])
+
+
+@pytest.mark.skipif(fcntl is None, reason="no advisory locks (fcntl) here")
+@pytest.mark.parametrize("code", [errno.EACCES, errno.ENOLCK])
+def test_a_lock_the_file_system_answers_otherwise_is_refused_or_said(
+    tmp_path, capsys, monkeypatch, finished, code
+):
+    # some file systems say EACCES where another process holds the lock: refused, as
+    # EAGAIN is; one without locks (ENOLCK) goes on unlocked, and says so
+    results = tmp_path / "r.jsonl"
+    results.write_bytes(b"".join(finished.splitlines(keepends=True)[:2]))
+
+    def flock(fd, how):
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    if code == errno.EACCES:
+        assert "is locked: another run is writing it" in _refused(capsys, results)
+        assert len(_rows(results)) == 2
+    else:
+        assert main([*SMOKE, "--results", str(results)]) == 0
+        assert "cannot be locked" in capsys.readouterr().err and len(_rows(results)) == 4

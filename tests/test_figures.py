@@ -249,3 +249,24 @@ def test_log_axes_label_their_ticks_as_numbers_not_mathtext_source(tmp_path):
     assert any("10" in text and text[-1] in "⁰¹²³⁴⁵⁶⁷⁸⁹" for text in shown), shown
     assert plot.figure._suptitle.get_text() == "a $stray dollar"  # still drawn as written
     assert not plot.figure._suptitle.get_parse_math()
+
+
+def test_a_returned_figures_axes_keep_their_formatters_behaviour(tmp_path):
+    # the plain-text labels must not cost the user matplotlib's own calls on the figure
+    import matplotlib as mpl
+
+    plot = einstruct.plot_taxonomy(FILES, output=tmp_path / "t.png")
+    figure = mpl.figure.Figure()
+    ax = figure.add_subplot()
+    ax.plot([0, 1], [1e6, 3e6])
+    ax.ticklabel_format(style="sci", scilimits=(0, 0), useMathText=True)
+    from einstruct.figures.mpl import figure_bytes, literal_text
+
+    literal_text(figure)
+    figure_bytes(figure, "png")
+    ax.ticklabel_format(style="plain")  # still a ScalarFormatter
+    ax.ticklabel_format(style="sci", scilimits=(0, 0), useMathText=True)
+    figure_bytes(figure, "png")
+    offset = ax.yaxis.get_offset_text().get_text()
+    assert offset and "\\" not in offset and "$" not in offset, offset
+    assert plot.figure.axes[-1].xaxis.get_major_formatter().__class__.__name__.startswith("Plain")

@@ -90,3 +90,17 @@ def test_long_names_in_every_template_give_ruff_formatted_files(tmp_path, backen
     }
     _ruff(tmp_path, _write(tmp_path, texts))
     assert "# route " + names["k"] + ": gate the experts\n" in texts["routed"]
+
+
+@pytest.mark.parametrize(
+    "letter", ["\u09ac\u09be", "a\u1161", "\u0c95\u0cc0"], ids=["bengali", "jamo", "kannada"]
+)
+def test_characters_whose_width_editors_disagree_on_give_ruff_formatted_files(tmp_path, letter):
+    # a spacing vowel sign or a Hangul medial jamo: ruff counts some of them no column,
+    # this Python's tables one; every length around the wrapping points must come out
+    # in ruff's form
+    texts = {
+        f"u{n}": module_source(einstruct.load(LOW_RANK.format(**_names(n, letter))), runtime="import")
+        for n in range(18, 50)
+    }
+    _ruff(tmp_path, _write(tmp_path, texts))

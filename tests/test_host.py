@@ -270,3 +270,34 @@ def test_an_integer_argument_is_in_plain_digits(capsys, text):
     with pytest.raises(SystemExit) as exit_:
         main(["plan", str(ROOT / "examples" / "low_rank.ein"), "--batch", text])
     assert exit_.value.code == 2 and "is not an integer in plain digits" in capsys.readouterr().err
+
+
+def test_a_private_cache_reached_through_a_linked_parent_is_private(tmp_path):
+    from einstruct.private import private_directory
+
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (real / "einstruct").mkdir(mode=0o700)
+    (tmp_path / "linked").symlink_to(real)
+    assert private_directory(tmp_path / "linked" / "einstruct", os.geteuid())
+    real.chmod(0o777)  # what the link leads to decides
+    assert not private_directory(tmp_path / "linked" / "einstruct", os.geteuid())
+    real.chmod(0o1777)  # sticky, as /tmp
+    assert private_directory(tmp_path / "linked" / "einstruct", os.geteuid())
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["experiment", "scaling", "--smoke", "--steps", "\u0661\u0660"],
+        ["search", "--d", "64", "--jobs", "\u0664"],
+        ["search", "--d", "64", "--grid", "\u0661/\u0661\u0662"],
+    ],
+    ids=["steps", "jobs", "grid"],
+)
+def test_every_integer_option_is_in_plain_digits(capsys, argv):
+    from einstruct.cli import build_parser
+
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+    assert exit_.value.code == 2 and "plain digits" in capsys.readouterr().err

@@ -356,3 +356,10 @@ def test_messages_say_what_is_wrong_with_a_tiny_size_an_index_in_a_size_and_empt
     assert "declare" not in error.value.hint
     assert main(["theta", ",,,,,,", "--d", "1024"]) == 2  # said "needs 7 ..., got 7"
     assert "got 0 (and empty ones)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("line", ["    structure(o) = x[i] * W[i, o]", "    structure = x[i] * W[i, o]"])
+def test_a_body_line_that_starts_with_the_word_structure_is_not_a_missing_body(line):
+    err = _error("structure a(d = 4):\n" + line + "\n    where i = o = d\n")
+    assert isinstance(err, errors.SpecSyntaxError)
+    assert "has no body" not in err.message and err.span.line == 2

@@ -283,3 +283,16 @@ def test_the_cpu_label_names_the_processor_model(monkeypatch, tmp_path):
         monkeypatch.undo()
         measured._cpu_name.cache_clear()
     assert label.startswith("cpu Intel(R) Xeon(R) Gold 6248 CPU @ 2.50GHz threads=")
+
+
+def test_a_cache_directory_reached_through_a_linked_parent_is_used(tmp_path):
+    # a linked ~/.cache (home directories on clusters) is the directory it links to; the
+    # link itself (mode 0777 as lstat sees it) must not turn the cache off
+    clock = FakeClock()
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "linked").symlink_to(real)
+    where = tmp_path / "linked" / "einstruct"
+    chooser = PathChooser(cache_dir=str(where), clock=clock)
+    assert chooser.choose("s", _paths(clock, {"a": 0.001}), X).source == "measured"
+    assert (real / "einstruct" / measured.CACHE_FILE).is_file()

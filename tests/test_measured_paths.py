@@ -97,3 +97,11 @@ def test_plan_measure_of_a_routed_layer_says_it_has_one_path(cache_home, tmp_pat
     assert main(["plan", str(spec), "--batch", "16", "--measure", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)["measured"]
     assert data["path"] == "structured" and data["source"] == "only" and data["timings_ms"] == {}
+
+
+def test_plan_measure_with_a_forced_strategy_is_refused(tmp_path, capsys):
+    # it printed "strategy: structured (forced by the user)" and then "takes dense"
+    spec = tmp_path / "k.ein"
+    spec.write_text(SPEC + "\n")
+    assert main(["plan", str(spec), "--batch", "16", "--strategy", "structured", "--measure"]) == 2
+    assert "--measure times both strategies" in capsys.readouterr().err

@@ -139,27 +139,37 @@ def tuple_code(items: Any) -> str:
     return "(" + ", ".join(items) + ("," if len(items) == 1 else "") + ")"
 
 
-def text_width(text: str) -> int:
+def text_width(text: str, low: bool = False) -> int:
     """The columns ``text`` takes as ruff format counts them: an east-Asian wide or
-    full-width character two, a combining mark none.
+    full-width character two, a combining mark none. Where editors disagree (a spacing
+    vowel sign of an Indic script, a Hangul medial or final jamo: ruff counts some of
+    them none) it counts one, or none with ``low``: the two bound ruff's count.
 
-    >>> text_width("ab"), text_width("日本"), text_width("o\u0301")
-    (2, 4, 1)
+    >>> text_width("ab"), text_width("日本"), text_width("o\u0301"), text_width("বা", low=True)
+    (2, 4, 1, 1)
     """
-    return sum(
-        0
-        if unicodedata.category(ch) in ("Mn", "Me")
-        else 2
-        if unicodedata.east_asian_width(ch) in "WF"
-        else 1
-        for ch in text
-    )
+    return sum(0 if low and _unsure_width(ch) else _width(ch) for ch in text)
+
+
+def _width(ch: str) -> int:
+    if unicodedata.category(ch) in ("Mn", "Me"):
+        return 0
+    return 2 if unicodedata.east_asian_width(ch) in "WF" else 1
+
+
+def _unsure_width(ch: str) -> bool:
+    """Whether editors count ``ch`` one column or none (ruff's count follows a newer
+    Unicode than this Python's tables)."""
+    code = ord(ch)
+    return unicodedata.category(ch) in ("Mc", "Cf") or 0x1160 <= code <= 0x11FF or 0xD7B0 <= code <= 0xD7FF
 
 
 def value_code(value: str, indent: int, taken: int, width: int = 88) -> str:
     """An unbreakable right-hand side (a name, a string without spaces) starting
     ``taken`` columns in: as it is where it fits, else in parentheses on a line of its
-    own where it fits there, else as it is (what ruff format does with it).
+    own where it fits there, else as it is (what ruff format does with it). Where the
+    choice hangs on a character whose width editors disagree on, it stays as it is
+    and tells ruff format to leave the line (``# fmt: skip``).
 
     >>> value_code("_F", 4, 10)
     '_F'
@@ -168,7 +178,15 @@ def value_code(value: str, indent: int, taken: int, width: int = 88) -> str:
             _FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF
         )
     """
-    if taken + text_width(value) <= width or indent + 4 + text_width(value) > width:
+    forms = {_value_form(value, indent, taken, width, low) for low in (False, True)}
+    if len(forms) > 1:
+        return f"{value}  # fmt: skip"
+    return forms.pop()
+
+
+def _value_form(value: str, indent: int, taken: int, width: int, low: bool) -> str:
+    size = text_width(value, low)
+    if taken + size <= width or indent + 4 + size > width:
         return value
     return f"(\n{' ' * (indent + 4)}{value}\n{' ' * indent})"
 

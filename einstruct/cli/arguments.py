@@ -9,7 +9,6 @@ concrete sizes, so they offer no ``--symbolic``.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from typing import NoReturn
 
@@ -22,7 +21,7 @@ from ..planner.plan import DEFAULT_BATCH, STRATEGIES
 from .commands import cmd_analyze, cmd_compare, cmd_compile, cmd_plan, cmd_theta
 from .experiment import add_experiment_parser
 from .explore import add_explore_commands
-from .search_options import add_width_options
+from .search_options import add_width_options, plain_int
 
 __all__ = ["ArgumentParser", "build_parser", "positive_int"]
 
@@ -48,10 +47,7 @@ class SettingRefused(Exception):
 def positive_int(text: str) -> int:
     """An argparse type: an integer in plain digits (``_`` between them) from 1 to the
     size limit (``EINSTRUCT_MAX_SIZE``)."""
-    digits = text.strip()
-    if not re.fullmatch(r"[+-]?[0-9]+(_[0-9]+)*", digits):
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer in plain digits")
-    value = int(digits)
+    value = plain_int(text)
     try:
         limit = current().max_size
     except EinstructError as error:

@@ -202,6 +202,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
     """Show how the compiled forward runs, step by step (``--json``: as data)."""
     from ..planner.format import format_plan, plan_to_dict
 
+    if args.measure and args.strategy != "auto":
+        raise ParameterError(
+            f"--measure times both strategies and reports the faster; --strategy {args.strategy} forces one",
+            hint="drop --strategy to see what the measurement picks, or drop --measure",
+        )
     structure = _one(args)
     plan = make_plan(structure, args.batch, args.strategy)
     measured = _measured(structure, args.batch) if args.measure else None

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ParameterError
+from .search_options import plain_int
 
 __all__ = ["add_experiment_parser", "cmd_scaling", "cmd_transfer"]
 
@@ -33,10 +34,7 @@ def _at_least(minimum: int) -> Any:
     """An argparse type: an integer of at least ``minimum``."""
 
     def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+        value = plain_int(text)
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
         return value

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 from fractions import Fraction
@@ -44,9 +45,24 @@ LINES_FROM = 25_000
 LINE_EVERY = 5.0
 
 
+def plain_int(text: str) -> int:
+    """``text`` as an integer in plain ASCII digits (a sign, ``_`` between digits), as every
+    integer option is read: ``int`` would take other scripts' digits (``١٦`` is 16).
+
+    >>> plain_int(" 1_024 "), plain_int("-3")
+    (1024, -3)
+    """
+    digits = text.strip()
+    if not re.fullmatch(r"[+-]?[0-9]+(_[0-9]+)*", digits):
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer in plain digits")
+    return int(digits)
+
+
 def grid_denominator(text: str) -> int:
     """An argparse type: ``1/n`` (or ``n``) -> n."""
     value = text.strip()
+    if not re.fullmatch(r"[0-9/ _+-]+", value):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a grid step in plain digits; write 1/n, e.g. 1/12")
     try:
         step = Fraction(value)
     except (ValueError, ZeroDivisionError):
@@ -60,10 +76,7 @@ def grid_denominator(text: str) -> int:
 
 def positive(text: str) -> int:
     """An argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    value = plain_int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value

@@ -53,6 +53,7 @@ from typing import IO, Any
 
 from ..capacity import MAX_SEED
 from ..errors import OutputError, ParameterError
+from ..private import private_group
 from ..reading import file_kind, shown_path
 
 __all__ = [
@@ -187,7 +188,7 @@ def _check_status(path: Path, info: os.stat_result, writing: bool = False) -> No
             "reported as your measurements",
             hint="copy it to a file of your own if you trust its contents, or give --results another file",
         )
-    if info.st_mode & 0o002 or (info.st_mode & 0o020 and not _private_group(info.st_gid)):
+    if info.st_mode & 0o002 or (info.st_mode & 0o020 and not private_group(info.st_gid)):
         raise OutputError(
             f"--results {shown} can be written by others (mode {stat.filemode(info.st_mode)}): its "
             "rows could be forged",
@@ -206,19 +207,6 @@ def _read_only(path: Path, why: str) -> OutputError:
         hint=f"chmod u+w {shown} to resume the sweep in it, or give --results another file (a results "
         "file that holds every planned run is only read)",
     )
-
-
-def _private_group(gid: int) -> bool:
-    """Whether ``gid`` is this user's own group with no other members (a user private
-    group: umask 002 systems, Ubuntu's default, check files out group-writable in it)."""
-    try:
-        import grp
-        import pwd
-
-        group, user = grp.getgrgid(gid), pwd.getpwuid(os.geteuid())
-    except (ImportError, KeyError, OSError):
-        return False
-    return gid == user.pw_gid and group.gr_name == user.pw_name and not set(group.gr_mem) - {user.pw_name}
 
 
 def _open(path: Path, flags: int, mode: int = 0o644) -> int | None:
@@ -365,6 +353,14 @@ def _warn_old_rows(path: Path, count: int) -> None:
         pass
 
 
+def _warn(message: str) -> None:
+    """One warning line on standard error (none if no one reads it any more)."""
+    try:
+        sys.stderr.write(f"warning: {message}\n")
+    except BrokenPipeError:
+        pass
+
+
 def _lock(descriptor: int, path: Path) -> None:
     """Hold an exclusive advisory lock on the open results file until ``descriptor`` is closed;
     refuse at once if another process holds it. Nothing where there is no ``fcntl`` (Windows) or
@@ -375,16 +371,21 @@ def _lock(descriptor: int, path: Path) -> None:
         return
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        shown = shown_path(path)
+    except OSError as exc:
+        if not isinstance(exc, BlockingIOError) and exc.errno != errno.EACCES:
+            # a file system without flock (ENOLCK, EOPNOTSUPP): unlocked, as without fcntl
+            _warn(
+                f"--results {shown_path(path)}: cannot be locked ({exc.strerror or exc}); do not "
+                "run two sweeps on it at once"
+            )
+            return
+        shown = shown_path(path)  # EACCES: how some file systems say another process holds it
         raise OutputError(
             f"--results {shown} is locked: another run is writing it (two sweeps appending to one "
             "results file could cut each other's rows); nothing was trained",
             hint="wait for that run to finish and rerun this command (it resumes from the file), or "
             "give --results another file",
         ) from None
-    except OSError:  # a file system without flock (ENOLCK, EOPNOTSUPP): unlocked, as without fcntl
-        return
 
 
 def _repair(descriptor: int, path: Path) -> list[dict[str, Any]]:

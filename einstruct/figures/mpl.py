@@ -9,6 +9,7 @@ Output is reproducible: no dates in the metadata, fixed SVG ids.
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 from typing import Any
@@ -133,52 +134,62 @@ def plain_math(label: str) -> str:
 
     >>> plain_math(r"$\\mathdefault{6\\times10^{-1}}$"), plain_math(r"$\\mathdefault{10^{8}}$")
     ('6×10⁻¹', '10⁸')
-    >>> plain_math("0.5")
-    '0.5'
+    >>> plain_math(r"$\\times\\mathdefault{10^{-7}}\\mathdefault{}$"), plain_math("0.5")
+    ('×10⁻⁷', '0.5')
     """
     import re
 
-    if not (label.startswith("$") and label.endswith("$")):
+    if not (len(label) >= 2 and label.startswith("$") and label.endswith("$")):
         return label
-    body = label[1:-1]
-    match = re.fullmatch(r"\\mathdefault\{(.*)\}", body)
-    body = match.group(1) if match else body
-    body = body.replace("\\times", "×").replace("\\cdot", "·").strip()
+    body = _unwrapped(label[1:-1], "\\mathdefault{")
+    body = body.replace("\\times", "×").replace("\\cdot", "·").replace("\\,", " ").strip()
     body = re.sub(r"\^\{([^{}]*)\}", lambda m: m.group(1).translate(_SUPERSCRIPT), body)
     body = re.sub(r"\^(.)", lambda m: m.group(1).translate(_SUPERSCRIPT), body)
-    return body.replace("\\,", " ").replace("{", "").replace("}", "")
+    return body.replace("{", "").replace("}", "")
+
+
+def _unwrapped(text: str, command: str) -> str:
+    """``text`` with every ``command{...}`` replaced by what its braces hold (nested braces kept)."""
+    out, at = [], 0
+    while (start := text.find(command, at)) >= 0:
+        out.append(text[at:start])
+        depth, k = 1, start + len(command)
+        while k < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[k], 0)
+            k += 1
+        out.append(text[start + len(command) : k - 1 if depth == 0 else k])
+        at = k
+    return "".join(out) + text[at:]
 
 
 def _plain_tick_labels(axis: Any) -> None:
-    """Give ``axis`` formatters that write plain text where matplotlib's write mathtext."""
+    """Make ``axis``'s formatters write plain text where matplotlib's write mathtext (the
+    formatter keeps its class's behaviour: ``ax.ticklabel_format`` still works)."""
     from matplotlib import ticker
 
-    class PlainText(ticker.Formatter):
-        """``inner``'s labels (which ticks get one, and their values) as plain text."""
-
-        def __init__(self, inner: Any) -> None:
-            self.inner = inner
-
-        def set_axis(self, axis: Any) -> None:
-            super().set_axis(axis)
-            self.inner.set_axis(axis)
-
-        def set_locs(self, locs: Any) -> None:
-            self.inner.set_locs(locs)
-
-        def __call__(self, x: float, pos: int | None = None) -> str:
-            return plain_math(self.inner(x, pos))
-
-        def get_offset(self) -> str:
-            return plain_math(self.inner.get_offset())
-
-    for get, set_ in (
-        (axis.get_major_formatter, axis.set_major_formatter),
-        (axis.get_minor_formatter, axis.set_minor_formatter),
-    ):
-        formatter = get()
+    for formatter in (axis.get_major_formatter(), axis.get_minor_formatter()):
+        kind: Any = type(formatter)
         if isinstance(formatter, (ticker.LogFormatterMathtext, ticker.ScalarFormatter)):
-            set_(PlainText(formatter))
+            if not getattr(kind, "plain_text", False):
+                formatter.__class__ = _plain_kind(kind)
+
+
+@functools.cache
+def _plain_kind(kind: Any) -> Any:
+    """``kind`` (a matplotlib formatter class) whose labels and offset are plain text."""
+
+    def __call__(self: Any, x: float, pos: int | None = None) -> str:
+        return plain_math(kind.__call__(self, x, pos))
+
+    def get_offset(self: Any) -> str:
+        return plain_math(kind.get_offset(self))
+
+    doc = f"{kind.__name__} writing plain text (einstruct's figures draw no mathtext)."
+    return type(
+        f"Plain{kind.__name__}",
+        (kind,),
+        {"__call__": __call__, "get_offset": get_offset, "plain_text": True, "__doc__": doc},
+    )
 
 
 def save_figure(figure: Any, output: str | Path, force: bool = False) -> Path:

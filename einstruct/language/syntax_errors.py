@@ -96,7 +96,8 @@ def _missing_body(exc: UnexpectedToken, source: str) -> tuple[Token, str, str] |
     name, rest = stack[starts[-1] + 1], stack[starts[-1] + 2 :]
     types = [getattr(v, "type", "parameters") for v in rest]
     under = "write its body under the header, indented: " + _BODY
-    if types and types[-1] == "NAME" and str(rest[-1]) == "structure":  # the next declaration
+    # the next declaration: `structure` at the start of a line (a body line is indented)
+    if types and types[-1] == "NAME" and str(rest[-1]) == "structure" and getattr(rest[-1], "column", 0) == 1:
         types, why = types[:-1], "the next line starts another structure"
     elif exc.token.type == "$END":
         why = "the file ends after its header"

@@ -271,13 +271,14 @@ class FusedStructuredLinear(StructuredLinear):
         self.kernels = chosen
 
     def _path_backend(self, x: torch.Tensor) -> str:
-        """``fused`` where this call runs the kernels (``fused-interpreted`` on the CPU:
-        Triton's interpreter, whose timings hold for no real run), else ``torch``."""
+        """``fused`` where this call runs the kernels (``fused-interpreted`` under
+        TRITON_INTERPRET=1, CPU or CUDA tensors: Triton's interpreter, whose timings hold
+        for no real run), else ``torch``."""
         if self.fused_forward is None or not _use_kernels(
             self.kernels, x, self.gpu_dtypes
         ):
             return "torch"
-        return "fused" if x.is_cuda else "fused-interpreted"
+        return "fused" if x.is_cuda and not _INTERPRET else "fused-interpreted"
 
     def _run(self, x: torch.Tensor, factors: tuple) -> torch.Tensor:
         fused = self.fused_forward is not None

@@ -16,7 +16,7 @@ impossible (tracing, compiling, meta tensors).
     >>> pick.winner in ("steps", "dense"), pick.source
     (True, 'measured')
 
-Imports only torch and the standard library. A standalone generated file does not carry
+Imports torch, the standard library and :mod:`einstruct.private`. A standalone generated file does not carry
 it: there ``strategy="measured"`` needs einstruct installed (the layer says so).
 """
 
@@ -209,21 +209,19 @@ def can_measure(tensors: Sequence[torch.Tensor]) -> bool:
 
 def _private_dir(path: str, create: bool) -> bool:
     """Whether ``path`` is a directory (not a link) only its owner (us) can write, in a
-    parent no other user can rename it out of (ours or root's, not writable by others
-    unless sticky); made 0700 when ``create``."""
+    parent no other user can rename it out of (:func:`einstruct.private.safe_parent`);
+    made 0700 when ``create``."""
+    from ..private import safe_parent
+
     try:
         if create:
             os.makedirs(path, mode=0o700, exist_ok=True)
         st = os.lstat(path)
-        parent = os.lstat(os.path.dirname(os.path.abspath(path)) or os.sep)
+        if not stat.S_ISDIR(st.st_mode) or not _owned(st):
+            return False
+        return not hasattr(os, "getuid") or safe_parent(path, os.getuid())
     except OSError:
         return False
-    if not stat.S_ISDIR(st.st_mode) or not _owned(st):
-        return False
-    if not hasattr(os, "getuid"):
-        return True
-    others_write = parent.st_mode & 0o022 and not parent.st_mode & stat.S_ISVTX
-    return parent.st_uid in (os.getuid(), 0) and not others_write
 
 
 def _owned(st: os.stat_result) -> bool:
