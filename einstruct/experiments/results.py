@@ -344,17 +344,14 @@ def _warn_old_rows(path: Path, count: int) -> None:
     """One line on standard error: ``count`` rows of an older einstruct were skipped."""
     fields = ", ".join(repr(name) for name in LATER_FIELDS)
     rows = f"{count} row{'s' if count > 1 else ''}"
-    try:
-        sys.stderr.write(
-            f"warning: --results {shown_path(path)}: skipped {rows} of an older einstruct (without "
-            f"some of {fields}): they match no run of this version and are left in the file\n"
-        )
-    except BrokenPipeError:  # no one reads standard error any more: the sweep goes on
-        pass
+    _warn(
+        f"--results {shown_path(path)}: skipped {rows} of an older einstruct (without some of "
+        f"{fields}): they match no run of this version and are left in the file"
+    )
 
 
 def _warn(message: str) -> None:
-    """One warning line on standard error (none if no one reads it any more)."""
+    """One warning line on standard error (none if no one reads it any more: the sweep goes on)."""
     try:
         sys.stderr.write(f"warning: {message}\n")
     except BrokenPipeError:

@@ -79,6 +79,12 @@ _BODY = (
 )
 
 
+def _parser_stack(exc: UnexpectedToken) -> list:
+    """What the parser had read when it stopped (its value stack: tokens and subtrees)."""
+    state = getattr(getattr(exc, "interactive_parser", None), "parser_state", None)
+    return list(getattr(state, "value_stack", None) or ())
+
+
 def _missing_body(exc: UnexpectedToken, source: str) -> tuple[Token, str, str] | None:
     """The name of the structure the parser stopped in because it has no body, why, and
     what to write; ``None`` for any other mistake.
@@ -88,8 +94,7 @@ def _missing_body(exc: UnexpectedToken, source: str) -> tuple[Token, str, str] |
     next declaration) or the file ended; or it ends in ``structure NAME``, alone on its
     line, with another declaration or the end of the file after it.
     """
-    state = getattr(getattr(exc, "interactive_parser", None), "parser_state", None)
-    stack = list(getattr(state, "value_stack", None) or ())
+    stack = _parser_stack(exc)
     starts = [k for k, v in enumerate(stack) if isinstance(v, Token) and v.type == "STRUCTURE"]
     if not starts or starts[-1] + 1 >= len(stack) or getattr(stack[starts[-1] + 1], "type", "") != "NAME":
         return None
@@ -119,8 +124,7 @@ def _missing_body(exc: UnexpectedToken, source: str) -> tuple[Token, str, str] |
 
 def _header_colon(exc: UnexpectedToken) -> Token | None:
     """The colon that ends the last structure header on the parser's stack, if any."""
-    state = getattr(getattr(exc, "interactive_parser", None), "parser_state", None)
-    stack = list(getattr(state, "value_stack", None) or ())
+    stack = _parser_stack(exc)
     colons = [v for v in stack if isinstance(v, Token) and v.type == "COLON" and v.line is not None]
     return colons[-1] if colons else None
 
