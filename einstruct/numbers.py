@@ -105,13 +105,39 @@ def exponent_text(value: Any) -> str:
 #: sympy operations past which ``simplified`` takes the cheap normal form
 SIMPLIFY_OPS = 80
 
+#: roundings nested deeper than this send ``simplified`` to the cheap normal form
+SIMPLIFY_ROUNDING_DEPTH = 2
+
+#: the rounding functions a size can hold (sympy's, and the language's own)
+_ROUNDINGS = frozenset({"floor", "ceiling", "Round", "sqrt_lo", "sqrt_hi"})
+
+
+def _rounding_depth(expr: Any, memo: dict[Any, int] | None = None) -> int:
+    """How deeply roundings nest in ``expr``: ``floor(1 + floor(d/2)/2)`` is 2.
+
+    >>> import sympy; d = sympy.Symbol("d", positive=True)
+    >>> _rounding_depth(sympy.floor(1 + sympy.floor(d / 2) / 2))
+    2
+    """
+    memo = {} if memo is None else memo
+    if expr in memo:
+        return memo[expr]
+    inner = max((_rounding_depth(a, memo) for a in expr.args), default=0)
+    depth = inner + (type(expr).__name__ in _ROUNDINGS)
+    memo[expr] = depth
+    return depth
+
 
 def _heavy(expr: Any) -> bool:
     """Whether sympy's simplify may take minutes on ``expr``: it expands powers of sums
-    (``(m + n + k + 1)^8`` times another took minutes and gigabytes)."""
+    (``(m + n + k + 1)^8`` times another took minutes and gigabytes), and its time
+    grows exponentially with nested roundings (``floor(1 + floor(1 + ...)/2)`` eight
+    deep took 42 s, ten deep never finished)."""
     import sympy
 
     if sympy.count_ops(expr) > SIMPLIFY_OPS:
+        return True
+    if _rounding_depth(expr) > SIMPLIFY_ROUNDING_DEPTH:
         return True
     return any(
         isinstance(p.base, sympy.Add) and p.exp.is_Number and abs(p.exp) > 2 for p in expr.atoms(sympy.Pow)

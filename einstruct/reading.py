@@ -69,6 +69,10 @@ def read_bounded(
         descriptor = os.open(path, flags)
     except OSError as exc:
         raise EinstructError(f"cannot read '{shown}': {exc.strerror or exc}", hint=hint) from None
+    except ValueError:  # a NUL byte in the path: no file can have that name
+        raise EinstructError(
+            f"cannot read '{shown}': a path cannot hold a NUL character", hint=hint
+        ) from None
     with os.fdopen(descriptor, "rb") as handle:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # swapped between stat and open
             raise EinstructError(f"cannot read '{shown}': not a regular {what}", hint=hint)

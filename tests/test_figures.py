@@ -198,10 +198,20 @@ def test_without_matplotlib_the_error_names_the_extra(args, tmp_path):
     assert not (ROOT / "x.png").exists()
 
 
-@pytest.mark.parametrize("args", [["draw", "nope"], ["plot", "taxonomy", "examples"]], ids=["draw", "plot"])
+@pytest.mark.parametrize("args", [["draw", "nope"], ["plot", "taxonomy", "nope"]], ids=["draw", "plot"])
 def test_a_missing_spec_file_is_named(args, tmp_path, capsys):
     assert main([*args, "-o", str(tmp_path / "x.png")]) == 2
     assert "no such spec file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["draw"], ["plot", "taxonomy"]], ids=["draw", "plot"])
+def test_a_directory_or_too_long_a_name_is_named_as_such(command, tmp_path, capsys):
+    # a directory was "no such spec file"; a name too long for the system an OSError
+    assert main([*command, str(ROOT / "examples"), "-o", str(tmp_path / "x.png")]) == 2
+    assert "it is a directory" in capsys.readouterr().err
+    assert main([*command, "x" * 300 + ".ein", "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert "no such spec file" in err and "internal error" not in err
 
 
 def _run(*args: str, stdin: str) -> subprocess.CompletedProcess:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,20 +39,41 @@ from ..planner.plan import make_plan
 from ..reading import read_stream
 from .search_options import console, widths
 
-__all__ = ["cmd_analyze", "cmd_compare", "cmd_theta", "cmd_plan", "cmd_compile"]
+__all__ = ["cmd_analyze", "cmd_compare", "cmd_theta", "cmd_plan", "cmd_compile", "check_overrides_used"]
 
 
 def _parse_sets(pairs: Sequence[str] | None) -> dict[str, str]:
     """``--set NAME=VALUE`` pairs as overrides (values are parsed when resolving)."""
     overrides: dict[str, str] = {}
+    given: dict[str, str] = {}  # a name as Python reads it -> the pair that set it
     for pair in pairs or []:
         name, sep, value = pair.partition("=")
         if not sep or not name.strip() or not value.strip():
             raise ParameterError(
                 f"--set expects NAME=VALUE, got '{pair}'", hint="e.g. --set d=4096 or --set rank=2"
             )
+        key = normalize_name(name.strip())
+        if key in given:  # the last one silently won: a typo'd rerun kept the old value
+            raise ParameterError(
+                f"--set gives parameter '{key}' twice ('{given[key]}' and '{pair}')",
+                hint=f"give each parameter once, e.g. --set {key}={value.strip()}",
+            )
+        given[key] = pair
         overrides[name.strip()] = value.strip()
     return overrides
+
+
+def check_overrides_used(overrides: dict[str, str], specs: Sequence[SpecFile], files: Sequence[str]) -> None:
+    """Every ``--set`` parameter is declared by some structure of ``specs`` (read from
+    ``files``): each file may lack one, all of them together may not (a typo such as
+    ``--set rnak=2`` would otherwise change nothing, silently)."""
+    known = {p for spec in specs for decl in spec.declarations for p in declared_parameters(decl)}
+    unused = sorted(k for k in map(normalize_name, overrides) if k not in known)
+    if unused:
+        raise ParameterError(
+            f"no structure of {', '.join(files) or 'the files (none is given)'} has parameter '{unused[0]}'",
+            hint=f"the parameters are {', '.join(sorted(known)) or 'none'}",
+        )
 
 
 def _read_spec(path: str) -> SpecFile:
@@ -140,17 +162,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     overrides = _parse_sets(args.set)
     check_stdin_once(args.files)
     structures: list[Structure] = []
-    known: set[str] = set()
-    for path in args.files:
-        spec = _read_spec(path)
-        known.update(p for decl in spec.declarations for p in declared_parameters(decl))
+    specs = [_read_spec(path) for path in args.files]
+    check_overrides_used(overrides, specs, args.files)
+    for spec in specs:
         structures += load_all(spec, overrides, symbolic=args.symbolic, strict=False)
-    unused = sorted(k for k in map(normalize_name, overrides) if k not in known)
-    if unused:  # each file may lack a --set parameter; all of them together may not
-        raise ParameterError(
-            f"no structure of {', '.join(args.files)} has parameter '{unused[0]}'",
-            hint=f"the parameters are {', '.join(sorted(known)) or 'none'}",
-        )
     analyses = _analyses(args, structures)
     fmt = "json" if args.json else args.format
     if fmt == "json":
@@ -263,7 +278,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
         return 0
     inputs = [] if args.file == "-" else [args.file]
-    folder = Path(args.output) if Path(args.output).is_dir() else None
+    folder = Path(args.output) if os.path.isdir(args.output) else None
     out = write_output(
         args.output,
         text,

@@ -8,14 +8,15 @@ write an image (``-o NAME.png``, ``.svg`` or ``.pdf``) and need matplotlib
 from __future__ import annotations
 
 import argparse
+import os
 import sys
-from pathlib import Path
 from typing import Any
 
 from ..errors import ParameterError
 from ..language.spec import SpecFile
 from ..planner.plan import DEFAULT_BATCH
-from .commands import _one, _read_spec, check_stdin_once
+from ..reading import shown_path
+from .commands import _one, _parse_sets, _read_spec, check_overrides_used, check_stdin_once
 from .search_options import add_search_options, positive, query_from, run_query, widths
 
 __all__ = ["add_figure_commands", "cmd_plot_taxonomy", "cmd_draw"]
@@ -65,8 +66,10 @@ def add_figure_commands(sub: Any) -> None:
 
 def _check_file(text: str) -> None:
     """A spec file named on the command line exists (``-`` is standard input)."""
-    if text.strip() and text != "-" and not Path(text).is_file():
-        raise ParameterError(f"no such spec file: '{text}'", hint="check the path")
+    # os.path.exists never raises (Path.is_file did for too long a name); a directory
+    # or a FIFO is named as one by the reader
+    if text.strip() and text != "-" and not os.path.exists(text):
+        raise ParameterError(f"no such spec file: '{shown_path(text)[:200]}'", hint="check the path")
 
 
 def _spec(text: str) -> SpecFile:
@@ -74,16 +77,6 @@ def _spec(text: str) -> SpecFile:
     standard input for ``-``, read as ``analyze`` and the other commands read it."""
     _check_file(text)
     return _read_spec(text)
-
-
-def _overrides(pairs: list[str] | None) -> dict[str, str]:
-    out = {}
-    for pair in pairs or []:
-        name, sep, value = pair.partition("=")
-        if not sep or not name.strip() or not value.strip():
-            raise ParameterError(f"--set expects NAME=VALUE, got '{pair}'", hint="e.g. --set d=4096")
-        out[name.strip()] = value.strip()
-    return out
 
 
 def cmd_plot_taxonomy(args: argparse.Namespace) -> int:
@@ -100,8 +93,10 @@ def cmd_plot_taxonomy(args: argparse.Namespace) -> int:
     if not args.search and not args.files:
         raise ParameterError("nothing to plot", hint="give .ein files, or --search with --d-in and --d-out")
     check_stdin_once(args.files)
-    overrides = _overrides(args.set)
-    structures = [s for path in args.files for s in load_all(_spec(path), overrides, strict=False)]
+    overrides = _parse_sets(args.set)
+    specs = [_spec(path) for path in args.files]
+    check_overrides_used(overrides, specs, args.files)  # a --set no structure has changed nothing
+    structures = [s for spec in specs for s in load_all(spec, overrides, strict=False)]
     report = run_query(args, query_from(args, None, "guidance", True)) if args.search else None
     result = plot_taxonomy(structures, search=report, output=args.output, force=args.force, title=args.title)
     shown = len(result.points)

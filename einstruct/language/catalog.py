@@ -374,6 +374,14 @@ def _theta_text(
         if w is not None and is_exact(w) and _rounded_power(w, theta[c]) == 1:
             continue  # a class of size 1 vanishes
         kept.append(c)
+    for layout in (_THETA_TENSORS[0][1], _THETA_OUTPUT):
+        # every class of a side rounds to 1 (theta 1/2 at d = 2): the innermost one
+        # still takes the rest of the width, which is then the whole width, unless
+        # that is 1 too; dropping them all left a side with no axis (an error)
+        written = [c for c in layout if theta[c] != 0]
+        if written and not any(c in kept for c in written) and width_value[written[-1]] != 1:
+            kept.append(written[-1])
+    kept = [c for c in CLASS_NAMES if c in kept]
     tensors = [(n, [c for c in cls if c in kept]) for n, cls in _THETA_TENSORS]
     x = tensors[0]
     factors = [t for t in tensors[1:] if t[1]]

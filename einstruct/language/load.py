@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..errors import EinstructError, ParameterError, Span, StructureNotFoundError
 from ..ir import Structure
+from ..reading import shown_path
 from .catalog import form_parameters
 from .names import normalize_name
 from .parser import parse_file, parse_text, source_lines
@@ -26,7 +27,7 @@ def read_spec(spec: str | Path | SpecFile) -> SpecFile:
     """Parse ``spec``: a :class:`SpecFile`, a path, or structure-language text.
 
     A string is taken as a path when it has no line break and names an existing
-    file or ends in ``.ein``; otherwise it is source text.
+    file or directory (refused as one) or ends in ``.ein``; otherwise it is source text.
     """
     if isinstance(spec, SpecFile):
         return spec
@@ -37,9 +38,11 @@ def read_spec(spec: str | Path | SpecFile) -> SpecFile:
             f"a spec is structure-language text or a path, got {type(spec).__name__}",
             hint="pass a .ein path or text such as 'structure m = monarch(d = 1024)'",
         )
-    if "\n" not in spec and (spec.endswith(".ein") or Path(spec).is_file()):
-        if not Path(spec).is_file():
-            raise EinstructError(f"no such spec file: '{spec}'", hint="check the path")
+    # os.path.exists, not Path.is_file: that raises for a name too long for the system
+    # (ENAMETOOLONG) and a NUL; a directory is a path too, which parse_file refuses as one
+    if "\n" not in spec and (spec.endswith(".ein") or os.path.exists(spec)):
+        if not os.path.exists(spec):
+            raise EinstructError(f"no such spec file: '{shown_path(spec)[:200]}'", hint="check the path")
         return parse_file(spec)
     return parse_text(spec, "<string>")
 
@@ -118,18 +121,21 @@ def load_all(
     sources = declaration_sources(parsed)
     chosen = [d for d in parsed.declarations if names is None or d.name.name in names]
     used: set[str] = set()
+    declared: set[str] = set()
     structures = []
     for decl in chosen:
         params = declared_parameters(decl)
+        declared.update(params)
         mine = {k: v for k, v in overrides.items() if k in params}
         used.update(mine)
         structures.append(resolve(decl, mine, symbolic=symbolic, source=sources[decl.name.name]))
     unused = sorted(set(overrides) - used)
     if unused and strict:
-        parameters = sorted({p.name for s in structures for p in s.parameters})
+        # what an override may set (a shorthand's arguments: theta's classes too), not
+        # the parameters of the expanded structures, which lack those
         raise ParameterError(
-            f"no structure has parameter '{unused[0]}'",
-            hint=f"the parameters are {', '.join(parameters) or 'none'}",
+            f"no structure has parameter '{unused[0][:80]}'",
+            hint=f"the parameters are {listed(sorted(declared)) or 'none'}",
         )
     return structures
 

@@ -10,6 +10,7 @@ the line, a caret and what was expected there.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from fractions import Fraction
 from functools import cache
@@ -22,7 +23,7 @@ from lark.exceptions import UnexpectedInput
 from ..errors import EinstructError, ParameterError, Span, SpecSyntaxError
 from ..expressions import FUNCTIONS, BinOp, Call, Expr, Name, Neg, Num, span_of
 from ..limits import ENVIRONMENT, current
-from ..reading import read_bounded
+from ..reading import read_bounded, shown_path
 from ..resources import grammar_file
 from .guards import check_nesting, check_tokens, check_tree
 from .names import normalize_name
@@ -68,7 +69,7 @@ def parse_file(path: str | Path) -> SpecFile:
         ENVIRONMENT["max_input_bytes"],
         hint="check the file name (the command's input is a .ein file, or - for standard input)",
     )
-    return parse_bytes(data, str(path))
+    return parse_bytes(data, shown_path(path))  # a line break in the name cannot split a message
 
 
 def parse_bytes(data: bytes, file: str) -> SpecFile:
@@ -100,6 +101,7 @@ def parse_text(text: str, file: str = "<string>") -> SpecFile:
     text = text.removeprefix("\ufeff")
     lines = source_lines(text)
     source = text if text.endswith("\n") else text + "\n"
+    _check_line_endings(text, file, lines)
     check_nesting(text, file, lines)
     check_tokens(text, file, lines)
     try:
@@ -110,6 +112,28 @@ def parse_text(text: str, file: str = "<string>") -> SpecFile:
     declarations = _transformed(tree, file, lines)
     _check_unique_names(declarations)
     return SpecFile(file=file, text=text, declarations=tuple(declarations))
+
+
+_LONE_CR = re.compile(r"\r(?!\n)")
+
+
+def _check_line_endings(text: str, file: str, lines: list[str]) -> None:
+    """Refuse a carriage return that no line feed follows (old Mac OS line endings, or a
+    stray one): the grammar breaks lines at ``\\n`` only, so a comment ran on past it and
+    swallowed the rest of the file ("declares no structure"), and elsewhere it was an
+    "unexpected character" where the user sees a line break."""
+    lone = _LONE_CR.search(text)
+    if lone is None:
+        return
+    start = lone.start()
+    line = text.count("\n", 0, start) + 1
+    column = start - (text.rfind("\n", 0, start) + 1) + 1
+    raise SpecSyntaxError(
+        "unexpected character '\\r': a carriage return with no line feed after it is not a "
+        "line break here (lines end in \\n or \\r\\n)",
+        Span.at(file, lines, line, column),
+        "save the file with Unix (\\n) or Windows (\\r\\n) line endings, or remove the stray \\r",
+    )
 
 
 def source_lines(text: str) -> list[str]:
