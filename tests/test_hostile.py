@@ -261,3 +261,16 @@ def test_nothing_from_argv_runs_when_the_module_is_imported(payload, tmp_path, m
     env = {k: v for k, v in os.environ.items() if k != SENTINEL}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+def test_a_factor_named_as_transformers_patches_nn_module_is_refused():
+    """transformers sets ``smart_apply`` on ``torch.nn.Module`` itself when it builds a model;
+    a factor of that name would be an attribute that already exists in such a process."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.GPT2Config(n_layer=1, n_embd=8, n_head=2, vocab_size=16, n_positions=8)
+    transformers.GPT2Model(config)
+    reserved = {n for n in dir(torch.nn.Module()) if not n.startswith("_")}
+    assert reserved <= NN_MODULE_ATTRIBUTES
+    source = "structure s:\n    y[o] = x[i] * smart_apply[i, o]\n    where i = o = 4\n"
+    with pytest.raises(einstruct.EinstructError, match="smart_apply"):
+        compile_structure(einstruct.load(source))

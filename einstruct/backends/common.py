@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import sys
 import unicodedata
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ __all__ = [
     "string_code",
     "dict_code",
     "comment_text",
+    "no_coding_cookie",
     "environment",
 ]
 
@@ -302,19 +304,40 @@ def comment_text(text: str) -> str:
     return "".join("\\\\" if ch == "\\" else ch if ch.isprintable() else ascii(ch)[1:-1] for ch in text)
 
 
+#: What Python reads as a source encoding declaration in a comment on a file's first or
+#: second line (PEP 263): the header's command line must never hold one.
+_CODING_COOKIE = re.compile(r"coding[:=]")
+
+
+def no_coding_cookie(text: str) -> str:
+    """``text`` for a comment on a generated file's first two lines, with every
+    ``coding:`` or ``coding=`` written ``coding\\x3a`` / ``coding\\x3d``: Python takes
+    such a comment there for the file's encoding (PEP 263), and a spec file named
+    ``coding:ascii`` would make the file unreadable (or read as another encoding).
+
+    >>> print(no_coding_cookie("einstruct compile coding:latin-1"))
+    einstruct compile coding\\x3alatin-1
+    """
+    return _CODING_COOKIE.sub(lambda m: f"coding\\x{ord(m.group()[-1]):02x}", text)
+
+
 def _shell_word(word: str) -> str:
     """``word`` quoted for bash, in printable ASCII where it must be escaped:
     ``shlex.quote`` where it is printable, else ANSI-C quoting (``$'...'``) with each
     unprintable character as the bytes it stands for (``\\xHH``: a file name's raw
-    byte, or a character's UTF-8), which bash reads back whatever its locale."""
+    byte, or a character's UTF-8), which bash reads back whatever its locale. A word
+    holding ``coding:`` or ``coding=`` is ANSI-C quoted with that ``:`` or ``=``
+    escaped (:func:`no_coding_cookie`): the command is the file's second line."""
     import shlex
 
-    if word.isprintable():
+    if word.isprintable() and not _CODING_COOKIE.search(word):
         return shlex.quote(word)
-    out = []
+    out: list[str] = []
     for ch in word:
         if ch in "\\'":
             out.append("\\" + ch)
+        elif ch in ":=" and "".join(out[-6:]).endswith("coding"):  # as written: \x0coding too
+            out.append(f"\\x{ord(ch):02x}")
         elif ch.isprintable():
             out.append(ch)
         else:

@@ -331,19 +331,23 @@ def _relative_error(weight: torch.Tensor, approx: torch.Tensor) -> float:
 
 def _assign(layer: "StructuredLinear", factors: Any, bias: Any) -> None:
     """Store projected factors (None: the current ones), W unchanged, each at
-    rms = init_std * t.
+    rms = init_std * t, with :func:`_revive`'s noise where they are dead.
 
     One common t (the geometric mean of rms / init_std) keeps the product, so the
     factors look like a rescaled init (what the learning rates assume) and, when
     t <= 1, a normalized layer computes them as they are; when t > 1 the gains
     (if any) absorb the normalization's division, else the factors are stored at
-    t = 1, the most the normalization lets through (W scaled down).
+    t = 1, the most the normalization lets through (W scaled down). The gains are
+    taken from the factors as stored, noise included, and without gains the noise
+    takes only the room the normalization leaves (:func:`_within_reach`), so a
+    normalized layer computes the same W as an unnormalized one.
     """
     names = tuple(layer.factor_axes)
     params = [getattr(layer, name) for name in names]
     with torch.no_grad():
         if factors is None:
             factors = [p.detach().to(_wide(p)) for p in params]
+        factors = [f.reshape(p.shape) for f, p in zip(factors, params)]
         rms = [float(f.to(_exact(f)).pow(2).mean().sqrt()) for f in factors]
         sigma = [float(layer.init_std[name]) for name in names]
         if min(rms) > 0:
@@ -354,8 +358,13 @@ def _assign(layer: "StructuredLinear", factors: Any, bias: Any) -> None:
             if layer.normalize and layer.gain is None:
                 t = min(t, 1.0)  # beyond the normalization's reach: store at its cap
             factors = [f * (s * t / r) for f, r, s in zip(factors, rms, sigma)]
-        for p, f in zip(params, factors):
-            p.copy_(f.reshape(p.shape))
+        revived = _revive(layer, factors)
+        if layer.normalize and layer.gain is None:
+            revived = [
+                _within_reach(f, g, s) for f, g, s in zip(factors, revived, sigma)
+            ]
+        for p, f in zip(params, revived):
+            p.copy_(f)
         if layer.gain is not None:
             for k, (p, s) in enumerate(zip(params, sigma)):
                 rms_eps = (p.to(_wide(p)).pow(2).mean() + 1e-8).sqrt()  # as normalized
@@ -364,14 +373,36 @@ def _assign(layer: "StructuredLinear", factors: Any, bias: Any) -> None:
             layer.bias.copy_(bias.detach().reshape(layer.bias.shape))
 
 
-def _revive(layer: "StructuredLinear") -> None:
-    """Give training a way into parts of the factors a projection left at zero, W
-    unchanged: where every factor holding an index the input and output do not hold
-    is zero at one of its values (a rank component of a rank-deficient W), and where
-    several factors are zero whole (W = 0), all but one of them (the last applied if
-    it is one) get their init's noise there. With every holder zero, no gradient
-    could ever reach them; with one left zero, each term of W through them stays 0."""
+def _within_reach(
+    factor: torch.Tensor, revived: torch.Tensor, sigma: float
+) -> torch.Tensor:
+    """``revived`` (``factor`` with noise where it is zero) with the noise scaled down,
+    where needed, so that the factor's rms stays at most ``sigma``: what a normalized
+    layer without gains computes as it is (at least 1e-3 sigma of noise is kept, a
+    relative change of W below 1e-6, so training still has its way in)."""
+    noise = revived - factor
+    wide = _exact(factor)
+    noise_ms = float(noise.to(wide).pow(2).mean())
+    if noise_ms == 0.0:
+        return revived
+    # the normalization's rms carries an epsilon of 1e-8 (see normalized)
+    mean_square = float(factor.to(wide).pow(2).mean()) + 1e-8
+    room = max(sigma**2 - mean_square, (1e-3 * sigma) ** 2)
+    if noise_ms <= room:
+        return revived
+    return factor + noise * (room / noise_ms) ** 0.5
+
+
+def _revive(layer: "StructuredLinear", factors: list) -> list:
+    """``factors`` (the layer's, in its stored shapes) with a way in for training where
+    a projection left parts of them at zero, W unchanged: where every factor holding an
+    index the input and output do not hold is zero at one of its values (a rank
+    component of a rank-deficient W), and where several factors are zero whole (W = 0),
+    all but one of them (the last applied if it is one) get their init's noise there.
+    With every holder zero, no gradient could ever reach them; with one left zero, each
+    term of W through them stays 0."""
     axes, sizes = layer.factor_axes, layer.index_sizes
+    by_name = dict(zip(axes, factors))
     outer = set(layer.input_axes) | set(layer.output_axes)
     for index in sizes:
         holders = [f for f in axes if index in axes[f]]
@@ -379,7 +410,7 @@ def _revive(layer: "StructuredLinear") -> None:
             continue
         dead = None
         for f in holders:
-            p = getattr(layer, f)
+            p = by_name[f]
             dim = axes[f].index(index)
             others = [d for d in range(p.dim()) if d != dim]
             zero = p.abs().amax(dim=others) == 0 if others else p == 0
@@ -389,17 +420,18 @@ def _revive(layer: "StructuredLinear") -> None:
         kept = layer.last_factor if layer.last_factor in holders else holders[-1]
         for f in holders:
             if f != kept:
-                p = getattr(layer, f)
+                p = by_name[f]
                 shape = [1] * p.dim()
                 shape[axes[f].index(index)] = -1
                 noise = torch.randn_like(p) * layer.init_std[f]
-                p.copy_(torch.where(dead.reshape(shape), noise, p))
-    zero = [f for f in axes if not bool(getattr(layer, f).any())]
+                by_name[f] = torch.where(dead.reshape(shape), noise, p)
+    zero = [f for f in axes if not bool(by_name[f].any())]
     if len(zero) > 1:
         kept = layer.last_factor if layer.last_factor in zero else zero[-1]
         for f in zero:
             if f != kept:
-                nn.init.normal_(getattr(layer, f), 0.0, layer.init_std[f])
+                by_name[f] = torch.randn_like(by_name[f]) * layer.init_std[f]
+    return list(by_name.values())
 
 
 def _fitted(layer: "StructuredLinear", mask: Any) -> torch.Tensor:
@@ -951,7 +983,6 @@ class StructuredLinear(nn.Module):
                     factors = None
             with torch.no_grad():
                 _assign(self, factors, bias)
-                _revive(self)
                 error = _relative_error(weight, self.to_dense())
             if not float("-inf") < error < float("inf") or not all(  # NaN too
                 bool(torch.isfinite(p).all()) for p in self.parameters()

@@ -37,7 +37,9 @@ __all__ = [
 ]
 
 #: The public attributes of a ``torch.nn.Module`` instance (torch 2.13; a test
-#: checks the installed torch adds none).
+#: checks the installed torch adds none), and ``smart_apply``, which transformers
+#: sets on ``torch.nn.Module`` itself once it has built a model (a factor of that
+#: name could not be registered in such a process).
 NN_MODULE_ATTRIBUTES = frozenset(
     {
         "T_destination", "add_module", "apply", "bfloat16", "buffers", "call_super_init", "children",
@@ -49,8 +51,8 @@ NN_MODULE_ATTRIBUTES = frozenset(
         "register_full_backward_pre_hook", "register_load_state_dict_post_hook",
         "register_load_state_dict_pre_hook", "register_module", "register_parameter",
         "register_state_dict_post_hook", "register_state_dict_pre_hook", "requires_grad_",
-        "set_extra_state", "set_submodule", "share_memory", "state_dict", "to", "to_empty", "train",
-        "training", "type", "xpu", "zero_grad",
+        "set_extra_state", "set_submodule", "share_memory", "smart_apply", "state_dict", "to", "to_empty",
+        "train", "training", "type", "xpu", "zero_grad",
     }
 )  # fmt: skip
 

@@ -32,6 +32,7 @@ from ..common import (
     dict_code,
     display_code,
     environment,
+    no_coding_cookie,
     number_code,
     quoted,
     spec_hash,
@@ -252,7 +253,8 @@ def render_context(
         **runtime_context(modules, runtime),
         "version": __version__,
         "structure": s.name,
-        "command": command if command.isprintable() else comment_text(command),
+        # the file's second line: one comment line that declares no encoding (PEP 263)
+        "command": no_coding_cookie(command if command.isprintable() else comment_text(command)),
         "spec_hash": spec_hash(plan),
         "source_lines": [comment_text(line) for line in s.to_source().rstrip("\n").splitlines()],
         "metrics_line": ", ".join(
