@@ -241,12 +241,29 @@ def _sweep(name: str, task: Any, runs: list, results: Path, workers: int | None)
 
 
 def _refuse_empty_paths(args: argparse.Namespace) -> None:
-    """An empty file name (``--results=``) is a mistake, never a request for the default."""
+    """An empty file name (``--results=``) is a mistake, never a request for the default; so is
+    a name ending in a slash (``--json out/``), which names a folder: it would be written as a
+    file called ``out``."""
     for flag in ("--results", "--json", "--table", "--plot"):
-        if getattr(args, flag[2:]) == "":
+        given = getattr(args, flag[2:])
+        if given == "":
             raise ParameterError(
                 f"{flag} is empty: it needs a file name", hint=f"give {flag} a file name, or leave {flag} out"
             )
+        if given is not None and given.endswith(("/", os.sep)):
+            raise ParameterError(
+                f"{flag} {given} ends in a slash: it names a folder, not a file",
+                hint=f"give {flag} a file name, e.g. {flag} {given}{_EXAMPLE[flag]}",
+            )
+
+
+#: A file name for each output flag, for the hint of a folder given instead.
+_EXAMPLE = {
+    "--results": "runs.jsonl",
+    "--json": "summary.json",
+    "--table": "table.md",
+    "--plot": "frontier.png",
+}
 
 
 def _targets(args: argparse.Namespace, results: Path, plots: list[Path]) -> list[Any]:
@@ -263,11 +280,28 @@ def _inputs(args: argparse.Namespace) -> list[Path]:
     return [Path(f) for f in args.files]
 
 
+def _refuse_repeats(args: argparse.Namespace) -> None:
+    """A value given twice (``--seeds 0 0``, ``--lrs 0.01 1e-2``) is a typo: the run would be
+    planned twice and trained once, and the progress would count runs that never come."""
+    for flag in ("--seeds", "--widths", "--dense-widths", "--moe-widths", "--lrs"):
+        values = getattr(args, flag[2:].replace("-", "_"), None) or []
+        seen: set[Any] = set()
+        for value in values:
+            if value in seen:
+                shown = f"{value:g}" if isinstance(value, float) else str(value)
+                raise ParameterError(f"{flag} gives {shown} twice", hint=f"give each value of {flag} once")
+            seen.add(value)
+
+
 def _check(args: argparse.Namespace, results: Path, targets: list[Any]) -> None:
-    """Every output path checked before the sweep: a bad one fails now, not after training."""
+    """Every output path checked before the sweep: a bad one fails now, not after training
+    (and so is matplotlib, for ``--plot``)."""
+    from ..experiments.frontier import require_plotting
     from ..experiments.outputs import check_outputs
     from ..experiments.results import check_results_file, make_results_folder
 
+    if args.plot is not None:
+        require_plotting()
     check_results_file(results)  # not a results file of this user's: refused, left as it is
     make_results_folder(results)  # here, before the outputs are checked: the summary goes there too
     check_outputs(targets, results, _inputs(args), force=args.force)
@@ -318,6 +352,7 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     from ..experiments.sweep import plan_runs
 
     _refuse_empty_paths(args)
+    _refuse_repeats(args)
     size = "smoke" if args.smoke else "quick" if args.quick else "full"
     name = ("moe-quick" if size == "quick" else "moe") if args.moe and size != "smoke" else size
     preset = PRESETS[name]
@@ -379,6 +414,7 @@ def cmd_transfer(args: argparse.Namespace) -> int:
     from ..experiments.transfer import RULES, plot_transfer, transfer_summary, transfer_table
 
     _refuse_empty_paths(args)
+    _refuse_repeats(args)
     name = "smoke" if args.smoke else "quick" if args.quick else "full"
     preset = TRANSFER[name]
     task = _task(args, preset)

@@ -36,7 +36,9 @@ __all__ = [
     "frontier_table",
     "leads",
     "overlap",
+    "plot_figure",
     "plot_frontier",
+    "require_plotting",
 ]
 
 
@@ -168,18 +170,42 @@ class PlotError(EinstructError, ImportError):
     """Plotting needs matplotlib, which is an optional extra."""
 
 
-def plot_frontier(points: Mapping[str, Sequence[Point]], grid: Sequence[float], path: Path) -> None:
-    """Loss against training FLOPs, log-log: each width's mean loss, and each structure's frontier."""
-    try:
-        import matplotlib
+def require_plotting() -> None:
+    """Refuse now, with :class:`PlotError`, where a figure could not be drawn (no matplotlib,
+    or an ``MPLBACKEND`` it refuses): checked before a sweep, not after its training."""
+    from ..errors import MissingExtraError
+    from ..figures.mpl import matplotlib
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    try:
+        matplotlib()
+    except MissingExtraError:
         raise PlotError(
             "plotting needs matplotlib", hint="pip install 'einstruct[plot]', or leave out --plot"
         ) from None
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
+
+
+def plot_figure(width: float, height: float, dpi: float = 120) -> Any:
+    """A new matplotlib ``Figure`` of ``width`` x ``height`` inches. No pyplot: it needs no
+    backend and no display and leaves no global state (``MPLBACKEND`` does not matter)."""
+    require_plotting()
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), dpi=dpi)
+
+
+def plot_frontier(
+    points: Mapping[str, Sequence[Point]], grid: Sequence[float], path: Path, force: bool = False
+) -> None:
+    """Loss against training FLOPs, log-log: each width's mean loss, and each structure's frontier;
+    written to ``path`` by the overwrite rule of :mod:`einstruct.files` (never through a link; a
+    file einstruct did not write only with ``force``)."""
+    from ..figures.mpl import figure_bytes, written_by_einstruct
+    from ..files import write_files
+    from .outputs import figure_kind
+
+    kind = figure_kind(path, "path")
+    fig = plot_figure(6.4, 4.4)
+    ax = fig.subplots()
     for name, ps in points.items():
         xs = sorted({p.flops for p in ps} | {max(grid)})
         (line,) = ax.step(xs, [frontier(ps, c) for c in xs], where="post", label=name, linewidth=2)
@@ -192,7 +218,5 @@ def plot_frontier(points: Mapping[str, Sequence[Point]], grid: Sequence[float], 
     ax.grid(True, which="both", alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
     literal_text(fig)  # structure names are drawn as written, never parsed as math
-    fig.savefig(path, metadata={"Software": None})  # no version or date: the same run, the same bytes
-    plt.close(fig)
+    write_files([(path, figure_bytes(fig, kind))], force=force, ours=written_by_einstruct)

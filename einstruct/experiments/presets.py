@@ -147,6 +147,10 @@ def structures(
         found += load_all(read_spec(Path(name)))
     labels: dict[str, str] = {}
     for number, text in enumerate(thetas, start=1):
+        if f"theta({text})" in labels.values():
+            raise ParameterError(
+                f"--theta '{text}' is given twice", hint="give each point of the theta space once"
+            )
         try:
             (structure,) = load_all(theta_structure(text, number))
         except EinstructError as exc:

@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..figures.mpl import figure_bytes, literal_text
-from .frontier import PlotError
+from .frontier import plot_figure
 from .laws import (
     best_curves,
     compute_ranges,
@@ -176,18 +176,10 @@ def plot_laws(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], kin
     """Loss against training FLOPs (log-log): every best-lr curve (thin), the frontier (thick)
     and the fitted power law (dashed) of each structure; the image as ``kind`` (png, svg, pdf),
     marked as einstruct's (:mod:`.outputs` writes it)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise PlotError(
-            "plotting needs matplotlib", hint="pip install 'einstruct[plot]', or leave out --plot"
-        ) from None
     curves = best_curves(rows)
     grid = summary["budgets"]
-    fig, ax = plt.subplots(figsize=(7.0, 4.8), dpi=120)
+    fig = plot_figure(7.0, 4.8)
+    ax = fig.subplots()
     for name, cs in curves.items():
         data = summary["structures"][name]
         label = name if data["exponent"] is None else f"{name}: b = {data['exponent']:.3f}"
@@ -213,7 +205,4 @@ def plot_laws(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], kin
     ax.legend(fontsize=8)
     fig.tight_layout()
     literal_text(fig)
-    try:
-        return figure_bytes(fig, kind)
-    finally:
-        plt.close(fig)
+    return figure_bytes(fig, kind)

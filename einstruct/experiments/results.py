@@ -16,7 +16,8 @@ read as input someone else could have written:
 - **Its rows.** Every complete line (ending in a newline) must be one run's
   row as :func:`.scaling.train_run` writes it: every field present with its
   type and range (:func:`row_problem`), its key naming its own structure,
-  width, learning rate, seed and rule. Blank lines are skipped. A row of an
+  width, learning rate, seed and rule, its curve agreeing with its steps,
+  FLOPs and final loss. Blank lines are skipped. A row of an
   older einstruct (valid, but without some of :data:`LATER_FIELDS`) matches no
   run of this version: it is skipped and left in the file, with one warning
   line counting such rows. Anything else is refused with ``FILE:LINE`` and the
@@ -151,6 +152,21 @@ def row_problem(row: Any, may_lack: Collection[str] = ()) -> str | None:
         return "'train_flops' is not 'train_flops_per_sample' x 'batch' x 'steps'"
     if row["eval_loss"] is not None and (row["diverged"] or ("curve" in row and not row["curve"])):
         return "a final loss for a run that diverged or has no curve"
+    return _curve_problem(row) if "curve" in row else None
+
+
+def _curve_problem(row: dict[str, Any]) -> str | None:
+    """What contradicts the rest of ``row`` in its curve (the frontier is read from the curve, the
+    best learning rate from ``eval_loss``: they must be the same run's); None if nothing does."""
+    curve, per_step = row["curve"], row["train_flops_per_sample"] * row["batch"]
+    steps = [point[0] for point in curve]
+    if any(a >= b for a, b in zip(steps, steps[1:])) or any(step > row["steps"] for step in steps):
+        return "'curve' steps must increase and end at most at 'steps'"
+    for step, flops, _ in curve:
+        if flops != per_step * step:
+            return f"'curve' FLOPs at step {step} are not 'train_flops_per_sample' x 'batch' x the step"
+    if row["eval_loss"] is not None and curve[-1] != [row["steps"], row["train_flops"], row["eval_loss"]]:
+        return "'eval_loss' is not the held-out loss of the curve's last point, after the last step"
     return None
 
 

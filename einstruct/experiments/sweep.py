@@ -277,7 +277,8 @@ def run_sweep(
         results: the JSON-lines file, appended to as runs finish.
         workers: single-thread worker processes; 0 runs in this process; default 2
             (or 1 on a machine with one CPU). At most the CPUs this process may use.
-        progress: called as ``progress(done, total, row)`` after each run (row None at start).
+        progress: called as ``progress(done, total, row)`` after each run (row None at start);
+            ``total`` counts distinct runs (a run listed twice is one run).
     """
     import torch
 
@@ -285,20 +286,20 @@ def run_sweep(
         min(2, usable_cpus()) if workers is None else checked_workers(workers, "workers", allow_zero=True)
     )
     check_memory(task, runs, workers)
-    unique = {r.key(task): r for r in runs}  # a run listed twice is trained once
+    unique = {r.key(task): r for r in runs}  # a run listed twice is trained, counted and returned once
     done = _done(read_results(results), unique)
     todo = _ordered(task, [r for key, r in unique.items() if key not in done])
     if not todo:  # every run is in the file: it is only read (no lock, no repair; read-only is fine)
         if progress:
-            progress(len(done), len(runs), None)
-        return [done[r.key(task)] for r in runs]
+            progress(len(done), len(unique), None)
+        return [done[key] for key in unique]
     make_results_folder(results)
     out, rows = open_results_for_append(results)  # before any work: unwritable or locked fails now
     with out:  # the lock is held until the last row is appended
         done = _done(rows, unique)  # what another run saved since the file was read is not trained
         todo = [r for r in todo if r.key(task) not in done]
         if progress:
-            progress(len(done), len(runs), None)
+            progress(len(done), len(unique), None)
         threads = torch.get_num_threads()
         torch.set_num_threads(max(1, workers))
         try:  # teacher outputs once per seed, all cores
@@ -312,7 +313,7 @@ def run_sweep(
             out.flush()
             done[row["key"]] = row
             if progress:
-                progress(len(done), len(runs), row)
+                progress(len(done), len(unique), row)
 
         before = len(done)
         try:
@@ -328,7 +329,7 @@ def run_sweep(
                     _in_workers(_work, jobs, workers, record)
         except KeyboardInterrupt as exc:
             raise _interrupted(exc, results, len(done) - before, len(done), len(unique)) from None
-    return [done[r.key(task)] for r in runs]
+    return [done[key] for key in unique]
 
 
 def _done(rows: Iterable[dict[str, Any]], planned: Mapping[str, Run]) -> dict[str, dict[str, Any]]:

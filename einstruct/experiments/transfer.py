@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..figures.mpl import figure_bytes, literal_text
-from .frontier import PlotError
+from .frontier import plot_figure
 from .scaling import final_loss
 
 __all__ = ["RULES", "best_lr", "transfer_summary", "transfer_table", "plot_transfer"]
@@ -126,18 +126,9 @@ def _drift_line(data: Mapping[str, Any], widths: Sequence[str]) -> str:
 def plot_transfer(summary: Mapping[str, Any], kind: str = "png") -> bytes:
     """The first paper's figure: loss against learning rate, one curve per width, one panel per
     rule; the image as ``kind`` (png, svg, pdf), marked as einstruct's (:mod:`.outputs` writes it)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise PlotError(
-            "plotting needs matplotlib", hint="pip install 'einstruct[plot]', or leave out --plot"
-        ) from None
     rules = summary["rules"]
-    fig, axes = plt.subplots(1, len(rules), figsize=(5.0 * len(rules), 4.0), dpi=120, sharey=True)
-    axes = axes if len(rules) > 1 else [axes]
+    fig = plot_figure(5.0 * len(rules), 4.0)
+    axes = fig.subplots(1, len(rules), sharey=True, squeeze=False)[0]
     for ax, (rule, data) in zip(axes, rules.items()):
         for width, losses in data["losses"].items():
             pairs = sorted((float(lr), v) for lr, v in losses.items() if v is not None)
@@ -154,7 +145,4 @@ def plot_transfer(summary: Mapping[str, Any], kind: str = "png") -> bytes:
     axes[0].set_ylabel("held-out MSE (mean over seeds)")
     fig.tight_layout()
     literal_text(fig)
-    try:
-        return figure_bytes(fig, kind)
-    finally:
-        plt.close(fig)
+    return figure_bytes(fig, kind)

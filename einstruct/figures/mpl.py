@@ -39,13 +39,25 @@ MARK = f"{SIGNATURE} {__version__}"
 
 
 def matplotlib() -> Any:
-    """The matplotlib module, or a clear error naming the extra to install."""
+    """The matplotlib module, or a clear error naming the extra to install (or, where the
+    environment names a backend matplotlib does not know, ``MPLBACKEND``: matplotlib refuses
+    to import then, and einstruct's figures need no backend)."""
+    import os
+
     try:
         import matplotlib as mpl
     except ImportError:
         raise MissingExtraError(
             "drawing and plotting need matplotlib, which is not installed",
             hint="pip install 'einstruct[plot]'",
+        ) from None
+    except ValueError as exc:  # matplotlib validates $MPLBACKEND on import
+        if "backend" not in str(exc):
+            raise
+        shown = ascii(os.environ.get("MPLBACKEND", ""))[1:-1]
+        raise ParameterError(
+            f"MPLBACKEND={shown} is not a matplotlib backend, so matplotlib cannot be imported",
+            hint="unset MPLBACKEND, or set MPLBACKEND=Agg (einstruct writes files: it needs no display)",
         ) from None
     return mpl
 
@@ -210,5 +222,7 @@ def figure_bytes(figure: Any, kind: str, dpi: float | None = None) -> bytes:
         "pdf": {"Creator": MARK, "Producer": MARK, "CreationDate": None},
     }[kind]
     buffer = io.BytesIO()
-    figure.savefig(buffer, format=kind, metadata=metadata, **({} if dpi is None else {"dpi": dpi}))
+    # SVG ids (clip paths, glyphs) are hashes salted by this setting: random unless it is set
+    with matplotlib().rc_context({"svg.hashsalt": "einstruct"}):
+        figure.savefig(buffer, format=kind, metadata=metadata, **({} if dpi is None else {"dpi": dpi}))
     return buffer.getvalue()
