@@ -93,6 +93,12 @@ _LAZY = {
 
 _LAZY_MODULES = {"parallel": "runtime.parallel"}
 
+#: The subpackages the documentation reaches through the package (``einstruct.runtime.model_manifest``),
+#: imported on first use like the names above.
+_SUBPACKAGES = frozenset(
+    {"analysis", "backends", "experiments", "figures", "language", "nn", "planner", "runtime", "space"}
+)
+
 
 def __getattr__(name: str) -> Any:  # lazy: keep `import einstruct` light for the CLI
     import importlib
@@ -106,6 +112,8 @@ def __getattr__(name: str) -> Any:  # lazy: keep `import einstruct` light for th
         value = getattr(importlib.import_module(f".{module}", __name__), attr)
         globals()[name] = value
         return value
+    if name in _SUBPACKAGES:  # einstruct.runtime.model_manifest(...) with no import of its own
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'einstruct' has no attribute '{name}'")
 
 

@@ -335,3 +335,22 @@ def test_a_bad_setting_is_named_as_the_setting_for_a_manifest_file(monkeypatch, 
     with pytest.raises(einstruct.EinstructError, match="EINSTRUCT_MAX_INPUT_BYTES='abc'") as info:
         einstruct.restore(Block(), tmp_path / "m.json")
     assert "cannot read the manifest" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["a\x00b.json", "a\x00b"])
+def test_a_path_holding_a_nul_is_an_einstruct_error(name):
+    model = Block()
+    before = _snapshot(model)
+    with pytest.raises(einstruct.EinstructError, match="NUL"):
+        einstruct.restore(model, name)
+    assert _unchanged(model, before)
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "a\x00b.json", "x" * 300, "x" * 300 + ".json"])
+def test_save_manifest_to_a_path_no_file_can_have_is_an_einstruct_error(name, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model = Block()
+    einstruct.replace_linear(model, "structure l = low_rank(rank = 3)", select=["down"])
+    with pytest.raises(einstruct.EinstructError):
+        einstruct.save_manifest(model, name)
+    assert list(tmp_path.iterdir()) == []

@@ -296,3 +296,11 @@ def test_selecting_only_a_layer_already_converted_says_so():
     einstruct.replace_linear(model, "structure b = btt()", select=["2"])
     with pytest.raises(ParameterError, match=r"skipped 2: already an einstruct layer"):
         einstruct.replace_linear(model, "structure b = btt()", select=["2"])
+
+
+def test_a_one_line_spec_longer_than_a_file_name_is_read_as_text():
+    # it was first tried as a path, and a name past the system's 255 bytes raised OSError
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    spec = "structure l = low_rank(rank = 2)" + " " * 300 + "# a long comment"
+    report = einstruct.replace_linear(model, spec, strategy="structured")
+    assert report.names == ["0"]

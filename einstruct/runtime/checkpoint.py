@@ -236,7 +236,7 @@ def read_state_dict(source: Any) -> Mapping[str, Any]:
             hint="e.g. 'ckpt/model.pt'",
         )
     path = Path(source)
-    if path.is_dir():
+    if os.path.isdir(path):
         found = [path / name for name in _WEIGHTS if _regular(path / name)]
         if not found:
             raise ManifestError(

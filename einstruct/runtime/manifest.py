@@ -50,6 +50,7 @@ from .summary import (
     header_changed,
     layer_structure,
     record,
+    record_kept,
     record_skipped,
     replaced_adapter,
     skipped_in,
@@ -199,8 +200,8 @@ def _check_module(model: Any, what: str) -> None:
 
 
 def _manifest_path(path: str | os.PathLike) -> Path:
-    target = Path(path)
-    return target / MANIFEST_NAME if target.is_dir() else target
+    target = Path(path)  # os.path.isdir never raises (Path.is_dir did for too long a name)
+    return target / MANIFEST_NAME if os.path.isdir(target) else target
 
 
 def _is_manifest(path: Path) -> bool:
@@ -214,8 +215,11 @@ def _is_manifest(path: Path) -> bool:
 def save_manifest(model: Any, path: str | os.PathLike, *, force: bool = False) -> Path:
     """Write ``model``'s manifest to ``path`` (a file, or ``einstruct.json`` in a directory).
 
-    Written by einstruct's file rule: an existing file is replaced only if it is
-    a manifest einstruct wrote (or with ``force=True``).
+    ``path`` is a file when it ends in ``.json`` or is an existing file, else a
+    directory (made if it does not exist yet: ``save_manifest(model, "ckpt")``
+    then ``torch.save(model.state_dict(), "ckpt/model.pt")``). Written by
+    einstruct's file rule: an existing file is replaced only if it is a manifest
+    einstruct wrote (or with ``force=True``).
     """
     _check_module(model, "save_manifest")
     if not isinstance(path, str | os.PathLike):
@@ -224,10 +228,31 @@ def save_manifest(model: Any, path: str | os.PathLike, *, force: bool = False) -
         )
     if not isinstance(force, bool):
         raise ParameterError(f"force must be True or False, got {force!r:.40}", hint="e.g. force=True")
-    target = _manifest_path(path)
     text = json.dumps(model_manifest(model), indent=2) + "\n"
+    if "\x00" in os.fspath(path):  # refused before a folder is made for it
+        raise ParameterError(
+            f"cannot write the manifest to '{shown_path(os.fspath(path))}': a path cannot hold a NUL "
+            "character",
+            hint="e.g. einstruct.save_manifest(model, 'ckpt')",
+        )
+    target = _manifest_path(path)
+    if _new_folder(target):  # save_manifest(model, "ckpt") then torch.save(..., "ckpt/model.pt")
+        try:
+            target.mkdir()
+        except OSError as exc:
+            raise ParameterError(
+                f"cannot create the checkpoint folder '{shown_path(target)}': {exc.strerror or exc}",
+                hint="create its parent directory first, or pass a path ending in .json for a file",
+            ) from None
+        target = target / MANIFEST_NAME
     write_files([(target, text)], force=force, ours=_is_manifest, flag="force=True")
     return target
+
+
+def _new_folder(target: Path) -> bool:
+    """Whether ``save_manifest``'s ``target`` names a checkpoint folder yet to be made: nothing
+    there (not even a link) and no ``.json`` suffix, which names a file."""
+    return not os.path.lexists(target) and not target.name.lower().endswith(".json")
 
 
 def saved_config(directory: Path) -> dict[str, Any]:
@@ -288,7 +313,7 @@ def read_manifest(source: Any) -> Manifest:
             f"manifest must be a path or the dict model_manifest() returns, got {type(source).__name__}",
             hint="e.g. einstruct.restore(model, 'ckpt')",
         )
-    if Path(source).is_dir():
+    if os.path.isdir(source):
         carried = directory_manifest(Path(source))
         if isinstance(carried, dict):
             return parse_manifest(carried)
@@ -339,6 +364,7 @@ class _Plan:
     adapter: Any
     cls: type  # the compiled class
     weight: Any  # the old layer's weight: the new one's device and dtype
+    bias: Any = None  # the old layer's bias (its requires_grad is the new bias's)
 
     def factors(self) -> Iterator[tuple[str, str, tuple[str, ...]]]:
         """(state dict key, factor, the class's axes of it) for each factor under each name."""
@@ -381,12 +407,18 @@ def _planned(model: Any, entry: LayerEntry, taken: dict[int, str]) -> _Plan:
             "not a linear layer to restore a structure into",
             hint="restore into a freshly built model, before any replace_linear",
         )
-    weight, _ = adapter.dense(old)
+    weight, bias = adapter.dense(old)
     shape = (int(weight.shape[1]), int(weight.shape[0]))
     if shape != (entry.in_features, entry.out_features):
         raise ManifestError(
             f"layer '{names[0][:80]}' maps {shape[0]} -> {shape[1]}, the manifest's "
             f"{entry.in_features} -> {entry.out_features} ({entry.where}.in_features/out_features)",
+            hint="build the model with the configuration it was saved with",
+        )
+    if entry.bias != (bias is not None):  # replace_linear keeps the layer's bias, or its lack
+        raise ManifestError(
+            f"manifest {entry.where}.bias: {'true' if entry.bias else 'false'}, but layer "
+            f"'{names[0][:80]}' has {'a' if bias is not None else 'no'} bias",
             hint="build the model with the configuration it was saved with",
         )
     try:  # the spec is text from the manifest: parsed as text, never opened as a path
@@ -404,7 +436,7 @@ def _planned(model: Any, entry: LayerEntry, taken: dict[int, str]) -> _Plan:
     except _BUILD_ERRORS as exc:
         raise _build_error(entry, exc) from None
     _check_factor_axes(entry, cls)
-    return _Plan(entry, old, adapter, cls, weight)
+    return _Plan(entry, old, adapter, cls, weight, bias)
 
 
 def _check_factor_axes(entry: LayerEntry, cls: type) -> None:
@@ -455,6 +487,9 @@ def _built(plan: _Plan) -> tuple[tuple[str, ...], Any]:
     except _BUILD_ERRORS as exc:
         raise _build_error(entry, exc) from None
     layer.train(plan.old.training)
+    for name, p in layer.named_parameters():  # frozen as the layer it replaces, as in replace_linear
+        own = plan.bias if name == "bias" and plan.bias is not None else weight
+        p.requires_grad_(bool(own.requires_grad))
     record(layer, plan.adapter.name, None, None)
     return entry.names, layer
 
@@ -671,7 +706,7 @@ _PRETRAINED_FILES = ("model.safetensors", "pytorch_model.bin")
 def _pretrained_folder(weights: Path) -> Path | None:
     """The ``save_pretrained`` folder ``weights`` is, or whose weights file or index it
     is; None for any other path."""
-    if weights.is_dir():
+    if os.path.isdir(weights):
         return weights
     pretrained = (*_PRETRAINED_FILES, *(f"{name}.index.json" for name in _PRETRAINED_FILES))
     return weights.parent if weights.name in pretrained else None
@@ -815,5 +850,6 @@ def apply_manifest(
                 f"cannot load the state dict: {type(exc).__name__}: {str(exc)[:200]}",
                 hint="save and restore the same architecture with the same manifest",
             ) from None
+    record_kept(model, [(old, new) for (_, old), (_, new) in zip(originals, swaps)])
     record_skipped(model, tuple(Skipped(name, reason) for name, reason in data.skipped))
     return summary(model)

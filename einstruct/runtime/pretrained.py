@@ -81,8 +81,44 @@ def _holds(outer: Any, inner: Any) -> bool:
 
 
 def _is_pretrained_model(module: Any) -> bool:
-    """A transformers model (base or with a head): what ``save_pretrained`` saves."""
-    return has_config(module) and isinstance(getattr(module, "base_model_prefix", None), str)
+    """A transformers model (base or with a head): what ``save_pretrained`` saves; not one
+    of the parts transformers builds models from (:func:`_internal_part`)."""
+    return (
+        has_config(module)
+        and isinstance(getattr(module, "base_model_prefix", None), str)
+        and not _internal_part(module)
+    )
+
+
+def _internal_part(module: Any) -> bool:
+    """A class of transformers' own that the package does not export (T5's ``T5Stack``,
+    BART's ``BartEncoder``, Whisper's ``WhisperDecoder``): a part of a model, built with
+    the whole model's config (BART) or a copy of it (T5), never what ``save_pretrained``
+    saves, so its layer names and its config are not the saved model's. Classes defined
+    elsewhere (a subclass of your own) are taken as models."""
+    cls = type(module)
+    if not cls.__module__.startswith("transformers."):
+        return False
+    import transformers  # imported already: the class is one of its own
+
+    # the package's own export, not the module's __all__ (which older transformers lack)
+    try:
+        exported = getattr(transformers, cls.__name__, None)
+    except Exception:  # a lazy import transformers cannot finish: taken as a model, as before
+        return False
+    return exported is not cls
+
+
+def _known_model_around(module: Any) -> Any:
+    """The outermost model converted or loaded before (one whose config holds its
+    manifest) that holds ``module``, whatever config ``module`` itself has (T5's encoder
+    has a copy of its own); None if there is none."""
+    around = [
+        writer
+        for key, writer in list(_CONFIG_WRITERS.items())
+        if writer is not module and id(getattr(writer, "config", None)) == key and _holds(writer, module)
+    ]
+    return next((w for w in around if not any(o is not w and _holds(o, w) for o in around)), None)
 
 
 def _config_writer(model: Any) -> Any:
@@ -114,7 +150,9 @@ def _config_writer(model: Any) -> Any:
                 if getattr(module, "config", None) is config:
                     module.config = own
             return model
-    return model if _is_pretrained_model(model) else None
+    if _is_pretrained_model(model):  # a model of its own, even inside another (a BERT encoder)
+        return model
+    return _known_model_around(model)  # a part (T5's encoder, a config of its own) in a converted model
 
 
 def manifest_to_config(model: Any) -> dict[str, Any]:
@@ -183,15 +221,17 @@ def _manifest_updated(model: Any) -> bool:
     its own (a decoder layer) uses one of its submodules'; a model without any has
     nothing to update."""
     if has_config(model):
-        return config_manifest(model) is not None
-    config = next((m.config for m in model.modules() if has_config(m)), None)
-    if config is None:
-        return True  # a plain torch model: save_manifest is its reload recipe
-    writer = _CONFIG_WRITERS.get(id(config))
-    if writer is None or getattr(writer, "config", None) is not config or not _holds(writer, model):
-        return False
-    config_manifest(writer)
-    return True
+        manifest = config_manifest(model)
+        around = _known_model_around(model)  # a model in a converted model: that one lists it too
+        if around is not None and getattr(around.config, CONFIG_KEY, None) is not manifest:
+            config_manifest(around)
+        return manifest is not None
+    around = _known_model_around(model)
+    if around is not None:
+        config_manifest(around)
+        return True
+    # a plain torch model (save_manifest is its reload recipe), or a part of an unknown model
+    return not any(has_config(m) for m in model.modules())
 
 
 def _folder_manifest(directory: Path) -> Any:
@@ -608,7 +648,7 @@ def from_pretrained(
     """
     from transformers import AutoConfig
 
-    if not isinstance(path, str | os.PathLike) or not Path(path).is_dir():
+    if not isinstance(path, str | os.PathLike) or not os.path.isdir(path):
         raise ParameterError(
             f"from_pretrained needs the directory save_pretrained wrote, got {path!r:.80}",
             hint="e.g. einstruct.from_pretrained(GPT2LMHeadModel, 'ckpt')",

@@ -24,6 +24,7 @@ holding the new layers next to the old ones until the swap).
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from fractions import Fraction
 from pathlib import Path
@@ -39,7 +40,7 @@ from ..language.parser import parse_value
 from ..numbers import count_text
 from .build import compile_structure
 from .groups import Selector, is_structured, param_groups
-from .summary import LayerReport, ModelReport, layer_report, record, record_skipped
+from .summary import LayerReport, ModelReport, layer_report, record, record_kept, record_skipped
 from .targets import Target, check_selector, find_targets
 
 __all__ = [
@@ -209,7 +210,7 @@ def _spec_text(spec: Any, params: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
     argument, which an override of the expanded structure cannot supply) and
     ``("monarch", blocks=4)`` picks the blocks variant.
     """
-    if not isinstance(spec, str) or Path(spec).is_file():
+    if not isinstance(spec, str) or os.path.isfile(spec):
         return spec, params
     source = shorthand_source(spec)
     name = spec.strip()
@@ -310,6 +311,7 @@ def replace_linear(
     options = {"normalize": normalize, "zero_init_last": zero_init_last, "gain": gain, "strategy": strategy}
     built = [(t, *_build(t, make, init, options)) for t in targets]
     swap_layers(model, [(t.names, new) for t, new, _, _ in built])
+    kept = record_kept(model, [(t.module, new) for t, new, _, _ in built])
     for t, new, projection, error in built:
         record(new, t.adapter.name, projection, error)
     record_skipped(model, tuple(skipped))
@@ -317,4 +319,4 @@ def replace_linear(
     reason = no_savings_reason(layers)
     if reason is not None:
         warnings.warn(reason, NoSavingsWarning, stacklevel=2)
-    return ModelReport(layers, tuple(skipped), sum(p.numel() for p in model.parameters()))
+    return ModelReport(layers, tuple(skipped), sum(p.numel() for p in model.parameters()), kept)

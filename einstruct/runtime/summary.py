@@ -35,6 +35,7 @@ __all__ = [
     "ModelReport",
     "summary",
     "record",
+    "record_kept",
     "record_skipped",
     "skipped_in",
     "layer_report",
@@ -75,6 +76,9 @@ class ModelReport:
     layers: tuple[LayerReport, ...]
     skipped: tuple[Skipped, ...] = ()
     model_params: int = 0  # every parameter of the model now (tied ones once)
+    # parameters of the replaced layers the model still holds (a tied head's weight, which the
+    # embedding keeps): counted in the layers' params_before, but never freed
+    kept_params: int = 0
 
     @property
     def names(self) -> list[str]:
@@ -90,7 +94,7 @@ class ModelReport:
             key: sum(getattr(layer, key) for layer in self.layers)
             for key in ("params_before", "params_after", "flops_before", "flops_after")
         }
-        before = self.model_params - sums["params_after"] + sums["params_before"]
+        before = self.model_params - sums["params_after"] + sums["params_before"] - self.kept_params
         return {
             "layers": len(self.layers),
             **sums,
@@ -162,11 +166,34 @@ def _error_text(layer: LayerReport) -> str:
 # what replace_linear recorded about each layer it made, and about each model it converted
 _RECORDS: weakref.WeakKeyDictionary[Any, tuple[str, str | None, float | None]] = weakref.WeakKeyDictionary()
 _SKIPPED: weakref.WeakKeyDictionary[Any, tuple[Skipped, ...]] = weakref.WeakKeyDictionary()
+# per layer made, the parameters of the layer it replaced that the model still holds
+_KEPT: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
 
 
 def record(layer: Any, replaces: str, projection: str | None, error: float | None) -> None:
     """Remember what ``layer`` replaced and its projection error, for :func:`summary`."""
     _RECORDS[layer] = (replaces, projection, error)
+
+
+def record_kept(model: Any, swapped: list[tuple[Any, Any]]) -> int:
+    """Remember, per ``(old, new)`` layer swapped in ``model``, how many of the old layer's
+    parameters are not freed with it: ``model`` still holds them (tied to another module: a
+    head's weight that the embedding keeps with ``skip_tied=False``), or an earlier layer of
+    ``swapped`` shared them; so the model's count before is its own. Return their sum."""
+    held = {id(p) for p in model.parameters()}
+    counted: set[int] = set()  # a weight two replaced layers shared is freed once
+    total = 0
+    for old, new in swapped:
+        kept = sum(p.numel() for p in old.parameters() if id(p) in held or id(p) in counted)
+        counted.update(id(p) for p in old.parameters())
+        _KEPT[new] = kept
+        total += kept
+    return total
+
+
+def kept_params(layers: Any) -> int:
+    """The sum of :func:`record_kept`'s counts over these layers."""
+    return sum(_KEPT.get(layer, 0) for layer in layers)
 
 
 def replaced_adapter(layer: Any) -> str | None:
@@ -308,9 +335,10 @@ def summary(model: Any) -> ModelReport:
         raise ParameterError(
             f"summary needs a torch.nn.Module, got {type(model).__name__}", hint="pass the model itself"
         )
-    layers = tuple(layer_report(name, m) for name, m in model.named_modules() if is_structured(m))
+    found = [(name, m) for name, m in model.named_modules() if is_structured(m)]
+    layers = tuple(layer_report(name, m) for name, m in found)
     params = sum(p.numel() for p in model.parameters())
-    return ModelReport(layers, _SKIPPED.get(model, ()), params)
+    return ModelReport(layers, _SKIPPED.get(model, ()), params, kept_params(m for _, m in found))
 
 
 def skipped_in(model: Any) -> tuple[Skipped, ...]:

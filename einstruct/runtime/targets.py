@@ -77,11 +77,21 @@ def _shown(names: list[str], limit: int = 6) -> str:
     return head + (f" and {len(names) - limit} more" if len(names) > limit else "") if names else "none"
 
 
-def _check_matches(what: str, selector: Selector, all_names: list[str], layers: list[str]) -> None:
+def _check_matches(
+    what: str, selector: Selector, all_names: list[str], layers: list[str], converted: list[str]
+) -> None:
     """Every name listed exists; a glob matches some layer (for select) or module (for exclude)."""
     pool = layers if what == "select" else all_names
     if isinstance(selector, str):
         if not any(fnmatch.fnmatchcase(n, selector) for n in pool):
+            done = [n for n in converted if fnmatch.fnmatchcase(n, selector)]
+            if what == "select" and done:
+                raise ParameterError(
+                    f"select pattern '{selector}' matches only layers that are already einstruct "
+                    f"layers: {_shown(done)}",
+                    hint="a converted layer is not converted again: build the model afresh (or "
+                    "restore it) to give those layers another structure",
+                )
             raise ParameterError(
                 f"{what} pattern '{selector}' matches no "
                 + ("layer einstruct can replace" if what == "select" else "module"),
@@ -130,8 +140,9 @@ def find_targets(
             modules[id(module)] = module
     all_names = [n for ns in names_of.values() for n in ns]
     layers = [n for key, ns in names_of.items() for n in ns if adapter_for(modules[key]) is not None]
-    _check_matches("select", select, all_names, layers)
-    _check_matches("exclude", exclude, all_names, layers)
+    done = [n for key, ns in names_of.items() for n in ns if is_structured(modules[key])]
+    _check_matches("select", select, all_names, layers, done)
+    _check_matches("exclude", exclude, all_names, layers, done)
     if isinstance(select, list):
         for name in select:
             module = model.get_submodule(name)
@@ -166,10 +177,16 @@ def find_targets(
     if not targets:
         skipped += [Skipped(name, "already an einstruct layer") for name in converted if select is not None]
         why = "; ".join(f"{s.name}: {s.reason}" for s in skipped)
+        if layers:
+            hint = f"the replaceable layers are {_shown(layers)}"
+        elif converted:  # converted before: the same call again
+            hint = (
+                f"every linear layer is already an einstruct layer ({_shown(converted)}); build the "
+                "model afresh (or restore it) to give them another structure"
+            )
+        else:
+            hint = f"the model has no layer the adapters ({', '.join(adapter_names())}) recognize"
         raise ParameterError(
-            "replace_linear found no layer to replace" + (f" (skipped {why})" if why else ""),
-            hint=f"the replaceable layers are {_shown(layers)}"
-            if layers
-            else f"the model has no layer the adapters ({', '.join(adapter_names())}) recognize",
+            "replace_linear found no layer to replace" + (f" (skipped {why})" if why else ""), hint=hint
         )
     return targets, skipped
