@@ -71,8 +71,8 @@ def resolve_output(given: str, default_name: str) -> Path:
     if not given.strip():
         raise OutputError("-o is empty", hint="give a file name, e.g. -o layer.py, or - for standard output")
     path = Path(given)
-    if given.endswith(("/", os.sep)) or path.is_dir():
-        if not path.is_dir():
+    if given.endswith(("/", os.sep)) or os.path.isdir(path):
+        if not os.path.isdir(path):
             raise OutputError(
                 f"-o {_shown(given)}: the directory does not exist",
                 hint="create it first, or give a file name, e.g. -o layer.py",
@@ -137,7 +137,12 @@ def check_targets(
     sources = [Path(p) for p in inputs]
     modes = []
     for path in paths:
-        if not path.parent.is_dir():
+        if "\x00" in os.fspath(path):  # os.stat raises ValueError for it, not OSError
+            raise OutputError(
+                f"cannot write {_shown(path)}: a path cannot hold a NUL character",
+                hint="choose another output path",
+            )
+        if not os.path.isdir(path.parent):  # never raises (Path.is_dir did for too long a name)
             raise OutputError(
                 f"cannot write {_shown(path)}: directory {_shown(path.parent)} does not exist",
                 hint="create the directory first, or write somewhere else",

@@ -169,3 +169,13 @@ def test_replacing_a_private_file_never_passes_through_wider_permissions(tmp_pat
     monkeypatch.undo()
     assert seen == [0o600]  # the bits when the data went in
     assert target.read_text() == "SECRET" and stat.S_IMODE(target.stat().st_mode) == 0o600
+
+
+@pytest.mark.parametrize("name", ["a\x00b.py", "x" * 300 + ".py", "x" * 300 + "/layer.py"])
+def test_an_output_path_no_file_can_have_is_one_clear_error(name, tmp_path, monkeypatch, capsys):
+    # a NUL escaped as ValueError, a name too long for the system as OSError
+    monkeypatch.chdir(tmp_path)
+    assert main(["compile", str(EXAMPLES / "low_rank.ein"), "-o", name]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "internal error" not in err
+    assert list(tmp_path.iterdir()) == []

@@ -45,6 +45,19 @@ OPTIMIZERS: dict[str, Callable[[Size, Size, Size, Size], Any]] = {
 }
 
 
+def _init_std(fan_in: int, fan_out: int) -> float:
+    """sqrt(min(fan_in, fan_out)) / fan_in, also for fans past the float range (sizes
+    only raised limits admit), through logarithms.
+
+    >>> _init_std(64, 16), math.isclose(_init_std(2**1100, 2**1100), 2.0**-550)
+    (0.0625, True)
+    """
+    try:
+        return math.sqrt(min(fan_in, fan_out)) / fan_in
+    except OverflowError:
+        return math.exp(0.5 * math.log(min(fan_in, fan_out)) - math.log(fan_in))
+
+
 def _ratio(num: Size, den: Size) -> Any:
     """``num / den``, exact for integers (a float quotient of sizes past 2^53 is rounded)."""
     if isinstance(num, int) and isinstance(den, int):
@@ -125,7 +138,7 @@ def factor_fans(structure: Structure, optimizer: str = "adam") -> dict[str, Fact
         fan_in = _prod([size(i) for i in consumed])
         fan_out = _prod([size(i) for i in brought])
         if isinstance(fan_in, int) and isinstance(fan_out, int):
-            std: Any = math.sqrt(min(fan_in, fan_out)) / fan_in
+            std: Any = _init_std(fan_in, fan_out)
         else:
             import sympy
 

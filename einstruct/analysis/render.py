@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from typing import Any
 
 from ..numbers import count_text, exponent_text, float_text
@@ -231,10 +232,12 @@ def sort_analyses(analyses: list[Analysis], sort: str) -> list[Analysis]:
     """``analyses`` sorted by compare column ``sort``: numbers numerically, then text."""
     get = COMPARE_COLUMNS[sort]
 
-    def key(a: Analysis) -> tuple[int, float, str]:
+    def key(a: Analysis) -> tuple[int, float | Fraction, str]:
         v = get(a)
         try:
             return (0, float(v), "")
+        except OverflowError:  # past the float range (sizes only raised limits admit): exactly
+            return (0, v if isinstance(v, int | Fraction) else Fraction(str(v)), "")
         except (TypeError, ValueError):
             return (1, 0.0, str(v))
 

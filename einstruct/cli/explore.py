@@ -56,12 +56,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     """Search, print the ranked results (``--json``: as data), ``--emit`` them as files."""
     from dataclasses import replace
 
-    from ..space.emit import emit
+    from ..space.emit import check_emit_folder, emit
     from ..space.table import render_search
 
     if args.rank == "measured" and not args.measure:
         raise ParameterError("--rank measured needs --measure", hint="add --measure (and --device, --batch)")
     query = query_from(args, args.top, args.rank, args.all)
+    if args.emit:  # a path that cannot take the files is refused before the search, not after it
+        check_emit_folder(args.emit)
     if args.measure:  # a batch too large to time is refused before the search, not after it
         from ..runtime.measure import check_measurable
 

@@ -27,6 +27,18 @@ COPY_GBPS = 9.0
 CALL_MS = 0.01
 
 
+def _real(count: int) -> float:
+    """``count`` as a float, ``inf`` past the float range (sizes only raised limits admit).
+
+    >>> _real(2**1100)
+    inf
+    """
+    try:
+        return float(count)
+    except OverflowError:
+        return math.inf
+
+
 def _efficiency_of(smallest: int) -> float:
     """Fraction of dense throughput a matmul whose smallest dimension is ``smallest`` reaches."""
     return smallest / (smallest + STEP_HALF)
@@ -44,12 +56,14 @@ def estimate(plan: Plan, dense: DenseWeight) -> Estimate:
     sizes = {i.name: int(i.size) for i in s.indices}
     sizes[BATCH] = plan.batch
     calls = 3 * len(plan.steps) + 2 * plan.copies
-    structured_ms = sum(3 * st.flops / (efficiency(st, sizes) * DENSE_GFLOPS * 1e6) for st in plan.steps)
-    structured_ms += 2 * plan.copy_cost * 8 / (COPY_GBPS * 1e6) + calls * CALL_MS
-    gemm = 2 * plan.batch * int(s.d_in) * int(s.d_out)
+    structured_ms = sum(
+        3 * _real(st.flops) / (efficiency(st, sizes) * DENSE_GFLOPS * 1e6) for st in plan.steps
+    )
+    structured_ms += 2 * _real(plan.copy_cost) * 8 / (COPY_GBPS * 1e6) + calls * CALL_MS
+    gemm = _real(2 * plan.batch * int(s.d_in) * int(s.d_out))
     dense_ms = (
         3 * gemm / (DENSE_GFLOPS * 1e6)
-        + 3 * dense.flops / (_efficiency_of(32) * DENSE_GFLOPS * 1e6)
+        + 3 * _real(dense.flops) / (_efficiency_of(32) * DENSE_GFLOPS * 1e6)
         + 3 * (len(s.factors) + len(dense.eyes)) * CALL_MS
     )
     return Estimate(structured_ms, dense_ms)

@@ -5,6 +5,7 @@ Numbers print exactly or positionally (never in scientific notation).
 
 from __future__ import annotations
 
+import math
 from fractions import Fraction
 from typing import Any
 
@@ -15,6 +16,23 @@ from .plan_data import Plan
 from .views import LOCAL_PENALTY, OperandView, axes_text, token_name
 
 __all__ = ["format_plan", "plan_to_dict"]
+
+
+def _ms(value: float) -> str:
+    """An estimate in milliseconds as the plan prints it (sizes only raised limits admit
+    give times past the float range).
+
+    >>> _ms(37.44921), _ms(3.2e40), _ms(float("inf"))
+    ('37.45 ms', '3.2e+40 ms', 'beyond the float range')
+    """
+    if not math.isfinite(value):
+        return "beyond the float range"
+    return f"{value:.2f} ms" if value < 1e9 else f"{value:.3g} ms"
+
+
+def _finite(value: float) -> float | None:
+    """``value`` for JSON, which has no infinity: None past the float range."""
+    return value if math.isfinite(value) else None
 
 
 def _per_token(plan: Plan, value: int) -> Fraction:
@@ -87,11 +105,10 @@ def format_plan(plan: Plan) -> str:
         lines.append(f"  dense alternative: W = einsum('{plan.dense.equation}'){eyes}, then one dense matmul")
     e = plan.estimate
     if e is not None:
-        dense_ms = f"{e.dense_ms:.2f} ms"
         how = "forced by the user" if plan.forced else "chosen by the cost model"
         lines.append(
             f"  strategy: {plan.strategy} ({how}; estimated forward+backward: "
-            f"structured {e.structured_ms:.2f} ms, dense {dense_ms})"
+            f"structured {_ms(e.structured_ms)}, dense {_ms(e.dense_ms)})"
         )
     lines.append(
         f"  total {plain_number(_per_token(plan, plan.flops))} FLOPs per token, {plan.copies} "
@@ -154,7 +171,9 @@ def plan_to_dict(plan: Plan) -> dict[str, Any]:
         "order_optimizer": plan.order.optimizer,
         "strategy": plan.strategy,
         "forced": plan.forced,
-        "estimate_ms": None if e is None else {"structured": e.structured_ms, "dense": e.dense_ms},
+        "estimate_ms": None
+        if e is None
+        else {"structured": _finite(e.structured_ms), "dense": _finite(e.dense_ms)},
         "in_features": int(s.in_features),
         "out_features": int(s.out_features),
         "padded_in_features": int(s.d_in),
