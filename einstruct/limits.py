@@ -8,10 +8,12 @@ limit                      variable                         default
 =========================  ===============================  =====================================
 digits of a number         ``EINSTRUCT_MAX_DIGITS``         100 (a literal, or any exact value
                                                             computed from sizes)
-an index size, a batch     ``EINSTRUCT_MAX_SIZE``           2^64 (at most 2^256)
-entries of one tensor      ``EINSTRUCT_MAX_ENTRIES``        2^128 (at most 2^256; analysis only:
-(input, output, a factor)                                   every count then stays an exact
-                                                            integer far inside float range)
+an index size, a batch     ``EINSTRUCT_MAX_SIZE``           2^64
+entries of one tensor      ``EINSTRUCT_MAX_ENTRIES``        2^128 (analysis only: every count
+(input, output, a factor)                                   then stays an exact integer far
+                                                            inside float range; raised past
+                                                            it, counts stay exact and the
+                                                            estimates saturate)
 expression depth           ``EINSTRUCT_MAX_DEPTH``          100 nested operations (at most 400:
                                                             deeper ones pass Python's recursion
                                                             limit)
@@ -105,10 +107,6 @@ def current() -> Limits:
 _CEILINGS = {
     "max_depth": (400, "the parser and the evaluator recurse once or more per level: deeper "
                   "expressions pass Python's recursion limit"),
-    "max_size": (2**256, "sizes past it give counts past the float range, which the cost "
-                 "model, the init scales and the tables compute in"),
-    "max_entries": (2**256, "tensors past it give counts past the float range, which the cost "
-                    "model, the init scales and the tables compute in"),
 }  # fmt: skip
 
 

@@ -27,16 +27,24 @@ def is_symbolic(value: Any) -> bool:
 
 def json_number(value: Any) -> Any:
     """A JSON-ready number: ints stay ints, exact rationals become floats,
-    symbolic expressions become strings."""
+    symbolic expressions become strings (and so do rationals past the float range,
+    which JSON's numbers cannot carry: ``"p/q"`` as ``str`` writes it).
+
+    >>> json_number(Fraction(3, 4)), json_number(Fraction(2**1100, 3)).endswith("/3")
+    (0.75, True)
+    """
     if value is None or isinstance(value, bool | int | float | str):
         return value
-    if isinstance(value, Fraction):
-        return int(value) if value.denominator == 1 else float(value)
+    if isinstance(value, Fraction) and value.denominator == 1:
+        return int(value)
     if is_symbolic(value):
         return str(value)
     if getattr(value, "is_Integer", False):
         return int(value)
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:  # sizes only raised limits admit
+        return str(value)
 
 
 def float_text(value: float | Fraction, digits: int = 4) -> str:

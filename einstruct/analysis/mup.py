@@ -104,7 +104,12 @@ def _number(value: Any) -> Any:
     """An exact-looking number: integral quotients as int, others as float, sympy
     expressions simplified."""
     if isinstance(value, Fraction):
-        return int(value) if value.denominator == 1 else float(value)
+        if value.denominator == 1:
+            return int(value)
+        try:
+            return float(value)
+        except OverflowError:  # past the float range (sizes only raised limits admit): exact
+            return value
     if isinstance(value, float):
         return int(value) if value.is_integer() else value
     if isinstance(value, int):
