@@ -36,7 +36,7 @@ __all__ = [
     "frontier_table",
     "leads",
     "overlap",
-    "plot_figure",
+    "lab_figure",
     "plot_frontier",
     "require_plotting",
 ]
@@ -184,13 +184,13 @@ def require_plotting() -> None:
         ) from None
 
 
-def plot_figure(width: float, height: float, dpi: float = 120) -> Any:
-    """A new matplotlib ``Figure`` of ``width`` x ``height`` inches. No pyplot: it needs no
-    backend and no display and leaves no global state (``MPLBACKEND`` does not matter)."""
-    require_plotting()
-    from matplotlib.figure import Figure
+def lab_figure(width: float, height: float) -> Any:
+    """A new figure for the lab's plots (120 dpi, laid out by ``tight_layout``), or
+    :class:`PlotError` where none can be drawn."""
+    from ..figures.mpl import new_figure
 
-    return Figure(figsize=(width, height), dpi=dpi)
+    require_plotting()
+    return new_figure(width, height, dpi=120, layout=None)
 
 
 def plot_frontier(
@@ -204,7 +204,7 @@ def plot_frontier(
     from .outputs import figure_kind
 
     kind = figure_kind(path, "path")
-    fig = plot_figure(6.4, 4.4)
+    fig = lab_figure(6.4, 4.4)
     ax = fig.subplots()
     for name, ps in points.items():
         xs = sorted({p.flops for p in ps} | {max(grid)})

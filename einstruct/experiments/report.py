@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..figures.mpl import figure_bytes, literal_text
-from .frontier import plot_figure
+from .frontier import lab_figure
 from .laws import (
     best_curves,
     compute_ranges,
@@ -178,7 +178,7 @@ def plot_laws(rows: Sequence[Mapping[str, Any]], summary: Mapping[str, Any], kin
     marked as einstruct's (:mod:`.outputs` writes it)."""
     curves = best_curves(rows)
     grid = summary["budgets"]
-    fig = plot_figure(7.0, 4.8)
+    fig = lab_figure(7.0, 4.8)
     ax = fig.subplots()
     for name, cs in curves.items():
         data = summary["structures"][name]

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..figures.mpl import figure_bytes, literal_text
-from .frontier import plot_figure
+from .frontier import lab_figure
 from .scaling import final_loss
 
 __all__ = ["RULES", "best_lr", "transfer_summary", "transfer_table", "plot_transfer"]
@@ -127,7 +127,7 @@ def plot_transfer(summary: Mapping[str, Any], kind: str = "png") -> bytes:
     """The first paper's figure: loss against learning rate, one curve per width, one panel per
     rule; the image as ``kind`` (png, svg, pdf), marked as einstruct's (:mod:`.outputs` writes it)."""
     rules = summary["rules"]
-    fig = plot_figure(5.0 * len(rules), 4.0)
+    fig = lab_figure(5.0 * len(rules), 4.0)
     axes = fig.subplots(1, len(rules), sharey=True, squeeze=False)[0]
     for ax, (rule, data) in zip(axes, rules.items()):
         for width, losses in data["losses"].items():

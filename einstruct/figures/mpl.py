@@ -62,14 +62,15 @@ def matplotlib() -> Any:
     return mpl
 
 
-def new_figure(width: float, height: float) -> Any:
-    """A figure of ``width`` x ``height`` inches, with 3-D axes available."""
-    mpl = matplotlib()
+def new_figure(width: float, height: float, dpi: float | None = None, layout: Any = "constrained") -> Any:
+    """A figure of ``width`` x ``height`` inches, with 3-D axes available. No pyplot: it
+    needs no backend and no display and leaves no global state (:func:`figure_bytes`
+    fixes what saving would otherwise draw at random)."""
+    matplotlib()
     from matplotlib.figure import Figure
     from mpl_toolkits.mplot3d import Axes3D  # noqa: F401  (registers the 3d projection)
 
-    mpl.rcParams["svg.hashsalt"] = "einstruct"
-    return Figure(figsize=(width, height), layout="constrained")
+    return Figure(figsize=(width, height), dpi=dpi, layout=layout)
 
 
 def written_by_einstruct(path: Path) -> bool:
